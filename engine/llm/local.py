@@ -1,0 +1,131 @@
+"""In-process LLM backend (transformers): the embedded default."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from ..config import LLMConfig
+from ..errors import BackendUnavailableError, InvalidInputError, missing
+from .base import LLM
+from .models import resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+class TransformersLLM(LLM):
+    def __init__(self, config: LLMConfig) -> None:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as e:
+            raise missing("llm", "transformers") from e
+        self.config = config
+        self._torch = torch
+        path = resolve_model(config.model)
+        try:
+            self.tok = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(config.device).eval()
+        except Exception as e:
+            raise BackendUnavailableError(f"cannot load LLM {config.model!r}: {e}") from e
+        if config.adapter:
+            try:
+                from peft import PeftModel
+            except ImportError as e:
+                raise missing("train", "peft") from e
+            self.model = PeftModel.from_pretrained(self.model, config.adapter).eval()
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.name = f"transformers:{config.model}" + (f"+{config.adapter}" if config.adapter else "")
+        self._lock = threading.Lock()  # one forward pass at a time: torch already uses every core
+        self._yes_ids = self._word_ids(["Yes", " Yes", "yes", " yes"])
+        self._no_ids = self._word_ids(["No", " No", "no", " no"])
+        self.max_len = min(int(getattr(self.model.config, "max_position_embeddings", 8192) or 8192), 8192)
+
+    def _word_ids(self, words: list[str]) -> list[int]:
+        ids = set()
+        for w in words:
+            t = self.tok.encode(w, add_special_tokens=False)
+            if len(t) == 1:
+                ids.add(t[0])
+        return sorted(ids)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tok.encode(text, add_special_tokens=True))
+
+    def _batches(self, prompts: Sequence[str]):
+        bs = self.config.batch_size
+        for i in range(0, len(prompts), bs):
+            yield list(prompts[i : i + bs])
+
+    def _encode(self, prompts: list[str], reserve: int):
+        enc = self.tok(prompts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_len - reserve)
+        return {k: v.to(self.config.device) for k, v in enc.items()}
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+        out: list[str] = []
+        torch = self._torch
+        with self._lock, torch.inference_mode():
+            for batch in self._batches(prompts):
+                enc = self._encode(batch, max_new_tokens)
+                gen = self.model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tok.pad_token_id,
+                    repetition_penalty=1.15,
+                )
+                for row in gen[:, enc["input_ids"].shape[1] :]:
+                    text = self.tok.decode(row, skip_special_tokens=True)
+                    for s in stop:
+                        if s and s in text:
+                            text = text[: text.index(s)]
+                    out.append(text.strip())
+        return out
+
+    def _next_logprobs(self, batch: list[str]):
+        torch = self._torch
+        enc = self._encode(batch, 1)
+        logits = self.model(**enc).logits[:, -1, :].float()
+        return torch.log_softmax(logits, dim=-1)
+
+    def yes_probabilities(self, prompts: Sequence[str]) -> list[float | None]:
+        if not self._yes_ids or not self._no_ids:
+            raise BackendUnavailableError("the tokenizer has no single-token Yes/No")
+        torch = self._torch
+        res: list[float | None] = []
+        with self._lock, torch.inference_mode():
+            for batch in self._batches(prompts):
+                lp = self._next_logprobs(batch)
+                y = torch.logsumexp(lp[:, self._yes_ids], dim=-1)
+                n = torch.logsumexp(lp[:, self._no_ids], dim=-1)
+                res.extend(torch.sigmoid(y - n).tolist())
+        return res
+
+    def choose_sequence(self, prompt: str, labels: Sequence[str], n: int) -> list[str]:
+        """Greedy decoding restricted to the remaining labels (each must be one token after a space)."""
+        torch = self._torch
+        label_ids: dict[int, str] = {}
+        for lab in labels:
+            t = self.tok.encode(" " + lab, add_special_tokens=False)
+            if len(t) != 1:
+                raise InvalidInputError(f"label {lab!r} is not a single token")
+            label_ids[t[0]] = lab
+        chosen: list[str] = []
+        text = prompt
+        with self._lock, torch.inference_mode():
+            enc = self._encode([text], n * 2)
+            ids = enc["input_ids"]
+            past = None
+            step_ids = ids
+            attn = enc["attention_mask"]
+            comma = self.tok.encode(",", add_special_tokens=False)
+            for _ in range(min(n, len(labels))):
+                out = self.model(input_ids=step_ids, attention_mask=attn, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                logits = out.logits[0, -1]
+                allowed = [i for i, lab in label_ids.items() if lab not in chosen]
+                best = max(allowed, key=lambda i: float(logits[i]))
+                chosen.append(label_ids[best])
+                step_ids = torch.tensor([[best, *comma]], device=ids.device)
+                attn = torch.cat([attn, torch.ones((1, step_ids.shape[1]), dtype=attn.dtype, device=attn.device)], dim=1)
+        return chosen

@@ -1,0 +1,106 @@
+"""vLLM backend over its OpenAI-compatible HTTP API (completions, logprobs, structured outputs)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from ..config import PACKAGED_GEMMA, LLMConfig
+from ..errors import BackendUnavailableError, missing
+from .base import LLM, yes_probability
+
+logger = logging.getLogger(__name__)
+
+
+class VLLMClient(LLM):
+    def __init__(self, config: LLMConfig) -> None:
+        try:
+            import httpx
+        except ImportError as e:
+            raise missing("llm", "httpx") from e
+        if not config.url:
+            raise BackendUnavailableError("llm.url is not set (PERSONA_LLM__URL)")
+        self.config = config
+        self.base = config.url.rstrip("/")
+        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self.http = httpx.Client(timeout=config.timeout_s, headers=headers)
+        self._httpx = httpx
+        self.model = config.adapter or (self._served_model() if config.model == PACKAGED_GEMMA else config.model)
+        self.name = f"vllm:{self.model}"
+
+    def _post(self, path: str, body: dict[str, Any], root: bool = False) -> dict[str, Any]:
+        url = (re.sub(r"/v1$", "", self.base) if root else self.base) + path
+        try:
+            r = self.http.post(url, json=body)
+        except self._httpx.HTTPError as e:
+            raise BackendUnavailableError(f"vLLM at {self.base} unreachable: {type(e).__name__}: {e}") from e
+        if r.status_code >= 400:
+            raise BackendUnavailableError(f"vLLM answered {r.status_code}: {r.text[:300]}")
+        try:
+            data = r.json()
+        except ValueError as e:
+            raise BackendUnavailableError(f"vLLM answered non-JSON: {r.text[:200]!r}") from e
+        if not isinstance(data, dict):
+            raise BackendUnavailableError("vLLM answered an unexpected shape")
+        return data
+
+    def _served_model(self) -> str:
+        try:
+            r = self.http.get(self.base + "/models")
+            models = [m["id"] for m in r.json()["data"]]
+        except Exception as e:
+            raise BackendUnavailableError(f"vLLM at {self.base} unreachable: {e}") from e
+        if not models:
+            raise BackendUnavailableError("vLLM serves no model")
+        return models[0]
+
+    def _choices(self, data: dict[str, Any], n: int) -> list[dict[str, Any]]:
+        try:
+            choices = sorted(data["choices"], key=lambda c: c["index"])
+        except (KeyError, TypeError) as e:
+            raise BackendUnavailableError(f"vLLM answer lacks choices: {str(data)[:200]}") from e
+        if len(choices) != n:
+            raise BackendUnavailableError(f"vLLM returned {len(choices)} choices for {n} prompts")
+        return choices
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+        if not prompts:
+            return []
+        body = {
+            "model": self.model, "prompt": list(prompts), "max_tokens": max_new_tokens, "temperature": 0.0,
+            "repetition_penalty": 1.15, "stop": list(stop) or None,
+        }
+        return [str(c.get("text", "")).strip() for c in self._choices(self._post("/completions", body), len(prompts))]
+
+    def yes_probabilities(self, prompts: Sequence[str]) -> list[float | None]:
+        if not prompts:
+            return []
+        body = {"model": self.model, "prompt": list(prompts), "max_tokens": 1, "temperature": 0.0, "logprobs": 20}
+        out: list[float | None] = []
+        for c in self._choices(self._post("/completions", body), len(prompts)):
+            try:
+                top = c["logprobs"]["top_logprobs"][0]
+            except (KeyError, TypeError, IndexError):
+                out.append(None)
+                continue
+            out.append(yes_probability({str(k): float(v) for k, v in top.items()}))
+        return out
+
+    def choose_sequence(self, prompt: str, labels: Sequence[str], n: int) -> list[str]:
+        n = min(n, len(labels))
+        alt = "(" + "|".join(re.escape(lab) for lab in labels) + ")"
+        body = {
+            "model": self.model, "prompt": prompt, "max_tokens": 4 * n + 4, "temperature": 0.0,
+            "structured_outputs": {"regex": f" {alt}(, {alt}){{{n - 1}}}"},
+        }
+        text = self._choices(self._post("/completions", body), 1)[0].get("text", "")
+        return [t.strip() for t in str(text).split(",") if t.strip()]
+
+    def count_tokens(self, text: str) -> int:
+        data = self._post("/tokenize", {"model": self.model, "prompt": text}, root=True)
+        return int(data.get("count", len(data.get("tokens", []))))
+
+    def close(self) -> None:
+        self.http.close()

@@ -1,0 +1,256 @@
+"""User modeling: taste vectors and the recurrent natural-language preference summary (MLLM-MSR).
+
+For each new session block, the LLM rewrites the user's summary from the previous summary and the
+block's items. Every version is kept. The latest summary is embedded and stored with the user's
+taste vectors (recency-weighted means of item vectors), so retrieval works with no LLM reachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from indexers.ingest import genres_of
+
+from .config import Settings
+from .errors import BackendUnavailableError
+from .llm import LLM
+from .prompts import PromptRegistry
+from .sessions import split_blocks
+from .store import Point, VectorStore, point_id
+from .types import Event
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_PROMPT = "preference_update"
+TASTE_PREFIX = "taste_"
+
+
+@dataclass
+class UserState:
+    """What is stored per user (payload of the user point) plus the vectors."""
+
+    user_id: str
+    summary: str | None = None
+    summary_source: str | None = None
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    summarized_until: float = float("-inf")
+    n_blocks: int = 0
+    vectors: dict[str, list[float]] = field(default_factory=dict)
+
+    def payload(self, events: Sequence[Event], positives: Sequence[Event]) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "summary": self.summary,
+            "summary_source": self.summary_source,
+            "versions": self.versions,
+            "summarized_until": self.summarized_until if np.isfinite(self.summarized_until) else None,
+            "n_blocks": self.n_blocks,
+            "n_events": len(events),
+            "n_positive": len(positives),
+            "recent_items": [e.item_id for e in positives[-20:]][::-1],
+            "updated_at": time.time(),
+        }
+
+
+def is_positive(e: Event, threshold: float) -> bool:
+    return e.rating is None or e.rating >= threshold
+
+
+def taste_vectors(
+    positives: Sequence[Event], item_vectors: dict[str, dict[str, list[float]]], half_life: float
+) -> dict[str, list[float]]:
+    """Recency-weighted mean of the positive items' vectors, per named vector, L2-normalised."""
+    acc: dict[str, np.ndarray] = {}
+    n = len(positives)
+    for i, e in enumerate(positives):
+        w = 0.5 ** ((n - 1 - i) / half_life)
+        for name, vec in (item_vectors.get(e.item_id) or {}).items():
+            v = np.asarray(vec, np.float32) * w
+            acc[name] = acc[name] + v if name in acc else v
+    out = {}
+    for name, v in acc.items():
+        norm = float(np.linalg.norm(v))
+        if norm > 0:
+            out[TASTE_PREFIX + name] = (v / norm).tolist()
+    return out
+
+
+def extractive_profile(items: Sequence[dict[str, Any]], liked: Sequence[bool]) -> str:
+    """Deterministic summary used when no LLM is reachable: favourite and disliked genres, recent likes."""
+    pos, neg = Counter(), Counter()
+    for it, ok in zip(items, liked):
+        (pos if ok else neg).update(genres_of(it.get("attributes") or {}))
+    likes = ", ".join(g for g, _ in pos.most_common(4)) or "no clear genre yet"
+    titles = [it.get("title", "") for it, ok in zip(items, liked) if ok][-3:]
+    text = f"Likes {likes}."
+    dislikes = [g for g, c in neg.most_common(3) if c > pos.get(g, 0)]
+    if dislikes:
+        text += f" Rarely enjoys {', '.join(dislikes)}."
+    if titles:
+        text += f" Recently liked {'; '.join(titles)}."
+    return text
+
+
+def clean_summary(text: str, limit: int = 600) -> str:
+    """First paragraph of a generated summary, without fence markers, bounded."""
+    text = text.replace("<<<", " ").replace(">>>", " ")
+    para = text.strip().split("\n\n")[0].replace("\n", " ").strip()
+    if len(para) > limit:
+        para = para[:limit].rsplit(" ", 1)[0] + "…"
+    return para
+
+
+class ProfileBuilder:
+    def __init__(
+        self,
+        settings: Settings,
+        store: VectorStore,
+        items_col: str,
+        users_col: str,
+        prompts: PromptRegistry,
+        text_encoder: Any,
+        llm_getter: Any,
+    ) -> None:
+        self.s = settings
+        self.store, self.items_col, self.users_col = store, items_col, users_col
+        self.prompts = prompts
+        self.text = text_encoder
+        self._llm_getter = llm_getter
+
+    def load_state(self, user_id: str, with_vectors: bool = False) -> UserState | None:
+        hits = self.store.retrieve(self.users_col, [point_id("user", user_id)], with_vectors=with_vectors)
+        if not hits:
+            return None
+        p = hits[0].payload
+        until = p.get("summarized_until")
+        return UserState(
+            user_id=user_id,
+            summary=p.get("summary"),
+            summary_source=p.get("summary_source"),
+            versions=list(p.get("versions") or []),
+            summarized_until=float(until) if until is not None else float("-inf"),
+            n_blocks=int(p.get("n_blocks") or 0),
+            vectors=hits[0].vectors or {},
+        )
+
+    def update(self, histories: dict[str, list[Event]], use_llm: bool | None = None, progress: bool = True) -> dict[str, Any]:
+        """Bring the given users' profiles up to date with their (time-sorted) histories.
+        Only blocks after what was already summarized cost LLM calls; blocks of all users at the
+        same depth go to the LLM as one batch."""
+        use_llm = self.s.profile.use_llm if use_llm is None else use_llm
+        thr = self.s.profile.positive_rating
+        states: dict[str, UserState] = {}
+        pending: dict[str, list[list[Event]]] = {}
+        for uid, events in histories.items():
+            st = self.load_state(uid) or UserState(user_id=uid)
+            states[uid] = st
+            new = [e for e in events if e.timestamp > st.summarized_until]
+            blocks = split_blocks(new, self.s.sessions.gap_s, self.s.sessions.max_block_items)
+            cap = self.s.profile.max_blocks_per_update
+            if cap and len(blocks) > cap:
+                # A long backlog (first import) is folded: the oldest blocks become one, so the
+                # recurrent update still runs in order but costs at most `cap` LLM steps.
+                blocks = [[e for b in blocks[: len(blocks) - cap + 1] for e in b]] + blocks[len(blocks) - cap + 1 :]
+            pending[uid] = blocks  # type: ignore[assignment]
+        all_item_ids = sorted({e.item_id for evs in histories.values() for e in evs})
+        item_hits = self.store.retrieve(self.items_col, [point_id("item", i) for i in all_item_ids], with_vectors=True)
+        items = {h.payload["item_id"]: h for h in item_hits}
+
+        llm: LLM | None = None
+        llm_error = None
+        if use_llm and any(pending.values()):
+            try:
+                llm = self._llm_getter()
+            except Exception as e:  # documented fallback: extractive summaries
+                llm_error = f"{type(e).__name__}: {e}"
+                logger.warning("LLM unavailable, using extractive summaries: %s", llm_error)
+        tpl = self.prompts.get(SUMMARY_PROMPT)
+        depth = max((len(b) for b in pending.values()), default=0)
+        n_calls = 0
+        bar = tqdm(total=sum(len(b) for b in pending.values()), desc="summarizing blocks", unit="block", disable=not progress)
+        for d in range(depth):
+            batch = [(uid, blocks[d]) for uid, blocks in pending.items() if d < len(blocks)]
+            rows = []
+            for uid, block in batch:
+                st = states[uid]
+                block_items = [(items[e.item_id].payload, is_positive(e, thr), e) for e in block if e.item_id in items]
+                shown = sorted(block_items, key=lambda x: (not x[1], -x[2].timestamp))[: self.s.profile.summary_items_per_block]
+                rows.append((uid, block, shown))
+            texts: list[str | None] = [None] * len(rows)
+            source = "extractive"
+            if llm is not None:
+                prompts = [
+                    self.prompts.render(
+                        tpl.ref,
+                        previous=states[uid].summary if states[uid].summary_source == "llm" else None,
+                        block_index=states[uid].n_blocks,
+                        items=[
+                            {
+                                "title": p.get("title", ""),
+                                "genres": genres_of(p.get("attributes") or {}),
+                                "liked": ok,
+                                "rating": e.rating,
+                                "summary": p.get("summary", ""),
+                            }
+                            for p, ok, e in shown
+                        ],
+                    )
+                    for uid, _, shown in rows
+                ]
+                try:
+                    outs = llm.generate(prompts, self.s.llm.max_new_tokens, stop=["\n", "<<<"])
+                    n_calls += 1
+                    texts = [clean_summary("Likes " + o) if o.strip() else None for o in outs]
+                    source = "llm"
+                except BackendUnavailableError as e:
+                    llm_error = str(e)
+                    logger.warning("LLM failed, using extractive summaries: %s", e)
+                    llm = None
+            for (uid, block, shown), text in zip(rows, texts):
+                st = states[uid]
+                src = source if text else "extractive"
+                if not text:
+                    # The extractive summary covers everything seen so far, so it stays meaningful on its own.
+                    seen = [e for e in histories[uid] if e.timestamp <= block[-1].timestamp and e.item_id in items]
+                    text = extractive_profile([items[e.item_id].payload for e in seen], [is_positive(e, thr) for e in seen])
+                st.summary, st.summary_source = text, src
+                st.versions.append(
+                    {
+                        "version": len(st.versions) + 1,
+                        "block_index": st.n_blocks,
+                        "summary": text,
+                        "source": src,
+                        "prompt": tpl.ref if src == "llm" else "extractive",
+                        "created_at": time.time(),
+                        "block_end": block[-1].timestamp,
+                    }
+                )
+                st.n_blocks += 1
+                st.summarized_until = max(st.summarized_until, block[-1].timestamp)
+            bar.update(len(rows))
+        bar.close()
+        self._write(states, histories, items)
+        return {"users": len(states), "blocks": sum(len(b) for b in pending.values()), "llm_batches": n_calls, "llm_error": llm_error}
+
+    def _write(self, states: dict[str, UserState], histories: dict[str, list[Event]], items: dict[str, Any]) -> None:
+        thr = self.s.profile.positive_rating
+        summaries = [st.summary or "" for st in states.values()]
+        sum_vecs = self.text.encode(summaries) if summaries else []
+        points = []
+        for (uid, st), sv in zip(states.items(), sum_vecs):
+            events = histories[uid]
+            positives = [e for e in events if is_positive(e, thr)]
+            vecs = taste_vectors(positives, {i: (h.vectors or {}) for i, h in items.items()}, self.s.profile.recency_half_life)
+            if st.summary:
+                vecs["summary"] = np.asarray(sv).tolist()
+            points.append(Point(id=point_id("user", uid), vectors=vecs, payload=st.payload(events, positives)))
+        self.store.upsert(self.users_col, points)
+        self.store.flush()

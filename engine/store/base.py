@@ -1,0 +1,184 @@
+"""The one small interface every vector store backend implements.
+
+Backends: the embedded Qdrant edge engine (``EdgeStore``) and a Qdrant server through
+qdrant-client (``QdrantClientStore``). Congruence tests run the same calls on both.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidInputError
+
+__all__ = ["Point", "Hit", "VectorQuery", "Filter", "VectorStore", "point_id", "parse_filter"]
+
+_NS = uuid.UUID("8f5f2b0e-5a0c-4a8e-9a52-7c0d5b1e4f11")
+
+
+def point_id(kind: str, key: str) -> str:
+    """Deterministic Qdrant point id (a UUID) for a user-facing id, so re-ingestion never duplicates."""
+    return str(uuid.uuid5(_NS, f"{kind}:{key}"))
+
+
+@dataclass
+class Point:
+    id: str
+    vectors: dict[str, list[float]]
+    payload: dict[str, Any]
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any] = field(default_factory=dict)
+    vectors: dict[str, list[float]] | None = None
+
+
+@dataclass
+class VectorQuery:
+    """One similarity query on a named vector: nearest to ``vector``, or a recommend query
+    (best score over ``positives``, pushed away from ``negatives``)."""
+
+    using: str
+    vector: Sequence[float] | None = None
+    positives: Sequence[Sequence[float]] = ()
+    negatives: Sequence[Sequence[float]] = ()
+    limit: int = 100
+    weight: float = 1.0
+    order_by: str | None = None
+    """Instead of similarity: the points with the largest values of this numeric payload field."""
+
+
+@dataclass
+class Filter:
+    """Backend-neutral filter: payload conditions that must hold, ids to exclude."""
+
+    match: dict[str, Any] = field(default_factory=dict)
+    """field -> value (equality) or list of values (any of)."""
+    ranges: dict[str, dict[str, float]] = field(default_factory=dict)
+    """field -> {gt, gte, lt, lte}."""
+    exclude_ids: set[str] = field(default_factory=set)
+    include_ids: set[str] | None = None
+
+    def is_empty(self) -> bool:
+        return not (self.match or self.ranges or self.exclude_ids or self.include_ids is not None)
+
+
+_RANGE_OPS = {"gt", "gte", "lt", "lte"}
+
+
+def parse_filter(spec: Mapping[str, Any] | None) -> Filter:
+    """Turn the user-facing filter dict into a :class:`Filter`.
+
+    ``{"genres": "Comedy"}`` matches a value (or a value inside a list field),
+    ``{"genres": ["Comedy", "Drama"]}`` matches any of them,
+    ``{"year": {"gte": 1990, "lt": 2000}}`` is a numeric range.
+    Fields are matched against item attributes (``attributes.<field>``).
+    """
+    f = Filter()
+    for key, value in (spec or {}).items():
+        if not isinstance(key, str) or not key.replace("_", "").replace(".", "").isalnum():
+            raise InvalidInputError(f"invalid filter field {key!r}")
+        path = key if key.startswith("attributes.") or key in ("item_id", "title") else f"attributes.{key}"
+        if isinstance(value, Mapping):
+            bad = set(value) - _RANGE_OPS
+            if bad or not value:
+                raise InvalidInputError(f"filter {key!r}: range keys must be among {sorted(_RANGE_OPS)}")
+            try:
+                f.ranges[path] = {op: float(v) for op, v in value.items()}
+            except (TypeError, ValueError) as e:
+                raise InvalidInputError(f"filter {key!r}: range bounds must be numbers") from e
+        elif isinstance(value, (list, tuple, set)):
+            vals = list(value)
+            if not vals or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in vals):
+                raise InvalidInputError(f"filter {key!r}: a list must hold strings or integers")
+            if len({type(v) for v in vals}) > 1:
+                raise InvalidInputError(f"filter {key!r}: mixed value types")
+            f.match[path] = vals
+        elif isinstance(value, (str, int, bool)):
+            f.match[path] = value
+        else:
+            raise InvalidInputError(f"filter {key!r}: unsupported value {value!r}")
+    return f
+
+
+class VectorStore(ABC):
+    """Collections of points with named dense vectors and a JSON payload."""
+
+    @abstractmethod
+    def ensure_collection(self, name: str, vectors: Mapping[str, int], indexes: Mapping[str, str] | None = None) -> None:
+        """Create the collection if missing (vector name -> size, cosine distance; payload
+        field -> index type among keyword/integer/float). A collection with no vectors holds payload only."""
+
+    @abstractmethod
+    def has_collection(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def upsert(self, name: str, points: Sequence[Point]) -> None: ...
+
+    @abstractmethod
+    def set_payload(self, name: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None: ...
+
+    @abstractmethod
+    def delete(self, name: str, ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
+        """Points by id, in the order asked; unknown ids are left out."""
+
+    @abstractmethod
+    def scroll(self, name: str, flt: Filter | None = None, with_vectors: bool = False, batch: int = 512) -> Iterator[Hit]: ...
+
+    @abstractmethod
+    def count(self, name: str, flt: Filter | None = None) -> int: ...
+
+    @abstractmethod
+    def query(
+        self,
+        name: str,
+        queries: Sequence[VectorQuery],
+        limit: int,
+        flt: Filter | None = None,
+        with_vectors: bool = False,
+    ) -> list[Hit]:
+        """Run one query, or several fused with weighted reciprocal rank fusion, under ``flt``."""
+
+    @abstractmethod
+    def top_by(self, name: str, field: str, limit: int, flt: Filter | None = None) -> list[Hit]:
+        """Points with the largest values of a numeric payload field (needs a float/integer index)."""
+
+    @abstractmethod
+    def flush(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "VectorStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def chunks(seq: Sequence[Any] | Iterable[Any], n: int) -> Iterator[list[Any]]:
+    buf: list[Any] = []
+    for x in seq:
+        buf.append(x)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    import numpy as np
+
+    x, y = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    d = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return float(x @ y) / d if d else 0.0

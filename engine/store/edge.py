@@ -1,0 +1,198 @@
+"""Embedded backend: Qdrant's own engine in-process (qdrant-edge-py), one shard per collection."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from ..errors import ConflictError, NotFoundError
+from .base import Filter, Hit, Point, VectorQuery, VectorStore
+
+logger = logging.getLogger(__name__)
+
+_INDEX = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
+    "float": qe.PayloadSchemaType.Float,
+}
+# Payload-only collections still need one vector entry in the edge config; a sparse one costs nothing.
+_PLACEHOLDER_SPARSE = "_none"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _to_filter(flt: Filter | None) -> qe.Filter | None:
+    if flt is None or flt.is_empty():
+        return None
+    must: list[Any] = []
+    for key, value in flt.match.items():
+        m = qe.MatchAny(any=list(value)) if isinstance(value, list) else qe.MatchValue(value)
+        must.append(qe.FieldCondition(key=key, match=m))
+    for key, rng in flt.ranges.items():
+        must.append(qe.FieldCondition(key=key, range=qe.RangeFloat(**rng)))
+    if flt.include_ids is not None:
+        must.append(qe.HasIdCondition(set(flt.include_ids) or {str(uuid.UUID(int=0))}))
+    must_not = [qe.HasIdCondition(set(flt.exclude_ids))] if flt.exclude_ids else None
+    return qe.Filter(must=must or None, must_not=must_not)
+
+
+def _hit(p: Any) -> Hit:
+    vec = p.vector if isinstance(p.vector, dict) else None
+    return Hit(id=str(p.id), score=float(getattr(p, "score", 0.0) or 0.0), payload=dict(p.payload or {}), vectors=vec)
+
+
+def _scoring(q: VectorQuery) -> Any:
+    if q.order_by:
+        return qe.OrderBy(key=q.order_by, direction=qe.Direction.Desc)
+    if q.vector is not None:
+        return qe.Query.Nearest([float(x) for x in q.vector], using=q.using)
+    rq = qe.RecommendQuery(
+        positives=[[float(x) for x in v] for v in q.positives], negatives=[[float(x) for x in v] for v in q.negatives]
+    )
+    return qe.Query.RecommendBestScore(rq, using=q.using)
+
+
+class EdgeStore(VectorStore):
+    """Each collection is an edge shard under ``<root>/<name>``; writes go through the shard's WAL."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._shards: dict[str, qe.EdgeShard] = {}
+        self._lock = threading.RLock()
+
+    def _dir(self, name: str) -> Path:
+        return self.root / name
+
+    def _shard(self, name: str) -> qe.EdgeShard:
+        shard = self._shards.get(name)
+        if shard is not None:
+            return shard
+        with self._lock:
+            if name not in self._shards:
+                if not self._dir(name).exists():
+                    raise NotFoundError(f"collection {name!r} does not exist")
+                self._shards[name] = qe.EdgeShard.load(str(self._dir(name)))
+            return self._shards[name]
+
+    def has_collection(self, name: str) -> bool:
+        return name in self._shards or self._dir(name).exists()
+
+    def ensure_collection(self, name: str, vectors: Mapping[str, int], indexes: Mapping[str, str] | None = None) -> None:
+        with self._lock:
+            meta_path = self.root / f"{name}.vectors.json"
+            if self.has_collection(name):
+                shard = self._shard(name)
+                have = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+                for vname, size in vectors.items():
+                    if vname in have and have[vname] != size:
+                        raise ConflictError(f"collection {name!r}: vector {vname!r} has size {have[vname]}, not {size}")
+                    if vname not in have:
+                        shard.update(qe.UpdateOperation.create_dense_vector(vname, int(size), qe.Distance.Cosine))
+                        have[vname] = int(size)
+                _atomic_write(meta_path, json.dumps(have))
+            else:
+                cfg = qe.EdgeConfig(
+                    vectors={k: qe.EdgeVectorParams(size=int(v), distance=qe.Distance.Cosine) for k, v in vectors.items()}
+                    or None,
+                    sparse_vectors=None if vectors else {_PLACEHOLDER_SPARSE: qe.EdgeSparseVectorParams()},
+                )
+                _atomic_write(meta_path, json.dumps({k: int(v) for k, v in vectors.items()}))
+                self._shards[name] = qe.EdgeShard.create(str(self._dir(name)), cfg)
+                shard = self._shards[name]
+            schema = shard.info().payload_schema
+            for fname, kind in (indexes or {}).items():
+                if fname not in schema:
+                    shard.update(qe.UpdateOperation.create_field_index(fname, _INDEX[kind]))
+
+    def upsert(self, name: str, points: Sequence[Point]) -> None:
+        if not points:
+            return
+        pts = [qe.Point(id=p.id, vector={k: [float(x) for x in v] for k, v in p.vectors.items()}, payload=p.payload) for p in points]
+        with self._lock:
+            self._shard(name).update(qe.UpdateOperation.upsert_points(pts))
+
+    def set_payload(self, name: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._shard(name).update(qe.UpdateOperation.set_payload(list(ids), dict(payload)))
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        if ids:
+            with self._lock:
+                self._shard(name).update(qe.UpdateOperation.delete_points(list(ids)))
+
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
+        if not ids:
+            return []
+        recs = self._shard(name).retrieve(list(ids), with_payload=True, with_vector=with_vectors)
+        by_id = {str(r.id): _hit(r) for r in recs}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def scroll(self, name: str, flt: Filter | None = None, with_vectors: bool = False, batch: int = 512) -> Iterator[Hit]:
+        shard = self._shard(name)
+        offset = None
+        while True:
+            recs, offset = shard.scroll(
+                qe.ScrollRequest(offset=offset, limit=batch, filter=_to_filter(flt), with_payload=True, with_vector=with_vectors)
+            )
+            yield from (_hit(r) for r in recs)
+            if offset is None or not recs:
+                return
+
+    def count(self, name: str, flt: Filter | None = None) -> int:
+        return int(self._shard(name).count(qe.CountRequest(exact=True, filter=_to_filter(flt))))
+
+    def query(
+        self,
+        name: str,
+        queries: Sequence[VectorQuery],
+        limit: int,
+        flt: Filter | None = None,
+        with_vectors: bool = False,
+        rrf_k: int = 60,
+    ) -> list[Hit]:
+        if not queries:
+            return []
+        f = _to_filter(flt)
+        if len(queries) == 1:
+            req = qe.QueryRequest(query=_scoring(queries[0]), filter=f, limit=limit, with_payload=True, with_vector=with_vectors)
+        else:
+            pre = [qe.Prefetch(query=_scoring(q), limit=q.limit, filter=f) for q in queries]
+            req = qe.QueryRequest(
+                prefetches=pre,
+                query=qe.Fusion.Rrf(k=rrf_k, weights=[q.weight for q in queries]),
+                filter=f,
+                limit=limit,
+                with_payload=True,
+                with_vector=with_vectors,
+            )
+        return [_hit(p) for p in self._shard(name).query(req)]
+
+    def top_by(self, name: str, field: str, limit: int, flt: Filter | None = None) -> list[Hit]:
+        req = qe.QueryRequest(
+            query=qe.OrderBy(key=field, direction=qe.Direction.Desc), filter=_to_filter(flt), limit=limit, with_payload=True
+        )
+        return [_hit(p) for p in self._shard(name).query(req)]
+
+    def flush(self) -> None:
+        with self._lock:
+            for shard in self._shards.values():
+                shard.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            for shard in self._shards.values():
+                shard.close()
+            self._shards.clear()

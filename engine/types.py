@@ -1,0 +1,172 @@
+"""Typed inputs and results of the SDK."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "Item",
+    "Event",
+    "ItemError",
+    "IngestReport",
+    "EventReport",
+    "Recommendation",
+    "Recommendations",
+    "SummaryVersion",
+    "Profile",
+    "SearchHit",
+    "Explanation",
+    "ItemScore",
+]
+
+_ID = r"^[^\x00-\x1f]{1,200}$"
+
+
+class Item(BaseModel):
+    """A catalog item. Only ``id`` is required; items with no image or no description are still indexed."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=_ID)
+    title: str = ""
+    description: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    image: str | None = None
+    """Path, ``file://`` or ``http(s)://`` URL of the item image."""
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_str(cls, v: Any) -> Any:
+        if isinstance(v, bool) or v is None:
+            return v
+        if isinstance(v, float):
+            if not v.is_integer():
+                raise ValueError("id must be a string or an integer")
+            v = int(v)
+        return str(v).strip() if isinstance(v, (int, str)) else v
+
+
+class Event(BaseModel):
+    """One interaction. Idempotent: the same event (same ``id``, or same user/item/time/kind) counts once."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(pattern=_ID)
+    item_id: str = Field(pattern=_ID)
+    timestamp: float
+    kind: str = Field("rating", pattern=r"^[a-z_]{1,32}$")
+    rating: float | None = None
+    text: str | None = Field(None, max_length=20_000)
+    id: str | None = Field(None, pattern=_ID)
+
+    @field_validator("user_id", "item_id", "id", mode="before")
+    @classmethod
+    def _ids(cls, v: Any) -> Any:
+        return Item._id_str(v)
+
+    @field_validator("timestamp", "rating")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+
+class ItemError(BaseModel):
+    item_id: str | None
+    index: int
+    """Position of the record in the input."""
+    error: str
+    fatal: bool
+    """True when the item was not stored; false for a warning (e.g. image skipped, text truncated)."""
+
+
+class IngestReport(BaseModel):
+    total: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    errors: list[ItemError] = Field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        return self.total / self.seconds if self.seconds else 0.0
+
+
+class EventReport(BaseModel):
+    total: int = 0
+    added: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    errors: list[str] = Field(default_factory=list)
+
+
+class Recommendation(BaseModel):
+    item_id: str
+    score: float
+    title: str = ""
+    reason: str | None = None
+    """One line saying why, grounded in the user's own history."""
+    because_of: list[str] = Field(default_factory=list)
+    """History item ids the reason refers to."""
+
+
+class Recommendations(BaseModel):
+    user_id: str
+    items: list[Recommendation]
+    strategy: str
+    """How the list was made, e.g. ``retrieval``, ``retrieval+llm-pointwise``, ``popular`` (cold start)."""
+    fallback: str | None = None
+    """Set when the LLM step failed and retrieval order was used instead, with the reason."""
+
+
+class SummaryVersion(BaseModel):
+    version: int
+    block_index: int
+    summary: str
+    source: Literal["llm", "extractive"]
+    prompt: str
+    """Prompt name@version that wrote it."""
+    created_at: float
+    block_end: float
+    """Timestamp of the last event the summary covers."""
+
+
+class Profile(BaseModel):
+    user_id: str
+    n_events: int
+    n_positive: int
+    n_blocks: int
+    summary: str | None
+    summary_source: Literal["llm", "extractive"] | None
+    versions: list[SummaryVersion] = Field(default_factory=list)
+    recent_items: list[str] = Field(default_factory=list)
+    has_taste_vectors: dict[str, bool] = Field(default_factory=dict)
+
+
+class SearchHit(BaseModel):
+    item_id: str
+    score: float
+    title: str = ""
+    relevance: float
+    """Similarity to the query alone."""
+    personal: float | None = None
+    """Similarity to the user's profile (None without a user)."""
+
+
+class Explanation(BaseModel):
+    user_id: str
+    item_id: str
+    text: str
+    grounded_in: list[str]
+    """History item ids the explanation cites."""
+    source: Literal["llm", "template"]
+
+
+class ItemScore(BaseModel):
+    item_id: str
+    probability: float
+    """P(Yes) from the LLM, normalised over Yes/No."""

@@ -1,0 +1,322 @@
+"""Batched, resumable, safe catalog ingestion into the items collection.
+
+Each batch is validated, hashed and compared with what is stored (content hash), so re-runs skip
+unchanged items and a run killed half-way resumes without duplicates (ids are deterministic).
+Preparing the next batch (validation, image reading and decoding) runs in a worker thread while
+the current batch is encoded, so the pipeline stays close to the raw encoder throughput.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from tqdm.auto import tqdm
+
+from engine.config import IngestConfig
+from engine.errors import InvalidInputError
+from engine.store import Point, VectorStore, point_id
+from engine.types import IngestReport, Item, ItemError
+
+from .base import Encoder
+from .images import decode_image, read_image_bytes
+
+logger = logging.getLogger(__name__)
+
+ITEM_INDEXES = {"item_id": "keyword", "popularity": "float", "attributes.genres": "keyword", "attributes.year": "float"}
+
+
+def genres_of(attributes: dict[str, Any]) -> list[str]:
+    g = attributes.get("genres") or attributes.get("genre") or []
+    if isinstance(g, str):
+        g = [x.strip() for x in g.replace("|", ",").split(",") if x.strip()]
+    return [str(x) for x in g] if isinstance(g, list) else []
+
+
+def item_text(item: Item) -> str:
+    """What the sentence encoder reads for an item."""
+    parts = [item.title]
+    a = item.attributes
+    if genres_of(a):
+        parts.append("Genres: " + ", ".join(genres_of(a)) + ".")
+    for key in ("director", "cast"):
+        v = a.get(key)
+        if v:
+            parts.append(f"{key.title()}: {', '.join(map(str, v[:3])) if isinstance(v, list) else v}.")
+    if item.description:
+        parts.append(item.description[:1000])
+    return " ".join(p for p in parts if p)
+
+
+def clip_text(item: Item) -> str:
+    """CLIP reads 77 tokens: title and genres."""
+    g = genres_of(item.attributes)
+    return f"{item.title}. {', '.join(g)}" if g else item.title or item.id
+
+
+def extractive_summary(item: Item) -> str:
+    """Deterministic fallback summary: title, genres and the first sentence of the description."""
+    g = genres_of(item.attributes)
+    first = ""
+    if item.description:
+        first = item.description.strip().split(". ")[0][:240].rstrip(".") + "."
+    head = item.title or item.id
+    if item.attributes.get("year"):
+        head += f" ({item.attributes['year']})"
+    return " ".join(x for x in [head + ("; " + ", ".join(g) if g else "") + ".", first] if x.strip())
+
+
+def _clean_value(v: Any) -> tuple[Any, bool]:
+    """JSON-safe copy of an attribute value; the flag says something was dropped (NaN, inf, odd types)."""
+    if isinstance(v, float):
+        return (None, True) if not math.isfinite(v) else (v, False)
+    if isinstance(v, (str, int, bool)) or v is None:
+        return v, False
+    if isinstance(v, (list, tuple)):
+        out, bad = [], False
+        for x in v:
+            c, b = _clean_value(x)
+            bad |= b
+            if c is not None:
+                out.append(c)
+        return out, bad
+    if isinstance(v, dict):
+        d, bad = {}, False
+        for k, x in v.items():
+            c, b = _clean_value(x)
+            bad |= b
+            if c is not None:
+                d[str(k)] = c
+        return d, bad
+    if isinstance(v, np.generic):
+        return _clean_value(v.item())
+    return str(v), False
+
+
+def clean_attributes(attrs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    clean, dropped = {}, []
+    for k, v in attrs.items():
+        c, bad = _clean_value(v)
+        if bad:
+            dropped.append(str(k))
+        if c is not None:
+            clean[str(k)] = c
+    return clean, dropped
+
+
+@dataclass
+class _Prepared:
+    index: int
+    item: Item
+    pid: str
+    hash: str
+    image_bytes: bytes | None = None
+    image: Any = None
+    warnings: list[str] = field(default_factory=list)
+    existing: dict[str, Any] | None = None
+
+
+class ItemIndexer:
+    """Writes items as named vectors (``text``, ``image``, ``clip_text``) plus payload."""
+
+    def __init__(
+        self,
+        store: VectorStore,
+        collection: str,
+        text_encoder: Encoder,
+        clip_image: Encoder | None = None,
+        clip_text_encoder: Encoder | None = None,
+        summarizer: Any = None,
+        config: IngestConfig | None = None,
+        image_root: Path | None = None,
+    ) -> None:
+        self.store, self.collection = store, collection
+        self.text, self.clip_image, self.clip_text = text_encoder, clip_image, clip_text_encoder
+        self.summarizer = summarizer
+        self.config = config or IngestConfig()
+        self.image_root = image_root
+        fps = [text_encoder.fingerprint] + [e.fingerprint for e in (clip_image,) if e is not None]
+        if summarizer is not None:
+            fps.append(getattr(summarizer, "fingerprint", "summary"))
+        self.fingerprint = "|".join(fps)
+
+    def vector_sizes(self) -> dict[str, int]:
+        sizes = {self.text.vector_name: self.text.dim}
+        for enc in (self.clip_image, self.clip_text):
+            if enc is not None:
+                sizes[enc.vector_name] = enc.dim
+        return sizes
+
+    def ensure_collection(self, extra_vectors: dict[str, int] | None = None) -> None:
+        self.store.ensure_collection(self.collection, {**self.vector_sizes(), **(extra_vectors or {})}, ITEM_INDEXES)
+
+    # -- preparation (worker thread) -------------------------------------------------------------
+
+    def _prepare(self, batch: Sequence[tuple[int, Any]], seen: set[str], report: IngestReport) -> list[_Prepared]:
+        out: list[_Prepared] = []
+        for idx, rec in batch:
+            raw_id = rec.get("id") if isinstance(rec, dict) else getattr(rec, "id", None)
+            try:
+                if isinstance(rec, dict) and "_error" in rec:
+                    raise InvalidInputError(rec["_error"])
+                if isinstance(rec, dict):
+                    if rec.get("id") in (None, ""):
+                        raise InvalidInputError("missing id")
+                    attrs, dropped = clean_attributes(dict(rec.get("attributes") or {}))
+                    rec = {**rec, "attributes": attrs}
+                    if rec.get("description") is not None and not isinstance(rec["description"], str):
+                        d = rec["description"]
+                        rec["description"] = None if isinstance(d, float) and not math.isfinite(d) else str(d)
+                    if rec.get("title") is None or (isinstance(rec.get("title"), float) and not math.isfinite(rec["title"])):
+                        rec["title"] = ""
+                    item = Item.model_validate({k: v for k, v in rec.items() if not k.startswith("_")})
+                elif isinstance(rec, Item):
+                    attrs, dropped = clean_attributes(rec.attributes)
+                    item = rec.model_copy(update={"attributes": attrs})
+                else:
+                    raise InvalidInputError(f"expected an Item or a dict, got {type(rec).__name__}")
+            except ValidationError as e:
+                first = e.errors()[0]
+                where = ".".join(map(str, first.get("loc", ()))) or "record"
+                report.errors.append(ItemError(item_id=str(raw_id) if raw_id is not None else None, index=idx, error=f"{where}: {first['msg']}", fatal=True))
+                report.failed += 1
+                continue
+            except InvalidInputError as e:
+                report.errors.append(ItemError(item_id=str(raw_id) if raw_id not in (None, "") else None, index=idx, error=str(e), fatal=True))
+                report.failed += 1
+                continue
+            if item.id in seen:
+                report.errors.append(ItemError(item_id=item.id, index=idx, error="duplicate id in this input (first one kept)", fatal=True))
+                report.failed += 1
+                continue
+            seen.add(item.id)
+            p = _Prepared(index=idx, item=item, pid=point_id("item", item.id), hash="")
+            if dropped:
+                p.warnings.append(f"attributes dropped as not finite: {', '.join(dropped)}")
+            if item.description and len(item.description) > self.config.max_description_chars:
+                p.warnings.append(f"description truncated from {len(item.description)} to {self.config.max_description_chars} characters")
+                item.description = item.description[: self.config.max_description_chars]
+            if item.image:
+                try:
+                    p.image_bytes = read_image_bytes(item.image, self.image_root, self.config.max_image_bytes)
+                except InvalidInputError as e:
+                    p.warnings.append(f"image skipped: {e}")
+            h = hashlib.sha256()
+            h.update(json.dumps(item.model_dump(), sort_keys=True, ensure_ascii=False).encode())
+            h.update(hashlib.sha256(p.image_bytes or b"").digest())
+            h.update(self.fingerprint.encode())
+            p.hash = h.hexdigest()
+            out.append(p)
+        existing = {hit.id: hit.payload for hit in self.store.retrieve(self.collection, [p.pid for p in out])}
+        todo = []
+        for p in out:
+            p.existing = existing.get(p.pid)
+            if p.existing is not None and p.existing.get("content_hash") == p.hash:
+                report.unchanged += 1
+                continue
+            if p.image_bytes is not None and self.clip_image is not None:
+                try:
+                    p.image = decode_image(p.image_bytes, self.config.max_image_pixels, ref=str(p.item.image))
+                except InvalidInputError as e:
+                    p.warnings.append(f"image skipped: {e}")
+            todo.append(p)
+        return todo
+
+    # -- encoding and writing (caller thread) ----------------------------------------------------
+
+    def _write(self, todo: list[_Prepared], report: IngestReport) -> None:
+        if not todo:
+            return
+        items = [p.item for p in todo]
+        if self.summarizer is not None:
+            summaries = self.summarizer.summarize(items)
+        else:
+            summaries = [(extractive_summary(it), "extractive") for it in items]
+        vectors: dict[str, np.ndarray] = {self.text.vector_name: self.text.encode([item_text(it) for it in items])}
+        if self.clip_text is not None:
+            vectors[self.clip_text.vector_name] = self.clip_text.encode([clip_text(it) for it in items])
+        img_rows = [i for i, p in enumerate(todo) if p.image is not None]
+        img_vecs = self.clip_image.encode([todo[i].image for i in img_rows]) if self.clip_image is not None and img_rows else None
+        now = time.time()
+        points = []
+        for i, p in enumerate(todo):
+            vecs = {name: arr[i].tolist() for name, arr in vectors.items()}
+            if img_vecs is not None and i in img_rows:
+                vecs[self.clip_image.vector_name] = img_vecs[img_rows.index(i)].tolist()
+            summary, source = summaries[i]
+            old = p.existing or {}
+            payload = {
+                "item_id": p.item.id,
+                "title": p.item.title,
+                "description": p.item.description,
+                "summary": summary,
+                "summary_source": source,
+                "attributes": p.item.attributes,
+                "image": p.item.image,
+                "has_image": self.clip_image is not None and p.image is not None,
+                "content_hash": p.hash,
+                "indexed_at": now,
+                "popularity": float(old.get("popularity", 0.0)),
+            }
+            points.append(Point(id=p.pid, vectors=vecs, payload=payload))
+            if p.existing is None:
+                report.added += 1
+            else:
+                report.updated += 1
+            for w in p.warnings:
+                report.errors.append(ItemError(item_id=p.item.id, index=p.index, error=w, fatal=False))
+        self.store.upsert(self.collection, points)
+
+    def ingest(
+        self, records: Iterable[Any], progress: bool = True, total: int | None = None, on_batch: Any = None
+    ) -> IngestReport:
+        """Index records; ``on_batch(report)`` is called after each batch is durably written."""
+        report = IngestReport()
+        t0 = time.perf_counter()
+        seen: set[str] = set()
+        if total is None and hasattr(records, "__len__"):
+            total = len(records)  # type: ignore[arg-type]
+        bar = tqdm(total=total, desc="indexing items", unit="item", disable=not progress)
+
+        def batches() -> Iterator[list[tuple[int, Any]]]:
+            buf: list[tuple[int, Any]] = []
+            for i, rec in enumerate(records):
+                buf.append((i, rec))
+                if len(buf) == self.config.batch_size:
+                    yield buf
+                    buf = []
+            if buf:
+                yield buf
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="persona-prep") as pool:
+            it = batches()
+            pending = None
+            first = next(it, None)
+            if first is not None:
+                pending = (len(first), pool.submit(self._prepare, first, seen, report))
+            while pending is not None:
+                n, fut = pending
+                todo = fut.result()
+                nxt = next(it, None)
+                pending = (len(nxt), pool.submit(self._prepare, nxt, seen, report)) if nxt is not None else None
+                self._write(todo, report)
+                report.total += n
+                bar.update(n)
+                if on_batch is not None:
+                    self.store.flush()
+                    on_batch(report)
+        bar.close()
+        self.store.flush()
+        report.seconds = time.perf_counter() - t0
+        report.errors.sort(key=lambda e: e.index)
+        return report

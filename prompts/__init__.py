@@ -1,0 +1,1 @@
+"""User-editable prompt templates (NAME.vN.j2). See README "Prompt experiments"."""

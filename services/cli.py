@@ -1,0 +1,191 @@
+"""The ``persona`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+logger = logging.getLogger("persona")
+
+DEMO_USERS = ["1", "7", "13", "181", "405"]
+
+
+def _open(args: argparse.Namespace, **overrides: object):
+    from engine import Engine
+
+    cfg: dict = dict(overrides)
+    if getattr(args, "no_llm", False):
+        cfg.setdefault("llm", {})["backend"] = "none"
+    return Engine.open(args.path, cfg or None)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.datasets import load_movielens
+
+    t0 = time.perf_counter()
+    ml = load_movielens(args.data)
+    print(f"MovieLens-100k: {len(ml.items)} movies, {len(ml.events)} ratings from {ml.root}")
+    with _open(args) as eng:
+        before = eng.stats()
+        rep = eng.add_items(ml.items, progress=True)
+        print(f"items: {rep.added} added, {rep.updated} updated, {rep.unchanged} unchanged (reused), {rep.failed} failed in {rep.seconds:.1f}s")
+        for e in rep.errors[:5]:
+            print(f"  item {e.item_id}: {e.error}")
+        if before["events"] < len(ml.events):
+            er = eng.add_events(ml.events)
+            print(f"events: {er.added} added, {er.duplicates} already stored, {er.failed} refused")
+        else:
+            print(f"events: {before['events']} already stored (reused)")
+        users = args.users.split(",") if args.users else DEMO_USERS
+        st = eng.update_profiles(users, progress=True, use_llm=not args.no_llm)
+        note = f" (LLM unavailable: {st['llm_error']})" if st.get("llm_error") else ""
+        print(f"profiles: {st['users']} users, {st['blocks']} new session blocks summarized in {st['llm_batches']} batched LLM calls{note}")
+        for uid in users:
+            prof = eng.profile(uid)
+            recs = eng.recommend(uid, k=args.k)
+            print(f"\nUser {uid}: {prof.n_events} ratings, {prof.n_blocks} session blocks")
+            print(f"  taste ({prof.summary_source}): {prof.summary}")
+            print(f"  top-{args.k} ({recs.strategy}):")
+            for i, r in enumerate(recs.items, 1):
+                print(f"   {i:2d}. {r.title}  -  {r.reason}")
+    print(f"\ndone in {time.perf_counter() - t0:.1f}s; data in {eng.settings.path}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    with _open(args) as eng:
+        recs = eng.recommend(args.user, k=args.k, filters=json.loads(args.filters) if args.filters else None, rerank=args.rerank, explain=args.explain)
+        print(recs.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    with _open(args) as eng:
+        for h in eng.search(args.query, user_id=args.user, k=args.k):
+            print(f"{h.score:.3f}  {h.title}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    with _open(args) as eng:
+        rep = eng.add_items(args.catalog, image_dir=args.images, progress=True)
+        print(rep.model_dump_json(indent=2))
+    return 0 if rep.failed == 0 else 3
+
+
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from engine.prompts import PromptRegistry
+
+    reg = PromptRegistry(Path(args.prompts_dir) if args.prompts_dir else None)
+    if args.action == "list":
+        for t in reg.list():
+            print(f"{t.ref:28s} {t.path}")
+        return 0
+    if args.action == "render":
+        if not args.name:
+            print("persona prompts render NAME --user U [--item I]", file=sys.stderr)
+            return 2
+        with _open(args, prompts_dir=args.prompts_dir) as eng:
+            name = args.name
+            if name.split("@")[0] == "preference_yes_no":
+                print(eng.yes_no_prompts(args.user, [args.item], prompt=name)[0])
+            else:
+                print(eng.prompts.render(name, **_render_context(eng, name, args.user, args.item)))
+        return 0
+    return 2
+
+
+def _render_context(eng, name: str, user: str, item: str | None) -> dict:
+    from engine.engine import _row
+
+    ctx = eng._user_context(user, eng._require_user(user))
+    history = eng._history_rows(ctx)
+    base = name.split("@")[0]
+    if base == "preference_update":
+        return {"previous": eng._summary(ctx), "block_index": 0, "items": [dict(h, liked=True, rating=None) for h in history]}
+    target = _row(eng._items([item])[item]) if item else history[0]
+    if base == "explain":
+        return {"history": history, "item": target}
+    if base == "rank_listwise":
+        return {"summary": eng._summary(ctx), "history": history, "candidates": [dict(target, label="A")]}
+    return {"item": dict(target, description=target["summary"], attributes_text=", ".join(target["genres"]))}
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        print("persona serve needs: pip install 'persona-engine[server]'", file=sys.stderr)
+        return 2
+    from services.api import create_app
+
+    uvicorn.run(create_app(path=args.path), host=args.host, port=args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="persona", description="Retrieval-augmented multimodal personalization.")
+    p.add_argument("--path", default=None, help="data folder of the embedded store (PERSONA_PATH)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("demo", help="index MovieLens-100k and print recommendations for a few users")
+    d.add_argument("--data", default=None, help="ml-100k folder (default ../shared/data/ml-100k)")
+    d.add_argument("--users", default=None, help="comma-separated user ids")
+    d.add_argument("-k", type=int, default=10)
+    d.add_argument("--no-llm", action="store_true", help="extractive summaries, no LLM")
+    d.set_defaults(fn=cmd_demo)
+
+    r = sub.add_parser("recommend", help="recommendations for one user, as JSON")
+    r.add_argument("user")
+    r.add_argument("-k", type=int, default=10)
+    r.add_argument("--filters", default=None, help='JSON, e.g. {"genres": "Comedy"}')
+    r.add_argument("--rerank", choices=["none", "pointwise", "listwise"], default=None)
+    r.add_argument("--explain", action="store_true")
+    r.add_argument("--no-llm", action="store_true")
+    r.set_defaults(fn=cmd_recommend)
+
+    s = sub.add_parser("search", help="personalized search")
+    s.add_argument("query")
+    s.add_argument("--user", default=None)
+    s.add_argument("-k", type=int, default=10)
+    s.set_defaults(fn=cmd_search)
+
+    i = sub.add_parser("ingest", help="index a catalog (JSONL, CSV or Parquet)")
+    i.add_argument("catalog")
+    i.add_argument("--images", default=None, help="folder of images named by item id")
+    i.set_defaults(fn=cmd_ingest)
+
+    pr = sub.add_parser("prompts", help="list or render prompt templates")
+    pr.add_argument("action", choices=["list", "render"])
+    pr.add_argument("name", nargs="?")
+    pr.add_argument("--user", default="1")
+    pr.add_argument("--item", default=None)
+    pr.add_argument("--prompts-dir", default=None)
+    pr.set_defaults(fn=cmd_prompts)
+
+    sv = sub.add_parser("serve", help="run the HTTP API")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.set_defaults(fn=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from engine.errors import PersonaError
+
+    try:
+        return int(args.fn(args) or 0)
+    except PersonaError as e:
+        print(f"persona: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
