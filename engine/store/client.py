@@ -57,6 +57,10 @@ def _scoring(q: VectorQuery) -> Any:
     )
 
 
+def url_is_local(client: Any) -> bool:
+    return type(getattr(client, "_client", None)).__name__ == "QdrantLocal"
+
+
 class QdrantClientStore(VectorStore):
     def __init__(self, url: str, api_key: str | None = None, path: Path | None = None, timeout_s: float = 30.0) -> None:
         if QdrantClient is None:
@@ -102,6 +106,8 @@ class QdrantClientStore(VectorStore):
                     if vname not in have:
                         raise ConflictError(f"collection {name!r} lacks vector {vname!r}; re-create it to add one")
             for fname, kind in (indexes or {}).items():
+                if url_is_local(self.client):
+                    continue  # local mode has no payload indexes
                 try:
                     self.client.create_payload_index(name, fname, field_schema=_INDEX[kind])
                 except Exception as e:  # local mode ignores indexes; a server may already have it

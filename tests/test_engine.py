@@ -1,0 +1,89 @@
+"""End to end on real ml-100k data with the real encoder and the real Qdrant edge engine."""
+
+import pytest
+
+from engine import Engine, InvalidInputError, NotFoundError, Recommendations
+
+
+def test_recommend_unseen_with_reasons(ml_engine, ml):
+    recs = ml_engine.recommend("1", k=10)
+    assert isinstance(recs, Recommendations) and len(recs.items) == 10
+    seen = {e.item_id for e in ml.user_events("1")}
+    assert not seen & {r.item_id for r in recs.items}
+    assert len({r.item_id for r in recs.items}) == 10
+    for r in recs.items:
+        assert r.reason and r.reason.startswith("Because you liked") and r.because_of
+        assert set(r.because_of) <= seen  # grounded in the user's own history
+    assert [r.score for r in recs.items] == sorted((r.score for r in recs.items), reverse=True)
+
+
+def test_filters(ml_engine):
+    recs = ml_engine.recommend("7", k=10, filters={"genres": "Horror"})
+    assert recs.items
+    for r in recs.items:
+        assert "Horror" in ml_engine.item(r.item_id)["attributes"]["genres"]
+    recs = ml_engine.recommend("7", k=5, filters={"year": {"gte": 1990, "lt": 1995}})
+    assert all(1990 <= ml_engine.item(r.item_id)["attributes"]["year"] < 1995 for r in recs.items)
+    with pytest.raises(InvalidInputError):
+        ml_engine.recommend("7", filters={"year": {"approx": 3}})
+
+
+def test_cold_start_popular_and_diverse(ml_engine):
+    recs = ml_engine.recommend("no-such-user", k=10)
+    assert recs.strategy == "popular" and len(recs.items) == 10
+    first_genres = [ml_engine.item(r.item_id)["attributes"]["genres"][0] for r in recs.items]
+    assert len(set(first_genres)) >= 4  # not ten dramas
+    assert "Star Wars (1977)" in [r.title for r in recs.items]  # the most rated movie in ml-100k
+
+
+def test_one_event_item_to_item(ml_engine, make_engine, tmp_path):
+    ml_engine.add_events([{"user_id": "newbie", "item_id": "50", "timestamp": 1e9, "rating": 5}])
+    recs = ml_engine.recommend("newbie", k=5)
+    assert recs.strategy == "item-to-item" and "50" not in [r.item_id for r in recs.items]
+    assert all("Star Wars" in (r.reason or "") for r in recs.items)
+
+
+def test_unknown_ids_are_clear(ml_engine):
+    with pytest.raises(NotFoundError, match="unknown user"):
+        ml_engine.profile("no-such-user")
+    with pytest.raises(NotFoundError, match="unknown item"):
+        ml_engine.item("no-such-item")
+    rep = ml_engine.add_events([{"user_id": "1", "item_id": "no-such-item", "timestamp": 1.0}, {"user_id": "1"}])
+    assert rep.failed == 2 and rep.added == 0 and any("unknown item" in e for e in rep.errors)
+    with pytest.raises(InvalidInputError):
+        ml_engine.recommend("1", k=0)
+
+
+def test_events_idempotent(ml_engine):
+    before = ml_engine.stats()["events"]
+    ev = {"user_id": "1", "item_id": "1", "timestamp": 874965758.0, "rating": 5}  # already in ml-100k
+    rep = ml_engine.add_events([ev, ev])
+    assert rep.added == 0 and rep.duplicates == 2
+    assert ml_engine.stats()["events"] == before
+
+
+def test_search_personalized(ml_engine):
+    plain = ml_engine.search("space adventure with aliens", k=10)
+    assert plain and plain[0].personal is None
+    titles = [h.title for h in plain]
+    assert any("Alien" in t or "Star" in t for t in titles[:5])
+    a = ml_engine.search("a funny movie", user_id="1", k=10)
+    b = ml_engine.search("a funny movie", user_id="7", k=10)
+    assert all(h.personal is not None for h in a)
+    assert [h.item_id for h in a] != [h.item_id for h in b]
+    with pytest.raises(InvalidInputError):
+        ml_engine.search("  ")
+
+
+def test_data_survives_reopen(ml_engine_path, make_engine, text_encoder):
+    first = make_engine(ml_engine_path)
+    r1 = first.recommend("13", k=10)
+    s1 = first.stats()
+    first.close()
+    again = Engine.open(ml_engine_path, {"clip": {"enabled": False}, "llm": {"backend": "none"}})
+    again._text = text_encoder
+    try:
+        assert again.stats() == s1
+        assert [r.item_id for r in again.recommend("13", k=10).items] == [r.item_id for r in r1.items]
+    finally:
+        again.close()
