@@ -97,7 +97,7 @@ class PromptRegistry:
         except TemplateSyntaxError as e:
             raise PromptTemplateError(f"{tpl.path}:{e.lineno}: syntax error: {e.message}") from e
         try:
-            return compiled.render(**context).strip() + "\n"
+            return compiled.render(**context).strip()  # completion prompts must end right where the answer starts
         except (SecurityError, TemplateError) as e:
             line = _template_line(tpl.path)
             kind = "unsafe operation blocked" if isinstance(e, SecurityError) else "render error"

@@ -61,7 +61,7 @@ def test_sandbox_escape_blocked(tmp_path, body):
 def test_versions_and_unknown(tmp_path):
     _write(tmp_path, "p.v1.j2", "one")
     reg = _write(tmp_path, "p.v2.j2", "two")
-    assert reg.render("p") == "two\n" and reg.render("p@v1") == "one\n" and reg.render("p@1") == "one\n"
+    assert reg.render("p") == "two" and reg.render("p@v1") == "one" and reg.render("p@1") == "one"
     with pytest.raises(NotFoundError):
         reg.render("p@v3")
     with pytest.raises(NotFoundError):
