@@ -1,0 +1,12 @@
+FROM python:3.11-slim
+WORKDIR /app
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch torchvision
+COPY pyproject.toml README.md ./
+COPY engine engine
+COPY indexers indexers
+COPY prompts prompts
+COPY services services
+RUN pip install '.[all]'
+EXPOSE 8080
+CMD ["persona", "serve", "--host", "0.0.0.0", "--port", "8080"]
