@@ -115,6 +115,24 @@ def _render_context(eng, name: str, user: str, item: str | None) -> dict:
     return {"item": dict(target, description=target["summary"], attributes_text=", ".join(target["genres"]))}
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from engine.datasets import load_movielens
+    from engine.evaluate import evaluate, write_report
+
+    from engine.config import Settings
+
+    base = Path(args.path) if args.path else Settings().path
+    cfg = {"llm": {"backend": "none"}} if args.llm_users == 0 else {}
+    report = evaluate(
+        Path(base) / "eval-ml100k", load_movielens(args.data), users=args.users, llm_users=args.llm_users,
+        seed=args.seed, sasrec=not args.no_sasrec, config=cfg,
+    )
+    md = write_report(report, Path(args.out))
+    print(md.read_text())
+    print(f"report: {md} (+ report.json, metrics.png)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -167,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--item", default=None)
     pr.add_argument("--prompts-dir", default=None)
     pr.set_defaults(fn=cmd_prompts)
+
+    ev = sub.add_parser("eval", help="leave-last-out evaluation on ml-100k against baselines")
+    ev.add_argument("--data", default=None)
+    ev.add_argument("--users", type=int, default=None, help="sample of users for all methods (default: all 943)")
+    ev.add_argument("--llm-users", type=int, default=0, help="sample of users for the LLM variants (0: skip them)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--no-sasrec", action="store_true")
+    ev.add_argument("--out", default="reports/eval")
+    ev.set_defaults(fn=cmd_eval)
 
     sv = sub.add_parser("serve", help="run the HTTP API")
     sv.add_argument("--host", default="127.0.0.1")

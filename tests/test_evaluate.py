@@ -1,0 +1,60 @@
+"""Metrics against hand-computed values; the protocol never leaks test items."""
+
+import math
+
+import pytest
+
+from engine.evaluate import auc, leave_last_out, mrr, ndcg, hit_rate, rank_of_positive, summarize
+from engine.types import Event
+
+
+def test_metrics_by_hand():
+    # positive first; 3 negatives above it, one tie, rest below
+    scores = [0.5, 0.9, 0.8, 0.7, 0.5, 0.1, 0.0]
+    assert rank_of_positive(scores) == 4.5
+    assert auc(scores) == pytest.approx((2 + 0.5) / 6)
+    assert hit_rate(4.5, 5) == 1.0 and hit_rate(4.5, 4) == 0.0
+    assert ndcg(1, 5) == 1.0 and ndcg(3, 5) == pytest.approx(1 / math.log2(4)) and ndcg(6, 5) == 0.0
+    assert mrr(2, 5) == 0.5 and mrr(11, 10) == 0.0
+    m = summarize([[1.0, 0.0, 0.0], [0.0, 1.0, 0.5]], ks=(1, 2))
+    assert m["AUC"] == pytest.approx(0.5) and m["HR@1"] == 0.5 and m["HR@2"] == 0.5
+    assert m["NDCG@2"] == pytest.approx(0.5) and m["MRR@2"] == pytest.approx(0.5)
+
+
+def test_leave_last_out_no_leak_and_deterministic(ml):
+    a = leave_last_out(ml.events, [i.id for i in ml.items], seed=3)
+    b = leave_last_out(ml.events, [i.id for i in ml.items], seed=3)
+    assert a.candidates == b.candidates and len(a.test) == 943
+    for uid, test in a.test.items():
+        hist = a.train[uid]
+        assert all(e.timestamp <= test.timestamp for e in hist)
+        assert test not in hist
+        cands = a.candidates[uid]
+        assert cands[0] == test.item_id and len(cands) == 21 and len(set(cands)) == 21
+        interacted = {e.item_id for e in ml.user_events(uid)}
+        assert not set(cands[1:]) & interacted  # negatives were never seen by the user
+    train = {(e.user_id, e.item_id, e.timestamp) for e in a.train_events()}
+    assert not any((t.user_id, t.item_id, t.timestamp) in train for t in a.test.values())
+
+
+@pytest.mark.slow
+def test_evaluate_small_run_reproducible(tmp_path, ml, text_encoder, monkeypatch):
+    from engine import evaluate as ev
+    from engine.engine import Engine
+
+    orig = Engine.open.__func__
+
+    def open_shared(cls, path=None, config=None):
+        eng = orig(cls, path, config)
+        eng._text = text_encoder
+        return eng
+
+    monkeypatch.setattr(Engine, "open", classmethod(open_shared))
+    r1 = ev.evaluate(tmp_path / "e", ml, users=60, sasrec=True, sasrec_epochs=5, config={"llm": {"backend": "none"}}, progress=False)
+    r2 = ev.evaluate(tmp_path / "e", ml, users=60, sasrec=True, sasrec_epochs=5, config={"llm": {"backend": "none"}}, progress=False)
+    assert r1["metrics"] == r2["metrics"]
+    m = r1["metrics"]
+    assert 0.35 < m["random"]["AUC"] < 0.65
+    assert m["popularity"]["AUC"] > m["random"]["AUC"]
+    md = ev.write_report(r1, tmp_path / "rep")
+    assert (tmp_path / "rep" / "metrics.png").stat().st_size > 1000 and "| persona retrieval |" in md.read_text()
