@@ -102,8 +102,8 @@ class RetrievalConfig(_Section):
     """Reciprocal-rank-fusion constant."""
     recent_positives: int = Field(10, ge=1)
     """Most recent positive items used as examples in the recommend query."""
-    popularity_weight: float = Field(0.5, ge=0)
-    """Weight of the popularity prefetch in the fusion (0 disables it)."""
+    popularity_weight: float = Field(0.2, ge=0)
+    """Weight of the popularity prefetch in the fusion (0 disables it; below 1 it separates candidates more, see VectorStore.query)."""
     mmr_lambda: float | None = Field(None, ge=0, le=1)
     """Diversify the final list with MMR (1 = relevance only); ``None`` disables it."""
     search_profile_weight: float = Field(0.35, ge=0, le=1)

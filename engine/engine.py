@@ -352,7 +352,7 @@ class Engine:
                 if TASTE_PREFIX + name in taste:
                     queries.append(VectorQuery(name, vector=taste[TASTE_PREFIX + name], limit=n, weight=0.5))
         queries = [q for q in queries if (q.vector is not None or q.positives or q.order_by) and q.weight > 0]
-        hits = self.store.query(self.items_col, queries, limit=limit, flt=flt, with_vectors=True)
+        hits = self.store.query(self.items_col, queries, limit=limit, flt=flt, with_vectors=True, rrf_k=rc.rrf_k)
         return hits, strategy, ctx
 
     def _popular(self, k: int, flt: Filter) -> list[Hit]:

@@ -145,8 +145,11 @@ class VectorStore(ABC):
         limit: int,
         flt: Filter | None = None,
         with_vectors: bool = False,
+        rrf_k: int = 60,
     ) -> list[Hit]:
-        """Run one query, or several fused with weighted reciprocal rank fusion, under ``flt``."""
+        """Run one query, or several fused with Qdrant's weighted reciprocal rank fusion, under ``flt``.
+        Qdrant scores position p (0-based) as ``1 / ((p + 1) / weight + k - 1)``: a weight below 1
+        stretches that list's ranks, so it separates its candidates more strongly."""
 
     @abstractmethod
     def top_by(self, name: str, field: str, limit: int, flt: Filter | None = None) -> list[Hit]:
