@@ -87,3 +87,28 @@ def test_data_survives_reopen(ml_engine_path, make_engine, text_encoder):
         assert [r.item_id for r in again.recommend("13", k=10).items] == [r.item_id for r in r1.items]
     finally:
         again.close()
+
+
+def test_mmr_diversifies(ml_engine_path, make_engine):
+    first = make_engine(ml_engine_path)
+    plain = first.recommend("181", k=10)
+    from engine import ConflictError
+
+    with pytest.raises(ConflictError, match="already open"):
+        make_engine(ml_engine_path).stats()  # one engine per path: a clear error, not a corrupted store
+    first.close()
+    diverse_eng = make_engine(ml_engine_path, retrieval={"mmr_lambda": 0.3})
+    diverse = diverse_eng.recommend("181", k=10)
+    assert diverse.strategy.endswith("+mmr") and len({r.item_id for r in diverse.items}) == 10
+    import numpy as np
+
+    def redundancy(recs):
+        """Max pairwise similarity and mean nearest-neighbour similarity inside the list (what MMR reduces)."""
+        hits = diverse_eng._items([r.item_id for r in recs.items], with_vectors=True)
+        v = np.stack([hits[r.item_id].vectors["text"] for r in recs.items])
+        s = v @ v.T
+        np.fill_diagonal(s, -1.0)
+        return s.max(), s.max(axis=1).mean()
+
+    (p_max, p_nn), (d_max, d_nn) = redundancy(plain), redundancy(diverse)
+    assert d_max < p_max and d_nn < p_nn

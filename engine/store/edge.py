@@ -84,7 +84,14 @@ class EdgeStore(VectorStore):
             if name not in self._shards:
                 if not self._dir(name).exists():
                     raise NotFoundError(f"collection {name!r} does not exist")
-                self._shards[name] = qe.EdgeShard.load(str(self._dir(name)))
+                try:
+                    self._shards[name] = qe.EdgeShard.load(str(self._dir(name)))
+                except Exception as e:
+                    if "WouldBlock" in str(e):
+                        raise ConflictError(
+                            f"the store at {self.root} is already open in another Engine or process (one writer per path)"
+                        ) from e
+                    raise
             return self._shards[name]
 
     def has_collection(self, name: str) -> bool:
