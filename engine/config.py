@@ -73,6 +73,8 @@ class LLMConfig(_Section):
     """Prompts per in-process forward pass."""
     device: str = "cpu"
     """Torch device for the in-process backend."""
+    vision: bool = False
+    """The vLLM model accepts images (OpenAI chat ``image_url``): item summaries then see the poster."""
 
 
 class SessionConfig(_Section):
@@ -115,6 +117,8 @@ class RetrievalConfig(_Section):
 
 
 class IngestConfig(_Section):
+    summarizer: Literal["extractive", "llm"] = "extractive"
+    """Item summaries: ``extractive`` (title, genres, first sentence; instant) or ``llm`` (through the LLM backend; a vision model when ``llm.vision`` is set)."""
     batch_size: int = Field(64, ge=1)
     """Items encoded and upserted together."""
     max_description_chars: int = Field(8000, ge=100)

@@ -171,12 +171,18 @@ class Engine:
         from indexers.ingest import ItemIndexer
 
         clip = self.clip
+        summarizer = None
+        if self.settings.ingest.summarizer == "llm":
+            from indexers.summarize import LLMItemSummarizer
+
+            summarizer = LLMItemSummarizer(self.llm, self.prompts, vision=self.settings.llm.vision)
         return ItemIndexer(
             self.store,
             self.items_col,
             self.text_encoder,
             ClipImageEncoder(clip) if clip else None,
             ClipTextEncoder(clip) if clip else None,
+            summarizer=summarizer,
             config=self.settings.ingest,
         )
 

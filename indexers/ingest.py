@@ -239,7 +239,7 @@ class ItemIndexer:
             return
         items = [p.item for p in todo]
         if self.summarizer is not None:
-            summaries = self.summarizer.summarize(items)
+            summaries = self.summarizer.summarize(items, [p.image_bytes for p in todo])
         else:
             summaries = [(extractive_summary(it), "extractive") for it in items]
         vectors: dict[str, np.ndarray] = {self.text.vector_name: self.text.encode([item_text(it) for it in items])}

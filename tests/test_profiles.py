@@ -115,3 +115,17 @@ def test_summary_ignores_injected_text(make_engine, ml, local_llm):
         text = v.summary.upper()
         assert v.summary.startswith("Likes ")
         assert not any(w in text for w in ("HACKED", "PWNED", "OVERRIDE")), v.summary
+
+
+@pytest.mark.slow
+def test_llm_item_summaries_marked_text_only(make_engine, ml, local_llm):
+    eng = make_engine(llm_obj=local_llm, ingest={"summarizer": "llm"})
+    items = [i for i in ml.items if i.description][:6]
+    rep = eng.add_items(items)
+    assert rep.added == 6
+    for it in items:
+        p = eng.item(it.id)
+        assert p["summary_source"] == "llm-text" and len(p["summary"]) >= 10 and "<<<" not in p["summary"]
+    down = make_engine(eng.settings.path.parent / "down", ingest={"summarizer": "llm"})  # llm backend none
+    rep = down.add_items(items[:2])
+    assert rep.added == 2 and down.item(items[0].id)["summary_source"] == "extractive"

@@ -98,6 +98,21 @@ class VLLMClient(LLM):
         text = self._choices(self._post("/completions", body), 1)[0].get("text", "")
         return [t.strip() for t in str(text).split(",") if t.strip()]
 
+    def describe_images(self, prompts: Sequence[str], images: Sequence[bytes | None], max_new_tokens: int) -> list[str]:
+        """One chat request per item with the image as a data URI (vision models only)."""
+        import base64
+
+        out = []
+        for prompt, img in zip(prompts, images):
+            content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
+            if img:
+                uri = "data:image/jpeg;base64," + base64.b64encode(img).decode()
+                content.insert(0, {"type": "image_url", "image_url": {"url": uri}})
+            body = {"model": self.model, "messages": [{"role": "user", "content": content}], "max_tokens": max_new_tokens, "temperature": 0.0}
+            msg = self._choices(self._post("/chat/completions", body), 1)[0].get("message") or {}
+            out.append(str(msg.get("content") or "").strip())
+        return out
+
     def count_tokens(self, text: str) -> int:
         data = self._post("/tokenize", {"model": self.model, "prompt": text}, root=True)
         return int(data.get("count", len(data.get("tokens", []))))
