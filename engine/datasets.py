@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import dataclass
@@ -81,7 +80,3 @@ def load_movielens(root: str | Path | None = None) -> MovieLens:
     ]
     return MovieLens(items=items, events=events, root=root)
 
-
-def read_events_csv(path: str | Path) -> list[dict]:
-    with Path(path).open(encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))

@@ -246,10 +246,9 @@ def evaluate(
     if llm_sample:
         result.notes["llm"] = f"LLM variants on a sample of {len(llm_sample)} users (seed {seed + 7}); baselines above on {len(eval_users)}"
         t1 = time.perf_counter()
-        st = eng.update_profiles(llm_sample, progress=progress, before=None)
+        st = eng.update_profiles(llm_sample, progress=progress)
         result.seconds["summaries"] = round(time.perf_counter() - t1, 2)
         result.notes["summaries"] = json.dumps(st)
-        sub = [u for u in llm_sample]
         for name, sc in [
             ("popularity", popularity_scorer(split)),
             ("persona retrieval", persona_retrieval_scorer(eng, split, use_summary=False)),
@@ -258,7 +257,7 @@ def evaluate(
             ("persona + LLM pointwise", persona_llm_scorer(eng, split, "pointwise", use_summary=True)),
             ("persona + LLM listwise", persona_llm_scorer(eng, split, "listwise", use_summary=True)),
         ]:
-            run_scorer(f"[sample] {name}", sc, sub, split, result, progress)
+            run_scorer(f"[sample] {name}", sc, llm_sample, split, result, progress)
     report = {
         "protocol": {
             "split": "leave-last-out by timestamp",

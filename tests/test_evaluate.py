@@ -5,7 +5,6 @@ import math
 import pytest
 
 from engine.evaluate import auc, leave_last_out, mrr, ndcg, hit_rate, rank_of_positive, summarize
-from engine.types import Event
 
 
 def test_metrics_by_hand():

@@ -15,9 +15,6 @@ from PIL import Image
 
 from engine.store import point_id
 
-POSTERS = None
-
-
 @pytest.fixture(scope="module")
 def posters(ml):
     return [i for i in ml.items if i.image][:6]
