@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     """Prefix of the Qdrant collection names."""
     prompts_dir: Path | None = None
     """Folder of prompt templates that override the packaged ones (same file names)."""
+    prompt_versions: dict[str, int] = {"preference_yes_no": 1}
+    """Version used when code asks for a prompt by name only; unlisted prompts use their latest version.
+    ``preference_yes_no@v2`` (compact) is an experiment: compare with ``persona prompts compare``."""
     text: TextEncoderConfig = TextEncoderConfig()
     """Sentence-transformers text encoder."""
     clip: ClipConfig = ClipConfig()

@@ -52,7 +52,7 @@ class Engine:
         self.store = store
         pre = settings.collection_prefix
         self.items_col, self.events_col, self.users_col = f"{pre}_items", f"{pre}_events", f"{pre}_users"
-        self.prompts = PromptRegistry(settings.prompts_dir)
+        self.prompts = PromptRegistry(settings.prompts_dir, settings.prompt_versions)
         self._lock = threading.RLock()
         self._text: Any = None
         self._clip: Any = None
@@ -193,15 +193,17 @@ class Engine:
         image_dir: str | Path | None = None,
         progress: bool = False,
         on_batch: Any = None,
+        local_images: bool = True,
     ) -> IngestReport:
         """Index items (Item objects, dicts, or a JSONL/CSV/Parquet catalog path). Unchanged items
-        are skipped; bad records are reported per item and the rest goes on."""
+        are skipped; bad records are reported per item and the rest goes on. ``local_images=False``
+        (the HTTP API) refuses image paths on this machine and accepts only URLs."""
         self._ensure_collections()
         if isinstance(items, (str, Path)):
             from indexers.catalog import read_catalog
 
             items = read_catalog(items, image_dir)
-        return self._indexer().ingest(items, progress=progress, on_batch=on_batch)
+        return self._indexer().ingest(items, progress=progress, on_batch=on_batch, local_images=local_images)
 
     def add_events(self, events: Iterable[Event | Mapping[str, Any]]) -> EventReport:
         """Store interactions durably. The same event twice counts once; events naming unknown

@@ -13,6 +13,7 @@ __all__ = [
     "BackendUnavailableError",
     "OverloadedError",
     "PromptTemplateError",
+    "CancelledRequestError",
     "http_status",
 ]
 
@@ -56,6 +57,10 @@ class PromptTemplateError(PersonaError):
     """A prompt template failed to load or render; the message names the file and line."""
 
 
+class CancelledRequestError(PersonaError):
+    """The work was cancelled because its caller went away (HTTP client disconnect)."""
+
+
 _STATUS: list[tuple[type[BaseException], HTTPStatus]] = [
     (InvalidInputError, HTTPStatus.UNPROCESSABLE_ENTITY),
     (NotFoundError, HTTPStatus.NOT_FOUND),
@@ -64,6 +69,8 @@ _STATUS: list[tuple[type[BaseException], HTTPStatus]] = [
     (BackendUnavailableError, HTTPStatus.BAD_GATEWAY),
     (PromptTemplateError, HTTPStatus.INTERNAL_SERVER_ERROR),
     (DependencyMissingError, HTTPStatus.NOT_IMPLEMENTED),
+    # The client is gone, so nobody reads this; 408 is the closest standard code to nginx's 499.
+    (CancelledRequestError, HTTPStatus.REQUEST_TIMEOUT),
 ]
 
 

@@ -24,12 +24,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .datasets import MovieLens, load_movielens
+from .errors import InvalidInputError
 from .store import Filter, point_id
 from .types import Event
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Split", "leave_last_out", "auc", "hit_rate", "ndcg", "mrr", "rank_of_positive", "evaluate"]
+__all__ = ["Split", "leave_last_out", "auc", "hit_rate", "ndcg", "mrr", "rank_of_positive", "evaluate", "compare_prompts"]
 
 
 # -- metrics (candidate list: index 0 is the positive) ---------------------------------------------
@@ -168,24 +169,34 @@ def persona_retrieval_scorer(eng: Any, split: Split, use_summary: bool) -> Score
     return score
 
 
-def persona_llm_scorer(eng: Any, split: Split, mode: str, use_summary: bool) -> Scorer:
-    """LLM pointwise (P(Yes)) or listwise (label order) over the candidate list."""
+def persona_llm_scorer(
+    eng: Any, split: Split, mode: str, use_summary: bool, llm: Any = None, prompt: str | None = None,
+    tokens: list[int] | None = None,
+) -> Scorer:
+    """LLM pointwise (P(Yes)) or listwise (label order) over the candidate list. ``llm`` overrides the
+    engine's backend (e.g. with a LoRA adapter), ``prompt`` the template (``name@vN``); prompt token
+    counts are appended to ``tokens`` when given."""
     from .engine import LABELS, _row
 
     def score(uid: str, cands: list[str]) -> list[float]:
         ctx = eng._user_context(uid, split.train[uid])
         if not use_summary:
             ctx["state"] = None
-        llm = eng.llm()
+        model = llm or eng.llm()
         if mode == "pointwise":
-            probs = llm.yes_probabilities(eng.yes_no_prompts(uid, cands, ctx=ctx))
+            prompts = eng.yes_no_prompts(uid, cands, ctx=ctx, prompt=prompt or "preference_yes_no")
+            if tokens is not None:
+                tokens.append(sum(model.count_tokens(p) for p in prompts))
+            probs = model.yes_probabilities(prompts)
             return [0.5 if p is None else float(p) for p in probs]
         rows = eng._items(cands)
         order = sorted(range(len(cands)), key=lambda i: (cands[i]))  # label order independent of the positive
         labels = LABELS[: len(cands)]
         shown = [dict(_row(rows[cands[i]]), label=lab) for lab, i in zip(labels, order)]
-        prompt = eng.prompts.render("rank_listwise", summary=eng._summary(ctx), history=eng._history_rows(ctx), candidates=shown)
-        chosen = llm.choose_sequence(prompt, labels, len(labels))
+        text = eng.prompts.render(prompt or "rank_listwise", summary=eng._summary(ctx), history=eng._history_rows(ctx), candidates=shown)
+        if tokens is not None:
+            tokens.append(model.count_tokens(text))
+        chosen = model.choose_sequence(text, labels, len(labels))
         pos = {}
         for r, lab in enumerate(chosen):
             pos.setdefault(lab, r)
@@ -195,6 +206,31 @@ def persona_llm_scorer(eng: Any, split: Split, mode: str, use_summary: bool) -> 
         return s
 
     return score
+
+
+def _setup(path: str | Path, data: MovieLens, seed: int, users: int | None, config: dict[str, Any] | None, progress: bool) -> tuple[Any, Split, list[str]]:
+    """The evaluation store: all items, training events only (checked), and the sampled users."""
+    from .engine import Engine
+
+    split = leave_last_out(data.events, [i.id for i in data.items], seed=seed)
+    all_users = sorted(split.test, key=lambda u: int(u) if u.isdigit() else u)
+    rng = np.random.default_rng(seed)
+    eval_users = all_users if users is None else sorted(rng.choice(all_users, size=min(users, len(all_users)), replace=False).tolist())
+    cfg = {"clip": {"enabled": False}, **(config or {})}
+    eng = Engine.open(Path(path), cfg)
+    try:
+        eng.add_items(data.items, progress=progress)
+        ev = eng.add_events(split.train_events())
+        if ev.failed:
+            raise RuntimeError(f"{ev.failed} training events refused")
+        stored = {(e.user_id, e.item_id, e.timestamp) for e in (split.test[u] for u in eval_users)}
+        leaked = [h for u in eval_users[:50] for h in eng.store.scroll(eng.events_col, Filter(match={"user_id": u})) if (h.payload["user_id"], h.payload["item_id"], h.payload["timestamp"]) in stored]
+        if leaked:
+            raise RuntimeError(f"test events leaked into the evaluation store: {len(leaked)}")
+    except BaseException:
+        eng.close()
+        raise
+    return eng, split, eval_users
 
 
 def evaluate(
@@ -207,27 +243,15 @@ def evaluate(
     sasrec_epochs: int = 60,
     config: dict[str, Any] | None = None,
     progress: bool = True,
+    adapter: str | None = None,
 ) -> dict[str, Any]:
-    """Run the protocol; returns the report dict (also what ``persona eval`` writes)."""
-    from .engine import Engine
-
+    """Run the protocol; returns the report dict (also what ``persona eval`` writes). With ``adapter``
+    (a LoRA folder, or its served name on vLLM) the LLM rows are computed before and after it."""
     data = data or load_movielens()
-    split = leave_last_out(data.events, [i.id for i in data.items], seed=seed)
-    all_users = sorted(split.test, key=lambda u: int(u) if u.isdigit() else u)
-    rng = np.random.default_rng(seed)
-    eval_users = all_users if users is None else sorted(rng.choice(all_users, size=min(users, len(all_users)), replace=False).tolist())
-    llm_sample = sorted(np.random.default_rng(seed + 7).choice(eval_users, size=min(llm_users, len(eval_users)), replace=False).tolist()) if llm_users else []
-    cfg = {"clip": {"enabled": False}, **(config or {})}
-    eng = Engine.open(Path(path), cfg)
-    result = EvalResult()
     t0 = time.perf_counter()
-    eng.add_items(data.items, progress=progress)
-    ev = eng.add_events(split.train_events())
-    assert ev.failed == 0
-    stored = {(e.user_id, e.item_id, e.timestamp) for e in (split.test[u] for u in eval_users)}
-    leaked = [h for u in eval_users[:50] for h in eng.store.scroll(eng.events_col, Filter(match={"user_id": u})) if (h.payload["user_id"], h.payload["item_id"], h.payload["timestamp"]) in stored]
-    if leaked:
-        raise RuntimeError(f"test events leaked into the evaluation store: {len(leaked)}")
+    eng, split, eval_users = _setup(path, data, seed, users, config, progress)
+    llm_sample = sorted(np.random.default_rng(seed + 7).choice(eval_users, size=min(llm_users, len(eval_users)), replace=False).tolist()) if llm_users else []
+    result = EvalResult()
     result.seconds["setup"] = round(time.perf_counter() - t0, 2)
 
     vecs = {h.payload["item_id"]: np.asarray(h.vectors["text"], np.float32) for h in eng.store.scroll(eng.items_col, with_vectors=True)}
@@ -258,6 +282,17 @@ def evaluate(
             ("persona + LLM listwise", persona_llm_scorer(eng, split, "listwise", use_summary=True)),
         ]:
             run_scorer(f"[sample] {name}", sc, llm_sample, split, result, progress)
+        if adapter:
+            from .llm import open_llm
+
+            tuned = open_llm(eng.settings.llm.model_copy(update={"adapter": adapter}))
+            result.notes["adapter"] = _adapter_note(adapter)
+            for name, sc in [
+                ("persona + LLM pointwise + LoRA", persona_llm_scorer(eng, split, "pointwise", use_summary=True, llm=tuned)),
+                ("persona + LLM listwise + LoRA", persona_llm_scorer(eng, split, "listwise", use_summary=True, llm=tuned)),
+            ]:
+                run_scorer(f"[sample] {name}", sc, llm_sample, split, result, progress)
+            tuned.close()
     report = {
         "protocol": {
             "split": "leave-last-out by timestamp",
@@ -272,11 +307,73 @@ def evaluate(
         "notes": result.notes,
         "config": json.loads(eng.settings.model_dump_json()),
         "models": {"text": eng.settings.text.model, "llm": eng.settings.llm.model if llm_sample else None},
-        "prompts": {t.name: t.ref for t in eng.prompts.list()},
+        "prompts": {n: eng.prompts.get(n).ref for n in sorted({t.name for t in eng.prompts.list()})},
         "platform": platform.platform(),
     }
     eng.close()
     return report
+
+
+PROMPT_MODES = {"preference_yes_no": "pointwise", "rank_listwise": "listwise"}
+
+
+def compare_prompts(
+    path: str | Path, refs: Sequence[str], data: MovieLens | None = None, users: int = 20, seed: int = 0,
+    config: dict[str, Any] | None = None, progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ranking prompt variants (``name@vN``) on the same users and candidates, one row each:
+    metrics, prompt tokens per user (all candidates of one list), LLM seconds per user."""
+    data = data or load_movielens()
+    eng, split, sample = _setup(path, data, seed, users, config, progress)
+    try:
+        for ref in refs:
+            tpl = eng.prompts.get(ref)
+            if tpl.name not in PROMPT_MODES:
+                raise InvalidInputError(f"{ref}: only ranking prompts can be compared by metrics: {sorted(PROMPT_MODES)}")
+            eng.prompts.check(tpl.ref)
+        eng.llm()  # load (and fail) before the clock starts
+        st = eng.update_profiles(sample, progress=progress)
+        result, tokens, rows = EvalResult(), {}, []
+        for ref in refs:
+            tpl = eng.prompts.get(ref)
+            toks: list[int] = []
+            scorer = persona_llm_scorer(eng, split, PROMPT_MODES[tpl.name], use_summary=True, prompt=tpl.ref, tokens=toks)
+            run_scorer(tpl.ref, scorer, sample, split, result, progress)
+            tokens[tpl.ref] = toks
+            m = result.metrics[tpl.ref]
+            rows.append({"prompt": tpl.ref, "file": str(tpl.path), **{k: m[k] for k in ("AUC", "HR@5", "NDCG@5", "MRR@5", "HR@10", "NDCG@10")},
+                         "prompt_tokens_per_user": round(float(np.mean(toks)), 1),
+                         "seconds_per_user": round(result.seconds[tpl.ref] / max(1, len(sample)), 3)})
+        return {
+            "users": len(sample), "seed": seed, "llm": eng.llm().name, "rows": rows,
+            "protocol": f"leave-last-out, 1 positive : {split.n_neg} negatives, same users and candidates for every prompt",
+            "summaries": st,
+        }
+    finally:
+        eng.close()
+
+
+def write_comparison(report: dict[str, Any], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "__vs__".join(r["prompt"].replace("@", "_") for r in report["rows"])
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    cols = ["AUC", "HR@5", "NDCG@5", "MRR@5", "HR@10", "NDCG@10", "prompt_tokens_per_user", "seconds_per_user"]
+    lines = [f"# Prompt comparison ({report['users']} users, seed {report['seed']}, {report['llm']})", "",
+             report["protocol"], "", "| prompt | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['prompt']} | " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) and c in cols[:6] else str(r[c]) for c in cols) + " |")
+    md = out / f"{stem}.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
+
+
+def _adapter_note(adapter: str) -> str:
+    meta = Path(adapter) / "persona_adapter.json"
+    if not meta.exists():
+        return f"LoRA adapter {adapter}"
+    m = json.loads(meta.read_text())
+    return (f"LoRA adapter {adapter}: {m.get('examples')} examples {m.get('examples_by_kind')}, data sha256 {str(m.get('data_hash'))[:12]}, "
+            f"{m.get('steps')} steps in {m.get('seconds')}s, trained on training-split interactions only")
 
 
 def write_report(report: dict[str, Any], out: Path) -> Path:

@@ -49,7 +49,8 @@ class PromptTemplate:
 class PromptRegistry:
     """Packaged templates, overridden by files of the same name in ``override_dir``."""
 
-    def __init__(self, override_dir: Path | None = None) -> None:
+    def __init__(self, override_dir: Path | None = None, pins: dict[str, int] | None = None) -> None:
+        self.pins = dict(pins or {})
         self.env = ImmutableSandboxedEnvironment(
             loader=FunctionLoader(self._load),
             undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False
@@ -75,12 +76,15 @@ class PromptRegistry:
         return [self._templates[k] for k in sorted(self._templates)]
 
     def get(self, ref: str) -> PromptTemplate:
-        """``name`` (latest version), ``name@vN`` or ``name@N``."""
+        """``name`` (pinned version, else the latest), ``name@vN`` or ``name@N``."""
         name, _, ver = ref.partition("@")
         versions = sorted(v for (n, v) in self._templates if n == name)
         if not versions:
             raise NotFoundError(f"no prompt named {name!r}; known: {sorted({n for n, _ in self._templates})}")
         if not ver:
+            pinned = self.pins.get(name)
+            if pinned is not None and (name, pinned) in self._templates:
+                return self._templates[(name, pinned)]
             return self._templates[(name, versions[-1])]
         try:
             v = int(ver.lstrip("v"))

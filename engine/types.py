@@ -22,14 +22,16 @@ __all__ = [
     "ItemScore",
 ]
 
-_ID = r"^[^\x00-\x1f]{1,200}$"
+# No control characters. Written with the characters themselves (not ``\x`` escapes) because some
+# JSON-schema consumers (schemathesis' generator) mis-read escaped ranges in the OpenAPI pattern.
+_ID = "^[^\x00-\x1f]+$"
 
 
 class Item(BaseModel):
     """A catalog item. Only ``id`` is required; items with no image or no description are still indexed."""
 
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(pattern=_ID)
+    id: str = Field(min_length=1, max_length=200, pattern=_ID)
     title: str = ""
     description: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
@@ -52,13 +54,13 @@ class Event(BaseModel):
     """One interaction. Idempotent: the same event (same ``id``, or same user/item/time/kind) counts once."""
 
     model_config = ConfigDict(extra="forbid")
-    user_id: str = Field(pattern=_ID)
-    item_id: str = Field(pattern=_ID)
+    user_id: str = Field(min_length=1, max_length=200, pattern=_ID)
+    item_id: str = Field(min_length=1, max_length=200, pattern=_ID)
     timestamp: float
     kind: str = Field("rating", pattern=r"^[a-z_]{1,32}$")
     rating: float | None = None
     text: str | None = Field(None, max_length=20_000)
-    id: str | None = Field(None, pattern=_ID)
+    id: str | None = Field(None, min_length=1, max_length=200, pattern=_ID)
 
     @field_validator("user_id", "item_id", "id", mode="before")
     @classmethod

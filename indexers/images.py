@@ -14,8 +14,9 @@ from engine.errors import InvalidInputError
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-def read_image_bytes(ref: str, base_dir: Path | None, max_bytes: int, timeout_s: float = 10.0) -> bytes:
-    """Bytes of an image given as a path (relative to ``base_dir``), ``file://`` or ``http(s)://`` URL."""
+def read_image_bytes(ref: str, base_dir: Path | None, max_bytes: int, timeout_s: float = 10.0, allow_local: bool = True) -> bytes:
+    """Bytes of an image given as a path (relative to ``base_dir``), ``file://`` or ``http(s)://`` URL.
+    ``allow_local=False`` (the HTTP API) refuses paths, so a client cannot make the server read its files."""
     parsed = urlparse(ref)
     if parsed.scheme in ("http", "https"):
         try:
@@ -33,6 +34,8 @@ def read_image_bytes(ref: str, base_dir: Path | None, max_bytes: int, timeout_s:
                 return bytes(buf)
         except httpx.HTTPError as e:
             raise InvalidInputError(f"cannot fetch image {ref}: {e}") from e
+    if not allow_local:
+        raise InvalidInputError("local image paths are not accepted here; give an http(s) URL")
     path = Path(parsed.path) if parsed.scheme == "file" else Path(ref)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path

@@ -162,7 +162,7 @@ class ItemIndexer:
 
     # -- preparation (worker thread) -------------------------------------------------------------
 
-    def _prepare(self, batch: Sequence[tuple[int, Any]], seen: set[str], report: IngestReport) -> list[_Prepared]:
+    def _prepare(self, batch: Sequence[tuple[int, Any]], seen: set[str], report: IngestReport, local_images: bool = True) -> list[_Prepared]:
         out: list[_Prepared] = []
         for idx, rec in batch:
             raw_id = rec.get("id") if isinstance(rec, dict) else getattr(rec, "id", None)
@@ -208,7 +208,7 @@ class ItemIndexer:
                 item.description = item.description[: self.config.max_description_chars]
             if item.image:
                 try:
-                    p.image_bytes = read_image_bytes(item.image, self.image_root, self.config.max_image_bytes)
+                    p.image_bytes = read_image_bytes(item.image, self.image_root, self.config.max_image_bytes, allow_local=local_images)
                 except InvalidInputError as e:
                     p.warnings.append(f"image skipped: {e}")
             h = hashlib.sha256()
@@ -278,9 +278,11 @@ class ItemIndexer:
         self.store.upsert(self.collection, points)
 
     def ingest(
-        self, records: Iterable[Any], progress: bool = True, total: int | None = None, on_batch: Any = None
+        self, records: Iterable[Any], progress: bool = True, total: int | None = None, on_batch: Any = None,
+        local_images: bool = True,
     ) -> IngestReport:
-        """Index records; ``on_batch(report)`` is called after each batch is durably written."""
+        """Index records; ``on_batch(report)`` is called after each batch is durably written.
+        ``local_images=False`` accepts only image URLs (no server-side paths)."""
         report = IngestReport()
         t0 = time.perf_counter()
         seen: set[str] = set()
@@ -303,12 +305,12 @@ class ItemIndexer:
             pending = None
             first = next(it, None)
             if first is not None:
-                pending = (len(first), pool.submit(self._prepare, first, seen, report))
+                pending = (len(first), pool.submit(self._prepare, first, seen, report, local_images))
             while pending is not None:
                 n, fut = pending
                 todo = fut.result()
                 nxt = next(it, None)
-                pending = (len(nxt), pool.submit(self._prepare, nxt, seen, report)) if nxt is not None else None
+                pending = (len(nxt), pool.submit(self._prepare, nxt, seen, report, local_images)) if nxt is not None else None
                 self._write(todo, report)
                 report.total += n
                 bar.update(n)

@@ -1,4 +1,12 @@
-"""HTTP API (FastAPI). Writes need the API key (``PERSONA_API_KEY``); errors map through ``engine.http_status``."""
+"""HTTP API (FastAPI).
+
+- Writes need the API key (``PERSONA_API_KEY``, header ``X-API-Key``); without a configured key writes are refused.
+- Errors map through ``engine.http_status`` (one place).
+- Limits: request bodies (``max_body_bytes``, 413), batch sizes and ``k`` (422), and an admission limit
+  (``max_inflight``) that answers 503 with Retry-After instead of queueing without bound.
+- A client that disconnects cancels its request's LLM work (vLLM aborts the generation).
+- ``/metrics``: Prometheus text format (per-app registry).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +14,29 @@ import asyncio
 import hmac
 import logging
 import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, StringConstraints, WithJsonSchema, model_validator
+from typing import Annotated
 
 from engine import Engine, Event, Item, OverloadedError, PersonaError, http_status
+from engine.cancel import CancelScope, cancel_scope
+from engine.errors import CancelledRequestError, missing
 from engine.types import EventReport, Explanation, IngestReport, Profile, Recommendations, SearchHit
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 MAX_K = 100
+MAX_BODY_BYTES = 32 * 1024 * 1024
+ID = Field(min_length=1, max_length=200)
 
 
 class ItemsIn(BaseModel):
@@ -31,74 +48,260 @@ class EventsIn(BaseModel):
 
 
 class ExplainIn(BaseModel):
-    user_id: str = Field(max_length=200)
-    item_id: str = Field(max_length=200)
+    user_id: str = ID
+    item_id: str = ID
+
+
+class RangeIn(BaseModel):
+    """A numeric range; at least one bound."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "RangeIn":
+        if not self.model_dump(exclude_none=True):
+            raise ValueError("a range needs at least one of gt, gte, lt, lte")
+        return self
+
+
+FilterKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.]*[A-Za-z0-9][A-Za-z0-9_.]*$", max_length=100)]
+FilterValue = StrictStr | StrictInt | StrictBool | Annotated[list[StrictStr], Field(min_length=1)] | Annotated[list[StrictInt], Field(min_length=1)] | RangeIn
+
+
+_BOUND = {"type": "number"}
+# Spelled out because pydantic's patternProperties would leave other keys unconstrained in the spec.
+_FILTERS_SCHEMA = {"anyOf": [{"type": "object", "propertyNames": {"pattern": r"^[A-Za-z0-9_.]*[A-Za-z0-9][A-Za-z0-9_.]*$", "maxLength": 100},
+    "additionalProperties": {"anyOf": [
+        {"type": "string"}, {"type": "integer"}, {"type": "boolean"},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+        {"type": "object", "properties": {"gt": _BOUND, "gte": _BOUND, "lt": _BOUND, "lte": _BOUND}, "additionalProperties": False, "minProperties": 1},
+    ]}}, {"type": "null"}]}
 
 
 class SearchIn(BaseModel):
     query: str = Field(min_length=1, max_length=2000)
-    user_id: str | None = Field(None, max_length=200)
+    user_id: str | None = Field(None, min_length=1, max_length=200)
     k: int = Field(10, ge=1, le=MAX_K)
-    filters: dict[str, Any] | None = None
+    filters: Annotated[dict[FilterKey, FilterValue] | None, WithJsonSchema(_FILTERS_SCHEMA)] = Field(
+        None, description='Item attribute filters: {"genres": "Comedy"}, {"genres": ["Comedy", "Drama"]}, {"year": {"gte": 1990}}'
+    )
+
+    def filter_spec(self) -> dict[str, Any] | None:
+        if self.filters is None:
+            return None
+        return {k: v.model_dump(exclude_none=True) if isinstance(v, RangeIn) else v for k, v in self.filters.items()}
 
 
-def create_app(path: str | Path | None = None, engine: Engine | None = None, api_key: str | None = None, max_inflight: int = 8) -> FastAPI:
+class Health(BaseModel):
+    status: str
+    items: int
+    events: int
+    users: int
+
+
+class ErrorOut(BaseModel):
+    detail: Any
+    type: str | None = None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "unknown user or item"},
+    413: {"model": ErrorOut, "description": "request body too large"},
+    503: {"model": ErrorOut, "description": "overloaded (see Retry-After)"},
+}
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing or wrong X-API-Key"},
+    413: _ERRORS[413],
+    503: {"model": ErrorOut, "description": "overloaded, or writes disabled (no PERSONA_API_KEY)"},
+}
+
+
+class _Metrics:
+    def __init__(self, eng: Engine) -> None:
+        try:
+            from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+            from prometheus_client.core import GaugeMetricFamily
+        except ImportError as e:
+            raise missing("server", "prometheus-client") from e
+        self.registry = CollectorRegistry()
+        self.requests = Counter("persona_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("persona_http_request_seconds", "HTTP request latency", ["method", "route"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.inflight = Gauge("persona_inflight_requests", "Engine calls running now", registry=self.registry)
+        self.rejected = Counter("persona_rejected_requests", "Requests refused before any work", ["reason"], registry=self.registry)
+        self.cancelled = Counter("persona_cancelled_requests", "Requests whose client disconnected (LLM work cancelled)", registry=self.registry)
+
+        class _Store:
+            def collect(self) -> Any:
+                g = GaugeMetricFamily("persona_store_points", "Points stored per kind", labels=["kind"])
+                for k, v in eng.stats().items():
+                    g.add_metric([k], v)
+                yield g
+
+        self.registry.register(_Store())  # type: ignore[arg-type]
+
+
+class _BodyLimit:
+    """Pure ASGI middleware: refuse bodies over the limit (Content-Length, or counted while streaming)."""
+
+    def __init__(self, app: Any, limit: int, on_reject: Any) -> None:
+        self.app, self.limit, self.on_reject = app, limit, on_reject
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            self.on_reject()
+            return await self._too_large(send)
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return msg
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            self.on_reject()
+            await self._too_large(send)
+
+    async def _too_large(self, send: Any) -> None:
+        body = b'{"detail":"request body too large","type":"InvalidInputError"}'
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(
+    path: str | Path | None = None, engine: Engine | None = None, api_key: str | None = None, max_inflight: int = 8,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    owned = engine is None
     eng = engine or Engine.open(path)
     key = api_key if api_key is not None else os.environ.get("PERSONA_API_KEY", "")
-    app = FastAPI(title="Persona", version="0.1.0", description="Retrieval-augmented multimodal personalization.")
-    slots = asyncio.Semaphore(max_inflight)
 
-    def require_key(x_api_key: str | None = Header(None)) -> None:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:  # an engine passed in belongs to the caller
+            eng.close()
+
+    app = FastAPI(title="Persona", version="0.1.0", description="Retrieval-augmented multimodal personalization.", lifespan=lifespan)
+    slots = asyncio.Semaphore(max_inflight)
+    metrics = _Metrics(eng)
+    app.add_middleware(_BodyLimit, limit=max_body_bytes, on_reject=lambda: metrics.rejected.labels("too_large").inc())
+    api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Required for writes (PERSONA_API_KEY)")
+
+    def require_key(x_api_key: str | None = Security(api_key_header)) -> None:
         if not key:
             raise HTTPException(503, "writes are disabled: set PERSONA_API_KEY")
-        if not x_api_key or not hmac.compare_digest(x_api_key, key):
+        if not x_api_key or not hmac.compare_digest(x_api_key.encode(), key.encode()):
             raise HTTPException(401, "missing or wrong X-API-Key")
 
-    async def run(fn: Any, *args: Any, **kw: Any) -> Any:
+    async def run(fn: Any, *args: Any, request: Request | None = None, **kw: Any) -> Any:
         # Admission limit: answer 503 + Retry-After instead of queueing without bound.
         if slots.locked():
+            metrics.rejected.labels("overloaded").inc()
             raise OverloadedError("too many requests in flight", retry_after_s=1)
         async with slots:
-            return await asyncio.to_thread(fn, *args, **kw)
+            metrics.inflight.inc()
+            try:
+                scope = CancelScope()
+
+                def work() -> Any:
+                    with cancel_scope(scope):
+                        return fn(*args, **kw)
+
+                fut = asyncio.ensure_future(asyncio.to_thread(work))
+                while request is not None:
+                    done, _ = await asyncio.wait({fut}, timeout=0.2)
+                    if done:
+                        break
+                    if await request.is_disconnected():
+                        scope.cancel()  # the worker thread stops its LLM call; wait for it so the slot stays honest
+                        metrics.cancelled.inc()
+                        try:
+                            await fut
+                        except CancelledRequestError:
+                            pass
+                        raise CancelledRequestError("client disconnected")
+                return await fut
+            finally:
+                metrics.inflight.dec()
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Any) -> Any:
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        metrics.requests.labels(request.method, name, str(response.status_code)).inc()
+        metrics.latency.labels(request.method, name).observe(time.perf_counter() - t0)
+        return response
 
     @app.exception_handler(PersonaError)
     async def _persona_error(_: Request, exc: PersonaError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, OverloadedError) else None
-        return JSONResponse({"detail": str(exc), "type": type(exc).__name__}, status_code=int(http_status(exc)), headers=headers)
+        status = int(http_status(exc))
+        detail: Any = str(exc)
+        if status == 422:  # the same shape as FastAPI's own validation errors
+            detail = [{"loc": ["body"], "msg": str(exc), "type": "invalid_input"}]
+        return JSONResponse({"detail": detail, "type": type(exc).__name__}, status_code=status, headers=headers)
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
         return {"status": "ok", **eng.stats()}
 
-    @app.post("/items", response_model=IngestReport, dependencies=[Depends(require_key)])
-    async def add_items(body: ItemsIn) -> IngestReport:
-        return await run(eng.add_items, body.items)
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"}})
+    async def prometheus() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    @app.post("/events", response_model=EventReport, dependencies=[Depends(require_key)])
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/items", response_model=IngestReport, dependencies=[Depends(require_key)], responses=_WRITE_ERRORS)
+    async def add_items(body: ItemsIn) -> IngestReport:
+        """Batch upsert. Returns once the batch is durably stored (acknowledged items survive a crash).
+        Images must be http(s) URLs: the server never reads its own files for a client."""
+        return await run(eng.add_items, body.items, local_images=False)
+
+    @app.post("/events", response_model=EventReport, dependencies=[Depends(require_key)], responses=_WRITE_ERRORS)
     async def add_events(body: EventsIn) -> EventReport:
         return await run(eng.add_events, body.events)
 
-    @app.get("/users/{user_id}/recommendations", response_model=Recommendations)
-    async def recommendations(
-        user_id: str, k: int = Query(10, ge=1, le=MAX_K), rerank: str | None = Query(None, pattern="^(none|pointwise|listwise)$"),
-        explain: bool = False,
-    ) -> Recommendations:
-        return await run(eng.recommend, user_id, k=k, rerank=rerank, explain=explain)
+    @app.get("/items/{item_id}", responses=_ERRORS)
+    async def get_item(item_id: str) -> dict[str, Any]:
+        return await run(eng.item, item_id)
 
-    @app.get("/users/{user_id}/profile", response_model=Profile)
+    @app.get("/users/{user_id}/recommendations", response_model=Recommendations, responses=_ERRORS)
+    async def recommendations(
+        request: Request, user_id: str, k: int = Query(10, ge=1, le=MAX_K),
+        rerank: str | None = Query(None, pattern="^(none|pointwise|listwise)$"), explain: bool = False,
+    ) -> Recommendations:
+        return await run(eng.recommend, user_id, k=k, rerank=rerank, explain=explain, request=request)
+
+    @app.get("/users/{user_id}/profile", response_model=Profile, responses=_ERRORS)
     async def profile(user_id: str) -> Profile:
         return await run(eng.profile, user_id)
 
-    @app.post("/explain", response_model=Explanation)
-    async def explain(body: ExplainIn) -> Explanation:
-        return await run(eng.explain, body.user_id, body.item_id)
+    @app.post("/explain", response_model=Explanation, responses=_ERRORS)
+    async def explain(request: Request, body: ExplainIn) -> Explanation:
+        return await run(eng.explain, body.user_id, body.item_id, request=request)
 
-    @app.post("/search", response_model=list[SearchHit])
-    async def search(body: SearchIn) -> list[SearchHit]:
-        return await run(eng.search, body.query, user_id=body.user_id, k=body.k, filters=body.filters)
-
-    @app.on_event("shutdown")
-    def _close() -> None:
-        eng.close()
+    @app.post("/search", response_model=list[SearchHit], responses=_ERRORS)
+    async def search(request: Request, body: SearchIn) -> list[SearchHit]:
+        return await run(eng.search, body.query, user_id=body.user_id, k=body.k, filters=body.filter_spec(), request=request)
 
     return app

@@ -80,17 +80,35 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_prompts(args: argparse.Namespace) -> int:
     from engine.prompts import PromptRegistry
 
-    reg = PromptRegistry(Path(args.prompts_dir) if args.prompts_dir else None)
+    from engine.config import Settings
+
+    reg = PromptRegistry(Path(args.prompts_dir) if args.prompts_dir else None, Settings().prompt_versions)
     if args.action == "list":
         for t in reg.list():
-            print(f"{t.ref:28s} {t.path}")
+            default = "  (default)" if reg.get(t.name).ref == t.ref else ""
+            print(f"{t.ref:28s} {t.path}{default}")
+        return 0
+    if args.action == "compare":
+        if len(args.names) < 2:
+            print("persona prompts compare NAME@A NAME@B [...] --users N", file=sys.stderr)
+            return 2
+        from engine.datasets import load_movielens
+        from engine.evaluate import compare_prompts, write_comparison
+
+        for ref in args.names:
+            reg.check(ref)  # a broken template fails here, naming file and line, before any model loads
+        rep = compare_prompts(_eval_dir(args), args.names, load_movielens(args.data), users=args.users, seed=args.seed,
+                              config={"prompts_dir": args.prompts_dir} if args.prompts_dir else None)
+        md = write_comparison(rep, Path(args.out))
+        print(md.read_text())
+        print(f"saved: {md} (+ .json)")
         return 0
     if args.action == "render":
-        if not args.name:
+        if len(args.names) != 1:
             print("persona prompts render NAME --user U [--item I]", file=sys.stderr)
             return 2
         with _open(args, prompts_dir=args.prompts_dir) as eng:
-            name = args.name
+            name = args.names[0]
             if name.split("@")[0] == "preference_yes_no":
                 print(eng.yes_no_prompts(args.user, [args.item], prompt=name)[0])
             else:
@@ -115,21 +133,53 @@ def _render_context(eng, name: str, user: str, item: str | None) -> dict:
     return {"item": dict(target, description=target["summary"], attributes_text=", ".join(target["genres"]))}
 
 
+def _eval_dir(args: argparse.Namespace) -> Path:
+    from engine.config import Settings
+
+    return Path(args.path or Settings().path) / "eval-ml100k"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from engine.datasets import load_movielens
     from engine.evaluate import evaluate, write_report
 
-    from engine.config import Settings
-
-    base = Path(args.path) if args.path else Settings().path
+    if args.adapter and args.llm_users == 0:
+        print("persona eval --adapter needs --llm-users N (the LLM rows are computed with and without it)", file=sys.stderr)
+        return 2
     cfg = {"llm": {"backend": "none"}} if args.llm_users == 0 else {}
     report = evaluate(
-        Path(base) / "eval-ml100k", load_movielens(args.data), users=args.users, llm_users=args.llm_users,
-        seed=args.seed, sasrec=not args.no_sasrec, config=cfg,
+        _eval_dir(args), load_movielens(args.data), users=args.users, llm_users=args.llm_users,
+        seed=args.seed, sasrec=not args.no_sasrec, config=cfg, adapter=args.adapter,
     )
     md = write_report(report, Path(args.out))
     print(md.read_text())
     print(f"report: {md} (+ report.json, metrics.png)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine import Engine
+    from engine.datasets import load_movielens
+    from engine.evaluate import leave_last_out
+    from engine.train import TrainConfig, build_instruction_data, train_lora
+
+    cfg = TrainConfig(users=args.users, targets_per_user=args.targets_per_user, negatives=args.negatives, format=args.format,
+                      epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, lora_r=args.lora_r, seed=args.seed, device=args.device)
+    ml = load_movielens(args.data)
+    # The held-out last interaction of every user (what `persona eval` scores) is never trained on.
+    split = leave_last_out(ml.events, [i.id for i in ml.items], seed=args.seed)
+    t0 = time.perf_counter()
+    with Engine.open(_eval_dir(args), {"llm": {"backend": "none"}, "clip": {"enabled": False}}) as eng:
+        eng.add_items(ml.items, progress=True)
+        model = args.model or eng.settings.llm.model
+        exclude = {u: {e.item_id} for u, e in split.test.items()}
+        examples = build_instruction_data(eng, split.train, [i.id for i in ml.items], cfg, exclude=exclude)
+    print(f"instruction data: {len(examples)} examples from {cfg.users} users in {time.perf_counter() - t0:.0f}s")
+    meta = train_lora(examples, model, args.out, cfg, extra_meta={"data": str(ml.root), "split": f"leave-last-out seed {args.seed}, training side"})
+    print(json.dumps({k: meta[k] for k in ("examples", "examples_by_kind", "data_hash", "steps", "loss_first_steps", "loss_last_steps", "seconds")}, indent=2))
+    print(f"adapter: {args.out}\n  in-process: PERSONA_LLM__ADAPTER={Path(args.out).resolve()}"
+          f"\n  vLLM: --enable-lora --max-lora-rank {cfg.lora_r} --lora-modules persona-lora={Path(args.out).resolve()}, then PERSONA_LLM__ADAPTER=persona-lora"
+          f"\n  compare: persona eval --llm-users 40 --adapter {args.out}")
     return 0
 
 
@@ -179,11 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(fn=cmd_ingest)
 
     pr = sub.add_parser("prompts", help="list or render prompt templates")
-    pr.add_argument("action", choices=["list", "render"])
-    pr.add_argument("name", nargs="?")
+    pr.add_argument("action", choices=["list", "render", "compare"])
+    pr.add_argument("names", nargs="*", help="render: NAME[@vN]; compare: NAME@vA NAME@vB ...")
     pr.add_argument("--user", default="1")
     pr.add_argument("--item", default=None)
     pr.add_argument("--prompts-dir", default=None)
+    pr.add_argument("--users", type=int, default=20, help="compare: users sampled for the evaluation")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--data", default=None)
+    pr.add_argument("--out", default="reports/prompts-compare")
     pr.set_defaults(fn=cmd_prompts)
 
     ev = sub.add_parser("eval", help="leave-last-out evaluation on ml-100k against baselines")
@@ -193,7 +247,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--no-sasrec", action="store_true")
     ev.add_argument("--out", default="reports/eval")
+    ev.add_argument("--adapter", default=None, help="LoRA adapter (folder; served name on vLLM): LLM rows before and after")
     ev.set_defaults(fn=cmd_eval)
+
+    t = sub.add_parser("train", help="LoRA fine-tuning on instruction data built from ml-100k interactions")
+    t.add_argument("--out", default="adapters/persona-lora")
+    t.add_argument("--data", default=None)
+    t.add_argument("--model", default=None, help="base model (default: llm.model, the packaged Gemma 270M)")
+    t.add_argument("--users", type=int, default=120)
+    t.add_argument("--targets-per-user", type=int, default=2)
+    t.add_argument("--negatives", type=int, default=1)
+    t.add_argument("--format", choices=["pointwise", "listwise", "both"], default="pointwise")
+    t.add_argument("--epochs", type=int, default=2)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lora-r", type=int, default=8)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu")
+    t.set_defaults(fn=cmd_train)
 
     sv = sub.add_parser("serve", help="run the HTTP API")
     sv.add_argument("--host", default="127.0.0.1")

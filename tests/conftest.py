@@ -118,11 +118,13 @@ def vllm_url(tmp_path_factory):
     model = packaged_gemma_dir()
     port = _free_port()
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    # LoRA on, adapters loaded at run time by name (tests/test_train.py trains one during the session).
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     proc = subprocess.Popen(
         [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", "persona-gemma",
          "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.3", "--max-model-len", "4096",
-         "--host", "127.0.0.1", "--port", str(port), "--enable-prefix-caching"],
+         "--host", "127.0.0.1", "--port", str(port), "--enable-prefix-caching",
+         "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2"],
         stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
     )
     url = f"http://127.0.0.1:{port}/v1"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
+from ..cancel import check_cancelled, current_scope
 from ..config import LLMConfig
 from ..errors import BackendUnavailableError, InvalidInputError, missing
 from .base import LLM
@@ -58,6 +60,7 @@ class TransformersLLM(LLM):
     def _batches(self, prompts: Sequence[str]):
         bs = self.config.batch_size
         for i in range(0, len(prompts), bs):
+            check_cancelled()  # a disconnected API client stops the work between batches
             yield list(prompts[i : i + bs])
 
     def _encode(self, prompts: list[str], reserve: int):
@@ -72,8 +75,9 @@ class TransformersLLM(LLM):
                 enc = self._encode(batch, max_new_tokens)
                 gen = self.model.generate(
                     **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tok.pad_token_id,
-                    repetition_penalty=1.15,
+                    repetition_penalty=1.15, stopping_criteria=self._stop_on_cancel(),
                 )
+                check_cancelled()
                 for row in gen[:, enc["input_ids"].shape[1] :]:
                     text = self.tok.decode(row, skip_special_tokens=True)
                     for s in stop:
@@ -82,10 +86,25 @@ class TransformersLLM(LLM):
                     out.append(text.strip())
         return out
 
+    def _stop_on_cancel(self) -> Any:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        scope = current_scope()
+        if scope is None:
+            return None
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                return scope.cancelled
+
+        return StoppingCriteriaList([_Cancelled()])
+
     def _next_logprobs(self, batch: list[str]):
         torch = self._torch
         enc = self._encode(batch, 1)
-        logits = self.model(**enc).logits[:, -1, :].float()
+        # Only the last position's logits: the LM head over Gemma's 262k vocabulary at every position
+        # would cost more than the rest of the forward pass.
+        logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()
         return torch.log_softmax(logits, dim=-1)
 
     def yes_probabilities(self, prompts: Sequence[str]) -> list[float | None]:
@@ -120,7 +139,8 @@ class TransformersLLM(LLM):
             attn = enc["attention_mask"]
             comma = self.tok.encode(",", add_special_tokens=False)
             for _ in range(min(n, len(labels))):
-                out = self.model(input_ids=step_ids, attention_mask=attn, past_key_values=past, use_cache=True)
+                check_cancelled()
+                out = self.model(input_ids=step_ids, attention_mask=attn, past_key_values=past, use_cache=True, logits_to_keep=1)
                 past = out.past_key_values
                 logits = out.logits[0, -1]
                 allowed = [i for i, lab in label_ids.items() if lab not in chosen]

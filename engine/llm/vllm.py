@@ -7,8 +7,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from ..cancel import CancelScope, check_cancelled, current_scope
 from ..config import PACKAGED_GEMMA, LLMConfig
-from ..errors import BackendUnavailableError, missing
+from ..errors import BackendUnavailableError, CancelledRequestError, missing
 from .base import LLM, yes_probability
 
 logger = logging.getLogger(__name__)
@@ -32,8 +33,9 @@ class VLLMClient(LLM):
 
     def _post(self, path: str, body: dict[str, Any], root: bool = False) -> dict[str, Any]:
         url = (re.sub(r"/v1$", "", self.base) if root else self.base) + path
+        scope = current_scope()
         try:
-            r = self.http.post(url, json=body)
+            r = self.http.post(url, json=body) if scope is None else self._post_cancellable(url, body, scope)
         except self._httpx.HTTPError as e:
             raise BackendUnavailableError(f"vLLM at {self.base} unreachable: {type(e).__name__}: {e}") from e
         if r.status_code >= 400:
@@ -46,10 +48,43 @@ class VLLMClient(LLM):
             raise BackendUnavailableError("vLLM answered an unexpected shape")
         return data
 
+    def _post_cancellable(self, url: str, body: dict[str, Any], scope: CancelScope) -> Any:
+        """The request on a private event loop so that cancelling the scope cancels the request task,
+        which closes its connection: vLLM notices the disconnect and aborts the generation."""
+        import asyncio
+
+        check_cancelled()
+
+        async def send() -> Any:
+            async with self._httpx.AsyncClient(timeout=self.config.timeout_s, headers=self.http.headers) as c:
+                return await c.post(url, json=body)
+
+        loop = asyncio.new_event_loop()
+        try:
+            task = loop.create_task(send())
+
+            def cancel() -> None:
+                try:
+                    loop.call_soon_threadsafe(task.cancel)
+                except RuntimeError:  # the loop already finished and closed
+                    pass
+
+            unregister = scope.on_cancel(cancel)
+            try:
+                return loop.run_until_complete(task)
+            except asyncio.CancelledError as e:
+                raise CancelledRequestError("LLM request cancelled (client disconnected); vLLM aborts it") from e
+            finally:
+                unregister()
+        finally:
+            loop.close()
+
     def _served_model(self) -> str:
         try:
             r = self.http.get(self.base + "/models")
-            models = [m["id"] for m in r.json()["data"]]
+            cards = r.json()["data"]
+            # With LoRA enabled vLLM lists adapters too (they name their base model as parent).
+            models = [m["id"] for m in cards if not m.get("parent")] or [m["id"] for m in cards]
         except Exception as e:
             raise BackendUnavailableError(f"vLLM at {self.base} unreachable: {e}") from e
         if not models:
