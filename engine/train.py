@@ -43,7 +43,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    users: int = Field(120, ge=1)
+    users: int = Field(64, ge=1)
     """Users sampled for instruction data."""
     targets_per_user: int = Field(2, ge=1)
     """Most recent training interactions per user used as positive targets."""
@@ -55,9 +55,9 @@ class TrainConfig(BaseModel):
     """Candidates per listwise example (1 positive, the rest sampled negatives)."""
     min_history: int = Field(5, ge=1)
     """Targets need at least this many earlier interactions."""
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(1, ge=1)
     """Passes over the instruction data."""
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(5e-4, gt=0)
     """AdamW learning rate of the LoRA weights."""
     batch_size: int = Field(8, ge=1)
     """Examples per optimizer step."""
@@ -75,6 +75,9 @@ class TrainConfig(BaseModel):
     """Seed of user, target and negative sampling and of the LoRA initialisation."""
     device: str = "cpu"
     """Torch device (``cuda`` takes a bigger model on a GPU)."""
+    bf16: bool = True
+    """Autocast matmuls to bfloat16 where the hardware has it (AMX / AVX512-BF16 CPUs, Ampere+ GPUs; about 2x
+    faster on this project's CPU); LoRA weights and the optimizer stay float32."""
 
 
 def data_hash(examples: Sequence[dict[str, Any]]) -> str:
@@ -83,6 +86,15 @@ def data_hash(examples: Sequence[dict[str, Any]]) -> str:
         h.update(json.dumps(ex, sort_keys=True, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+def _bf16_ok(torch: Any, dev_type: str) -> bool:
+    try:
+        if dev_type == "cuda":
+            return bool(torch.cuda.is_bf16_supported())
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
 
 
 def build_instruction_data(
@@ -190,6 +202,8 @@ def train_lora(
     steps_total = cfg.epochs * math.ceil(len(order) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps_total // 10)) * max(0.0, 1 - s / steps_total))
     rng = random.Random(cfg.seed)
+    dev_type = "cuda" if str(cfg.device).startswith("cuda") else "cpu"
+    use_bf16 = cfg.bf16 and _bf16_ok(torch, dev_type)
     losses: list[float] = []
     t0 = time.perf_counter()
     model.train()
@@ -200,7 +214,8 @@ def train_lora(
             idx = order[s : s + cfg.batch_size]
             enc = tok([examples[i]["prompt"] for i in idx], return_tensors="pt", padding=True, truncation=True, max_length=cfg.max_prompt_tokens)
             enc = {k: v.to(cfg.device) for k, v in enc.items()}
-            logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
+            with torch.autocast(device_type=dev_type, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
             loss = torch.nn.functional.cross_entropy(logits, torch.tensor([answers[i] for i in idx], device=cfg.device))
             if not torch.isfinite(loss):
                 raise InvalidInputError(f"training diverged (loss {loss.item()}); lower --lr")
@@ -234,6 +249,7 @@ def train_lora(
         "loss_first_steps": losses[:5],
         "loss_last_steps": losses[-5:],
         "seconds": round(seconds, 1),
+        "bf16_autocast": use_bf16,
         **(extra_meta or {}),
     }
     (out / ADAPTER_META).write_text(json.dumps(meta, indent=2))

@@ -1,3 +1,5 @@
+import json
+
 from fastapi.testclient import TestClient
 
 from services.api import create_app
@@ -22,3 +24,120 @@ def test_api_roundtrip_and_auth(make_engine, ml):
     assert c.post("/explain", json={"user_id": "u1", "item_id": "nope"}).status_code == 404
     assert c.post("/search", json={"query": "toy", "user_id": "u1", "k": 3}).status_code == 200
     assert c.get("/health").json()["items"] == 60
+
+
+# -- auth: every route has a case ------------------------------------------------------------------
+
+# (method, path) -> "write" (API key required) or "public". A route added without a case here fails.
+AUTH_CASES = {
+    ("GET", "/health"): "public",
+    ("GET", "/metrics"): "public",
+    ("POST", "/items"): "write",
+    ("POST", "/events"): "write",
+    ("GET", "/items/{item_id}"): "public",
+    ("GET", "/users/{user_id}/recommendations"): "public",
+    ("GET", "/users/{user_id}/profile"): "public",
+    ("POST", "/explain"): "public",
+    ("POST", "/search"): "public",
+}
+
+
+def _request(c, method, path, items, headers=None):
+    url = path.replace("{item_id}", items[0]["id"]).replace("{user_id}", "u1")
+    bodies = {
+        "/items": {"items": items[:2]},
+        "/events": {"events": [{"user_id": "u1", "item_id": items[0]["id"], "timestamp": 1, "rating": 5}]},
+        "/explain": {"user_id": "u1", "item_id": items[1]["id"]},
+        "/search": {"query": "toy", "k": 3},
+    }
+    return c.request(method, url, json=bodies.get(path), headers=headers or {})
+
+
+def test_every_route_has_an_auth_case(make_engine, ml):
+    eng = make_engine()
+    items = [i.model_dump() for i in ml.items[:5]]
+    eng.add_items(items)
+    eng.add_events([{"user_id": "u1", "item_id": items[0]["id"], "timestamp": 0, "rating": 5}])
+    app = create_app(engine=eng, api_key="secret")
+    routes = {(m.upper(), p) for p, ops in app.openapi()["paths"].items() for m in ops}
+    assert routes == set(AUTH_CASES), f"routes without an auth case: {routes ^ set(AUTH_CASES)}"
+    c = TestClient(app)
+    locked = TestClient(create_app(engine=eng, api_key=""))  # no key configured: writes refused
+    for (method, path), kind in AUTH_CASES.items():
+        anon = _request(c, method, path, items)
+        wrong = _request(c, method, path, items, {"X-API-Key": "nope"})
+        good = _request(c, method, path, items, {"X-API-Key": "secret"})
+        assert good.status_code == 200, (method, path, good.text)
+        if kind == "write":
+            assert anon.status_code == 401 and wrong.status_code == 401, (method, path)
+            assert _request(locked, method, path, items, {"X-API-Key": ""}).status_code == 503
+        else:
+            assert anon.status_code == 200, (method, path, anon.text)
+    spec = app.openapi()
+    assert "APIKeyHeader" in spec["components"]["securitySchemes"]
+    assert spec["paths"]["/items"]["post"]["security"] and "security" not in spec["paths"]["/search"]["post"]
+
+
+def test_limits_and_errors(make_engine, ml):
+    eng = make_engine()
+    app = create_app(engine=eng, api_key="k", max_body_bytes=20_000)
+    c = TestClient(app)
+    big = {"items": [{"id": str(i), "description": "x" * 5000} for i in range(10)]}
+    r = c.post("/items", json=big, headers={"X-API-Key": "k"})
+    assert r.status_code == 413
+    assert c.get("/users/u/recommendations?k=0").status_code == 422
+    assert c.post("/search", json={"query": "x", "filters": {"year": {"between": 3}}}).status_code == 422
+    assert c.post("/search", json={"query": "x", "filters": {"bad key!": 1}}).status_code == 422
+    assert c.get("/items/nope").status_code == 404
+    assert eng.stats()["items"] == 0  # nothing half-written by the refused request
+    m = c.get("/metrics").text
+    assert 'persona_rejected_requests_total{reason="too_large"} 1.0' in m
+
+
+def test_api_refuses_server_side_image_paths(make_engine, ml, tmp_path):
+    eng = make_engine()
+    secret = tmp_path / "secret.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(secret)
+    c = TestClient(create_app(engine=eng, api_key="k"))
+    r = c.post("/items", json={"items": [{"id": "x", "title": "X", "image": str(secret)}]}, headers={"X-API-Key": "k"})
+    assert r.status_code == 200 and r.json()["added"] == 1
+    assert "local image paths are not accepted" in json.dumps(r.json()["errors"])
+    assert c.get("/items/x").json()["has_image"] is False
+
+
+def test_metrics_count_requests(make_engine, ml):
+    eng = make_engine()
+    c = TestClient(create_app(engine=eng, api_key="k"))
+    c.post("/items", json={"items": [i.model_dump() for i in ml.items[:3]]}, headers={"X-API-Key": "k"})
+    c.get("/users/nobody/profile")
+    c.get("/users/nobody/profile")
+    m = c.get("/metrics")
+    assert m.headers["content-type"].startswith("text/plain")
+    assert 'persona_http_requests_total{method="GET",route="/users/{user_id}/profile",status="404"} 2.0' in m.text
+    assert 'persona_store_points{kind="items"} 3.0' in m.text
+    assert "persona_http_request_seconds_bucket" in m.text
+
+
+def test_admission_limit_answers_503_with_retry_after(make_engine, ml):
+    """With one slot, a request arriving while a batch upsert runs is refused at once, not queued."""
+    import asyncio
+
+    import httpx
+
+    eng = make_engine()
+    eng.text_encoder  # loaded before timing
+    app = create_app(engine=eng, api_key="k", max_inflight=1)
+    items = [i.model_dump() for i in ml.items[:400]]
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            slow = asyncio.create_task(c.post("/items", json={"items": items}, headers={"X-API-Key": "k"}))
+            await asyncio.sleep(0.5)
+            quick = await c.post("/search", json={"query": "toy"})
+            return await slow, quick
+
+    slow, quick = asyncio.run(go())
+    assert slow.status_code == 200 and slow.json()["added"] == 400
+    assert quick.status_code == 503 and quick.headers["Retry-After"] == "1"
