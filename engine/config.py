@@ -59,7 +59,7 @@ class LLMConfig(_Section):
     """``vllm`` talks to an OpenAI-compatible server at ``url``; ``transformers`` runs in-process; ``auto`` picks vllm when ``url`` is set, else transformers; ``none`` disables LLM features (documented fallbacks are used)."""
     url: str | None = None
     """Base URL of the vLLM OpenAI-compatible API, e.g. ``http://localhost:8000/v1``."""
-    api_key: str | None = None
+    api_key: str | None = Field(None, repr=False, exclude=True)  # never written into reports
     """Bearer token for the vLLM server, if it requires one."""
     model: str = PACKAGED_GEMMA
     """Model name served by vLLM, or a local folder / hub name for the in-process backend; ``packaged:gemma-3-270m`` uses the GGUF shipped on PyPI."""
@@ -140,10 +140,16 @@ class Settings(BaseSettings):
     """Data folder of the embedded store (default: ``~/.local/share/persona``)."""
     qdrant_url: str | None = None
     """Use a Qdrant server through qdrant-client instead of the embedded edge engine; ``local`` runs qdrant-client's local mode under ``path``."""
-    qdrant_api_key: str | None = None
+    qdrant_api_key: str | None = Field(None, repr=False, exclude=True)
     """API key of the Qdrant server."""
     collection_prefix: str = Field("persona", pattern=r"^[A-Za-z0-9_-]{1,40}$")
     """Prefix of the Qdrant collection names."""
+    api_key: str | None = Field(None, repr=False, exclude=True)
+    """Key the HTTP API requires (header ``X-API-Key``) for writes; unset: writes are refused (``PERSONA_API_KEY``)."""
+    api_max_inflight: int = Field(8, ge=1, le=10_000)
+    """HTTP API admission limit: requests beyond this many in flight get 503 with Retry-After."""
+    api_max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    """Largest HTTP request body the API accepts (413 beyond)."""
     prompts_dir: Path | None = None
     """Folder of prompt templates that override the packaged ones (same file names)."""
     prompt_versions: dict[str, int] = {"preference_yes_no": 1}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,7 +34,6 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 MAX_K = 100
-MAX_BODY_BYTES = 32 * 1024 * 1024
 ID = Field(min_length=1, max_length=200)
 
 
@@ -186,12 +184,16 @@ class _TooLarge(Exception):
 
 
 def create_app(
-    path: str | Path | None = None, engine: Engine | None = None, api_key: str | None = None, max_inflight: int = 8,
-    max_body_bytes: int = MAX_BODY_BYTES,
+    path: str | Path | None = None, engine: Engine | None = None, api_key: str | None = None, max_inflight: int | None = None,
+    max_body_bytes: int | None = None,
 ) -> FastAPI:
+    """Arguments left out come from the engine's settings (``PERSONA_API_KEY``, ``PERSONA_API_MAX_INFLIGHT``,
+    ``PERSONA_API_MAX_BODY_BYTES``)."""
     owned = engine is None
     eng = engine or Engine.open(path)
-    key = api_key if api_key is not None else os.environ.get("PERSONA_API_KEY", "")
+    key = api_key if api_key is not None else (eng.settings.api_key or "")
+    max_inflight = max_inflight or eng.settings.api_max_inflight
+    max_body_bytes = max_body_bytes or eng.settings.api_max_body_bytes
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -93,10 +93,13 @@ def cmd_prompts(args: argparse.Namespace) -> int:
             print("persona prompts compare NAME@A NAME@B [...] --users N", file=sys.stderr)
             return 2
         from engine.datasets import load_movielens
-        from engine.evaluate import compare_prompts, write_comparison
+        from engine.errors import InvalidInputError
+        from engine.evaluate import PROMPT_MODES, compare_prompts, write_comparison
 
         for ref in args.names:
             reg.check(ref)  # a broken template fails here, naming file and line, before any model loads
+            if reg.get(ref).name not in PROMPT_MODES:
+                raise InvalidInputError(f"{ref}: only ranking prompts can be compared by metrics: {sorted(PROMPT_MODES)}")
         rep = compare_prompts(_eval_dir(args), args.names, load_movielens(args.data), users=args.users, seed=args.seed,
                               config={"prompts_dir": args.prompts_dir} if args.prompts_dir else None)
         md = write_comparison(rep, Path(args.out))

@@ -26,3 +26,42 @@ def test_demo_twice_reuses_index(tmp_path):
 def test_prompts_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "services.cli", "prompts", "list"], capture_output=True, text=True, check=True).stdout
     assert "preference_update@v1" in out and "rank_listwise@v1" in out
+    assert "preference_yes_no@v1" in out and "(default)" in out.split("preference_yes_no@v1")[1].splitlines()[0]
+    assert "preference_yes_no@v2" in out
+
+
+def test_prompts_compare_rejects_broken_template_before_loading_models(tmp_path):
+    d = tmp_path / "prompts"
+    d.mkdir()
+    (d / "preference_yes_no.v3.j2").write_text("Viewer: {{ summary }}\n{% for x in history %}\n{{ x.title }\n{% endfor %}\n")
+    r = subprocess.run([sys.executable, "-m", "services.cli", "--path", str(tmp_path / "p"), "prompts", "compare",
+                        "preference_yes_no@v1", "preference_yes_no@v3", "--prompts-dir", str(d), "--users", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert f"{d / 'preference_yes_no.v3.j2'}:3" in r.stderr and "syntax error" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "services.cli", "--path", str(tmp_path / "p"), "prompts", "compare", "explain@v1",
+                        "preference_yes_no@v1", "--users", "2"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "only ranking prompts" in r.stderr
+
+
+@pytest.mark.slow
+def test_prompts_compare_side_by_side(tmp_path, capsys):
+    """Two versions of the pointwise prompt on the same users and candidates: one row each, saved."""
+    import json
+
+    from services.cli import main
+
+    out = tmp_path / "cmp"
+    rc = main(["--path", str(tmp_path / "store"), "prompts", "compare", "preference_yes_no@v1", "preference_yes_no@v2",
+               "--users", "3", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| preference_yes_no@v1 |" in text and "| preference_yes_no@v2 |" in text
+    saved = json.loads(next(out.glob("*.json")).read_text())
+    rows = {r["prompt"]: r for r in saved["rows"]}
+    assert set(rows) == {"preference_yes_no@v1", "preference_yes_no@v2"} and saved["users"] == 3
+    for r in rows.values():
+        assert 0.0 <= r["AUC"] <= 1.0 and r["seconds_per_user"] > 0
+    # v2 is the compact variant: fewer prompt tokens for the same 21 candidates
+    assert rows["preference_yes_no@v2"]["prompt_tokens_per_user"] < rows["preference_yes_no@v1"]["prompt_tokens_per_user"]
+    assert (out / next(out.glob("*.md")).name).read_text().count("| preference_yes_no@v") == 2

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from engine.evaluate import leave_last_out
-from engine.train import ADAPTER_META, TrainConfig, build_instruction_data, data_hash, train_lora
+from engine.train import ADAPTER_META, TrainConfig, build_instruction_data, data_hash
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +53,17 @@ def test_instruction_prompt_has_no_target_leak(ml_engine, ml, split):
 
 
 @pytest.fixture(scope="module")
-def tiny_adapter(tmp_path_factory, ml_engine_path, ml, split, text_encoder):
-    from engine import Engine
+def tiny_adapter(tmp_path_factory):
+    """`persona train` as a user runs it, on a small sample (12 users, 2 targets each, 1:1 negatives)."""
+    from services.cli import main
 
-    eng = Engine.open(ml_engine_path, {"clip": {"enabled": False}, "llm": {"backend": "none"}})
-    eng._text = text_encoder
-    try:
-        ex = _data(eng, ml, split, users=12, targets_per_user=2)
-    finally:
-        eng.close()
-    out = tmp_path_factory.mktemp("adapter") / "persona-lora"
-    meta = train_lora(ex, "packaged:gemma-3-270m", out, TrainConfig(epochs=2, lr=1e-3, batch_size=8), progress=False)
+    base = tmp_path_factory.mktemp("train")
+    out = base / "persona-lora"
+    rc = main(["--path", str(base / "store"), "train", "--out", str(out), "--users", "12", "--targets-per-user", "2",
+               "--epochs", "2", "--lr", "1e-3"])
+    assert rc == 0
+    meta = json.loads((out / ADAPTER_META).read_text())
+    ex = [json.loads(line) for line in (out / "train_data.jsonl").read_text().splitlines()]
     return out, meta, ex
 
 
