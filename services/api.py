@@ -183,6 +183,33 @@ class _TooLarge(Exception):
     pass
 
 
+class _Observe:
+    """Pure ASGI middleware counting requests by route template and status (Starlette's
+    BaseHTTPMiddleware would hide client disconnects from the endpoints)."""
+
+    def __init__(self, app: Any, metrics: _Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = 500
+
+        async def sending(msg: dict[str, Any]) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            self.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - t0)
+
+
 def create_app(
     path: str | Path | None = None, engine: Engine | None = None, api_key: str | None = None, max_inflight: int | None = None,
     max_body_bytes: int | None = None,
@@ -205,6 +232,7 @@ def create_app(
     slots = asyncio.Semaphore(max_inflight)
     metrics = _Metrics(eng)
     app.add_middleware(_BodyLimit, limit=max_body_bytes, on_reject=lambda: metrics.rejected.labels("too_large").inc())
+    app.add_middleware(_Observe, metrics=metrics)
     api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Required for writes (PERSONA_API_KEY)")
 
     def require_key(x_api_key: str | None = Security(api_key_header)) -> None:
@@ -243,16 +271,6 @@ def create_app(
                 return await fut
             finally:
                 metrics.inflight.dec()
-
-    @app.middleware("http")
-    async def _observe(request: Request, call_next: Any) -> Any:
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        metrics.requests.labels(request.method, name, str(response.status_code)).inc()
-        metrics.latency.labels(request.method, name).observe(time.perf_counter() - t0)
-        return response
 
     @app.exception_handler(PersonaError)
     async def _persona_error(_: Request, exc: PersonaError) -> JSONResponse:
