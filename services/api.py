@@ -30,6 +30,7 @@ from typing import Annotated
 from engine import Engine, Event, Item, OverloadedError, PersonaError, http_status
 from engine.cancel import CancelScope, cancel_scope, check_cancelled
 from engine.errors import CancelledRequestError, missing
+from engine.store.base import FILTER_FIELD_PATTERN
 from engine.types import EventReport, Explanation, IngestReport, Profile, Recommendations, SearchHit
 
 logger = logging.getLogger(__name__)
@@ -68,13 +69,13 @@ class RangeIn(BaseModel):
         return self
 
 
-FilterKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.]*[A-Za-z0-9][A-Za-z0-9_.]*$", max_length=100)]
+FilterKey = Annotated[str, StringConstraints(pattern=FILTER_FIELD_PATTERN, max_length=256)]
 FilterValue = StrictStr | StrictInt | StrictBool | Annotated[list[StrictStr], Field(min_length=1)] | Annotated[list[StrictInt], Field(min_length=1)] | RangeIn
 
 
 _BOUND = {"type": "number"}
 # Spelled out because pydantic's patternProperties would leave other keys unconstrained in the spec.
-_FILTERS_SCHEMA = {"anyOf": [{"type": "object", "propertyNames": {"pattern": r"^[A-Za-z0-9_.]*[A-Za-z0-9][A-Za-z0-9_.]*$", "maxLength": 100},
+_FILTERS_SCHEMA = {"anyOf": [{"type": "object", "propertyNames": {"pattern": FILTER_FIELD_PATTERN, "maxLength": 256},
     "additionalProperties": {"anyOf": [
         {"type": "string"}, {"type": "integer"}, {"type": "boolean"},
         {"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "array", "items": {"type": "integer"}, "minItems": 1},
@@ -227,7 +228,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        pool.shutdown(wait=True)
+        # The pool stays: lifespan can run more than once per app (test clients), idle threads cost nothing.
         if owned:  # an engine passed in belongs to the caller
             eng.close()
 

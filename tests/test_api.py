@@ -88,6 +88,9 @@ def test_limits_and_errors(make_engine, ml):
     assert c.get("/users/u/recommendations?k=0").status_code == 422
     assert c.post("/search", json={"query": "x", "filters": {"year": {"between": 3}}}).status_code == 422
     assert c.post("/search", json={"query": "x", "filters": {"bad key!": 1}}).status_code == 422
+    # found by the fuzzer: these used to reach Qdrant and fail there (500)
+    assert c.post("/search", json={"query": "x", "filters": {"0.": 1}}).status_code == 422
+    assert c.post("/search", json={"query": "x", "filters": {"year": 10**30}}).status_code == 422
     assert c.get("/items/nope").status_code == 404
     assert eng.stats()["items"] == 0  # nothing half-written by the refused request
     m = c.get("/metrics").text

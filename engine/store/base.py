@@ -6,6 +6,9 @@ qdrant-client (``QdrantClientStore``). Congruence tests run the same calls on bo
 
 from __future__ import annotations
 
+import math
+import re
+
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -70,6 +73,14 @@ class Filter:
 
 
 _RANGE_OPS = {"gt", "gte", "lt", "lte"}
+FILTER_FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,3}$"
+_FIELD = re.compile(FILTER_FIELD_PATTERN)
+
+
+def _check_int64(key: str, values: list[Any]) -> None:
+    # Qdrant stores integers as 64-bit; a bigger one would fail deep inside the engine.
+    if any(isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63 for v in values):
+        raise InvalidInputError(f"filter {key!r}: integers must fit in 64 bits")
 
 
 def parse_filter(spec: Mapping[str, Any] | None) -> Filter:
@@ -82,8 +93,8 @@ def parse_filter(spec: Mapping[str, Any] | None) -> Filter:
     """
     f = Filter()
     for key, value in (spec or {}).items():
-        if not isinstance(key, str) or not key.replace("_", "").replace(".", "").isalnum():
-            raise InvalidInputError(f"invalid filter field {key!r}")
+        if not isinstance(key, str) or not _FIELD.match(key):
+            raise InvalidInputError(f"invalid filter field {key!r}: dotted identifiers only, e.g. 'genres' or 'attributes.year'")
         path = key if key.startswith("attributes.") or key in ("item_id", "title") else f"attributes.{key}"
         if isinstance(value, Mapping):
             bad = set(value) - _RANGE_OPS
@@ -91,16 +102,20 @@ def parse_filter(spec: Mapping[str, Any] | None) -> Filter:
                 raise InvalidInputError(f"filter {key!r}: range keys must be among {sorted(_RANGE_OPS)}")
             try:
                 f.ranges[path] = {op: float(v) for op, v in value.items()}
-            except (TypeError, ValueError) as e:
+            except (TypeError, ValueError, OverflowError) as e:
                 raise InvalidInputError(f"filter {key!r}: range bounds must be numbers") from e
+            if not all(math.isfinite(v) for v in f.ranges[path].values()):
+                raise InvalidInputError(f"filter {key!r}: range bounds must be finite")
         elif isinstance(value, (list, tuple, set)):
             vals = list(value)
             if not vals or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in vals):
                 raise InvalidInputError(f"filter {key!r}: a list must hold strings or integers")
             if len({type(v) for v in vals}) > 1:
                 raise InvalidInputError(f"filter {key!r}: mixed value types")
+            _check_int64(key, vals)
             f.match[path] = vals
         elif isinstance(value, (str, int, bool)):
+            _check_int64(key, [value])
             f.match[path] = value
         else:
             raise InvalidInputError(f"filter {key!r}: unsupported value {value!r}")
