@@ -244,6 +244,7 @@ def evaluate(
     config: dict[str, Any] | None = None,
     progress: bool = True,
     adapter: str | None = None,
+    llm_rows: str = "all",
 ) -> dict[str, Any]:
     """Run the protocol; returns the report dict (also what ``persona eval`` writes). With ``adapter``
     (a LoRA folder, or its served name on vLLM) the LLM rows are computed before and after it."""
@@ -281,6 +282,8 @@ def evaluate(
             ("persona + LLM pointwise", persona_llm_scorer(eng, split, "pointwise", use_summary=True)),
             ("persona + LLM listwise", persona_llm_scorer(eng, split, "listwise", use_summary=True)),
         ]:
+            if llm_rows == "pointwise" and ("listwise" in name or "no summary" in name):
+                continue  # --llm-rows pointwise: only the rows a pointwise adapter is compared on
             run_scorer(f"[sample] {name}", sc, llm_sample, split, result, progress)
         if adapter:
             from .llm import open_llm
@@ -291,6 +294,8 @@ def evaluate(
                 ("persona + LLM pointwise + LoRA", persona_llm_scorer(eng, split, "pointwise", use_summary=True, llm=tuned)),
                 ("persona + LLM listwise + LoRA", persona_llm_scorer(eng, split, "listwise", use_summary=True, llm=tuned)),
             ]:
+                if llm_rows == "pointwise" and "listwise" in name:
+                    continue
                 run_scorer(f"[sample] {name}", sc, llm_sample, split, result, progress)
             tuned.close()
     report = {

@@ -152,7 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = {"llm": {"backend": "none"}} if args.llm_users == 0 else {}
     report = evaluate(
         _eval_dir(args), load_movielens(args.data), users=args.users, llm_users=args.llm_users,
-        seed=args.seed, sasrec=not args.no_sasrec, config=cfg, adapter=args.adapter,
+        seed=args.seed, sasrec=not args.no_sasrec, config=cfg, adapter=args.adapter, llm_rows=args.llm_rows,
     )
     md = write_report(report, Path(args.out))
     print(md.read_text())
@@ -251,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-sasrec", action="store_true")
     ev.add_argument("--out", default="reports/eval")
     ev.add_argument("--adapter", default=None, help="LoRA adapter (folder; served name on vLLM): LLM rows before and after")
+    ev.add_argument("--llm-rows", choices=["all", "pointwise"], default="all", help="pointwise: only the pointwise LLM rows (faster)")
     ev.set_defaults(fn=cmd_eval)
 
     t = sub.add_parser("train", help="LoRA fine-tuning on instruction data built from ml-100k interactions")
