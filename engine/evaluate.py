@@ -328,23 +328,26 @@ def compare_prompts(
 ) -> dict[str, Any]:
     """Evaluate ranking prompt variants (``name@vN``) on the same users and candidates, one row each:
     metrics, prompt tokens per user (all candidates of one list), LLM seconds per user."""
+    from .config import Settings
+    from .prompts import PromptRegistry
+
+    settings = Settings(**(config or {}))
+    reg = PromptRegistry(settings.prompts_dir, settings.prompt_versions)
+    for ref in refs:  # broken or non-ranking templates fail here, naming file and line, before the store or a model loads
+        reg.check(ref)
+        if reg.get(ref).name not in PROMPT_MODES:
+            raise InvalidInputError(f"{ref}: only ranking prompts can be compared by metrics: {sorted(PROMPT_MODES)}")
     data = data or load_movielens()
     eng, split, sample = _setup(path, data, seed, users, config, progress)
     try:
-        for ref in refs:
-            tpl = eng.prompts.get(ref)
-            if tpl.name not in PROMPT_MODES:
-                raise InvalidInputError(f"{ref}: only ranking prompts can be compared by metrics: {sorted(PROMPT_MODES)}")
-            eng.prompts.check(tpl.ref)
         eng.llm()  # load (and fail) before the clock starts
         st = eng.update_profiles(sample, progress=progress)
-        result, tokens, rows = EvalResult(), {}, []
+        result, rows = EvalResult(), []
         for ref in refs:
             tpl = eng.prompts.get(ref)
             toks: list[int] = []
             scorer = persona_llm_scorer(eng, split, PROMPT_MODES[tpl.name], use_summary=True, prompt=tpl.ref, tokens=toks)
             run_scorer(tpl.ref, scorer, sample, split, result, progress)
-            tokens[tpl.ref] = toks
             m = result.metrics[tpl.ref]
             rows.append({"prompt": tpl.ref, "file": str(tpl.path), **{k: m[k] for k in ("AUC", "HR@5", "NDCG@5", "MRR@5", "HR@10", "NDCG@10")},
                          "prompt_tokens_per_user": round(float(np.mean(toks)), 1),

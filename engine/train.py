@@ -21,6 +21,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -128,21 +129,22 @@ def build_instruction_data(
     for uid in tqdm(users, desc="instruction data", disable=not progress, leave=False):
         evs = sorted(histories[uid], key=lambda e: (e.timestamp, e.item_id))
         seen = {e.item_id for e in evs} | (exclude or {}).get(uid, set())
+        items = eng._items([e.item_id for e in evs])  # payloads of the whole history, fetched once per user
+
+        def negs(n: int) -> list[str]:
+            chosen: list[str] = []
+            while len(chosen) < n:
+                c = rng.choice(pool)
+                if c not in seen and c not in chosen:
+                    chosen.append(c)
+            return chosen
+
         n_t = min(cfg.targets_per_user, len(evs) - cfg.min_history)
         for j in range(len(evs) - n_t, len(evs)):
             prefix, target = evs[:j], evs[j]
-            ctx = eng._user_context(uid, prefix)
-            hist_items = [ctx["items"][e.item_id].payload for e in prefix if e.item_id in ctx["items"]]
-            summary = extractive_profile(hist_items, [is_positive(e, thr) for e in prefix if e.item_id in ctx["items"]])
-            history = eng._history_rows(ctx)
-
-            def negs(n: int) -> list[str]:
-                chosen: list[str] = []
-                while len(chosen) < n:
-                    c = rng.choice(pool)
-                    if c not in seen and c not in chosen:
-                        chosen.append(c)
-                return chosen
+            known = [e for e in prefix if e.item_id in items]
+            summary = extractive_profile([items[e.item_id].payload for e in known], [is_positive(e, thr) for e in known])
+            history = eng._history_rows({"pos": [e for e in prefix if is_positive(e, thr)], "items": items})
 
             if cfg.format in ("pointwise", "both"):
                 for iid, ans in [(target.item_id, "Yes"), *((n, "No") for n in negs(cfg.negatives))]:
@@ -189,7 +191,7 @@ def train_lora(
     lcfg = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.target_modules))
     model = get_peft_model(model, lcfg)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    params = [p for p in model.parameters() if p.requires_grad]  # the LoRA weights
 
     answers: list[int] = []
     for ex in examples:
@@ -197,7 +199,7 @@ def train_lora(
         if not ids:
             raise InvalidInputError(f"empty completion in example for user {ex.get('user_id')!r}")
         answers.append(ids[0])  # answers are one word; its first token is what inference reads
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     order = list(range(len(examples)))
     steps_total = cfg.epochs * math.ceil(len(order) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps_total // 10)) * max(0.0, 1 - s / steps_total))
@@ -221,7 +223,7 @@ def train_lora(
                 raise InvalidInputError(f"training diverged (loss {loss.item()}); lower --lr")
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             losses.append(round(float(loss.item()), 5))
@@ -234,17 +236,14 @@ def train_lora(
     with (out / "train_data.jsonl").open("w", encoding="utf-8") as f:
         for ex in examples:
             f.write(json.dumps(ex, ensure_ascii=False) + "\n")
-    kinds: dict[str, int] = {}
-    for ex in examples:
-        kinds[ex["kind"]] = kinds.get(ex["kind"], 0) + 1
     meta = {
         "base_model": base_model,
         "base_model_path": str(path),
         "data_hash": data_hash(examples),
         "examples": len(examples),
-        "examples_by_kind": kinds,
+        "examples_by_kind": dict(Counter(ex["kind"] for ex in examples)),
         "train_config": cfg.model_dump(),
-        "trainable_parameters": trainable,
+        "trainable_parameters": sum(p.numel() for p in params),
         "steps": len(losses),
         "loss_first_steps": losses[:5],
         "loss_last_steps": losses[-5:],

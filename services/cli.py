@@ -93,13 +93,9 @@ def cmd_prompts(args: argparse.Namespace) -> int:
             print("persona prompts compare NAME@A NAME@B [...] --users N", file=sys.stderr)
             return 2
         from engine.datasets import load_movielens
-        from engine.errors import InvalidInputError
-        from engine.evaluate import PROMPT_MODES, compare_prompts, write_comparison
+        from engine.evaluate import compare_prompts, write_comparison
 
-        for ref in args.names:
-            reg.check(ref)  # a broken template fails here, naming file and line, before any model loads
-            if reg.get(ref).name not in PROMPT_MODES:
-                raise InvalidInputError(f"{ref}: only ranking prompts can be compared by metrics: {sorted(PROMPT_MODES)}")
+        # compare_prompts checks the templates before it builds the store or loads a model
         rep = compare_prompts(_eval_dir(args), args.names, load_movielens(args.data), users=args.users, seed=args.seed,
                               config={"prompts_dir": args.prompts_dir} if args.prompts_dir else None)
         md = write_comparison(rep, Path(args.out))
@@ -166,11 +162,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine.evaluate import leave_last_out
     from engine.train import TrainConfig, build_instruction_data, train_lora
 
-    cfg = TrainConfig(users=args.users, targets_per_user=args.targets_per_user, negatives=args.negatives, format=args.format,
-                      epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, lora_r=args.lora_r, seed=args.seed, device=args.device)
+    cfg = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k, None) is not None})
     ml = load_movielens(args.data)
     # The held-out last interaction of every user (what `persona eval` scores) is never trained on.
-    split = leave_last_out(ml.events, [i.id for i in ml.items], seed=args.seed)
+    split = leave_last_out(ml.events, [i.id for i in ml.items], seed=cfg.seed)
     t0 = time.perf_counter()
     with Engine.open(_eval_dir(args), {"llm": {"backend": "none"}, "clip": {"enabled": False}}) as eng:
         eng.add_items(ml.items, progress=True)
@@ -178,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         exclude = {u: {e.item_id} for u, e in split.test.items()}
         examples = build_instruction_data(eng, split.train, [i.id for i in ml.items], cfg, exclude=exclude)
     print(f"instruction data: {len(examples)} examples from {cfg.users} users in {time.perf_counter() - t0:.0f}s")
-    meta = train_lora(examples, model, args.out, cfg, extra_meta={"data": str(ml.root), "split": f"leave-last-out seed {args.seed}, training side"})
+    meta = train_lora(examples, model, args.out, cfg, extra_meta={"data": str(ml.root), "split": f"leave-last-out seed {cfg.seed}, training side"})
     print(json.dumps({k: meta[k] for k in ("examples", "examples_by_kind", "data_hash", "steps", "loss_first_steps", "loss_last_steps", "seconds")}, indent=2))
     print(f"adapter: {args.out}\n  in-process: PERSONA_LLM__ADAPTER={Path(args.out).resolve()}"
           f"\n  vLLM: --enable-lora --max-lora-rank {cfg.lora_r} --lora-modules persona-lora={Path(args.out).resolve()}, then PERSONA_LLM__ADAPTER=persona-lora"
@@ -258,16 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="adapters/persona-lora")
     t.add_argument("--data", default=None)
     t.add_argument("--model", default=None, help="base model (default: llm.model, the packaged Gemma 270M)")
-    t.add_argument("--users", type=int, default=64)
-    t.add_argument("--targets-per-user", type=int, default=2)
-    t.add_argument("--negatives", type=int, default=1)
-    t.add_argument("--format", choices=["pointwise", "listwise", "both"], default="pointwise")
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--lr", type=float, default=5e-4)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lora-r", type=int, default=8)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
+    # Options, help and defaults come from engine.train.TrainConfig (None here: not given).
+    from engine.train import TrainConfig
+
+    for name, kind in [("users", int), ("targets_per_user", int), ("negatives", int), ("format", str), ("epochs", int),
+                       ("lr", float), ("batch_size", int), ("lora_r", int), ("seed", int), ("device", str)]:
+        field = TrainConfig.model_fields[name]
+        choices = ["pointwise", "listwise", "both"] if name == "format" else None
+        t.add_argument("--" + name.replace("_", "-"), type=kind, choices=choices, help=f"{field.description} (default: {field.default})")
     t.set_defaults(fn=cmd_train)
 
     sv = sub.add_parser("serve", help="run the HTTP API")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
