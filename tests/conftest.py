@@ -15,7 +15,16 @@ from engine.datasets import default_movielens_path, load_movielens  # noqa: E402
 ML = default_movielens_path()
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-full", action="store_true", help="also run the longer checks marked `full` (make test-full)")
+
+
 def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--run-full"):
+        skip_full = pytest.mark.skip(reason="longer check: make test-full runs it")
+        for item in items:
+            if "full" in item.keywords:
+                item.add_marker(skip_full)
     try:
         import torch
 
@@ -76,13 +85,32 @@ def make_engine(tmp_path, text_encoder):
 
 
 @pytest.fixture(scope="session")
-def ml_engine_path(tmp_path_factory, ml, text_encoder):
-    """The whole ml-100k catalog and ratings indexed once (text vectors; no CLIP weights on PyPI)."""
-    path = tmp_path_factory.mktemp("ml100k")
+def ml_items_path(tmp_path_factory, ml, text_encoder):
+    """The whole ml-100k catalog indexed once, no events (text vectors; no CLIP weights on PyPI).
+    Tests that need their own store start from a copy (:func:`copy_store`) instead of re-encoding."""
+    path = tmp_path_factory.mktemp("ml100k-items")
     eng = Engine.open(path, NO_CLIP)
     eng._text = text_encoder
     rep = eng.add_items(ml.items)
     assert rep.failed == 0 and rep.added == len(ml.items)
+    eng.close()
+    return path
+
+
+def copy_store(src: Path, dest: Path) -> Path:
+    """A private copy of a closed store folder (the copy re-indexes nothing: items are unchanged)."""
+    import shutil
+
+    shutil.copytree(src, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def ml_engine_path(tmp_path_factory, ml, text_encoder, ml_items_path):
+    """The whole ml-100k catalog and ratings, from a copy of the indexed catalog."""
+    path = copy_store(ml_items_path, tmp_path_factory.mktemp("ml100k") / "store")
+    eng = Engine.open(path, NO_CLIP)
+    eng._text = text_encoder
     er = eng.add_events(ml.events)
     assert er.added == len(ml.events)
     eng.close()

@@ -7,15 +7,34 @@ import sys
 import pytest
 
 
-@pytest.mark.slow
-def test_demo_twice_reuses_index(tmp_path):
-    cmd = [sys.executable, "-m", "services.cli", "--path", str(tmp_path / "demo"), "demo", "--users", "1,7", "-k", "10", "--no-llm"]
+def _demo(path, *extra):
+    cmd = [sys.executable, "-m", "services.cli", "--path", str(path), "demo", "--users", "1,7", "-k", "10", "--no-llm", *extra]
     env = {**os.environ, "PERSONA_CLIP__ENABLED": "false"}
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.mark.slow
+def test_demo_on_an_indexed_catalog(tmp_path, ml_items_path):
+    """`persona demo` as a user runs it the second time: the catalog is already indexed (a copy of the
+    session's store), so nothing is re-encoded; ratings, profiles and lists come from the command."""
+    from tests.conftest import copy_store
+
+    copy_store(ml_items_path, tmp_path / "demo")
+    run = _demo(tmp_path / "demo")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "0 added, 0 updated, 1682 unchanged (reused)" in run.stdout and "indexing items" in run.stderr
+    assert "events: 100000 added" in run.stdout
+    assert run.stdout.count("Because you liked") == 20
+
+
+@pytest.mark.slow
+@pytest.mark.full
+def test_demo_twice_reuses_index(tmp_path):
+    first = _demo(tmp_path / "demo")
     assert first.returncode == 0, first.stderr[-2000:]
     assert "1682 added" in first.stdout and "indexing items" in first.stderr  # progress bar on stderr
     assert first.stdout.count("Because you liked") == 20
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    second = _demo(tmp_path / "demo")
     assert second.returncode == 0, second.stderr[-2000:]
     assert "0 added, 0 updated, 1682 unchanged (reused)" in second.stdout
     assert "already stored (reused)" in second.stdout
@@ -45,12 +64,14 @@ def test_prompts_compare_rejects_broken_template_before_loading_models(tmp_path)
 
 
 @pytest.mark.slow
-def test_prompts_compare_side_by_side(tmp_path, capsys):
+def test_prompts_compare_side_by_side(tmp_path, capsys, ml_items_path):
     """Two versions of the pointwise prompt on the same users and candidates: one row each, saved."""
     import json
 
     from services.cli import main
+    from tests.conftest import copy_store
 
+    copy_store(ml_items_path, tmp_path / "store" / "eval-ml100k")  # the catalog indexed once per session
     out = tmp_path / "cmp"
     rc = main(["--path", str(tmp_path / "store"), "prompts", "compare", "preference_yes_no@v1", "preference_yes_no@v2",
                "--users", "3", "--out", str(out)])

@@ -53,11 +53,14 @@ def test_instruction_prompt_has_no_target_leak(ml_engine, ml, split):
 
 
 @pytest.fixture(scope="module")
-def tiny_adapter(tmp_path_factory):
-    """`persona train` as a user runs it, on a small sample (12 users, 2 targets each, 1:1 negatives)."""
+def tiny_adapter(tmp_path_factory, ml_items_path):
+    """`persona train` as a user runs it, on a small sample (12 users, 2 targets each, 1:1 negatives).
+    Its store starts as a copy of the session's indexed catalog, so the command re-encodes nothing."""
     from services.cli import main
+    from tests.conftest import copy_store
 
     base = tmp_path_factory.mktemp("train")
+    copy_store(ml_items_path, base / "store" / "eval-ml100k")
     out = base / "persona-lora"
     rc = main(["--path", str(base / "store"), "train", "--out", str(out), "--users", "12", "--targets-per-user", "2",
                "--epochs", "2", "--lr", "1e-3"])

@@ -42,6 +42,8 @@ class TransformersLLM(LLM):
             self.tok.pad_token = self.tok.eos_token
         self.name = f"transformers:{config.model}" + (f"+{config.adapter}" if config.adapter else "")
         self._lock = threading.Lock()  # one forward pass at a time: torch already uses every core
+        self.batches_run = 0
+        """Forward batches started so far (a counter: tests prove cancellation by it, not by seconds)."""
         self._yes_ids = self._word_ids(["Yes", " Yes", "yes", " yes"])
         self._no_ids = self._word_ids(["No", " No", "no", " no"])
         self.max_len = min(int(getattr(self.model.config, "max_position_embeddings", 8192) or 8192), 8192)
@@ -61,6 +63,7 @@ class TransformersLLM(LLM):
         bs = self.config.batch_size
         for i in range(0, len(prompts), bs):
             check_cancelled()  # a disconnected API client stops the work between batches
+            self.batches_run += 1
             yield list(prompts[i : i + bs])
 
     def _encode(self, prompts: list[str], reserve: int):
