@@ -32,17 +32,18 @@ class LearnedConfig:
     source_weights: dict = field(default_factory=dict)  # >1 gives a source more of the pool
     pool_size: int = 300
     # ranker
-    objective: str = "lambdarank"  # or "binary"
+    objective: str = "binary"  # or "lambdarank" (binary won on valid: 0.1443 vs 0.1338 NDCG@10 at 100 trees)
     num_leaves: int = 15
     learning_rate: float = 0.05
-    n_estimators: int = 400
+    n_estimators: int = 300
+    neg_sample: int = 100  # negatives kept per training user (0: the whole pool)
     min_child_samples: int = 20
     feature_fraction: float = 0.8
     bagging_fraction: float = 0.8
     lambda_l2: float = 1.0
     early_stopping: int = 40
     valid_frac: float = 0.1
-    label_folds: int = 1  # 2: also train on each user's second-to-last event (stage 1 refitted without it)
+    label_folds: int = 2  # 2: also train on each user's second-to-last event (stage 1 refitted without it)
     drop_features: tuple = ()  # feature names or group names left out (ablations)
     threads: int = 2
 

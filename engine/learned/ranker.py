@@ -24,7 +24,7 @@ from .config import LearnedConfig
 from .features import FEATURE_NAMES, features, resolve_drop
 from .index import Sequence, tie_key
 
-__all__ = ["TrainingData", "build_training", "Ranker", "train_ranker"]
+__all__ = ["TrainingData", "build_training", "Ranker", "train_ranker", "pessimistic_ndcg"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def build_training(s1: Stage1, meta: ItemMeta, hist: dict[str, Sequence], labels
                    extra_fn=None, progress=None) -> TrainingData:
     Xs, ys, group, users = [], [], [], []
     hit = 0
+    rng = np.random.default_rng(cfg.seed)
     for u in sorted(labels):
         st = user_state(s1, meta, hist[u], cfg)
         cand = pool(st, cfg)
@@ -51,6 +52,10 @@ def build_training(s1: Stage1, meta: ItemMeta, hist: dict[str, Sequence], labels
         if not y.any():
             continue
         hit += 1
+        if cfg.neg_sample and len(cand) > cfg.neg_sample + 1:  # the label plus a random sample of the other candidates
+            neg = np.flatnonzero(y == 0)
+            keep = np.sort(np.r_[np.flatnonzero(y > 0), rng.choice(neg, cfg.neg_sample, replace=False)])
+            cand, y = cand[keep], y[keep]
         extra = extra_fn(u, hist[u], cand) if extra_fn is not None else None
         Xs.append(features(s1, meta, st, cand, extra))
         ys.append(y)
@@ -91,6 +96,20 @@ def _slice(data: TrainingData, users_mask: np.ndarray):
     return data.X[rows], data.y[rows], data.group[users_mask]
 
 
+def pessimistic_ndcg(scores: np.ndarray, y: np.ndarray, group: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k of the single positive per group, ties counted against it (LightGBM's own NDCG rewards ties,
+    so a one-tree model with many tied scores looks best and early stopping would stop at once)."""
+    total, s0 = 0.0, 0
+    for g in group:
+        sc, yy = scores[s0 : s0 + g], y[s0 : s0 + g]
+        s0 += g
+        pos = np.flatnonzero(yy > 0)
+        if len(pos):
+            r = int((sc >= sc[pos[0]]).sum()) - 1
+            total += 1.0 / np.log2(r + 2) if r < k else 0.0
+    return total / max(1, len(group))
+
+
 def train_ranker(data: TrainingData, cfg: LearnedConfig) -> Ranker:
     import lightgbm as lgb
 
@@ -107,16 +126,20 @@ def train_ranker(data: TrainingData, cfg: LearnedConfig) -> Ranker:
     params = dict(objective=cfg.objective, learning_rate=cfg.learning_rate, num_leaves=cfg.num_leaves,
                   min_child_samples=cfg.min_child_samples, feature_fraction=cfg.feature_fraction,
                   bagging_fraction=cfg.bagging_fraction, bagging_freq=1, lambda_l2=cfg.lambda_l2, num_threads=cfg.threads,
-                  seed=cfg.seed, deterministic=True, force_row_wise=True, verbose=-1, metric="ndcg", eval_at=[10])
+                  seed=cfg.seed, deterministic=True, force_row_wise=True, verbose=-1, metric="None")
     if cfg.objective == "lambdarank":
         params["lambdarank_truncation_level"] = 20
     dtr = lgb.Dataset(Xtr[:, idx], ytr, group=gtr, feature_name=cols, free_raw_data=False)
-    callbacks, valid_sets = [], []
+    callbacks, valid_sets, feval = [], [], None
     if hold.any():
         Xva, yva, gva = _slice(data, hold)
         valid_sets = [lgb.Dataset(Xva[:, idx], yva, group=gva, reference=dtr)]
         callbacks.append(lgb.early_stopping(cfg.early_stopping, verbose=False))
-    booster = lgb.train(params, dtr, num_boost_round=cfg.n_estimators, valid_sets=valid_sets, callbacks=callbacks)
+
+        def feval(preds, ds):
+            return "ndcg10_pessimistic", pessimistic_ndcg(preds, yva, gva), True
+
+    booster = lgb.train(params, dtr, num_boost_round=cfg.n_estimators, valid_sets=valid_sets, feval=feval, callbacks=callbacks)
     if valid_sets:
         booster = booster if booster.best_iteration <= 0 else _trim(booster)
     log.info("ranker %s: %d users (%d held out), %d rows, %d trees, best valid %s, %.1fs", cfg.objective, len(data.users),
