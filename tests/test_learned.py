@@ -94,7 +94,7 @@ def test_save_load_roundtrip(fitted, tmp_path):
 def test_no_label_leakage(fitted):
     model, _, events = fitted
     a, b = model.index.get("i0"), model.index.get("i33")
-    (train_s1,) = model.train_stage1
+    train_s1 = model.train_stage1[0]
     assert train_s1.seq.trans[a, b] == 0  # "odd"'s last step, made by nobody else, is unseen by the ranker's stage 1
     assert model.stage1.seq.trans[a, b] > 0  # the serving stage 1 is refitted on all events
     seqs = build_sequences(events, model.index, CFG.seed)
@@ -104,6 +104,10 @@ def test_no_label_leakage(fitted):
     assert np.array_equal(train_s1.seq.pop, counts)
     assert np.array_equal(model.stage1.seq.pop, np.bincount(np.concatenate([s.items for s in seqs.values()]), minlength=len(model.index)))
     assert len(labels) == len(seqs)
+    # the second label fold (second-to-last events as labels) is fitted without each user's last two events
+    hist2, _ = split_last(hist)
+    counts2 = np.bincount(np.concatenate([s.items for s in hist2.values()]), minlength=len(model.index))
+    assert len(model.train_stage1) == CFG.label_folds == 2 and np.array_equal(model.train_stage1[1].seq.pop, counts2)
 
 
 def test_new_item_reaches_users_through_content(fitted):
