@@ -1,0 +1,180 @@
+"""Validation of the learned recommender on ml-100k (VALID only; the test event is never read).
+
+Split per user, events ordered by ``engine.learned.event_sort_key``: train = all but the last two, valid = the
+second-to-last, test = the last (dropped here). Fits ``PersonaModel`` on train and reports full-catalog HR@10 and
+NDCG@10 (seen train items excluded) on valid for all users, next to a closed-form EASE and a first-order Markov
+chain fitted on the same train events, plus the pool's recall per source and for the union, and ablations.
+
+    python -m bench.learned_val                      # main table
+    python -m bench.learned_val --ablate             # + each source / feature group removed in turn
+    python -m bench.learned_val --set pool_size=200 --set objective=binary
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.datasets import load_movielens
+from engine.learned import LearnedConfig, PersonaModel
+from engine.learned.candidates import pool, source_top
+from engine.learned.config import SOURCES
+from engine.learned.features import GROUPS
+from engine.learned.index import ItemIndex, build_sequences, user_item_matrix
+
+EMB_CACHE = Path(os.environ.get("PERSONA_EMB_CACHE", "/tmp/persona_learn/ml100k_minilm.npz"))
+log = logging.getLogger("learned_val")
+
+
+def item_text(it) -> str:
+    return f"{it.title}. {' '.join(it.attributes.get('genres', []))}. {it.description or ''}"
+
+
+def embeddings(items):
+    if EMB_CACHE.exists():
+        z = np.load(EMB_CACHE)
+        return z["emb"], z["ids"].tolist()
+    from indexers.text import SentenceTransformerEncoder
+
+    E = SentenceTransformerEncoder().encode([item_text(it) for it in items]).astype(np.float32)
+    EMB_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(EMB_CACHE, ids=np.array([it.id for it in items]), emb=E)
+    return E, [it.id for it in items]
+
+
+def split(events, seed=0):
+    """train events, {user: valid item id}. The last event of each user (test) is dropped unread."""
+    idx = ItemIndex.build((), events)
+    seqs = build_sequences(events, idx, seed)
+    keep, valid = set(), {}
+    for u, s in seqs.items():
+        if len(s) < 3:
+            continue
+        for j in s.items[:-2]:
+            keep.add((u, idx.ids[j]))
+        valid[u] = idx.ids[s.items[-2]]
+    # the same user/item never repeats in ml-100k; order positions are what matter
+    train = [e for e in events if (e.user_id, e.item_id) in keep]
+    return train, valid
+
+
+def metrics(ranked_rows, target_row, k=10):
+    hit = np.flatnonzero(ranked_rows[:k] == target_row)
+    return (1.0, 1.0 / np.log2(hit[0] + 2)) if len(hit) else (0.0, 0.0)
+
+
+def topk_excl(scores, seen_mask, k=10):
+    s = np.where(seen_mask, -np.inf, scores)
+    top = np.argpartition(-s, k)[:k]
+    return top[np.argsort(-s[top], kind="stable")]
+
+
+def baselines(train, valid_users, idx, seed=0, lam=300.0):
+    seqs = build_sequences(train, idx, seed)
+    users = sorted(seqs)
+    X = user_item_matrix(seqs, len(idx), users).toarray()
+    G = X.T @ X + lam * np.eye(X.shape[1])
+    P = np.linalg.inv(G)
+    B = -P / np.diag(P)
+    np.fill_diagonal(B, 0.0)
+    pop = X.sum(0)
+    T = np.zeros((len(idx), len(idx)))
+    for s in seqs.values():
+        np.add.at(T, (s.items[:-1], s.items[1:]), 1.0)
+    out = {"EASE": {}, "Markov": {}}
+    urow = {u: r for r, u in enumerate(users)}
+    for u, vid in valid_users.items():
+        x = X[urow[u]]
+        seen = x > 0
+        out["EASE"][u] = topk_excl(x @ B, seen)
+        out["Markov"][u] = topk_excl(T[seqs[u].items[-1]] + 1e-6 * pop / pop.max(), seen)
+    return out
+
+
+def evaluate(model: PersonaModel, train_by_user, valid, with_pool=True):
+    hr, nd, rec_src, rec_pool = [], [], {s: [] for s in model.config.sources}, []
+    times = []
+    for u, vid in sorted(valid.items()):
+        v = model.index.get(vid)
+        t = time.perf_counter()
+        recs = model.recommend(train_by_user[u], k=10)
+        times.append(time.perf_counter() - t)
+        rows = model.index.rows([r[0] for r in recs])
+        h, n = metrics(rows, v)
+        hr.append(h), nd.append(n)
+        if with_pool:
+            st = model.state(train_by_user[u])
+            rec_pool.append(v in set(pool(st, model.config).tolist()))
+            for s in model.config.sources:
+                rec_src[s].append(v in set(source_top(st, s, model.config.pool_size).tolist()))
+    return {"HR@10": np.mean(hr), "NDCG@10": np.mean(nd), "pool_recall": np.mean(rec_pool) if rec_pool else np.nan,
+            "source_recall": {s: float(np.mean(v)) for s, v in rec_src.items() if v}, "ms_per_user": 1000 * np.median(times)}
+
+
+def parse_set(pairs):
+    out = {}
+    for p in pairs or []:
+        k, v = p.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", action="append", help="LearnedConfig override key=json_value")
+    ap.add_argument("--ablate", action="store_true")
+    ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--json", type=Path, help="write results here")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    ml = load_movielens()
+    train, valid = split(ml.events)
+    train_by_user: dict = {}
+    for e in train:
+        train_by_user.setdefault(e.user_id, []).append(e)
+    E, eids = embeddings(ml.items)
+    base = LearnedConfig.from_dict({**LearnedConfig().to_dict(), **parse_set(a.set)})
+    rows = {}
+    t = time.perf_counter()
+    model = PersonaModel.fit(train, ml.items, E, base, embedding_ids=eids, progress=False)
+    fit_s = time.perf_counter() - t
+    res = evaluate(model, train_by_user, valid)
+    rows["learned"] = res
+    print(f"fit {fit_s:.1f}s {model.info['stage_seconds']} trees={model.info['trees']} train_pool_recall={model.info['train_pool_recall']}")
+    print("top features:", {k: round(v) for k, v in list(model.ranker.importance().items())[:12]})
+    if not a.no_baselines:
+        idx = model.index
+        for name, tops in baselines(train, valid, idx).items():
+            m = [metrics(tops[u], idx.get(v)) for u, v in valid.items()]
+            rows[name] = {"HR@10": np.mean([x[0] for x in m]), "NDCG@10": np.mean([x[1] for x in m])}
+    print(f"\nvalid, {len(valid)} users, full catalog, seen excluded; pool_size={base.pool_size}")
+    print(f"{'model':28s} {'NDCG@10':>8s} {'HR@10':>7s} {'pool rec':>8s}")
+    for name, r in rows.items():
+        print(f"{name:28s} {r['NDCG@10']:8.4f} {r['HR@10']:7.4f} {r.get('pool_recall', float('nan')):8.3f}")
+    print("pool recall per source (top pool_size each):", {s: round(v, 3) for s, v in res["source_recall"].items()})
+    print(f"serving median {res['ms_per_user']:.2f} ms/user (recommend, k=10)")
+    if a.ablate:
+        print("\nablations (NDCG@10 / HR@10 / pool recall; delta NDCG vs full)")
+        variants = {f"-source {s}": dict(sources=tuple(x for x in base.sources if x != s)) for s in base.sources}
+        variants.update({f"-features {g}": dict(drop_features=(g,)) for g in GROUPS if g != "extra"})
+        for name, over in variants.items():
+            cfg = LearnedConfig.from_dict({**base.to_dict(), **over})
+            m = PersonaModel.fit(train, ml.items, E, cfg, embedding_ids=eids, progress=False)
+            r = evaluate(m, train_by_user, valid, with_pool=name.startswith("-source"))
+            rows[name] = r
+            print(f"{name:28s} {r['NDCG@10']:8.4f} {r['HR@10']:7.4f} {r['pool_recall']:8.3f}  {r['NDCG@10'] - res['NDCG@10']:+.4f}", flush=True)
+    if a.json:
+        a.json.write_text(json.dumps({"config": base.to_dict(), "fit_s": fit_s, "rows": rows}, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

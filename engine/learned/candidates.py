@@ -1,0 +1,214 @@
+"""Stage 1: fitted candidate models, the per-user state they produce, and the candidate pool.
+
+In:  ordered sequences (``index.py``), static item metadata (``ItemMeta``: text embeddings, genres, year), a config.
+Out: ``Stage1`` (ALS factors, sequence statistics, item rating/time stats), ``UserState`` (one dense score vector per
+     source over the whole catalog, seen mask, fold-in user vector) and ``pool(state, size)``: a few hundred item rows
+     interleaved from the sources' rankings (seen items excluded), with every source's score and full-catalog rank.
+
+Sources: ``cf`` (fold-in user vector . item factors), ``trans`` (transitions from the last items), ``cooc``
+(co-occurrence with recent items), ``content`` (text-embedding similarity to recent liked items; the only source that
+reaches items with no events), ``pop`` (all-time), ``trend`` (last ``trend_days`` of the data), ``pop_at`` (popularity
+around the user's last event time).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cf import CF
+from .config import LearnedConfig
+from .index import ItemIndex, Sequence, user_item_matrix
+from .sequence import SequenceStats
+
+__all__ = ["ItemMeta", "Stage1", "UserState", "user_state", "pool", "source_ranks"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ItemMeta:
+    """Static per-item data: L2-normalised embeddings (zero rows when missing), genre multi-hot, year (nan)."""
+
+    emb: np.ndarray
+    genres: np.ndarray
+    genre_names: list
+    year: np.ndarray
+
+    @classmethod
+    def build(cls, items, index: ItemIndex, embeddings: np.ndarray | None = None, embedding_ids=None) -> "ItemMeta":
+        n = len(index)
+        by_id = {str(it.id): it for it in items}
+        names = sorted({g for it in items for g in (it.attributes.get("genres") or [])})
+        gpos = {g: k for k, g in enumerate(names)}
+        genres = np.zeros((n, max(1, len(names))), np.float32)
+        year = np.full(n, np.nan, np.float32)
+        for j, iid in enumerate(index.ids):
+            it = by_id.get(iid)
+            if it is None:
+                continue
+            for g in it.attributes.get("genres") or []:
+                genres[j, gpos[g]] = 1.0
+            y = it.attributes.get("year")
+            if isinstance(y, (int, float)):
+                year[j] = y
+        if embeddings is None:
+            emb = np.zeros((n, 1), np.float32)
+        else:
+            embeddings = np.asarray(embeddings, np.float32)
+            emb = np.zeros((n, embeddings.shape[1]), np.float32)
+            ids = list(embedding_ids) if embedding_ids is not None else [str(it.id) for it in items]
+            rows = index.rows(ids)
+            ok = rows >= 0
+            emb[rows[ok]] = embeddings[ok]
+            norm = np.linalg.norm(emb, axis=1, keepdims=True)
+            emb = emb / np.where(norm > 0, norm, 1.0)
+        return cls(emb, genres, names, year)
+
+
+class Stage1:
+    """Everything fitted from events that the pool and the features read. Fit twice: without labels, then on all."""
+
+    def __init__(self, cf: CF, seq: SequenceStats, item_rating: np.ndarray, item_first_ts: np.ndarray, item_mean_ts: np.ndarray):
+        self.cf, self.seq = cf, seq
+        self.item_rating, self.item_first_ts, self.item_mean_ts = item_rating, item_first_ts, item_mean_ts
+        V = cf.item_factors
+        n = np.linalg.norm(V, axis=1, keepdims=True)
+        self.cf_unit = V / np.where(n > 0, n, 1.0)
+
+    @classmethod
+    def fit(cls, seqs: dict[str, Sequence], n_items: int, cfg: LearnedConfig) -> "Stage1":
+        X = user_item_matrix(seqs, n_items)
+        cf = CF.fit(X, cfg.cf_factors, cfg.cf_reg, cfg.cf_alpha, cfg.cf_iterations, cfg.seed)
+        seq = SequenceStats.fit(seqs, n_items, cfg.max_gap, cfg.gap_decay, cfg.cooc_window, cfg.trend_days, cfg.bucket_days)
+        items = np.concatenate([s.items for s in seqs.values()] or [np.zeros(0, np.int64)])
+        ts = np.concatenate([s.ts for s in seqs.values()] or [np.zeros(0)])
+        r = np.concatenate([s.ratings for s in seqs.values()] or [np.zeros(0)])
+        cnt = np.bincount(items, minlength=n_items).astype(np.float64)
+        ok = ~np.isnan(r)
+        rc = np.bincount(items[ok], minlength=n_items)
+        rs = np.bincount(items[ok], weights=r[ok], minlength=n_items)
+        gmean = float(r[ok].mean()) if ok.any() else np.nan
+        item_rating = ((rs + 5 * gmean) / (rc + 5)).astype(np.float32)  # shrunk to the global mean
+        first = np.full(n_items, np.nan)
+        np.fmin.at(first, items, ts)
+        mean_ts = np.where(cnt > 0, np.bincount(items, weights=ts, minlength=n_items) / np.maximum(cnt, 1), np.nan)
+        return cls(cf, seq, item_rating, first.astype(np.float64), mean_ts.astype(np.float64))
+
+    def cached(self, key, make):
+        """Per-model memo for history-independent vectors (popularity orders, per-time-bucket popularity)."""
+        c = self.__dict__.setdefault("_cache", {})
+        if key not in c:
+            c[key] = make()
+        return c[key]
+
+    def arrays(self) -> dict:
+        return {"cf_item_factors": self.cf.item_factors, "item_rating": self.item_rating, "item_first_ts": self.item_first_ts,
+                "item_mean_ts": self.item_mean_ts, **self.seq.arrays()}
+
+    @classmethod
+    def from_arrays(cls, a: dict, cfg: LearnedConfig) -> "Stage1":
+        cf = CF(a["cf_item_factors"], cfg.cf_reg, cfg.cf_alpha)
+        seq = SequenceStats.from_arrays(a, dict(max_gap=cfg.max_gap, gap_decay=cfg.gap_decay, window=cfg.cooc_window))
+        return cls(cf, seq, a["item_rating"], a["item_first_ts"], a["item_mean_ts"])
+
+
+@dataclass
+class UserState:
+    """What one history implies, over the whole catalog (dense vectors, n_items long)."""
+
+    seq: Sequence
+    seen: np.ndarray  # bool mask
+    last3: np.ndarray  # rows of the last 3 items, most recent last
+    trans3: np.ndarray  # 3 x n: P(c | last_k) for k = 1, 2, 3 (row 0 = most recent; zero rows when shorter)
+    recent: np.ndarray  # the last ``recent`` item rows, most recent last
+    liked: np.ndarray  # recent liked item rows (rating >= threshold; all recent when no ratings)
+    user_vec: np.ndarray
+    sources: dict  # name -> dense score vector
+    last_ts: float
+    cooc_rec: np.ndarray  # len(recent) x n cosine co-occurrence rows
+    orders: dict  # name -> cached full-catalog order for sources that do not depend on the history
+
+
+def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig) -> UserState:
+    n = len(s1.item_rating)
+    items = seq.items[(seq.items >= 0) & (seq.items < n)]
+    seen = np.zeros(n, bool)
+    seen[items] = True
+    last3 = items[-3:]
+    tr = s1.seq.trans_rows(last3[::-1], cfg.trans_smooth)
+    trans3 = np.zeros((3, n), np.float32)
+    trans3[: len(tr)] = tr
+    w = cfg.trans_pos_decay ** np.arange(3)
+    recent = items[-cfg.recent :]
+    r = seq.ratings[(seq.items >= 0) & (seq.items < n)][-cfg.recent :]
+    liked = recent[~(r < cfg.like_threshold)]  # nan ratings count as liked
+    if not len(liked):
+        liked = recent
+    uvec = s1.cf.user_vector(items)
+    src: dict = {}
+    src["cf"] = s1.cf.scores(uvec)
+    src["trans"] = (w[:, None] * trans3).sum(0)
+    cooc_rec = s1.seq.cooc_rows(recent)
+    src["cooc"] = ((0.9 ** np.arange(len(recent))[::-1]) @ cooc_rec).astype(np.float32) if len(recent) else np.zeros(n, np.float32)
+    if len(liked) and meta.emb.shape[1] > 1:
+        cw = 0.9 ** np.arange(len(liked))[::-1]
+        src["content"] = meta.emb @ (cw @ meta.emb[liked])
+    else:
+        src["content"] = np.zeros(n, np.float32)
+    src["pop"] = s1.seq.pop
+    src["trend"] = s1.seq.trend
+    last_ts = float(seq.ts[-1]) if len(seq.ts) else s1.seq.t_max
+    b = s1.seq.bucket_of(last_ts)
+    src["pop_at"] = s1.cached(("pop_at", b), lambda: s1.seq.pop_at(last_ts))
+    orders = {name: s1.cached(("order", name, b if name == "pop_at" else None), lambda v=src[name]: np.lexsort((np.arange(n), -v)))
+              for name in ("pop", "trend", "pop_at")}
+    return UserState(seq, seen, last3, trans3, recent, liked, uvec, src, last_ts, cooc_rec, orders)
+
+
+def source_ranks(state: UserState, names, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and full-catalog ranks (0 = best, among unseen items) of ``cand`` for each source (k x len(names))."""
+    S = np.zeros((len(cand), len(names)), np.float32)
+    R = np.zeros((len(cand), len(names)), np.float32)
+    unseen = ~state.seen
+    for j, name in enumerate(names):
+        v = state.sources[name]
+        srt = np.sort(v[unseen])
+        S[:, j] = v[cand]
+        R[:, j] = len(srt) - np.searchsorted(srt, v[cand], side="right")
+    return S, R
+
+
+def source_top(state: UserState, name: str, k: int, exclude_seen: bool = True) -> np.ndarray:
+    """The source's best ``k`` item rows (ties by row), seen items left out when ``exclude_seen``."""
+    if name in state.orders:
+        o = state.orders[name]
+        return (o[~state.seen[o]] if exclude_seen else o)[:k]
+    v = state.sources[name].astype(np.float64)
+    if exclude_seen:
+        v = np.where(state.seen, -np.inf, v)
+    k = min(k, int(np.isfinite(v).sum()))
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    top = np.argpartition(-v, k - 1)[:k]
+    return top[np.lexsort((top, -v[top]))]
+
+
+def pool(state: UserState, cfg: LearnedConfig, size: int | None = None, sources=None, exclude_seen: bool = True) -> np.ndarray:
+    """Item rows interleaved from the sources' rankings (rank / weight order), first ``size`` distinct ones."""
+    size = size or cfg.pool_size
+    sources = tuple(sources or cfg.sources)
+    rows, keys = [], []
+    for j, name in enumerate(sources):
+        top = source_top(state, name, size, exclude_seen)
+        rows.append(top)
+        keys.append((np.arange(len(top)) + 0.5) / float(cfg.source_weights.get(name, 1.0)) + j * 1e-6)
+    if not rows:
+        return np.zeros(0, np.int64)
+    rows, keys = np.concatenate(rows), np.concatenate(keys)
+    order = np.argsort(keys, kind="stable")
+    rows = rows[order]
+    _, first = np.unique(rows, return_index=True)
+    return rows[np.sort(first)][:size]

@@ -1,0 +1,64 @@
+"""``LearnedConfig``: every knob of the learned recommender (stage-1 models, candidate pool, ranker), JSON-serialisable."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+__all__ = ["LearnedConfig", "SOURCES"]
+
+SOURCES = ("cf", "trans", "cooc", "content", "pop", "trend", "pop_at")
+
+
+@dataclass
+class LearnedConfig:
+    seed: int = 0
+    # stage 1: ALS
+    cf_factors: int = 64
+    cf_reg: float = 0.05
+    cf_alpha: float = 10.0
+    cf_iterations: int = 15
+    # stage 1: sequence statistics
+    max_gap: int = 3
+    gap_decay: float = 0.5
+    cooc_window: int = 10
+    trend_days: float = 30.0
+    bucket_days: float = 7.0
+    trans_smooth: float = 5.0
+    trans_pos_decay: float = 0.6
+    recent: int = 10  # recent items used for co-occurrence / content / reasons
+    like_threshold: float = 4.0
+    # candidates
+    sources: tuple = SOURCES
+    # >1 gives a source more of the pool. Valid pool recall at 300: equal 0.825, these 0.878 (cooc alone 0.860)
+    source_weights: dict = field(default_factory=lambda: {"cooc": 6.0, "cf": 2.0, "trans": 2.0, "content": 0.5})
+    pool_size: int = 300
+    # ranker
+    objective: str = "binary"  # or "lambdarank" (binary won on valid: 0.1443 vs 0.1338 NDCG@10 at 100 trees)
+    num_leaves: int = 15
+    learning_rate: float = 0.05
+    n_estimators: int = 300
+    neg_sample: int = 100  # negatives kept per training user (0: the whole pool)
+    min_child_samples: int = 20
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    lambda_l2: float = 1.0
+    early_stopping: int = 40
+    valid_frac: float = 0.1
+    label_folds: int = 2  # 2: also train on each user's second-to-last event (stage 1 refitted without it)
+    drop_features: tuple = ()  # feature names or group names left out (ablations)
+    threads: int = 2
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["sources"] = list(self.sources)
+        d["drop_features"] = list(self.drop_features)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LearnedConfig":
+        names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        for k in ("sources", "drop_features"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)

@@ -1,0 +1,98 @@
+"""The one feature function of the ranker, shared by training and serving.
+
+In:  ``Stage1``, ``ItemMeta``, a ``UserState`` (``candidates.user_state``), candidate item rows, an optional external
+     column (e.g. an LLM P(Yes), one value per candidate; nan when absent).
+Out: a float32 matrix (candidates x ``FEATURE_NAMES``). Every value of a row depends only on the user and that
+     candidate -- never on which other items are in the pool -- so ``rank()`` and ``recommend()`` agree exactly.
+
+``GROUPS`` names the feature groups used for ablations (``LearnedConfig.drop_features`` takes names or groups).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .candidates import ItemMeta, Stage1, UserState, source_ranks
+from .config import SOURCES
+from .sequence import dense_rows
+
+__all__ = ["FEATURE_NAMES", "GROUPS", "features", "resolve_drop"]
+
+log = logging.getLogger(__name__)
+
+DAY = 86400.0
+
+GROUPS: dict[str, list[str]] = {
+    "src_cf": ["cf_score", "cf_rank", "cf_sim_max"],
+    "src_trans": ["trans_score", "trans_rank", "trans_l1", "trans_l2", "trans_l3", "trans_l1_count"],
+    "src_cooc": ["cooc_score", "cooc_rank", "cooc_max"],
+    "src_content": ["content_score", "content_rank", "content_max", "content_mean"],
+    "src_pop": ["pop_score", "pop_rank", "trend_score", "trend_rank", "pop_at_score", "pop_at_rank"],
+    "attributes": ["genre_overlap", "year_gap", "item_year"],
+    "user": ["hist_len", "user_mean_rating", "days_to_data_end"],
+    "item": ["item_rating", "item_age_days", "item_mean_ts_gap_days"],
+    "extra": ["extra"],
+}
+FEATURE_NAMES: list[str] = [f for g in GROUPS.values() for f in g]
+_COL = {f: k for k, f in enumerate(FEATURE_NAMES)}
+
+
+def resolve_drop(drop) -> list[str]:
+    out = []
+    for d in drop or ():
+        out.extend(GROUPS.get(d, [d]))
+    unknown = [d for d in out if d not in _COL]
+    if unknown:
+        raise ValueError(f"unknown features {unknown}")
+    return out
+
+
+def features(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+    cand = np.asarray(cand, np.int64)
+    F = np.full((len(cand), len(FEATURE_NAMES)), np.nan, np.float32)
+
+    def put(name, v):
+        F[:, _COL[name]] = v
+
+    S, R = source_ranks(st, SOURCES, cand)
+    for j, name in enumerate(SOURCES):
+        put(f"{name}_score", S[:, j])
+        put(f"{name}_rank", R[:, j])
+    # transitions from each of the last three items separately
+    for k in range(3):
+        put(f"trans_l{k + 1}", st.trans3[k, cand])
+    if len(st.last3):
+        put("trans_l1_count", dense_rows(s1.seq.trans, st.last3[-1:], cand)[0])
+    else:
+        put("trans_l1_count", 0.0)
+    rec = st.recent
+    if len(rec):
+        put("cooc_max", st.cooc_rec[:, cand].max(0))
+        put("cf_sim_max", (s1.cf_unit[cand] @ s1.cf_unit[rec].T).max(1))
+    if len(st.liked) and meta.emb.shape[1] > 1:
+        sims = meta.emb[cand] @ meta.emb[st.liked].T
+        put("content_max", sims.max(1))
+        put("content_mean", sims.mean(1))
+    # attributes
+    liked = st.liked
+    if len(liked):
+        ug = meta.genres[liked].mean(0)
+        gc = meta.genres[cand]
+        put("genre_overlap", (gc @ ug) / np.maximum(gc.sum(1), 1.0))
+        uy = np.nanmean(meta.year[liked]) if np.isfinite(meta.year[liked]).any() else np.nan
+        put("year_gap", meta.year[cand] - uy)
+    put("item_year", meta.year[cand])
+    # user
+    r = st.seq.ratings
+    put("hist_len", float(len(st.seq)))
+    put("user_mean_rating", float(np.nanmean(r)) if len(r) and np.isfinite(r).any() else np.nan)
+    put("days_to_data_end", (s1.seq.t_max - st.last_ts) / DAY)
+    # item, relative to the user's time
+    put("item_rating", s1.item_rating[cand])
+    put("item_age_days", (st.last_ts - s1.item_first_ts[cand]) / DAY)
+    put("item_mean_ts_gap_days", (st.last_ts - s1.item_mean_ts[cand]) / DAY)
+    if extra is not None:
+        put("extra", np.asarray(extra, np.float32))
+    return F

@@ -1,0 +1,223 @@
+"""``PersonaModel``: the learned two-stage recommender (stage-1 candidate models + LightGBM ranker).
+
+In (fit):   events (user_id, item_id, timestamp, rating), items (id, attributes{genres, year}), optional item text
+            embeddings (rows aligned with ``embedding_ids``, default the ``items`` order), ``LearnedConfig``.
+Out:        a model whose ``recommend(history, k)`` returns ``[(item_id, score, reason_item_id)]`` from a user's history
+            alone (events or item ids, any order; they are ordered here), so a new event changes the next result
+            without a refit. ``rank(history, item_ids)`` scores given items through the same code path.
+            ``save(dir)`` / ``load(dir)``: arrays.npz + ranker.txt (LightGBM) + meta.json (format version, model
+            version, fit time, data hash, config, feature columns).
+
+Fit protocol (no label leakage): stage 1 (ALS, transitions, co-occurrence, popularity, item stats) is fitted on every
+user's events but the last; the ranker learns to find each user's last event in the pool built from those models; then
+stage 1 is refitted on ALL events for serving (the ranker is kept). ``label_folds=2`` adds a second round with the
+second-to-last events as labels (stage 1 fitted without the last two).
+
+``item_factors`` (the ``cf`` named vector) and ``item_ids`` are exposed for storage in Qdrant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .candidates import ItemMeta, Stage1, pool, user_state
+from .config import LearnedConfig
+from .features import features
+from .index import ItemIndex, Sequence, build_sequences, order_events, split_last
+from .sequence import dense_rows
+from .ranker import Ranker, TrainingData, build_training, train_ranker
+
+__all__ = ["PersonaModel", "FORMAT_VERSION", "data_hash"]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def data_hash(events, items=()) -> str:
+    h = hashlib.sha256()
+    for e in sorted((str(e.user_id), str(e.item_id), float(e.timestamp), e.rating) for e in events):
+        h.update(repr(e).encode())
+    for iid in sorted(str(it.id) for it in items):
+        h.update(iid.encode())
+    return h.hexdigest()
+
+
+def _concat(parts: list[TrainingData]) -> TrainingData:
+    if len(parts) == 1:
+        return parts[0]
+    users = [f"{k}:{u}" for k, p in enumerate(parts) for u in p.users]
+    return TrainingData(np.concatenate([p.X for p in parts]), np.concatenate([p.y for p in parts]),
+                        np.concatenate([p.group for p in parts]), users, float(np.mean([p.recall for p in parts])))
+
+
+class PersonaModel:
+    def __init__(self, index: ItemIndex, meta: ItemMeta, stage1: Stage1, ranker: Ranker, config: LearnedConfig, info: dict):
+        self.index, self.meta, self.stage1, self.ranker, self.config, self.info = index, meta, stage1, ranker, config, info
+
+    # --- fit -----------------------------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, events, items, item_embeddings: np.ndarray | None = None, config: LearnedConfig | None = None,
+            embedding_ids=None, extra_fn=None, progress: bool = True) -> "PersonaModel":
+        """Fit stage 1 without each user's last event, train the ranker on those last events, refit stage 1 on all.
+
+        ``extra_fn(user_id, history: Sequence, candidate_rows) -> values`` adds the external feature column to training.
+        """
+        from tqdm.auto import tqdm
+
+        cfg = config or LearnedConfig()
+        t0 = time.perf_counter()
+        events = list(events)
+        items = list(items)
+        index = ItemIndex.build(items, events)
+        seqs = build_sequences(events, index, cfg.seed)
+        meta = ItemMeta.build(items, index, item_embeddings, embedding_ids)
+        parts, stage_times = [], {}
+        bar = tqdm(total=len(seqs) * cfg.label_folds, desc="ranker rows", disable=not progress, leave=False)
+        cur = seqs
+        train_stage1 = []
+        for fold in range(cfg.label_folds):
+            hist, labels = split_last(cur)
+            t = time.perf_counter()
+            s1 = Stage1.fit(hist, len(index), cfg)
+            train_stage1.append(s1)
+            stage_times[f"stage1_train_{fold}"] = time.perf_counter() - t
+            t = time.perf_counter()
+            part = build_training(s1, meta, hist, labels, cfg, extra_fn, bar)
+            stage_times[f"rows_{fold}"] = time.perf_counter() - t
+            log.info("fold %d: %d labelled users, pool recall %.3f, %d rows", fold, len(labels), part.recall, len(part.y))
+            parts.append(part)
+            cur = hist
+        bar.close()
+        data = _concat(parts)
+        t = time.perf_counter()
+        ranker = train_ranker(data, cfg)
+        stage_times["ranker"] = time.perf_counter() - t
+        t = time.perf_counter()
+        s1 = Stage1.fit(seqs, len(index), cfg)
+        stage_times["stage1_serve"] = time.perf_counter() - t
+        fit_s = time.perf_counter() - t0
+        info = {"fit_seconds": round(fit_s, 2), "stage_seconds": {k: round(v, 2) for k, v in stage_times.items()},
+                "train_pool_recall": round(data.recall, 4), "train_users": len(data.users), "train_rows": int(len(data.y)),
+                "trees": ranker.booster.num_trees(), "data_hash": data_hash(events, items), "fitted_at": time.time(),
+                "n_items": len(index), "n_users": len(seqs), "n_events": len(events)}
+        info["version"] = f"{FORMAT_VERSION}-{info['data_hash'][:12]}-{int(info['fitted_at'])}"
+        log.info("PersonaModel fitted in %.1fs (%s)", fit_s, info["stage_seconds"])
+        model = cls(index, meta, s1, ranker, cfg, info)
+        model.train_stage1 = train_stage1  # the label-free stage-1 models the ranker was trained with (not saved)
+        return model
+
+    # --- serving -------------------------------------------------------------------------------------------------
+    @property
+    def item_ids(self) -> list[str]:
+        return self.index.ids
+
+    @property
+    def item_factors(self) -> np.ndarray:
+        """ALS item factors, one row per ``item_ids`` entry (the ``cf`` named vector)."""
+        return self.stage1.cf.item_factors
+
+    def sequence(self, history) -> Sequence:
+        """Order a history (Event-like objects, or item ids already in order) and map it to rows; unknown items dropped."""
+        history = list(history)
+        if history and not isinstance(history[0], str):
+            history = order_events(history, self.config.seed)
+            ids = [str(e.item_id) for e in history]
+            ts = np.array([float(e.timestamp) for e in history])
+            r = np.array([np.nan if getattr(e, "rating", None) is None else float(e.rating) for e in history])
+        else:
+            ids = [str(i) for i in history]
+            ts = np.full(len(ids), self.stage1.seq.t_max)
+            r = np.full(len(ids), np.nan)
+        rows = self.index.rows(ids)
+        ok = rows >= 0
+        return Sequence(rows[ok], ts[ok], r[ok])
+
+    def _extra(self, extra_feature, cand: np.ndarray):
+        if extra_feature is None or "extra" not in self.ranker.columns:
+            return None
+        ids = [self.index.ids[j] for j in cand]
+        if callable(extra_feature):
+            return np.asarray(extra_feature(ids), np.float32)
+        return np.array([extra_feature.get(i, np.nan) for i in ids], np.float32)
+
+    def _score(self, st, cand: np.ndarray, extra_feature=None) -> np.ndarray:
+        F = features(self.stage1, self.meta, st, cand, self._extra(extra_feature, cand))
+        return self.ranker.predict(F)
+
+    def state(self, history):
+        return user_state(self.stage1, self.meta, self.sequence(history), self.config)
+
+    def recommend(self, history, k: int = 10, exclude_seen: bool = True, extra_feature=None) -> list[tuple[str, float, str | None]]:
+        """Top ``k`` ``(item_id, score, reason_item_id)``; the reason is the history item tied most strongly to the item."""
+        st = self.state(history)
+        cand = pool(st, self.config, exclude_seen=exclude_seen)
+        scores = self._score(st, cand, extra_feature)
+        order = np.lexsort((cand, -scores))[:k]
+        top = cand[order]
+        reasons = self.reasons(st, top)
+        return [(self.index.ids[j], float(scores[o]), reasons[n]) for n, (j, o) in enumerate(zip(top, order))]
+
+    def rank(self, history, item_ids, extra_feature=None) -> list[tuple[str, float]]:
+        """``item_ids`` ordered (best first) by the exact scores ``recommend`` gives them; unknown ids last (score -inf)."""
+        st = self.state(history)
+        rows = self.index.rows(list(item_ids))
+        known = rows >= 0
+        scores = np.full(len(rows), -np.inf)
+        scores[known] = self._score(st, rows[known], extra_feature)
+        order = np.lexsort((np.where(known, rows, len(self.index)), -scores))
+        return [(str(item_ids[o]), float(scores[o])) for o in order]
+
+    def reasons(self, st, top: np.ndarray) -> list[str | None]:
+        """For each item, the recent history item with the strongest combined transition / co-occurrence / cf / content tie."""
+        rec = st.recent
+        if not len(rec) or not len(top):
+            return [None] * len(top)
+        s1 = self.stage1
+        parts = [dense_rows(s1.seq.trans, rec, top), st.cooc_rec[:, top],
+                 np.clip(s1.cf_unit[rec] @ s1.cf_unit[top].T, 0, None)]
+        if self.meta.emb.shape[1] > 1:
+            parts.append(np.clip(self.meta.emb[rec] @ self.meta.emb[top].T, 0, None))
+        A = np.zeros((len(rec), len(top)))
+        for P in parts:
+            m = P.max()
+            if m > 0:
+                A += P / m
+        A += 1e-3 * np.linspace(0, 1, len(rec))[:, None]  # ties go to the most recent
+        return [self.index.ids[rec[i]] for i in A.argmax(0)]
+
+    # --- persistence ---------------------------------------------------------------------------------------------
+    def save(self, directory) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        arrays = {"item_ids": np.array(self.index.ids, dtype=object).astype(str), "emb": self.meta.emb, "genres": self.meta.genres,
+                  "year": self.meta.year, **self.stage1.arrays()}
+        np.savez_compressed(d / "arrays.npz", **arrays)
+        (d / "ranker.txt").write_text(self.ranker.to_text())
+        meta = {"format_version": FORMAT_VERSION, **self.info, "config": self.config.to_dict(), "ranker_columns": self.ranker.columns,
+                "genre_names": self.meta.genre_names}
+        (d / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        log.info("saved model %s to %s", self.info.get("version"), d)
+        return d
+
+    @classmethod
+    def load(cls, directory) -> "PersonaModel":
+        d = Path(directory)
+        meta = json.loads((d / "meta.json").read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{d}: model format {meta.get('format_version')}, this code reads {FORMAT_VERSION}")
+        cfg = LearnedConfig.from_dict(meta["config"])
+        with np.load(d / "arrays.npz", allow_pickle=False) as z:
+            a = {k: z[k] for k in z.files}
+        index = ItemIndex(a["item_ids"].tolist())
+        im = ItemMeta(a["emb"], a["genres"], meta["genre_names"], a["year"])
+        s1 = Stage1.from_arrays(a, cfg)
+        ranker = Ranker.from_text((d / "ranker.txt").read_text(), meta["ranker_columns"])
+        info = {k: v for k, v in meta.items() if k not in ("config", "ranker_columns", "genre_names", "format_version")}
+        return cls(index, im, s1, ranker, cfg, info)

@@ -1,0 +1,156 @@
+"""Stage 2: a LightGBM ranker over the candidate pool, trained from events alone.
+
+Training rows (``build_training``): for each user the LAST event is the label and the earlier events the history.
+The stage-1 models that compute the features for those rows (``Stage1`` given here) must be fitted on the histories
+only -- all events but each user's last -- so no feature has seen the label. The negatives are the other items of the
+user's pool; users whose label is not in the pool are left out (no ranking signal). ``PersonaModel.fit`` then refits
+stage 1 on all events for serving.
+
+In:  ``Stage1``, ``ItemMeta``, histories ``{user: Sequence}``, labels ``{user: item row}``, ``LearnedConfig``.
+Out: ``Ranker`` (a LightGBM booster plus the feature columns it uses): ``predict(F) -> scores``, ``to_text`` /
+     ``from_text``. Early stopping on a held-out ``valid_frac`` of users (NDCG@10 within the pool).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .candidates import ItemMeta, Stage1, pool, user_state
+from .config import LearnedConfig
+from .features import FEATURE_NAMES, features, resolve_drop
+from .index import Sequence, tie_key
+
+__all__ = ["TrainingData", "build_training", "Ranker", "train_ranker", "pessimistic_ndcg"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    X: np.ndarray
+    y: np.ndarray
+    group: np.ndarray  # rows per user, in order
+    users: list
+    recall: float  # share of labelled users whose label is in the pool
+
+
+def build_training(s1: Stage1, meta: ItemMeta, hist: dict[str, Sequence], labels: dict[str, int], cfg: LearnedConfig,
+                   extra_fn=None, progress=None) -> TrainingData:
+    Xs, ys, group, users = [], [], [], []
+    hit = 0
+    rng = np.random.default_rng(cfg.seed)
+    for u in sorted(labels):
+        st = user_state(s1, meta, hist[u], cfg)
+        cand = pool(st, cfg)
+        y = (cand == labels[u]).astype(np.float32)
+        if progress is not None:
+            progress.update(1)
+        if not y.any():
+            continue
+        hit += 1
+        if cfg.neg_sample and len(cand) > cfg.neg_sample + 1:  # the label plus a random sample of the other candidates
+            neg = np.flatnonzero(y == 0)
+            keep = np.sort(np.r_[np.flatnonzero(y > 0), rng.choice(neg, cfg.neg_sample, replace=False)])
+            cand, y = cand[keep], y[keep]
+        extra = extra_fn(u, hist[u], cand) if extra_fn is not None else None
+        Xs.append(features(s1, meta, st, cand, extra))
+        ys.append(y)
+        group.append(len(cand))
+        users.append(u)
+    X = np.concatenate(Xs) if Xs else np.zeros((0, len(FEATURE_NAMES)), np.float32)
+    return TrainingData(X, np.concatenate(ys) if ys else np.zeros(0), np.array(group, np.int64), users, hit / max(1, len(labels)))
+
+
+class Ranker:
+    def __init__(self, booster, columns: list[str]):
+        self.booster = booster
+        self.columns = list(columns)
+        self._idx = np.array([FEATURE_NAMES.index(c) for c in self.columns])
+
+    def predict(self, F: np.ndarray) -> np.ndarray:
+        if not len(F):
+            return np.zeros(0)
+        return self.booster.predict(F[:, self._idx], num_threads=1)
+
+    def importance(self) -> dict:
+        gain = self.booster.feature_importance("gain")
+        return dict(sorted(zip(self.columns, gain.tolist()), key=lambda kv: -kv[1]))
+
+    def to_text(self) -> str:
+        return self.booster.model_to_string()
+
+    @classmethod
+    def from_text(cls, text: str, columns: list[str]) -> "Ranker":
+        import lightgbm as lgb
+
+        return cls(lgb.Booster(model_str=text), columns)
+
+
+def _slice(data: TrainingData, users_mask: np.ndarray):
+    starts = np.r_[0, np.cumsum(data.group)[:-1]]
+    rows = np.concatenate([np.arange(s, s + g) for s, g, m in zip(starts, data.group, users_mask) if m] or [np.zeros(0, np.int64)])
+    return data.X[rows], data.y[rows], data.group[users_mask]
+
+
+def pessimistic_ndcg(scores: np.ndarray, y: np.ndarray, group: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k of the single positive per group, ties counted against it (LightGBM's own NDCG rewards ties,
+    so a one-tree model with many tied scores looks best and early stopping would stop at once)."""
+    total, s0 = 0.0, 0
+    for g in group:
+        sc, yy = scores[s0 : s0 + g], y[s0 : s0 + g]
+        s0 += g
+        pos = np.flatnonzero(yy > 0)
+        if len(pos):
+            r = int((sc >= sc[pos[0]]).sum()) - 1
+            total += 1.0 / np.log2(r + 2) if r < k else 0.0
+    return total / max(1, len(group))
+
+
+def train_ranker(data: TrainingData, cfg: LearnedConfig) -> Ranker:
+    import lightgbm as lgb
+
+    t = time.perf_counter()
+    drop = set(resolve_drop(cfg.drop_features))
+    cols = [c for c in FEATURE_NAMES if c not in drop]
+    if np.isnan(data.X[:, FEATURE_NAMES.index("extra")]).all() and "extra" in cols:
+        cols.remove("extra")
+    idx = np.array([FEATURE_NAMES.index(c) for c in cols])
+    hold = np.array([(tie_key(cfg.seed + 101, u, "") % 1000) < cfg.valid_frac * 1000 for u in data.users])
+    if hold.all() or not hold.any():
+        hold = np.zeros(len(data.users), bool)
+    Xtr, ytr, gtr = _slice(data, ~hold)
+    params = dict(objective=cfg.objective, learning_rate=cfg.learning_rate, num_leaves=cfg.num_leaves,
+                  min_child_samples=cfg.min_child_samples, feature_fraction=cfg.feature_fraction,
+                  bagging_fraction=cfg.bagging_fraction, bagging_freq=1, lambda_l2=cfg.lambda_l2, num_threads=cfg.threads,
+                  seed=cfg.seed, deterministic=True, force_row_wise=True, verbose=-1, metric="None")
+    if cfg.objective == "lambdarank":
+        params["lambdarank_truncation_level"] = 20
+    dtr = lgb.Dataset(Xtr[:, idx], ytr, group=gtr, feature_name=cols, free_raw_data=False)
+    callbacks, valid_sets, feval = [], [], None
+    if hold.any():
+        Xva, yva, gva = _slice(data, hold)
+        valid_sets = [lgb.Dataset(Xva[:, idx], yva, group=gva, reference=dtr)]
+        callbacks.append(lgb.early_stopping(cfg.early_stopping, verbose=False))
+
+        def feval(preds, ds):
+            return "ndcg10_pessimistic", pessimistic_ndcg(preds, yva, gva), True
+
+    booster = lgb.train(params, dtr, num_boost_round=cfg.n_estimators, valid_sets=valid_sets, feval=feval, callbacks=callbacks)
+    if valid_sets:
+        booster = booster if booster.best_iteration <= 0 else _trim(booster)
+    log.info("ranker %s: %d users (%d held out), %d rows, %d trees, best valid %s, %.1fs", cfg.objective, len(data.users),
+             int(hold.sum()), len(data.y), booster.num_trees(), dict(booster.best_score.get("valid_0", {})), time.perf_counter() - t)
+    return Ranker(booster, cols)
+
+
+def _trim(booster):
+    import lightgbm as lgb
+
+    best = booster.best_iteration
+    b = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    b.best_iteration, b.best_score = best, booster.best_score
+    return b

@@ -1,0 +1,149 @@
+"""Sequential statistics from ordered user histories: transitions, co-occurrence, popularity, trend, time-local popularity.
+
+In:  ``{user: Sequence}`` (see ``index.py``), the catalog size.
+Out: ``SequenceStats`` with
+     - ``trans``  CSR items x items: b counted after a within ``max_gap`` steps, weight ``gap_decay ** (gap - 1)``;
+     - ``cooc``   CSR items x items: symmetric counts of pairs within ``window`` positions (diagonal empty);
+     - ``pop``    events per item; ``trend`` events in the last ``trend_days`` before the data's latest timestamp;
+     - ``time_pop`` items x time buckets, for the popularity of an item around any given time;
+     and ``scores(last_items)`` / ``cooc_scores(recent_items)`` dense over the catalog from a user's recent items with a
+     position decay. Fitted only on the events it is given: the ranker's training copy never sees the label events.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import scipy.sparse as sp
+
+from .index import Sequence
+
+__all__ = ["SequenceStats", "dense_rows"]
+
+log = logging.getLogger(__name__)
+
+DAY = 86400.0
+
+
+def dense_rows(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+    """``m[rows][:, cols]`` as a dense float32 array, without scipy's fancy-indexing overhead (few rows)."""
+    out = np.zeros((len(rows), m.shape[1]), np.float32)
+    ip, ix, d = m.indptr, m.indices, m.data
+    for k, r in enumerate(rows):
+        a, b = ip[r], ip[r + 1]
+        out[k, ix[a:b]] = d[a:b]
+    return out if cols is None else out[:, cols]
+
+
+def _pairs(seqs, offsets):
+    a, b, g = [], [], []
+    for s in seqs:
+        it = s.items
+        for d in offsets:
+            if len(it) > d:
+                a.append(it[:-d])
+                b.append(it[d:])
+                g.append(np.full(len(it) - d, d))
+    if not a:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(a), np.concatenate(b), np.concatenate(g)
+
+
+class SequenceStats:
+    def __init__(self, trans, cooc, pop, trend, time_pop, t0: float, bucket: float, t_max: float, params: dict):
+        self.trans: sp.csr_matrix = trans
+        self.cooc: sp.csr_matrix = cooc
+        self.pop = pop
+        self.trend = trend
+        self.time_pop = time_pop
+        self.t0, self.bucket, self.t_max = float(t0), float(bucket), float(t_max)
+        self.params = dict(params)
+        self._finish()
+
+    def _finish(self):
+        self.trans_out = np.asarray(self.trans.sum(axis=1)).ravel()
+        self.cooc_norm = np.sqrt(np.maximum(self.pop, 1.0))
+        self.n_items = len(self.pop)
+
+    @classmethod
+    def fit(cls, seqs: dict[str, Sequence], n_items: int, max_gap: int = 3, gap_decay: float = 0.5, window: int = 10,
+            trend_days: float = 30.0, bucket_days: float = 7.0, max_buckets: int = 512) -> "SequenceStats":
+        ss = [s for s in seqs.values() if len(s)]
+        a, b, g = _pairs(ss, range(1, max_gap + 1))
+        trans = sp.csr_matrix(((gap_decay ** (g - 1)).astype(np.float32), (a, b)), shape=(n_items, n_items))
+        trans.sum_duplicates()
+        a, b, _ = _pairs(ss, range(1, window + 1))
+        keep = a != b
+        a, b = a[keep], b[keep]
+        cooc = sp.csr_matrix((np.ones(2 * len(a), np.float32), (np.r_[a, b], np.r_[b, a])), shape=(n_items, n_items))
+        cooc.sum_duplicates()
+        items = np.concatenate([s.items for s in ss]) if ss else np.zeros(0, np.int64)
+        ts = np.concatenate([s.ts for s in ss]) if ss else np.zeros(0)
+        pop = np.bincount(items, minlength=n_items).astype(np.float32)
+        t_max = float(ts.max()) if len(ts) else 0.0
+        t0 = float(ts.min()) if len(ts) else 0.0
+        trend = np.bincount(items[ts >= t_max - trend_days * DAY], minlength=n_items).astype(np.float32)
+        bucket = max(bucket_days * DAY, (t_max - t0) / max_buckets + 1.0)
+        nb = int((t_max - t0) // bucket) + 1
+        bi = ((ts - t0) // bucket).astype(np.int64)
+        time_pop = np.zeros((n_items, nb), np.float32)
+        np.add.at(time_pop, (items, bi), 1.0)
+        params = dict(max_gap=max_gap, gap_decay=gap_decay, window=window, trend_days=trend_days, bucket_days=bucket_days)
+        log.info("sequence stats: %d transitions nnz, %d co-occurrence nnz, %d events", trans.nnz, cooc.nnz, len(items))
+        return cls(trans, cooc, pop, trend, time_pop, t0, bucket, t_max, params)
+
+    # --- scoring -------------------------------------------------------------------------------------------------
+    def trans_rows(self, items: np.ndarray, smooth: float = 5.0) -> np.ndarray:
+        """Dense P(next | a) rows (smoothed by ``smooth`` pseudo-counts) for each item in ``items`` (k x n)."""
+        items = np.asarray(items, np.int64)
+        if not len(items):
+            return np.zeros((0, self.n_items), np.float32)
+        rows = dense_rows(self.trans, items)
+        return rows / (self.trans_out[items, None] + smooth)
+
+    def scores(self, last_items: np.ndarray, pos_decay: float = 0.6, smooth: float = 5.0) -> np.ndarray:
+        """Transition score from the most recent items (``last_items[-1]`` is the latest), decayed by position."""
+        last = np.asarray(last_items, np.int64)[::-1]
+        if not len(last):
+            return np.zeros(self.n_items, np.float32)
+        w = pos_decay ** np.arange(len(last))
+        return (w[:, None] * self.trans_rows(last, smooth)).sum(0).astype(np.float32)
+
+    def cooc_rows(self, items: np.ndarray) -> np.ndarray:
+        """Dense cosine-normalised co-occurrence rows (k x n)."""
+        items = np.asarray(items, np.int64)
+        if not len(items):
+            return np.zeros((0, self.n_items), np.float32)
+        rows = dense_rows(self.cooc, items)
+        return rows / (self.cooc_norm[items, None] * self.cooc_norm[None, :])
+
+    def cooc_scores(self, recent_items: np.ndarray, pos_decay: float = 0.9) -> np.ndarray:
+        last = np.asarray(recent_items, np.int64)[::-1]
+        if not len(last):
+            return np.zeros(self.n_items, np.float32)
+        w = pos_decay ** np.arange(len(last))
+        return (w[:, None] * self.cooc_rows(last)).sum(0).astype(np.float32)
+
+    def bucket_of(self, t: float) -> int:
+        return int(np.clip((t - self.t0) // self.bucket, 0, self.time_pop.shape[1] - 1))
+
+    def pop_at(self, t: float, half_width: int = 1) -> np.ndarray:
+        """Events per item in the time buckets around ``t`` (clipped to the fitted span)."""
+        b = self.bucket_of(t)
+        return self.time_pop[:, max(0, b - half_width) : b + half_width + 1].sum(1)
+
+    # --- persistence ---------------------------------------------------------------------------------------------
+    def arrays(self, prefix: str = "seq_") -> dict:
+        out = {f"{prefix}pop": self.pop, f"{prefix}trend": self.trend, f"{prefix}time_pop": self.time_pop,
+               f"{prefix}scalars": np.array([self.t0, self.bucket, self.t_max])}
+        for name, m in (("trans", self.trans), ("cooc", self.cooc)):
+            out[f"{prefix}{name}_data"], out[f"{prefix}{name}_indices"], out[f"{prefix}{name}_indptr"] = m.data, m.indices, m.indptr
+        return out
+
+    @classmethod
+    def from_arrays(cls, a: dict, params: dict, prefix: str = "seq_") -> "SequenceStats":
+        n = len(a[f"{prefix}pop"])
+        mats = [sp.csr_matrix((a[f"{prefix}{k}_data"], a[f"{prefix}{k}_indices"], a[f"{prefix}{k}_indptr"]), shape=(n, n)) for k in ("trans", "cooc")]
+        t0, bucket, t_max = a[f"{prefix}scalars"]
+        return cls(mats[0], mats[1], a[f"{prefix}pop"], a[f"{prefix}trend"], a[f"{prefix}time_pop"], t0, bucket, t_max, params)

@@ -1,0 +1,122 @@
+"""The learned two-stage recommender (engine.learned) on a small synthetic catalog: fast, no store, no encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.learned import LearnedConfig, PersonaModel
+from engine.learned.candidates import source_top
+from engine.learned.index import build_sequences, split_last
+from engine.types import Event, Item
+
+N_ITEMS, N_USERS = 60, 120
+GENRES = ["Action", "Comedy", "Drama", "Horror"]
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    items = [Item(id=f"i{j}", title=f"Item {j}", attributes={"genres": [GENRES[j % 4]], "year": 1980 + j % 20}) for j in range(N_ITEMS)]
+    items.append(Item(id="new", title="Brand new", attributes={"genres": ["Drama"], "year": 1999}))
+    events = []
+    for u in range(N_USERS):
+        start, n = int(rng.integers(N_ITEMS)), int(rng.integers(8, 20))
+        seq = [(start + k * (1 + u % 2)) % N_ITEMS for k in range(n)]  # strongly sequential: j -> j+1 or j+2
+        t0 = 1_000_000 + 1000 * u
+        for k, j in enumerate(dict.fromkeys(seq)):
+            events.append(Event(user_id=f"u{u}", item_id=f"i{j}", timestamp=t0 + 60 * k, rating=float(rng.integers(1, 6))))
+    # one user whose last step is a transition nobody else makes: i0 -> i33
+    events += [Event(user_id="odd", item_id=f"i{j}", timestamp=5e6 + k, rating=5.0) for k, j in enumerate([5, 0, 33])]
+    emb = rng.normal(size=(N_ITEMS + 1, 16)).astype(np.float32)
+    emb[N_ITEMS] = emb[7] + 0.01  # the new item looks like i7
+    return items, events, emb
+
+
+CFG = LearnedConfig(cf_factors=8, cf_iterations=5, pool_size=40, n_estimators=30, early_stopping=10, recent=5)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    items, events, emb = _data()
+    return PersonaModel.fit(events, items, emb, CFG, progress=False), items, events
+
+
+def _hist(events, user):
+    return [e for e in events if e.user_id == user]
+
+
+def test_fit_and_recommend(fitted):
+    model, _, events = fitted
+    recs = model.recommend(_hist(events, "u3"), k=10)
+    assert len(recs) == 10 and len({r[0] for r in recs}) == 10
+    seen = {e.item_id for e in _hist(events, "u3")}
+    assert not seen & {r[0] for r in recs}
+    assert all(r[2] in seen for r in recs)
+    assert model.info["fit_seconds"] > 0 and model.info["train_rows"] > 0
+
+
+def test_new_event_changes_recommendations_without_refit(fitted):
+    model, _, events = fitted
+    h = _hist(events, "u4")  # u4 steps by 1
+    before = model.recommend(h, k=5)
+    last_t = max(e.timestamp for e in h)
+    seen = {e.item_id for e in h}
+    nxt = next(j for j in range(N_ITEMS) if f"i{j}" not in seen and f"i{(j + 1) % N_ITEMS}" not in seen)
+    after = model.recommend(h + [Event(user_id="u4", item_id=f"i{nxt}", timestamp=last_t + 60, rating=5.0)], k=5)
+    assert [r[0] for r in after] != [r[0] for r in before]
+    st = model.state(h + [Event(user_id="u4", item_id=f"i{nxt}", timestamp=last_t + 60, rating=5.0)])
+    assert st.sources["trans"][model.index.get(f"i{(nxt + 1) % N_ITEMS}")] > 0
+    assert f"i{(nxt + 1) % N_ITEMS}" in [r[0] for r in after]
+
+
+def test_rank_orders_exactly_as_recommend(fitted):
+    model, _, events = fitted
+    h = _hist(events, "u10")
+    recs = model.recommend(h, k=15)
+    ids = [r[0] for r in recs]
+    shuffled = list(np.random.default_rng(1).permutation(ids))
+    ranked = model.rank(h, shuffled + ["nope"])
+    assert [r[0] for r in ranked[:-1]] == ids
+    assert np.allclose([r[1] for r in ranked[:-1]], [r[1] for r in recs], rtol=0, atol=0)
+    assert ranked[-1] == ("nope", float("-inf"))
+
+
+def test_save_load_roundtrip(fitted, tmp_path):
+    model, _, events = fitted
+    path = model.save(tmp_path / "m")
+    loaded = PersonaModel.load(path)
+    for u in ("u1", "u2", "odd"):
+        assert loaded.recommend(_hist(events, u), k=10) == model.recommend(_hist(events, u), k=10)
+    assert loaded.info["version"] == model.info["version"]
+    assert np.array_equal(loaded.item_factors, model.item_factors)
+
+
+def test_no_label_leakage(fitted):
+    model, _, events = fitted
+    a, b = model.index.get("i0"), model.index.get("i33")
+    train_s1 = model.train_stage1[0]
+    assert train_s1.seq.trans[a, b] == 0  # "odd"'s last step, made by nobody else, is unseen by the ranker's stage 1
+    assert model.stage1.seq.trans[a, b] > 0  # the serving stage 1 is refitted on all events
+    seqs = build_sequences(events, model.index, CFG.seed)
+    hist, labels = split_last(seqs)
+    # every user's label event is absent from the training stage 1: its popularity counts equal the histories' counts
+    counts = np.bincount(np.concatenate([s.items for s in hist.values()]), minlength=len(model.index))
+    assert np.array_equal(train_s1.seq.pop, counts)
+    assert np.array_equal(model.stage1.seq.pop, np.bincount(np.concatenate([s.items for s in seqs.values()]), minlength=len(model.index)))
+    assert len(labels) == len(seqs)
+    # the second label fold (second-to-last events as labels) is fitted without each user's last two events
+    hist2, _ = split_last(hist)
+    counts2 = np.bincount(np.concatenate([s.items for s in hist2.values()]), minlength=len(model.index))
+    assert len(model.train_stage1) == CFG.label_folds == 2 and np.array_equal(model.train_stage1[1].seq.pop, counts2)
+
+
+def test_new_item_reaches_users_through_content(fitted):
+    model, _, events = fitted
+    h = [e for e in _hist(events, "u0")][:3] + [Event(user_id="u0", item_id="i7", timestamp=9e6, rating=5.0)]
+    st = model.state(h)
+    j = model.index.get("new")
+    assert model.stage1.seq.pop[j] == 0 and not model.item_factors[j].any()
+    assert j in source_top(st, "content", 5).tolist()
+    recs = model.recommend(h, k=CFG.pool_size)
+    hit = [r for r in recs if r[0] == "new"]
+    assert hit and hit[0][2] == "i7"
