@@ -103,7 +103,7 @@ def tune_and_test(
     trials = []
     best: tuple[float, dict[str, Any], dict[str, Any], dict[str, np.ndarray]] | None = None
     for cfg in grid:
-        model = cls(**base, **cfg)
+        model = cls(**{**base, **cfg})
         if getattr(model, "uses_validation", False):
             model.set_validation([([e.item_id for e in split.history(u, "valid")], split.target(u, "valid").item_id) for u in users])
         model.fit(split.fit_events("valid"), split.item_ids)
@@ -121,7 +121,7 @@ def tune_and_test(
             best = (v, cfg, dict(model.fitted_params), pu)
     assert best is not None
     v_best, cfg, fitted, valid_pu = best
-    final = cls(**base, **cfg, **fitted)
+    final = cls(**{**base, **cfg, **fitted})
     final.fit(split.fit_events("test"), split.item_ids)
     test_pu = evaluate_scorer(model_scorer(final), split, "test", users)
     return {
