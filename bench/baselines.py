@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from engine.datasets import default_movielens_path, load_movielens  # noqa: E402
+from engine.offline.metrics import paired_bootstrap  # noqa: E402
 from engine.offline.protocol import METHODS, run_baselines  # noqa: E402
 
 
@@ -100,7 +101,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--cold-start", action="store_true", help="also the simulated cold-start evaluation")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for SASRec")
+    ap.add_argument("--sasrec", default="", help="fixed SASRec params, e.g. maxlen=50,batch=32,max_seconds=300")
+    ap.add_argument("--combine", nargs="+", default=None, help="print one table from these result JSONs (no run)")
     args = ap.parse_args(argv)
+
+    if args.combine:
+        res = json.loads(Path(args.combine[0]).read_text())
+        for p in args.combine[1:]:
+            other = json.loads(Path(p).read_text())
+            res["methods"].update(other["methods"])
+            if other.get("cold_start"):
+                res.setdefault("cold_start", other["cold_start"])
+        res["wall_seconds"] = sum(json.loads(Path(p).read_text())["wall_seconds"] for p in args.combine)
+        ms = res["methods"]
+        ref = max(ms, key=lambda k: ms[k]["test"]["ndcg@10"]["mean"])
+        res["paired_vs_best"] = {
+            "reference": ref,
+            "metric": "ndcg@10",
+            "results": {k: paired_bootstrap(ms[k]["per_user"]["ndcg@10"], ms[ref]["per_user"]["ndcg@10"], n_boot=args.n_boot, seed=res["protocol"]["seed"]) for k in ms if k != ref},
+        }
+        _report(res, args)
+        return 0
 
     import torch
 
@@ -116,13 +137,21 @@ def main(argv: list[str] | None = None) -> int:
         users = sorted(rng.choice(all_users, size=min(n_users, len(all_users)), replace=False).tolist())
     which = [w.strip() for w in args.which.split(",") if w.strip()]
     params = {"sasrec": {"threads": args.threads}}
+    for kv in filter(None, args.sasrec.split(",")):
+        k, v = kv.split("=")
+        params["sasrec"][k.strip()] = float(v) if "." in v else int(v)
     t = time.perf_counter()
     res = run_baselines(data, seed=args.seed, users=users, which=which, quick=args.quick, params=params, n_boot=args.n_boot, cold_start=args.cold_start)
     res.pop("_models", None)
     res["command"] = " ".join(["python", "bench/baselines.py", *(argv if argv is not None else sys.argv[1:])])
     res["wall_seconds"] = time.perf_counter() - t
+    _report(res, args)
+    return 0
+
+
+def _report(res: dict, args: argparse.Namespace) -> None:
     md = "\n\n".join(x for x in (
-        f"ml-100k, {res['protocol']['n_users']} users, {res['protocol']['n_items']} items, seed {args.seed}{' (quick)' if args.quick else ''}; wall {res['wall_seconds']:.0f} s",
+        f"ml-100k, {res['protocol']['n_users']} users, {res['protocol']['n_items']} items, seed {res['protocol']['seed']}{' (quick)' if res['protocol']['quick'] else ''}; wall {res['wall_seconds']:.0f} s",
         "Test (refit on train + valid):", table(res), "Validation (chosen configuration, fit on train):", valid_table(res),
         "Test NDCG@10 by train-history length:", groups_table(res), paired_table(res), cold_table(res),
     ) if x)
@@ -132,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         res["markdown"] = md
         Path(args.out).write_text(json.dumps(res, indent=1, default=float))
         print(f"\nwrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

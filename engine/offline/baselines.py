@@ -117,7 +117,7 @@ class ItemKNN(Baseline):
     ``co / (sqrt(n_i n_j) + shrink)``, top-``k`` neighbours per item, score = sum over history."""
 
     name = "itemknn"
-    GRID = grid(k=[20, 50, 100, 200, 400], shrink=[0, 10, 50])
+    GRID = grid(k=[10, 20, 50, 100, 200, 400], shrink=[0, 10, 50])
     QUICK_GRID = grid(k=[50, 200], shrink=[10])
 
     def _fit(self, events: list[Event]) -> None:
@@ -168,7 +168,7 @@ class ALS(Baseline):
     ``alpha`` is implicit's confidence scale (an observed item weighs ``alpha``; unobserved 1)."""
 
     name = "als"
-    GRID = grid(factors=[32, 64, 128], regularization=[0.01, 0.1, 1.0], alpha=[2.0, 10.0, 40.0], iterations=[20])
+    GRID = grid(factors=[32, 64, 128], regularization=[0.01, 0.1, 1.0], alpha=[1.0, 2.0, 5.0, 10.0], iterations=[20])
     QUICK_GRID = grid(factors=[64], regularization=[0.1], alpha=[10.0], iterations=[10])
 
     def _fit(self, events: list[Event]) -> None:
@@ -214,7 +214,7 @@ class Markov(Baseline):
     ``window`` positions, weighted 1 / distance (window 1 = plain first order)."""
 
     name = "markov"
-    GRID = grid(w=[0.0, 0.01, 0.05, 0.1, 0.2, 0.4], window=[1, 2, 3])
+    GRID = grid(w=[0.0, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8], window=[1, 2, 3])
     QUICK_GRID = grid(w=[0.05, 0.2], window=[1])
 
     def _fit(self, events: list[Event]) -> None:
@@ -309,4 +309,4 @@ class TextKNN(Baseline):
 
 def public_params(params: dict[str, Any]) -> dict[str, Any]:
     """Parameters worth reporting (drops large objects such as texts / embeddings)."""
-    return {k: v for k, v in params.items() if k not in ("texts", "embeddings") and not (isinstance(v, float) and math.isnan(v))}
+    return {k: v for k, v in params.items() if k not in ("texts", "embeddings", "verbose") and not (isinstance(v, float) and math.isnan(v))}

@@ -173,7 +173,7 @@ def _base_params(name: str, data: Any, seed: int, quick: bool, overrides: dict[s
     if name == "textknn":
         base["texts"] = item_texts(data.items)
     if name == "sasrec":
-        base.update({"epochs": 300, "eval_every": 5, "patience": 3, "threads": 2} if not quick else {"epochs": 6, "eval_every": 2, "patience": 2, "threads": 2, "maxlen": 50})
+        base.update({"epochs": 300, "eval_every": 5, "patience": 3, "threads": 2, "verbose": True} if not quick else {"epochs": 6, "eval_every": 2, "patience": 2, "threads": 2, "maxlen": 50})
     base.update(overrides.get(name, {}))
     return base
 

@@ -39,6 +39,11 @@ def _net(n_items: int, dim: int, maxlen: int, blocks: int, heads: int, dropout: 
             self.norm = nn.LayerNorm(dim)
             self.drop = nn.Dropout(dropout)
             self.out_bias = nn.Parameter(torch.zeros(n_items + 1))
+            # Item vectors of norm ~1 (so initial logits have unit scale against the ~sqrt(dim)-norm
+            # LayerNorm output); the sqrt(dim) input scaling then gives inputs of the pos scale.
+            nn.init.normal_(self.item.weight, std=dim**-0.5)
+            with torch.no_grad():
+                self.item.weight[0].zero_()
             self.register_buffer("causal", torch.triu(torch.full((maxlen, maxlen), float("-inf")), diagonal=1))
 
         def forward(self, seq: "torch.Tensor", lengths: "torch.Tensor") -> "torch.Tensor":
@@ -59,7 +64,7 @@ class SASRec(Baseline):
 
     Params: ``dim`` 64, ``blocks`` 2, ``heads`` 1, ``maxlen`` 200, ``dropout``, ``lr`` 1e-3,
     ``weight_decay`` 0, ``batch`` 64, ``epochs`` (max), ``eval_every`` 5, ``patience`` 3 evaluations,
-    ``threads`` 2, ``seed``. Call :meth:`set_validation` before ``fit`` to enable early stopping.
+    ``threads`` 2, ``seed``, ``max_seconds`` (wall-clock cap on training, 0 = none), ``verbose``. Call :meth:`set_validation` before ``fit`` to enable early stopping.
     """
 
     name = "sasrec"
@@ -113,6 +118,8 @@ class SASRec(Baseline):
         eval_every = int(self._p("eval_every", 5))
         patience = int(self._p("patience", 3))
         batch = int(self._p("batch", 64))
+        max_seconds = float(self._p("max_seconds", 0) or 0)
+        verbose = bool(self._p("verbose", False))
         ce = torch.nn.CrossEntropyLoss()
         best, best_epoch, best_state, bad = -1.0, max_epochs, None, 0
         self.curve = []
@@ -146,9 +153,14 @@ class SASRec(Baseline):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            if self.valid_data and (epoch % eval_every == 0 or epoch == max_epochs):
+            if verbose and not (self.valid_data and epoch % eval_every == 0):
+                print(f"    sasrec epoch {epoch} loss {float(loss.detach()):.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            over = max_seconds and time.perf_counter() - t0 > max_seconds
+            if self.valid_data and (epoch % eval_every == 0 or epoch == max_epochs or over):
                 v = self._valid_ndcg(torch)
                 self.curve.append((epoch, v))
+                if verbose:
+                    print(f"    sasrec epoch {epoch} loss {float(loss.detach()):.3f} valid NDCG@10 {v:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
                 if v > best:
                     best, best_epoch, bad = v, epoch, 0
                     best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
@@ -156,10 +168,12 @@ class SASRec(Baseline):
                     bad += 1
                     if bad >= patience:
                         break
+            if over:  # wall-clock budget spent (recorded in train_info)
+                break
         if best_state is not None:
             net.load_state_dict(best_state)
         self.fitted_params = {"epochs": best_epoch if self.valid_data else epoch}
-        self.train_info = {"epochs_run": epoch, "best_epoch": self.fitted_params["epochs"], "best_valid_ndcg10": best if self.valid_data else None, "seconds": time.perf_counter() - t0}
+        self.train_info = {"epochs_run": epoch, "best_epoch": self.fitted_params["epochs"], "best_valid_ndcg10": best if self.valid_data else None, "seconds": time.perf_counter() - t0, "hit_time_cap": bool(max_seconds and time.perf_counter() - t0 > max_seconds)}
         net.eval()
 
     def _batch_scores(self, torch: Any, histories: Sequence[Sequence[int]]) -> np.ndarray:
