@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold-start", action="store_true", help="also the simulated cold-start evaluation")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for SASRec")
     ap.add_argument("--sasrec", default="", help="fixed SASRec params, e.g. maxlen=50,batch=32,max_seconds=300")
+    ap.add_argument("--sasrec-dropout", default="", help="SASRec dropout grid, e.g. 0.2,0.5 (default: SASRec.GRID)")
     ap.add_argument("--combine", nargs="+", default=None, help="print one table from these result JSONs (no run)")
     args = ap.parse_args(argv)
 
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         k, v = kv.split("=")
         params["sasrec"][k.strip()] = float(v) if "." in v else int(v)
     t = time.perf_counter()
-    res = run_baselines(data, seed=args.seed, users=users, which=which, quick=args.quick, params=params, n_boot=args.n_boot, cold_start=args.cold_start)
+    grids = {"sasrec": [{"dropout": float(x)} for x in args.sasrec_dropout.split(",")]} if args.sasrec_dropout else None
+    res = run_baselines(data, seed=args.seed, users=users, which=which, quick=args.quick, grids=grids, params=params, n_boot=args.n_boot, cold_start=args.cold_start)
     res.pop("_models", None)
     res["command"] = " ".join(["python", "bench/baselines.py", *(argv if argv is not None else sys.argv[1:])])
     res["wall_seconds"] = time.perf_counter() - t

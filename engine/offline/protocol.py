@@ -121,7 +121,8 @@ def tune_and_test(
             best = (v, cfg, dict(model.fitted_params), pu)
     assert best is not None
     v_best, cfg, fitted, valid_pu = best
-    final = cls(**{**base, **cfg, **fitted})
+    # The refit trains for the chosen fitted params (e.g. SASRec's best epoch) with no time cap.
+    final = cls(**{**base, **cfg, **fitted, **({"max_seconds": 0} if "max_seconds" in base else {})})
     final.fit(split.fit_events("test"), split.item_ids)
     test_pu = evaluate_scorer(model_scorer(final), split, "test", users)
     return {
@@ -135,6 +136,7 @@ def tune_and_test(
         "fit_seconds": final.fit_seconds,
         "tune_seconds": float(sum(t["fit_seconds"] for t in trials)),
         "per_user": {k: test_pu[k].tolist() for k in list(METRICS) + ["rank"]},
+        **({"refit_info": final.train_info} if hasattr(final, "train_info") else {}),
         "model": final,
     }
 
