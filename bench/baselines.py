@@ -1,6 +1,6 @@
 """Tuned non-LLM baselines on ml-100k under the offline protocol (``engine.offline``).
 
-    PYTHONPATH=. python bench/baselines.py --out docs/baselines-ml100k.json          # full (~15 min, 2 CPUs)
+    PYTHONPATH=. python bench/baselines.py --out docs/offline-baselines-ml100k.json  # full (~25 min on 2 shared CPUs)
     PYTHONPATH=. python bench/baselines.py --quick --out /tmp/baselines-quick.json   # < 2 min
 
 Per user: test = last event, valid = second-to-last, train = the rest (ties in seeded-hash order).
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--cold-start", action="store_true", help="also the simulated cold-start evaluation")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads for SASRec")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (SASRec); 1 is fastest on a shared 2-core machine")
     ap.add_argument("--sasrec", default="", help="fixed SASRec params, e.g. maxlen=50,batch=32,max_seconds=300")
     ap.add_argument("--sasrec-dropout", default="", help="SASRec dropout grid, e.g. 0.2,0.5 (default: SASRec.GRID)")
     ap.add_argument("--combine", nargs="+", default=None, help="print one table from these result JSONs (no run)")

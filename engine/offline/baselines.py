@@ -259,17 +259,34 @@ def item_texts(items: Sequence[Item]) -> dict[str, str]:
     return out
 
 
-_EMB_CACHE: dict[int, np.ndarray] = {}
+_EMB_CACHE: dict[str, np.ndarray] = {}
 
 
-def encode_texts(texts: Sequence[str]) -> np.ndarray:
-    """Normalized MiniLM embeddings (``indexers.text.SentenceTransformerEncoder``), cached per process."""
-    key = hash(tuple(texts))
-    if key not in _EMB_CACHE:
-        from indexers.text import SentenceTransformerEncoder
+def encode_texts(texts: Sequence[str], cache_dir: str | None = None) -> np.ndarray:
+    """Normalized MiniLM embeddings (``indexers.text.SentenceTransformerEncoder``), cached per process
+    and on disk (``PERSONA_OFFLINE_CACHE`` or ``~/.cache/persona/offline``) by a hash of the texts."""
+    import hashlib
+    import os
+    from pathlib import Path
 
-        _EMB_CACHE[key] = np.asarray(SentenceTransformerEncoder().encode(list(texts)), np.float32)
-    return _EMB_CACHE[key]
+    key = hashlib.sha256("\x1e".join(texts).encode("utf-8")).hexdigest()[:24]
+    if key in _EMB_CACHE:
+        return _EMB_CACHE[key]
+    d = Path(cache_dir or os.environ.get("PERSONA_OFFLINE_CACHE") or Path.home() / ".cache" / "persona" / "offline")
+    f = d / f"minilm-{key}.npy"
+    if f.exists():
+        _EMB_CACHE[key] = np.load(f)
+        return _EMB_CACHE[key]
+    from indexers.text import SentenceTransformerEncoder
+
+    emb = np.asarray(SentenceTransformerEncoder().encode(list(texts)), np.float32)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        np.save(f, emb)
+    except OSError:
+        pass
+    _EMB_CACHE[key] = emb
+    return emb
 
 
 class TextKNN(Baseline):

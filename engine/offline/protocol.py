@@ -174,8 +174,8 @@ def _base_params(name: str, data: Any, seed: int, quick: bool, overrides: dict[s
     base: dict[str, Any] = {"seed": seed}
     if name == "textknn":
         base["texts"] = item_texts(data.items)
-    if name == "sasrec":
-        base.update({"epochs": 300, "eval_every": 5, "patience": 3, "threads": 2, "verbose": True} if not quick else {"epochs": 6, "eval_every": 2, "patience": 2, "threads": 2, "maxlen": 50})
+    if name == "sasrec":  # CPU budget (2 shared cores): maxlen 50, 1 thread, <= 7 min per tuning fit
+        base.update({"epochs": 300, "eval_every": 3, "patience": 3, "threads": 1, "maxlen": 50, "batch": 32, "lr": 2e-3, "max_seconds": 420, "verbose": True} if not quick else {"epochs": 4, "eval_every": 2, "patience": 2, "threads": 2, "maxlen": 50, "dim": 32, "batch": 64})
     base.update(overrides.get(name, {}))
     return base
 
