@@ -112,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             other = json.loads(Path(p).read_text())
             res["methods"].update(other["methods"])
             if other.get("cold_start"):
-                res.setdefault("cold_start", other["cold_start"])
+                if res.get("cold_start"):
+                    res["cold_start"]["methods"].update(other["cold_start"]["methods"])
+                else:
+                    res["cold_start"] = other["cold_start"]
+        res["combined_from"] = [{"file": p, "command": json.loads(Path(p).read_text()).get("command")} for p in args.combine]
         res["wall_seconds"] = sum(json.loads(Path(p).read_text())["wall_seconds"] for p in args.combine)
         ms = res["methods"]
         ref = max(ms, key=lambda k: ms[k]["test"]["ndcg@10"]["mean"])
