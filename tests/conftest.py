@@ -10,21 +10,10 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from engine import Engine  # noqa: E402
-from engine.datasets import default_movielens_path, load_movielens  # noqa: E402
+from engine.components import Components  # noqa: E402
+from engine.offline.datasets import default_movielens_path, load_movielens  # noqa: E402
 
 ML = default_movielens_path()
-
-
-def pytest_collection_modifyitems(config, items):
-    try:
-        import torch
-
-        has_gpu = torch.cuda.is_available()
-    except Exception:
-        has_gpu = False
-    for item in items:
-        if "gpu" in item.keywords and not has_gpu:
-            item.add_marker(pytest.mark.skip(reason="no CUDA GPU here"))
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +49,7 @@ def make_engine(tmp_path, text_encoder):
         conf = {**NO_CLIP, **cfg}
         if llm_obj is not None:
             conf["llm"] = {"backend": "transformers", **cfg.get("llm", {})}
-        eng = Engine.open(path or tmp_path / "store", conf)
-        eng._text = text_encoder
-        if llm_obj is not None:
-            eng._llm = llm_obj
+        eng = Engine.open(path or tmp_path / "store", conf, components=Components(text_encoder=text_encoder, llm=llm_obj))
         opened.append(eng)
         return eng
 
@@ -79,8 +65,7 @@ def make_engine(tmp_path, text_encoder):
 def ml_engine_path(tmp_path_factory, ml, text_encoder):
     """The whole ml-100k catalog and ratings indexed once (text vectors; no CLIP weights on PyPI)."""
     path = tmp_path_factory.mktemp("ml100k")
-    eng = Engine.open(path, NO_CLIP)
-    eng._text = text_encoder
+    eng = Engine.open(path, NO_CLIP, components=Components(text_encoder=text_encoder))
     rep = eng.add_items(ml.items)
     assert rep.failed == 0 and rep.added == len(ml.items)
     er = eng.add_events(ml.events)
