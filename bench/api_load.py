@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 
 from engine import Engine
-from engine.datasets import load_movielens
+from engine.offline.datasets import load_movielens
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from engine.datasets import default_movielens_path, load_movielens  # noqa: E402
+from engine.offline.datasets import default_movielens_path, load_movielens  # noqa: E402
 from engine.offline.metrics import paired_bootstrap  # noqa: E402
 from engine.offline.protocol import METHODS, run_baselines  # noqa: E402
 
@@ -92,7 +92,7 @@ def cold_table(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=None, help="ml-100k directory (default: engine.datasets.default_movielens_path())")
+    ap.add_argument("--data", default=None, help="ml-100k directory (default: engine.offline.datasets.default_movielens_path())")
     ap.add_argument("--out", default=None, help="JSON output path")
     ap.add_argument("--quick", action="store_true", help="small grids, few SASRec epochs, 200 users (< 2 min)")
     ap.add_argument("--which", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")

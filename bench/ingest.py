@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from engine import Engine
-from engine.datasets import load_movielens
+from engine.offline.datasets import load_movielens
 from indexers.images import decode_image, read_image_bytes
 from indexers.ingest import clip_text, item_text
 

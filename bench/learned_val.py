@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.datasets import load_movielens
+from engine.offline.datasets import load_movielens
 from engine.learned import LearnedConfig, PersonaModel
 from engine.learned.candidates import pool, source_top
 from engine.learned.config import SOURCES

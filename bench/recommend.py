@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 from engine import Engine
-from engine.datasets import load_movielens
-from engine.engine import LABELS, _row
+from engine.offline.datasets import load_movielens
+from engine.ranking import listwise_prompt
 
 
 def common_prefix_len(seqs: list[list[int]]) -> int:
@@ -58,16 +58,15 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(str(packaged_gemma_dir()))
     per_candidate, pointwise, listwise = [], [], []
     for u in users[:50]:
-        ctx = eng._user_context(u, eng.history(u))
+        ctx = eng.user_context(u, eng.history(u))
         cands = [r.item_id for r in eng.recommend(u, k=args.candidates).items]
         prompts = eng.yes_no_prompts(u, cands, ctx=ctx)
         ids = [tok.encode(p) for p in prompts]
         per_candidate.append(sum(len(x) for x in ids))
         pre = common_prefix_len(ids)
         pointwise.append(pre + sum(len(x) - pre for x in ids))
-        rows = eng._items(cands)
-        lp = eng.prompts.render("rank_listwise", summary=eng._summary(ctx), history=eng._history_rows(ctx),
-                                candidates=[dict(_row(rows[c]), label=lab) for c, lab in zip(cands, LABELS)])
+        rows = eng.catalog.rows(cands)
+        lp = listwise_prompt(eng.prompts, [rows[c] for c in cands], ctx.summary, ctx.history_rows())
         listwise.append(len(tok.encode(lp)) + 2 * len(cands))  # + the generated labels
     out = {
         "users": len(users),

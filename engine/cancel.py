@@ -15,7 +15,7 @@ from .errors import CancelledRequestError
 
 __all__ = ["CancelScope", "cancel_scope", "current_scope", "check_cancelled"]
 
-_current: ContextVar["CancelScope | None"] = ContextVar("persona_cancel_scope", default=None)
+_current: ContextVar[CancelScope | None] = ContextVar("persona_cancel_scope", default=None)
 
 
 class CancelScope:

@@ -173,7 +173,7 @@ class Settings(BaseSettings):
     """Seed for every random choice (negative sampling, tie breaks)."""
 
     @model_validator(mode="after")
-    def _default_path(self) -> "Settings":
+    def _default_path(self) -> Settings:
         if self.path is None:
             base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
             object.__setattr__(self, "path", base / "persona")

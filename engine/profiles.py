@@ -1,8 +1,13 @@
-"""User modeling: taste vectors and the recurrent natural-language preference summary (MLLM-MSR).
+"""User modeling: taste vectors, the recurrent natural-language preference summary (MLLM-MSR),
+and the per-request :class:`UserContext`.
 
 For each new session block, the LLM rewrites the user's summary from the previous summary and the
 block's items. Every version is kept. The latest summary is embedded and stored with the user's
 taste vectors (recency-weighted means of item vectors), so retrieval works with no LLM reachable.
+
+In: time-sorted histories (from ``events``) and item payloads/vectors (from ``items``).
+Out: stored user points (:meth:`ProfileBuilder.update`), :class:`Profile` views, and the
+:class:`UserContext` that retrieval, ranking and explanation read.
 """
 
 from __future__ import annotations
@@ -10,22 +15,21 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from indexers.ingest import genres_of
-
 from .config import Settings
 from .errors import BackendUnavailableError
+from .items import ItemCatalog, genres_of, prompt_row
 from .llm import LLM
 from .prompts import PromptRegistry
 from .sessions import split_blocks
-from .store import Point, VectorStore, point_id
-from .types import Event
+from .store import Hit, Point, VectorStore, point_id
+from .types import Event, Profile, SummaryVersion
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,38 @@ class UserState:
             "recent_items": [e.item_id for e in positives[-20:]][::-1],
             "updated_at": time.time(),
         }
+
+
+@dataclass
+class UserContext:
+    """What one request knows about a user: liked (``pos``) and other (``neg``) events oldest
+    first, their items with vectors, taste vectors, and the stored profile state."""
+
+    user_id: str
+    pos: list[Event] = field(default_factory=list)
+    neg: list[Event] = field(default_factory=list)
+    items: dict[str, Hit] = field(default_factory=dict)
+    taste: dict[str, list[float]] = field(default_factory=dict)
+    state: UserState | None = None
+
+    @property
+    def summary(self) -> str | None:
+        return self.state.summary if self.state is not None else None
+
+    def history_rows(self, n: int = 8) -> list[dict[str, Any]]:
+        """Prompt rows of the ``n`` most recent liked items, newest first."""
+        rows = []
+        for e in reversed(self.pos):
+            h = self.items.get(e.item_id)
+            if h is not None:
+                rows.append(prompt_row(h))
+            if len(rows) == n:
+                break
+        return rows
+
+    def without_summary(self) -> UserContext:
+        """A copy without the stored profile (no summary text, no summary vector): for ablations."""
+        return replace(self, state=None)
 
 
 def is_positive(e: Event, threshold: float) -> bool:
@@ -109,21 +145,50 @@ def clean_summary(text: str, limit: int = 600) -> str:
 
 
 class ProfileBuilder:
+    """Stored user profiles: load, update from histories, and build request contexts.
+    ``text_getter``/``llm_getter`` return the (lazily loaded) text encoder and LLM."""
+
     def __init__(
         self,
         settings: Settings,
         store: VectorStore,
-        items_col: str,
+        catalog: ItemCatalog,
         users_col: str,
         prompts: PromptRegistry,
-        text_encoder: Any,
-        llm_getter: Any,
+        text_getter: Callable[[], Any],
+        llm_getter: Callable[[], LLM],
     ) -> None:
         self.s = settings
-        self.store, self.items_col, self.users_col = store, items_col, users_col
+        self.store, self.catalog, self.users_col = store, catalog, users_col
         self.prompts = prompts
-        self.text = text_encoder
+        self._text_getter = text_getter
         self._llm_getter = llm_getter
+
+    def context(self, user_id: str, events: list[Event]) -> UserContext:
+        """The :class:`UserContext` of ``user_id`` given its (time-sorted) ``events``."""
+        thr = self.s.profile.positive_rating
+        pos = [e for e in events if is_positive(e, thr)]
+        neg = [e for e in events if not is_positive(e, thr)]
+        items = self.catalog.hits([e.item_id for e in events], with_vectors=True)
+        vecs = {i: h.vectors or {} for i, h in items.items()}
+        taste = taste_vectors([e for e in pos if e.item_id in items], vecs, self.s.profile.recency_half_life)
+        return UserContext(user_id, pos, neg, items, taste, self.load_state(user_id, with_vectors=True))
+
+    def profile(self, user_id: str, events: list[Event]) -> Profile:
+        """The public :class:`Profile` view of a user."""
+        st = self.load_state(user_id, with_vectors=True)
+        pos = [e for e in events if is_positive(e, self.s.profile.positive_rating)]
+        return Profile(
+            user_id=user_id,
+            n_events=len(events),
+            n_positive=len(pos),
+            n_blocks=st.n_blocks if st else 0,
+            summary=st.summary if st else None,
+            summary_source=st.summary_source if st else None,  # type: ignore[arg-type]
+            versions=[SummaryVersion(**v) for v in (st.versions if st else [])],
+            recent_items=[e.item_id for e in pos[-20:]][::-1],
+            has_taste_vectors={k: True for k in (st.vectors if st else {})},
+        )
 
     def load_state(self, user_id: str, with_vectors: bool = False) -> UserState | None:
         hits = self.store.retrieve(self.users_col, [point_id("user", user_id)], with_vectors=with_vectors)
@@ -160,9 +225,7 @@ class ProfileBuilder:
                 # recurrent update still runs in order but costs at most `cap` LLM steps.
                 blocks = [[e for b in blocks[: len(blocks) - cap + 1] for e in b]] + blocks[len(blocks) - cap + 1 :]
             pending[uid] = blocks  # type: ignore[assignment]
-        all_item_ids = sorted({e.item_id for evs in histories.values() for e in evs})
-        item_hits = self.store.retrieve(self.items_col, [point_id("item", i) for i in all_item_ids], with_vectors=True)
-        items = {h.payload["item_id"]: h for h in item_hits}
+        items = self.catalog.hits(sorted({e.item_id for evs in histories.values() for e in evs}), with_vectors=True)
 
         llm: LLM | None = None
         llm_error = None
@@ -214,7 +277,7 @@ class ProfileBuilder:
                     llm_error = str(e)
                     logger.warning("LLM failed, using extractive summaries: %s", e)
                     llm = None
-            for (uid, block, shown), text in zip(rows, texts):
+            for (uid, block, _shown), text in zip(rows, texts):
                 st = states[uid]
                 src = source if text else "extractive"
                 if not text:
@@ -243,7 +306,7 @@ class ProfileBuilder:
     def _write(self, states: dict[str, UserState], histories: dict[str, list[Event]], items: dict[str, Any]) -> None:
         thr = self.s.profile.positive_rating
         summaries = [st.summary or "" for st in states.values()]
-        sum_vecs = self.text.encode(summaries) if summaries else []
+        sum_vecs = self._text_getter().encode(summaries) if summaries else []
         points = []
         for (uid, st), sv in zip(states.items(), sum_vecs):
             events = histories[uid]

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 
 from engine.config import IngestConfig
 from engine.errors import InvalidInputError
+from engine.items import genres_of
 from engine.store import Point, VectorStore, point_id
 from engine.types import IngestReport, Item, ItemError
 
@@ -32,15 +32,6 @@ from .base import Encoder
 from .images import decode_image, read_image_bytes
 
 logger = logging.getLogger(__name__)
-
-ITEM_INDEXES = {"item_id": "keyword", "popularity": "float", "attributes.genres": "keyword", "attributes.year": "float"}
-
-
-def genres_of(attributes: dict[str, Any]) -> list[str]:
-    g = attributes.get("genres") or attributes.get("genre") or []
-    if isinstance(g, str):
-        g = [x.strip() for x in g.replace("|", ",").split(",") if x.strip()]
-    return [str(x) for x in g] if isinstance(g, list) else []
 
 
 def item_text(item: Item) -> str:
@@ -138,27 +129,15 @@ class ItemIndexer:
         clip_text_encoder: Encoder | None = None,
         summarizer: Any = None,
         config: IngestConfig | None = None,
-        image_root: Path | None = None,
     ) -> None:
         self.store, self.collection = store, collection
         self.text, self.clip_image, self.clip_text = text_encoder, clip_image, clip_text_encoder
         self.summarizer = summarizer
         self.config = config or IngestConfig()
-        self.image_root = image_root
         fps = [text_encoder.fingerprint] + [e.fingerprint for e in (clip_image,) if e is not None]
         if summarizer is not None:
             fps.append(getattr(summarizer, "fingerprint", "summary"))
         self.fingerprint = "|".join(fps)
-
-    def vector_sizes(self) -> dict[str, int]:
-        sizes = {self.text.vector_name: self.text.dim}
-        for enc in (self.clip_image, self.clip_text):
-            if enc is not None:
-                sizes[enc.vector_name] = enc.dim
-        return sizes
-
-    def ensure_collection(self, extra_vectors: dict[str, int] | None = None) -> None:
-        self.store.ensure_collection(self.collection, {**self.vector_sizes(), **(extra_vectors or {})}, ITEM_INDEXES)
 
     # -- preparation (worker thread) -------------------------------------------------------------
 
@@ -208,7 +187,7 @@ class ItemIndexer:
                 item.description = item.description[: self.config.max_description_chars]
             if item.image:
                 try:
-                    p.image_bytes = read_image_bytes(item.image, self.image_root, self.config.max_image_bytes, allow_local=local_images)
+                    p.image_bytes = read_image_bytes(item.image, None, self.config.max_image_bytes, allow_local=local_images)
                 except InvalidInputError as e:
                     p.warnings.append(f"image skipped: {e}")
             h = hashlib.sha256()

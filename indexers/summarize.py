@@ -10,10 +10,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine.errors import BackendUnavailableError
+from engine.items import genres_of
 from engine.prompts import PromptRegistry
 from engine.types import Item
 
-from .ingest import extractive_summary, genres_of
+from .ingest import extractive_summary
 
 logger = logging.getLogger(__name__)
 

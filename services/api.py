@@ -19,13 +19,12 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, StringConstraints, WithJsonSchema, model_validator
-from typing import Annotated
 
 from engine import Engine, Event, Item, OverloadedError, PersonaError, http_status
 from engine.cancel import CancelScope, cancel_scope, check_cancelled
@@ -63,7 +62,7 @@ class RangeIn(BaseModel):
     lte: float | None = None
 
     @model_validator(mode="after")
-    def _one_bound(self) -> "RangeIn":
+    def _one_bound(self) -> RangeIn:
         if not self.model_dump(exclude_none=True):
             raise ValueError("a range needs at least one of gt, gte, lt, lte")
         return self

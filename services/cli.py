@@ -24,7 +24,7 @@ def _open(args: argparse.Namespace, **overrides: object):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from engine.datasets import load_movielens
+    from engine.offline.datasets import load_movielens
 
     t0 = time.perf_counter()
     ml = load_movielens(args.data)
@@ -78,9 +78,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
-    from engine.prompts import PromptRegistry
-
     from engine.config import Settings
+    from engine.prompts import PromptRegistry
 
     reg = PromptRegistry(Path(args.prompts_dir) if args.prompts_dir else None, Settings().prompt_versions)
     if args.action == "list":
@@ -92,8 +91,8 @@ def cmd_prompts(args: argparse.Namespace) -> int:
         if len(args.names) < 2:
             print("persona prompts compare NAME@A NAME@B [...] --users N", file=sys.stderr)
             return 2
-        from engine.datasets import load_movielens
-        from engine.evaluate import compare_prompts, write_comparison
+        from engine.offline.datasets import load_movielens
+        from engine.offline.evaluate import compare_prompts, write_comparison
 
         # compare_prompts checks the templates before it builds the store or loads a model
         rep = compare_prompts(_eval_dir(args), args.names, load_movielens(args.data), users=args.users, seed=args.seed,
@@ -117,18 +116,16 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def _render_context(eng, name: str, user: str, item: str | None) -> dict:
-    from engine.engine import _row
-
-    ctx = eng._user_context(user, eng._require_user(user))
-    history = eng._history_rows(ctx)
+    ctx = eng.user_context(user)
+    history = ctx.history_rows()
     base = name.split("@")[0]
     if base == "preference_update":
-        return {"previous": eng._summary(ctx), "block_index": 0, "items": [dict(h, liked=True, rating=None) for h in history]}
-    target = _row(eng._items([item])[item]) if item else history[0]
+        return {"previous": ctx.summary, "block_index": 0, "items": [dict(h, liked=True, rating=None) for h in history]}
+    target = eng.catalog.rows([item])[item] if item else history[0]
     if base == "explain":
         return {"history": history, "item": target}
     if base == "rank_listwise":
-        return {"summary": eng._summary(ctx), "history": history, "candidates": [dict(target, label="A")]}
+        return {"summary": ctx.summary, "history": history, "candidates": [dict(target, label="A")]}
     return {"item": dict(target, description=target["summary"], attributes_text=", ".join(target["genres"]))}
 
 
@@ -139,8 +136,8 @@ def _eval_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from engine.datasets import load_movielens
-    from engine.evaluate import evaluate, write_report
+    from engine.offline.datasets import load_movielens
+    from engine.offline.evaluate import evaluate, write_report
 
     if args.adapter and args.llm_users == 0:
         print("persona eval --adapter needs --llm-users N (the LLM rows are computed with and without it)", file=sys.stderr)
@@ -158,9 +155,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from engine import Engine
-    from engine.datasets import load_movielens
-    from engine.evaluate import leave_last_out
-    from engine.train import TrainConfig, build_instruction_data, train_lora
+    from engine.offline.datasets import load_movielens
+    from engine.offline.evaluate import leave_last_out
+    from engine.offline.train import TrainConfig, build_instruction_data, train_lora
 
     cfg = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k, None) is not None})
     ml = load_movielens(args.data)
@@ -253,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="adapters/persona-lora")
     t.add_argument("--data", default=None)
     t.add_argument("--model", default=None, help="base model (default: llm.model, the packaged Gemma 270M)")
-    # Options, help and defaults come from engine.train.TrainConfig (None here: not given).
-    from engine.train import TrainConfig
+    # Options, help and defaults come from engine.offline.train.TrainConfig (None here: not given).
+    from engine.offline.train import TrainConfig
 
     for name, kind in [("users", int), ("targets_per_user", int), ("negatives", int), ("format", str), ("epochs", int),
                        ("lr", float), ("batch_size", int), ("lora_r", int), ("seed", int), ("device", str)]:

@@ -10,7 +10,8 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from engine import Engine  # noqa: E402
-from engine.datasets import default_movielens_path, load_movielens  # noqa: E402
+from engine.components import Components  # noqa: E402
+from engine.offline.datasets import default_movielens_path, load_movielens  # noqa: E402
 
 ML = default_movielens_path()
 
@@ -25,15 +26,6 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "full" in item.keywords:
                 item.add_marker(skip_full)
-    try:
-        import torch
-
-        has_gpu = torch.cuda.is_available()
-    except Exception:
-        has_gpu = False
-    for item in items:
-        if "gpu" in item.keywords and not has_gpu:
-            item.add_marker(pytest.mark.skip(reason="no CUDA GPU here"))
 
 
 @pytest.fixture(scope="session")
@@ -69,10 +61,7 @@ def make_engine(tmp_path, text_encoder):
         conf = {**NO_CLIP, **cfg}
         if llm_obj is not None:
             conf["llm"] = {"backend": "transformers", **cfg.get("llm", {})}
-        eng = Engine.open(path or tmp_path / "store", conf)
-        eng._text = text_encoder
-        if llm_obj is not None:
-            eng._llm = llm_obj
+        eng = Engine.open(path or tmp_path / "store", conf, components=Components(text_encoder=text_encoder, llm=llm_obj))
         opened.append(eng)
         return eng
 
@@ -89,8 +78,7 @@ def ml_items_path(tmp_path_factory, ml, text_encoder):
     """The whole ml-100k catalog indexed once, no events (text vectors; no CLIP weights on PyPI).
     Tests that need their own store start from a copy (:func:`copy_store`) instead of re-encoding."""
     path = tmp_path_factory.mktemp("ml100k-items")
-    eng = Engine.open(path, NO_CLIP)
-    eng._text = text_encoder
+    eng = Engine.open(path, NO_CLIP, components=Components(text_encoder=text_encoder))
     rep = eng.add_items(ml.items)
     assert rep.failed == 0 and rep.added == len(ml.items)
     eng.close()
@@ -109,8 +97,7 @@ def copy_store(src: Path, dest: Path) -> Path:
 def ml_engine_path(tmp_path_factory, ml, text_encoder, ml_items_path):
     """The whole ml-100k catalog and ratings, from a copy of the indexed catalog."""
     path = copy_store(ml_items_path, tmp_path_factory.mktemp("ml100k") / "store")
-    eng = Engine.open(path, NO_CLIP)
-    eng._text = text_encoder
+    eng = Engine.open(path, NO_CLIP, components=Components(text_encoder=text_encoder))
     er = eng.add_events(ml.events)
     assert er.added == len(ml.events)
     eng.close()

@@ -130,7 +130,7 @@ def test_admission_limit_answers_503_with_retry_after(make_engine, ml):
     import httpx
 
     eng = make_engine()
-    eng.text_encoder  # loaded before timing
+    _ = eng.text_encoder  # loaded before timing
     app = create_app(engine=eng, api_key="k", max_inflight=1)
     items = [i.model_dump() for i in ml.items[:400]]
 

@@ -11,6 +11,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from engine import Engine
+from engine.components import Components
 from services.api import create_app
 
 KEY = "fuzz-key"
@@ -18,8 +19,7 @@ KEY = "fuzz-key"
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory, ml, text_encoder):
-    eng = Engine.open(tmp_path_factory.mktemp("fuzz"), {"clip": {"enabled": False}, "llm": {"backend": "none"}})
-    eng._text = text_encoder
+    eng = Engine.open(tmp_path_factory.mktemp("fuzz"), {"clip": {"enabled": False}, "llm": {"backend": "none"}}, components=Components(text_encoder=text_encoder))
     eng.add_items(ml.items[:80])
     ids = {i.id for i in ml.items[:80]}
     eng.add_events([e for e in ml.events if e.item_id in ids and e.user_id in {"1", "2", "3"}])

@@ -38,7 +38,7 @@ def test_demo_twice_reuses_index(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert "0 added, 0 updated, 1682 unchanged (reused)" in second.stdout
     assert "already stored (reused)" in second.stdout
-    recs = lambda out: [l for l in out.splitlines() if "Because you liked" in l]  # noqa: E731
+    recs = lambda out: [line for line in out.splitlines() if "Because you liked" in line]  # noqa: E731
     assert recs(first.stdout) == recs(second.stdout)
 
 

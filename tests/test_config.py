@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from engine import InvalidInputError, Settings
 from engine.config import LLMConfig
@@ -26,5 +27,5 @@ def test_invalid_config_is_clear(tmp_path):
 
     with pytest.raises(InvalidInputError, match="retrieval"):
         Engine.open(tmp_path, {"retrieval": {"candidates": -1}})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         LLMConfig(backend="gpt")

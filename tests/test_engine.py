@@ -3,6 +3,7 @@
 import pytest
 
 from engine import Engine, InvalidInputError, NotFoundError, Recommendations
+from engine.components import Components
 
 
 def test_recommend_unseen_with_reasons(ml_engine, ml):
@@ -80,8 +81,7 @@ def test_data_survives_reopen(ml_engine_path, make_engine, text_encoder):
     r1 = first.recommend("13", k=10)
     s1 = first.stats()
     first.close()
-    again = Engine.open(ml_engine_path, {"clip": {"enabled": False}, "llm": {"backend": "none"}})
-    again._text = text_encoder
+    again = Engine.open(ml_engine_path, {"clip": {"enabled": False}, "llm": {"backend": "none"}}, components=Components(text_encoder=text_encoder))
     try:
         assert again.stats() == s1
         assert [r.item_id for r in again.recommend("13", k=10).items] == [r.item_id for r in r1.items]
@@ -104,7 +104,7 @@ def test_mmr_diversifies(ml_engine_path, make_engine):
 
     def redundancy(recs):
         """Max pairwise similarity and mean nearest-neighbour similarity inside the list (what MMR reduces)."""
-        hits = diverse_eng._items([r.item_id for r in recs.items], with_vectors=True)
+        hits = diverse_eng.catalog.hits([r.item_id for r in recs.items], with_vectors=True)
         v = np.stack([hits[r.item_id].vectors["text"] for r in recs.items])
         s = v @ v.T
         np.fill_diagonal(s, -1.0)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from engine.evaluate import auc, leave_last_out, mrr, ndcg, hit_rate, rank_of_positive, summarize
+from engine.offline.evaluate import auc, hit_rate, leave_last_out, mrr, ndcg, rank_of_positive, summarize
 
 
 def test_metrics_by_hand():
@@ -38,15 +38,14 @@ def test_leave_last_out_no_leak_and_deterministic(ml):
 
 @pytest.mark.slow
 def test_evaluate_small_run_reproducible(tmp_path, ml, text_encoder, monkeypatch):
-    from engine import evaluate as ev
-    from engine.engine import Engine
+    from engine import Engine
+    from engine.components import Components
+    from engine.offline import evaluate as ev
 
     orig = Engine.open.__func__
 
     def open_shared(cls, path=None, config=None):
-        eng = orig(cls, path, config)
-        eng._text = text_encoder
-        return eng
+        return orig(cls, path, config, components=Components(text_encoder=text_encoder))
 
     monkeypatch.setattr(Engine, "open", classmethod(open_shared))
     r1 = ev.evaluate(tmp_path / "e", ml, users=60, sasrec=True, sasrec_epochs=5, config={"llm": {"backend": "none"}}, progress=False)

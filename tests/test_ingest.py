@@ -15,6 +15,7 @@ from PIL import Image
 
 from engine.store import point_id
 
+
 @pytest.fixture(scope="module")
 def posters(ml):
     return [i for i in ml.items if i.image][:6]
@@ -117,7 +118,7 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys
     from engine import Engine
-    from engine.datasets import load_movielens
+    from engine.offline.datasets import load_movielens
     items = load_movielens().items
     eng = Engine.open(sys.argv[1], {"clip": {"enabled": False}, "llm": {"backend": "none"}, "ingest": {"batch_size": 50}})
     def on_batch(rep):

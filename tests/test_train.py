@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
-from engine.evaluate import leave_last_out
-from engine.train import ADAPTER_META, TrainConfig, build_instruction_data, data_hash
+from engine.offline.evaluate import leave_last_out
+from engine.offline.train import ADAPTER_META, TrainConfig, build_instruction_data, data_hash
 
 
 @pytest.fixture(scope="module")

@@ -194,7 +194,7 @@ def run_baselines(
 ) -> dict[str, Any]:
     """Tune each method on valid (NDCG@10, full catalog), refit on train + valid, evaluate test.
 
-    ``data``: an object with ``items`` and ``events`` (``engine.datasets.MovieLens``). ``users``:
+    ``data``: an object with ``items`` and ``events`` (``engine.offline.datasets.MovieLens``). ``users``:
     the evaluated users (default all with >= 3 events; fitting always uses every user's events).
     ``grids`` / ``params`` override a method's grid / fixed parameters. Returns a JSON-ready dict
     (per-user arrays included) with the fitted final models under ``_models`` (pop it before

@@ -139,9 +139,6 @@ class VectorStore(ABC):
     def set_payload(self, name: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None: ...
 
     @abstractmethod
-    def delete(self, name: str, ids: Sequence[str]) -> None: ...
-
-    @abstractmethod
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
         """Points by id, in the order asked; unknown ids are left out."""
 
@@ -175,7 +172,7 @@ class VectorStore(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def __enter__(self) -> "VectorStore":
+    def __enter__(self) -> VectorStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 _INDEX = {"keyword": "keyword", "integer": "integer", "float": "float"}
 
 
-def _to_filter(flt: Filter | None) -> "qm.Filter | None":
+def _to_filter(flt: Filter | None) -> qm.Filter | None:
     if flt is None or flt.is_empty():
         return None
     must: list[Any] = []
@@ -120,10 +120,6 @@ class QdrantClientStore(VectorStore):
 
     def set_payload(self, name: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None:
         self._call(self.client.set_payload, name, payload=dict(payload), points=list(ids), wait=True)
-
-    def delete(self, name: str, ids: Sequence[str]) -> None:
-        if ids:
-            self._call(self.client.delete, name, points_selector=qm.PointIdsList(points=list(ids)), wait=True)
 
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
         if not ids:

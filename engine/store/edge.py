@@ -135,11 +135,6 @@ class EdgeStore(VectorStore):
         with self._lock:
             self._shard(name).update(qe.UpdateOperation.set_payload(list(ids), dict(payload)))
 
-    def delete(self, name: str, ids: Sequence[str]) -> None:
-        if ids:
-            with self._lock:
-                self._shard(name).update(qe.UpdateOperation.delete_points(list(ids)))
-
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
         if not ids:
             return []

@@ -28,9 +28,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import InvalidInputError, missing
-from .profiles import extractive_profile, is_positive
-from .types import Event
+from ..errors import InvalidInputError, missing
+from ..profiles import extractive_profile, is_positive
+from ..types import Event
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ def build_instruction_data(
     ``exclude`` lists, per user, items that must never be sampled as negatives (e.g. held-out test items)."""
     from tqdm.auto import tqdm
 
-    from .engine import LABELS, _row
+    from ..profiles import UserContext
+    from ..ranking import LABELS, listwise_prompt, pointwise_prompts
 
     rng = random.Random(cfg.seed)
     users = sorted(u for u, evs in histories.items() if len(evs) > cfg.min_history)
@@ -121,17 +122,16 @@ def build_instruction_data(
     def rows(ids: list[str]) -> list[dict[str, Any]]:
         need = [i for i in ids if i not in rows_cache]
         if need:
-            for i, h in eng._items(need).items():
-                rows_cache[i] = _row(h)
+            rows_cache.update(eng.catalog.rows(need))
         return [rows_cache[i] for i in ids]
 
     out: list[dict[str, Any]] = []
     for uid in tqdm(users, desc="instruction data", disable=not progress, leave=False):
         evs = sorted(histories[uid], key=lambda e: (e.timestamp, e.item_id))
         seen = {e.item_id for e in evs} | (exclude or {}).get(uid, set())
-        items = eng._items([e.item_id for e in evs])  # payloads of the whole history, fetched once per user
+        items = eng.catalog.hits([e.item_id for e in evs])  # payloads of the whole history, fetched once per user
 
-        def negs(n: int) -> list[str]:
+        def negs(n: int, seen: set[str] = seen) -> list[str]:
             chosen: list[str] = []
             while len(chosen) < n:
                 c = rng.choice(pool)
@@ -144,19 +144,17 @@ def build_instruction_data(
             prefix, target = evs[:j], evs[j]
             known = [e for e in prefix if e.item_id in items]
             summary = extractive_profile([items[e.item_id].payload for e in known], [is_positive(e, thr) for e in known])
-            history = eng._history_rows({"pos": [e for e in prefix if is_positive(e, thr)], "items": items})
+            history = UserContext(uid, pos=[e for e in prefix if is_positive(e, thr)], items=items).history_rows()
 
             if cfg.format in ("pointwise", "both"):
                 for iid, ans in [(target.item_id, "Yes"), *((n, "No") for n in negs(cfg.negatives))]:
-                    prompt = eng.prompts.render("preference_yes_no", summary=summary, history=history, candidate=rows([iid])[0])
+                    prompt = pointwise_prompts(eng.prompts, rows([iid]), summary, history)[0]
                     out.append({"kind": "pointwise", "user_id": uid, "item_id": iid, "prompt": prompt, "completion": " " + ans})
             if cfg.format in ("listwise", "both"):
                 cands = [target.item_id, *negs(cfg.listwise_candidates - 1)]
                 rng.shuffle(cands)
-                labels = LABELS[: len(cands)]
-                shown = [dict(r, label=lab) for r, lab in zip(rows(cands), labels)]
-                prompt = eng.prompts.render("rank_listwise", summary=summary, history=history, candidates=shown)
-                ans = labels[cands.index(target.item_id)]
+                prompt = listwise_prompt(eng.prompts, rows(cands), summary, history)
+                ans = LABELS[cands.index(target.item_id)]
                 out.append({"kind": "listwise", "user_id": uid, "item_id": target.item_id, "prompt": prompt, "completion": " " + ans})
     rng.shuffle(out)
     return out
@@ -176,7 +174,7 @@ def train_lora(
         raise missing("train", "peft / transformers / torch") from e
     from tqdm.auto import tqdm
 
-    from .llm.models import resolve_model
+    from ..llm.models import resolve_model
 
     if not examples:
         raise InvalidInputError("no instruction examples to train on")

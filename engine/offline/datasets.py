@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidInputError
-from .types import Event, Item
+from ..errors import InvalidInputError
+from ..types import Event, Item
 
 __all__ = ["MovieLens", "load_movielens", "default_movielens_path"]
 
@@ -18,7 +18,7 @@ def default_movielens_path() -> Path:
     env = os.environ.get("PERSONA_ML100K")
     if env:
         return Path(env)
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
         cand = base.parent / "shared" / "data" / "ml-100k"
         if cand.exists():
             return cand

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import missing
+from ..errors import missing
 
 logger = logging.getLogger(__name__)
 
 
-def train_sasrec(split: Any, item_ids: list[str], seed: int = 0, dim: int = 64, maxlen: int = 50, epochs: int = 60, progress: bool = True) -> "SASRecModel":
+def train_sasrec(split: Any, item_ids: list[str], seed: int = 0, dim: int = 64, maxlen: int = 50, epochs: int = 60, progress: bool = True) -> SASRecModel:
     try:
         import torch
         from torch import nn
@@ -38,7 +38,7 @@ def train_sasrec(split: Any, item_ids: list[str], seed: int = 0, dim: int = 64, 
             self.drop = nn.Dropout(0.2)
             self.register_buffer("causal", torch.triu(torch.full((maxlen, maxlen), float("-inf")), diagonal=1))
 
-        def forward(self, seq: "torch.Tensor") -> "torch.Tensor":
+        def forward(self, seq: torch.Tensor) -> torch.Tensor:
             x = self.item(seq) * math.sqrt(dim) + self.pos.weight[None, : seq.shape[1]]
             x = self.drop(x) * (seq > 0).unsqueeze(-1)
             return self.norm(self.enc(x, mask=self.causal[: seq.shape[1], : seq.shape[1]]))

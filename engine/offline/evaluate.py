@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import InvalidInputError
+from ..store import Filter, point_id
+from ..types import Event
 from .datasets import MovieLens, load_movielens
-from .errors import InvalidInputError
-from .store import Filter, point_id
-from .types import Event
 
 logger = logging.getLogger(__name__)
 
@@ -159,10 +159,8 @@ def persona_retrieval_scorer(eng: Any, split: Split, use_summary: bool) -> Score
 
     def score(uid: str, cands: list[str]) -> list[float]:
         flt = Filter(include_ids={point_id("item", c) for c in cands})
-        ctx = eng._user_context(uid, split.train[uid])
-        if not use_summary and ctx["state"] is not None:
-            ctx["state"].vectors.pop("summary", None)
-        hits, _, _ = eng._retrieve(uid, split.train[uid], len(cands), flt, ctx=ctx)
+        ctx = eng.user_context(uid, split.train[uid])
+        hits, _ = eng.retriever.retrieve(ctx if use_summary else ctx.without_summary(), len(cands), flt)
         by_id = {h.payload["item_id"]: h.score for h in hits}
         return [by_id.get(c, -1.0) for c in cands]
 
@@ -176,12 +174,12 @@ def persona_llm_scorer(
     """LLM pointwise (P(Yes)) or listwise (label order) over the candidate list. ``llm`` overrides the
     engine's backend (e.g. with a LoRA adapter), ``prompt`` the template (``name@vN``); prompt token
     counts are appended to ``tokens`` when given."""
-    from .engine import LABELS, _row
+    from ..ranking import LABELS, listwise_prompt
 
     def score(uid: str, cands: list[str]) -> list[float]:
-        ctx = eng._user_context(uid, split.train[uid])
+        ctx = eng.user_context(uid, split.train[uid])
         if not use_summary:
-            ctx["state"] = None
+            ctx = ctx.without_summary()
         model = llm or eng.llm()
         if mode == "pointwise":
             prompts = eng.yes_no_prompts(uid, cands, ctx=ctx, prompt=prompt or "preference_yes_no")
@@ -189,11 +187,10 @@ def persona_llm_scorer(
                 tokens.append(sum(model.count_tokens(p) for p in prompts))
             probs = model.yes_probabilities(prompts)
             return [0.5 if p is None else float(p) for p in probs]
-        rows = eng._items(cands)
+        rows = eng.catalog.rows(cands)
         order = sorted(range(len(cands)), key=lambda i: (cands[i]))  # label order independent of the positive
         labels = LABELS[: len(cands)]
-        shown = [dict(_row(rows[cands[i]]), label=lab) for lab, i in zip(labels, order)]
-        text = eng.prompts.render(prompt or "rank_listwise", summary=eng._summary(ctx), history=eng._history_rows(ctx), candidates=shown)
+        text = listwise_prompt(eng.prompts, [rows[cands[i]] for i in order], ctx.summary, ctx.history_rows(), prompt or "rank_listwise")
         if tokens is not None:
             tokens.append(model.count_tokens(text))
         chosen = model.choose_sequence(text, labels, len(labels))
@@ -210,7 +207,7 @@ def persona_llm_scorer(
 
 def _setup(path: str | Path, data: MovieLens, seed: int, users: int | None, config: dict[str, Any] | None, progress: bool) -> tuple[Any, Split, list[str]]:
     """The evaluation store: all items, training events only (checked), and the sampled users."""
-    from .engine import Engine
+    from ..engine import Engine
 
     split = leave_last_out(data.events, [i.id for i in data.items], seed=seed)
     all_users = sorted(split.test, key=lambda u: int(u) if u.isdigit() else u)
@@ -286,7 +283,7 @@ def evaluate(
                 continue  # --llm-rows pointwise: only the rows a pointwise adapter is compared on
             run_scorer(f"[sample] {name}", sc, llm_sample, split, result, progress)
         if adapter:
-            from .llm import open_llm
+            from ..llm import open_llm
 
             tuned = open_llm(eng.settings.llm.model_copy(update={"adapter": adapter}))
             result.notes["adapter"] = _adapter_note(adapter)
@@ -328,8 +325,8 @@ def compare_prompts(
 ) -> dict[str, Any]:
     """Evaluate ranking prompt variants (``name@vN``) on the same users and candidates, one row each:
     metrics, prompt tokens per user (all candidates of one list), LLM seconds per user."""
-    from .config import Settings
-    from .prompts import PromptRegistry
+    from ..config import Settings
+    from ..prompts import PromptRegistry
 
     settings = Settings(**(config or {}))
     reg = PromptRegistry(settings.prompts_dir, settings.prompt_versions)

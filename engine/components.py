@@ -1,0 +1,160 @@
+"""Models the engine runs: the text encoder, CLIP, and the LLM, loaded on first use or injected.
+
+In: :class:`Settings` (what to load), or ready objects passed to :class:`Components` (tests, apps
+sharing one model between engines).
+Out: ``text_encoder``, ``clip`` (None when disabled or its weights cannot load: documented
+fallback), ``clip_text``/``clip_image`` encoders (the one CLIP encoding path of ingest and search),
+``llm()``, and the item indexer and catalog reader built from them.
+
+This is the only engine module that imports ``indexers`` (lazily, so opening an engine stays fast
+and ``indexers`` may import engine's base modules without a cycle).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .errors import BackendUnavailableError, PersonaError
+from .llm import LLM, open_llm
+from .prompts import PromptRegistry
+from .store import VectorStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Components"]
+
+
+class Components:
+    """Lazily built models. Pass ``text_encoder``, ``clip`` (an ``indexers.clip.ClipModel``) or
+    ``llm`` to use ready objects instead of loading them from the settings; the engine binds its
+    settings with :meth:`bind` when it opens."""
+
+    def __init__(self, settings: Settings | None = None, *, text_encoder: Any = None, clip: Any = None, llm: LLM | None = None) -> None:
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._text, self._clip, self._llm = text_encoder, clip, llm
+        self._clip_error: str | None = None
+        self._llm_error: str | None = None
+
+    def bind(self, settings: Settings) -> Components:
+        """Use ``settings`` for whatever is not injected; returns self."""
+        self.settings = settings
+        return self
+
+    @property
+    def _settings(self) -> Settings:
+        if self.settings is None:
+            self.settings = Settings()
+        return self.settings
+
+    @property
+    def text_encoder(self) -> Any:
+        with self._lock:
+            if self._text is None:
+                from indexers.text import SentenceTransformerEncoder
+
+                self._text = SentenceTransformerEncoder(self._settings.text)
+            return self._text
+
+    @property
+    def clip(self) -> Any:
+        """The CLIP model, or None when disabled or its weights cannot be loaded (documented fallback)."""
+        with self._lock:
+            cfg = self._settings.clip
+            if self._clip is None and self._clip_error is None and cfg.enabled:
+                try:
+                    from indexers.clip import ClipModel
+
+                    self._clip = ClipModel(cfg)
+                except PersonaError as e:
+                    if cfg.required:
+                        raise
+                    self._clip_error = str(e)
+                    logger.warning("CLIP disabled, indexing without image vectors: %s", e)
+            return self._clip
+
+    @property
+    def clip_error(self) -> str | None:
+        """Why CLIP is unavailable (None when it loaded or was not tried)."""
+        return self._clip_error
+
+    @property
+    def meaningful_clip(self) -> bool:
+        """CLIP vectors help ranking; random-weight CLIP (``pretrained=None``) would only add noise."""
+        return self._settings.clip.enabled and self._settings.clip.pretrained is not None
+
+    def clip_dim(self) -> int | None:
+        """CLIP's vector size from its config (no weights loaded); None when disabled or unknown."""
+        if not self._settings.clip.enabled:
+            return None
+        try:
+            import open_clip
+
+            return int(open_clip.get_model_config(self._settings.clip.model)["embed_dim"])
+        except Exception:
+            return None
+
+    @property
+    def clip_text(self) -> Any:
+        """CLIP text encoder (named vector ``clip_text``), or None without CLIP."""
+        from indexers.clip import ClipTextEncoder
+
+        return ClipTextEncoder(self.clip) if self.clip is not None else None
+
+    @property
+    def clip_image(self) -> Any:
+        """CLIP image encoder (named vector ``image``), or None without CLIP."""
+        from indexers.clip import ClipImageEncoder
+
+        return ClipImageEncoder(self.clip) if self.clip is not None else None
+
+    def decode_image(self, data: bytes, ref: str = "image") -> Any:
+        """An RGB image from bytes, with the ingest limits (pixel bombs refused)."""
+        from indexers.images import decode_image
+
+        return decode_image(data, self._settings.ingest.max_image_pixels, ref)
+
+    def llm(self) -> LLM:
+        """The LLM backend; raises BackendUnavailableError when it is disabled or cannot load."""
+        with self._lock:
+            if self._llm is None:
+                if self._llm_error is not None:
+                    raise BackendUnavailableError(self._llm_error)
+                try:
+                    llm = open_llm(self._settings.llm)
+                except PersonaError as e:
+                    self._llm_error = str(e)
+                    raise BackendUnavailableError(f"LLM unavailable: {e}") from e
+                if llm is None:
+                    self._llm_error = "LLM disabled (llm.backend=none)"
+                    raise BackendUnavailableError(self._llm_error)
+                self._llm = llm
+            return self._llm
+
+    def indexer(self, store: VectorStore, collection: str, prompts: PromptRegistry) -> Any:
+        """An ``indexers.ingest.ItemIndexer`` writing ``collection`` with these models."""
+        from indexers.ingest import ItemIndexer
+
+        summarizer = None
+        if self._settings.ingest.summarizer == "llm":
+            from indexers.summarize import LLMItemSummarizer
+
+            summarizer = LLMItemSummarizer(self.llm, prompts, vision=self._settings.llm.vision)
+        return ItemIndexer(store, collection, self.text_encoder, self.clip_image, self.clip_text, summarizer=summarizer, config=self._settings.ingest)
+
+    @staticmethod
+    def read_catalog(path: str | Path, image_dir: str | Path | None = None) -> Any:
+        """Item records from a JSONL/CSV/Parquet catalog file."""
+        from indexers.catalog import read_catalog
+
+        return read_catalog(path, image_dir)
+
+    def close(self) -> None:
+        """Close the LLM if one was loaded or injected."""
+        with self._lock:
+            if self._llm is not None:
+                self._llm.close()

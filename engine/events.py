@@ -1,0 +1,98 @@
+"""The event log: validated, deduplicated interaction writes and history reads.
+
+In: events (``Event`` objects or dicts) and user ids.
+Out: an :class:`EventReport` per write (events naming unknown items are refused; the same event
+twice counts once; each new event adds 1 to its item's ``popularity``), histories oldest first,
+and :meth:`EventLog.require_user` for the reads that need a known user.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from .errors import NotFoundError
+from .items import ItemCatalog
+from .store import Filter, Point, VectorStore, point_id
+from .store.base import chunks
+from .types import Event, EventReport
+
+__all__ = ["EventLog", "validate_events"]
+
+
+def validate_events(events: Iterable[Event | Mapping[str, Any]], report: EventReport) -> list[Event]:
+    """Valid events; each invalid record counts as failed in ``report`` with its index and reason."""
+    valid: list[Event] = []
+    for i, raw in enumerate(events):
+        report.total += 1
+        try:
+            valid.append(raw if isinstance(raw, Event) else Event.model_validate(dict(raw)))
+        except ValidationError as e:
+            report.failed += 1
+            err = e.errors()[0]
+            report.errors.append(f"event {i}: {'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}")
+        except (TypeError, ValueError) as e:
+            report.failed += 1
+            report.errors.append(f"event {i}: not a mapping ({e})")
+    return valid
+
+
+class EventLog:
+    """Events collection writes and reads; item popularity counts live on the item payloads."""
+
+    def __init__(self, store: VectorStore, events_col: str, users_col: str, catalog: ItemCatalog) -> None:
+        self.store, self.events_col, self.users_col, self.catalog = store, events_col, users_col, catalog
+
+    def add(self, events: Iterable[Event | Mapping[str, Any]]) -> EventReport:
+        """Store interactions durably (see the module docstring for what is refused or counted)."""
+        report = EventReport()
+        valid = validate_events(events, report)
+        known = self.catalog.known([e.item_id for e in valid])
+        popularity: Counter[str] = Counter()
+        for batch in chunks(valid, 2000):
+            pts = {}
+            for e in batch:
+                if e.item_id not in known:
+                    report.failed += 1
+                    report.errors.append(f"event for user {e.user_id}: unknown item {e.item_id!r}")
+                    continue
+                key = e.id or f"{e.user_id}|{e.item_id}|{e.timestamp!r}|{e.kind}"
+                pid = point_id("event", key)
+                if pid in pts:
+                    report.duplicates += 1
+                    continue
+                pts[pid] = Point(id=pid, vectors={}, payload=e.model_dump())
+            existing = {h.id for h in self.store.retrieve(self.events_col, list(pts))}
+            new = [p for pid, p in pts.items() if pid not in existing]
+            report.duplicates += len(pts) - len(new)
+            self.store.upsert(self.events_col, new)
+            report.added += len(new)
+            popularity.update(p.payload["item_id"] for p in new)
+        self._count_popularity(popularity)
+        self.store.flush()
+        return report
+
+    def _count_popularity(self, popularity: Counter[str]) -> None:
+        for b in chunks(list(popularity), 500):
+            for h in self.store.retrieve(self.catalog.collection, [point_id("item", i) for i in b]):
+                iid = h.payload["item_id"]
+                self.store.set_payload(self.catalog.collection, [h.id], {"popularity": float(h.payload.get("popularity") or 0) + popularity[iid]})
+
+    def history(self, user_id: str) -> list[Event]:
+        """A user's events, oldest first (empty for an unknown user)."""
+        hits = self.store.scroll(self.events_col, Filter(match={"user_id": str(user_id)}))
+        return sorted((Event.model_validate(h.payload) for h in hits), key=lambda e: (e.timestamp, e.item_id))
+
+    def require_user(self, user_id: str) -> list[Event]:
+        """The user's history; NotFoundError when the user has neither events nor a profile."""
+        events = self.history(user_id)
+        if not events and not self.store.retrieve(self.users_col, [point_id("user", str(user_id))]):
+            raise NotFoundError(f"unknown user {user_id!r}")
+        return events
+
+    def user_ids(self) -> list[str]:
+        """Every user with at least one event, sorted."""
+        return sorted({h.payload["user_id"] for h in self.store.scroll(self.events_col)})

@@ -1,0 +1,72 @@
+"""Items: attribute helpers, prompt rows and item lookup (a base module: indexers may import it).
+
+In: the items collection of the store (payloads written by ``indexers.ingest``).
+Out: payloads and hits by item id (:class:`ItemCatalog`), and the compact row that prompts show
+for an item (:func:`prompt_row`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import NotFoundError
+from .store import Hit, VectorStore, point_id
+from .store.base import chunks
+
+__all__ = ["ITEM_INDEXES", "ItemCatalog", "genres_of", "prompt_row"]
+
+# Payload indexes of the items collection (filters, popularity order, cold-start genres).
+ITEM_INDEXES = {"item_id": "keyword", "popularity": "float", "attributes.genres": "keyword", "attributes.year": "float"}
+
+
+def genres_of(attributes: dict[str, Any]) -> list[str]:
+    """The item's genres from ``genres`` or ``genre`` (a list, or a string split on ``|`` or ``,``)."""
+    g = attributes.get("genres") or attributes.get("genre") or []
+    if isinstance(g, str):
+        g = [x.strip() for x in g.replace("|", ",").split(",") if x.strip()]
+    return [str(x) for x in g] if isinstance(g, list) else []
+
+
+def prompt_row(hit: Hit) -> dict[str, Any]:
+    """What prompts show of an item: id, title, genres and summary."""
+    p = hit.payload
+    return {"id": p["item_id"], "title": p.get("title", ""), "genres": genres_of(p.get("attributes") or {}), "summary": p.get("summary") or ""}
+
+
+class ItemCatalog:
+    """Reads items by id from the items collection."""
+
+    def __init__(self, store: VectorStore, collection: str) -> None:
+        self.store, self.collection = store, collection
+
+    def get(self, item_id: str) -> dict[str, Any]:
+        """The stored payload of one item; NotFoundError when unknown."""
+        hits = self.store.retrieve(self.collection, [point_id("item", str(item_id))])
+        if not hits:
+            raise NotFoundError(f"unknown item {item_id!r}")
+        return hits[0].payload
+
+    def hits(self, item_ids: Sequence[str], with_vectors: bool = False) -> dict[str, Hit]:
+        """Known items among ``item_ids`` as ``{item_id: Hit}`` (unknown ids are left out)."""
+        out = {}
+        for b in chunks(list(item_ids), 1000):
+            for h in self.store.retrieve(self.collection, [point_id("item", i) for i in b], with_vectors=with_vectors):
+                out[h.payload["item_id"]] = h
+        return out
+
+    def rows(self, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Prompt rows (:func:`prompt_row`) of the known items among ``item_ids``."""
+        return {i: prompt_row(h) for i, h in self.hits(item_ids).items()}
+
+    def require_rows(self, item_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Prompt rows in the order asked; NotFoundError naming the unknown ids."""
+        rows = self.rows(item_ids)
+        missing = [i for i in item_ids if i not in rows]
+        if missing:
+            raise NotFoundError(f"unknown item(s): {', '.join(map(repr, missing[:5]))}")
+        return [rows[i] for i in item_ids]
+
+    def known(self, item_ids: Sequence[str]) -> set[str]:
+        """The ids among ``item_ids`` that are stored."""
+        return set(self.hits(sorted(set(item_ids))))
