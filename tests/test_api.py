@@ -137,7 +137,11 @@ def test_admission_limit_answers_503_with_retry_after(make_engine, ml):
     async def go():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
             slow = asyncio.create_task(c.post("/items", json={"items": items}, headers={"X-API-Key": "k"}))
-            await asyncio.sleep(0.5)
+            for _ in range(3000):  # wait for the event (the upsert holds the slot), not for a number of seconds
+                m = (await c.get("/metrics")).text
+                if "persona_inflight_requests 1.0" in m or slow.done():
+                    break
+                await asyncio.sleep(0.01)
             quick = await c.post("/search", json={"query": "toy"})
             return await slow, quick
 

@@ -277,9 +277,9 @@ def encode_texts(texts: Sequence[str], cache_dir: str | None = None) -> np.ndarr
     if f.exists():
         _EMB_CACHE[key] = np.load(f)
         return _EMB_CACHE[key]
-    from indexers.text import SentenceTransformerEncoder
+    from ..components import Components  # the engine's one door to the encoders
 
-    emb = np.asarray(SentenceTransformerEncoder().encode(list(texts)), np.float32)
+    emb = np.asarray(Components().text_encoder.encode(list(texts)), np.float32)
     try:
         d.mkdir(parents=True, exist_ok=True)
         np.save(f, emb)
