@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.offline.datasets import load_movielens
 from engine.learned import LearnedConfig, PersonaModel
 from engine.learned.candidates import pool, source_top
-from engine.learned.config import SOURCES
 from engine.learned.features import GROUPS
 from engine.learned.index import ItemIndex, build_sequences, user_item_matrix
+from engine.offline.datasets import load_movielens
 
 EMB_CACHE = Path(os.environ.get("PERSONA_EMB_CACHE", "/tmp/persona_learn/ml100k_minilm.npz"))
 log = logging.getLogger("learned_val")
@@ -89,7 +88,7 @@ def baselines(train, valid_users, idx, seed=0, lam=300.0):
         np.add.at(T, (s.items[:-1], s.items[1:]), 1.0)
     out = {"EASE": {}, "Markov": {}}
     urow = {u: r for r, u in enumerate(users)}
-    for u, vid in valid_users.items():
+    for u, _vid in valid_users.items():
         x = X[urow[u]]
         seen = x > 0
         out["EASE"][u] = topk_excl(x @ B, seen)

@@ -18,7 +18,7 @@ from .errors import NotFoundError
 from .items import ItemCatalog
 from .store import Filter, Point, VectorStore, point_id
 from .store.base import chunks
-from .types import Event, EventReport
+from .types import Event, EventReport, event_sort_key
 
 __all__ = ["EventLog", "validate_events"]
 
@@ -84,7 +84,7 @@ class EventLog:
     def history(self, user_id: str) -> list[Event]:
         """A user's events, oldest first (empty for an unknown user)."""
         hits = self.store.scroll(self.events_col, Filter(match={"user_id": str(user_id)}))
-        return sorted((Event.model_validate(h.payload) for h in hits), key=lambda e: (e.timestamp, e.item_id))
+        return sorted((Event.model_validate(h.payload) for h in hits), key=lambda e: event_sort_key(e.user_id, e.item_id, e.timestamp))
 
     def require_user(self, user_id: str) -> list[Event]:
         """The user's history; NotFoundError when the user has neither events nor a profile."""

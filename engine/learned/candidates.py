@@ -38,7 +38,7 @@ class ItemMeta:
     year: np.ndarray
 
     @classmethod
-    def build(cls, items, index: ItemIndex, embeddings: np.ndarray | None = None, embedding_ids=None) -> "ItemMeta":
+    def build(cls, items, index: ItemIndex, embeddings: np.ndarray | None = None, embedding_ids=None) -> ItemMeta:
         n = len(index)
         by_id = {str(it.id): it for it in items}
         names = sorted({g for it in items for g in (it.attributes.get("genres") or [])})
@@ -79,7 +79,7 @@ class Stage1:
         self.cf_unit = V / np.where(n > 0, n, 1.0)
 
     @classmethod
-    def fit(cls, seqs: dict[str, Sequence], n_items: int, cfg: LearnedConfig) -> "Stage1":
+    def fit(cls, seqs: dict[str, Sequence], n_items: int, cfg: LearnedConfig) -> Stage1:
         X = user_item_matrix(seqs, n_items)
         cf = CF.fit(X, cfg.cf_factors, cfg.cf_reg, cfg.cf_alpha, cfg.cf_iterations, cfg.seed)
         seq = SequenceStats.fit(seqs, n_items, cfg.max_gap, cfg.gap_decay, cfg.cooc_window, cfg.trend_days, cfg.bucket_days)
@@ -109,7 +109,7 @@ class Stage1:
                 "item_mean_ts": self.item_mean_ts, **self.seq.arrays()}
 
     @classmethod
-    def from_arrays(cls, a: dict, cfg: LearnedConfig) -> "Stage1":
+    def from_arrays(cls, a: dict, cfg: LearnedConfig) -> Stage1:
         cf = CF(a["cf_item_factors"], cfg.cf_reg, cfg.cf_alpha)
         seq = SequenceStats.from_arrays(a, dict(max_gap=cfg.max_gap, gap_decay=cfg.gap_decay, window=cfg.cooc_window))
         return cls(cf, seq, a["item_rating"], a["item_first_ts"], a["item_mean_ts"])

@@ -87,7 +87,7 @@ class CF:
         self._YtY = V.T @ V
 
     @classmethod
-    def fit(cls, X: sp.csr_matrix, factors: int = 64, reg: float = 0.05, alpha: float = 10.0, iterations: int = 15, seed: int = 0) -> "CF":
+    def fit(cls, X: sp.csr_matrix, factors: int = 64, reg: float = 0.05, alpha: float = 10.0, iterations: int = 15, seed: int = 0) -> CF:
         return cls(fit_als(X, factors, reg, alpha, iterations, seed), reg, alpha)
 
     @property

@@ -55,7 +55,7 @@ class LearnedConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LearnedConfig":
+    def from_dict(cls, d: dict) -> LearnedConfig:
         names = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
         for k in ("sources", "drop_features"):

@@ -11,14 +11,16 @@ defines it (to be unified with the offline protocol's key).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
-from typing import Iterable, Sequence as Seq
 
 import numpy as np
 import scipy.sparse as sp
+
+from ..types import event_sort_key as _types_key
 
 __all__ = ["tie_key", "event_sort_key", "order_events", "ItemIndex", "Sequence", "build_sequences", "split_last", "user_item_matrix"]
 
@@ -26,14 +28,13 @@ log = logging.getLogger(__name__)
 
 
 def tie_key(seed: int, user_id: str, item_id: str) -> int:
-    """A stable 64-bit hash of ``(seed, user_id, item_id)`` that breaks timestamp ties."""
-    h = hashlib.blake2b(f"{seed}\x1f{user_id}\x1f{item_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "big")
+    """The hash that breaks timestamp ties (see :func:`engine.types.event_sort_key`)."""
+    return _types_key(str(user_id), str(item_id), 0.0, seed)[1]
 
 
 def event_sort_key(event, seed: int = 0) -> tuple[float, int]:
-    """Sort key of one event within its user's history: ``(timestamp, tie_key)``."""
-    return (float(event.timestamp), tie_key(seed, str(event.user_id), str(event.item_id)))
+    """Sort key of one event within its user's history: :func:`engine.types.event_sort_key`."""
+    return _types_key(str(event.user_id), str(event.item_id), event.timestamp, seed)
 
 
 def order_events(events: list, seed: int = 0) -> list:
@@ -60,7 +61,7 @@ class ItemIndex:
             self.add(str(i))
 
     @classmethod
-    def build(cls, items: Iterable = (), events: Iterable = ()) -> "ItemIndex":
+    def build(cls, items: Iterable = (), events: Iterable = ()) -> ItemIndex:
         idx = cls(getattr(it, "id", it) for it in items)
         for e in events:
             idx.add(str(e.item_id))
@@ -95,7 +96,7 @@ class Sequence:
     def __len__(self) -> int:
         return len(self.items)
 
-    def head(self, n: int) -> "Sequence":
+    def head(self, n: int) -> Sequence:
         return Sequence(self.items[:n], self.ts[:n], self.ratings[:n])
 
 

@@ -30,8 +30,8 @@ from .candidates import ItemMeta, Stage1, pool, user_state
 from .config import LearnedConfig
 from .features import features
 from .index import ItemIndex, Sequence, build_sequences, order_events, split_last
-from .sequence import dense_rows
 from .ranker import Ranker, TrainingData, build_training, train_ranker
+from .sequence import dense_rows
 
 __all__ = ["PersonaModel", "FORMAT_VERSION", "data_hash"]
 
@@ -64,7 +64,7 @@ class PersonaModel:
     # --- fit -----------------------------------------------------------------------------------------------------
     @classmethod
     def fit(cls, events, items, item_embeddings: np.ndarray | None = None, config: LearnedConfig | None = None,
-            embedding_ids=None, extra_fn=None, progress: bool = True) -> "PersonaModel":
+            embedding_ids=None, extra_fn=None, progress: bool = True) -> PersonaModel:
         """Fit stage 1 without each user's last event, train the ranker on those last events, refit stage 1 on all.
 
         ``extra_fn(user_id, history: Sequence, candidate_rows) -> values`` adds the external feature column to training.
@@ -207,7 +207,7 @@ class PersonaModel:
         return d
 
     @classmethod
-    def load(cls, directory) -> "PersonaModel":
+    def load(cls, directory) -> PersonaModel:
         d = Path(directory)
         meta = json.loads((d / "meta.json").read_text())
         if meta.get("format_version") != FORMAT_VERSION:

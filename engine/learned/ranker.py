@@ -84,7 +84,7 @@ class Ranker:
         return self.booster.model_to_string()
 
     @classmethod
-    def from_text(cls, text: str, columns: list[str]) -> "Ranker":
+    def from_text(cls, text: str, columns: list[str]) -> Ranker:
         import lightgbm as lgb
 
         return cls(lgb.Booster(model_str=text), columns)

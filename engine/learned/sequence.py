@@ -68,7 +68,7 @@ class SequenceStats:
 
     @classmethod
     def fit(cls, seqs: dict[str, Sequence], n_items: int, max_gap: int = 3, gap_decay: float = 0.5, window: int = 10,
-            trend_days: float = 30.0, bucket_days: float = 7.0, max_buckets: int = 512) -> "SequenceStats":
+            trend_days: float = 30.0, bucket_days: float = 7.0, max_buckets: int = 512) -> SequenceStats:
         ss = [s for s in seqs.values() if len(s)]
         a, b, g = _pairs(ss, range(1, max_gap + 1))
         trans = sp.csr_matrix(((gap_decay ** (g - 1)).astype(np.float32), (a, b)), shape=(n_items, n_items))
@@ -142,7 +142,7 @@ class SequenceStats:
         return out
 
     @classmethod
-    def from_arrays(cls, a: dict, params: dict, prefix: str = "seq_") -> "SequenceStats":
+    def from_arrays(cls, a: dict, params: dict, prefix: str = "seq_") -> SequenceStats:
         n = len(a[f"{prefix}pop"])
         mats = [sp.csr_matrix((a[f"{prefix}{k}_data"], a[f"{prefix}{k}_indices"], a[f"{prefix}{k}_indptr"]), shape=(n, n)) for k in ("trans", "cooc")]
         t0, bucket, t_max = a[f"{prefix}scalars"]

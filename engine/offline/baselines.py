@@ -81,7 +81,7 @@ class Baseline:
     def _hist_idx(self, history: Sequence[Event]) -> np.ndarray:
         return np.fromiter((self.index[e.item_id] for e in history if e.item_id in self.index), dtype=np.int64)
 
-    def fit(self, train_events: Sequence[Event], item_ids: Sequence[str]) -> "Baseline":
+    def fit(self, train_events: Sequence[Event], item_ids: Sequence[str]) -> Baseline:
         t = time.perf_counter()
         self._index(item_ids)
         self._fit(list(train_events))

@@ -46,14 +46,14 @@ def _net(n_items: int, dim: int, maxlen: int, blocks: int, heads: int, dropout: 
                 self.item.weight[0].zero_()
             self.register_buffer("causal", torch.triu(torch.full((maxlen, maxlen), float("-inf")), diagonal=1))
 
-        def forward(self, seq: "torch.Tensor", lengths: "torch.Tensor") -> "torch.Tensor":
+        def forward(self, seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
             L = seq.shape[1]
             pos = (lengths[:, None] - 1 - torch.arange(L)[None, :]).clamp(min=0)
             x = self.item(seq) * math.sqrt(dim) + self.pos(pos)
             x = self.drop(x)
             return self.norm(self.enc(x, mask=self.causal[:L, :L]))
 
-        def logits(self, h: "torch.Tensor") -> "torch.Tensor":
+        def logits(self, h: torch.Tensor) -> torch.Tensor:
             return h @ self.item.weight.T + self.out_bias
 
     return Net()

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..types import Event
+from ..types import Event, event_sort_key
 
 __all__ = ["event_sort_key", "order_history", "temporal_split", "Split", "STAGES"]
 
@@ -43,16 +43,6 @@ STAGES = ("valid", "test")
 def _hash64(*parts: object) -> int:
     h = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode("utf-8"), digest_size=8)
     return int.from_bytes(h.digest(), "big")
-
-
-def event_sort_key(user_id: str, item_id: str, timestamp: float, seed: int = 0) -> tuple[float, int]:
-    """Chronological key; equal timestamps are ordered by a seeded hash of (seed, user, item).
-
-    The hash makes the order inside a tie group a deterministic pseudo-random shuffle: the same for
-    every method and run with the same ``seed``, and free of the item-id order (which a sort by id
-    would leak into sequential models and which moves EASE's HR@10 a lot).
-    """
-    return (float(timestamp), _hash64(seed, user_id, item_id))
 
 
 def order_history(events: Iterable[Event], seed: int = 0) -> list[Event]:
