@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "Settings",
+    "FitConfig",
     "TextEncoderConfig",
     "ClipConfig",
     "LLMConfig",
@@ -116,6 +117,25 @@ class RetrievalConfig(_Section):
     """How many retrieved candidates the LLM sees when re-ranking."""
 
 
+class FitConfig(_Section):
+    """The learned recommender that :meth:`Engine.fit` trains (collaborative ALS vectors, transition
+    and co-occurrence statistics, popularity/trend, LightGBM ranker). Defaults chosen on the ml-100k
+    validation split (second-to-last events; ``bench/learned_val.py``)."""
+
+    use_model: bool = True
+    """Rank with the fitted model when one exists; ``False`` keeps the content/popularity fusion."""
+    pool_size: int = Field(300, ge=10, le=5000)
+    """Candidates the sources put in the pool the ranker scores."""
+    cf_factors: int = Field(64, ge=2, le=1024)
+    """Dimensions of the collaborative (ALS) item and user vectors."""
+    label_folds: int = Field(2, ge=1, le=5)
+    """Ranker labels per user: the last stored event, and (2) also the one before it."""
+    threads: int = Field(2, ge=1, le=256)
+    """CPU threads for ALS and LightGBM."""
+    keep_versions: int = Field(3, ge=1, le=100)
+    """Fitted model versions kept on disk (older ones are deleted after a successful fit)."""
+
+
 class IngestConfig(_Section):
     summarizer: Literal["extractive", "llm"] = "extractive"
     """Item summaries: ``extractive`` (title, genres, first sentence; instant) or ``llm`` (through the LLM backend; a vision model when ``llm.vision`` is set)."""
@@ -169,6 +189,8 @@ class Settings(BaseSettings):
     """Candidate retrieval and ranking."""
     ingest: IngestConfig = IngestConfig()
     """Catalog ingestion limits."""
+    fit: FitConfig = FitConfig()
+    """The learned recommender trained by ``Engine.fit()`` / ``persona fit``."""
     seed: int = 0
     """Seed for every random choice (negative sampling, tie breaks)."""
 

@@ -20,16 +20,29 @@ from .components import Components
 from .config import Settings
 from .errors import BackendUnavailableError, InvalidInputError, NotFoundError
 from .events import EventLog
+from .fitting import LearnedStage
 from .items import ItemCatalog
 from .llm import LLM
-from .profiles import ProfileBuilder, UserContext
+from .profiles import ProfileBuilder, UserContext, is_positive
 from .prompts import PromptRegistry
 from .ranking import LLMReranker, mmr, pointwise_prompts
 from .retrieval import Retriever
 from .schema import Collections
 from .search import Searcher
-from .store import VectorStore, open_store, parse_filter, point_id
-from .types import Event, EventReport, Explanation, IngestReport, Item, ItemScore, Profile, Recommendation, Recommendations, SearchHit
+from .store import Filter, Hit, VectorStore, open_store, parse_filter, point_id
+from .types import (
+    Event,
+    EventReport,
+    Explanation,
+    FitReport,
+    IngestReport,
+    Item,
+    ItemScore,
+    Profile,
+    Recommendation,
+    Recommendations,
+    SearchHit,
+)
 
 __all__ = ["Components", "Engine"]
 
@@ -52,6 +65,7 @@ class Engine:
         self.retriever = Retriever(settings, store, self.items_col)
         self.ranker = LLMReranker(self.prompts, comps.llm)
         self.searcher = Searcher(settings, store, self.items_col, comps)
+        self.learned = LearnedStage(settings, store, self.items_col, self.events_col, self.catalog)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -194,8 +208,12 @@ class Engine:
         if exclude_seen:
             flt.exclude_ids |= {point_id("item", e.item_id) for e in events}
         limit = max(k, rc.rerank_candidates if rerank != "none" else 0, 3 * k if rc.mmr_lambda is not None else 0)
-        ctx = self.profiles.context(user_id, events)
-        hits, strategy = self.retriever.retrieve(ctx, limit, flt)
+        model = self.learned.current() if events else None
+        ctx = None if model is not None and rerank == "none" and not explain else self.profiles.context(user_id, events)
+        if model is not None:
+            hits, reasons, strategy = self._learned_hits(model, events, limit, flt, with_vectors=rc.mmr_lambda is not None)
+        else:
+            hits, strategy = self.retriever.retrieve(ctx, limit, flt)
         fallback = None
         if rerank != "none" and strategy != "popular" and len(hits) > 1:
             hits, fallback = self.ranker.rerank(rerank, hits[: rc.rerank_candidates], ctx)
@@ -204,7 +222,7 @@ class Engine:
             hits, strategy = mmr(hits, k, rc.mmr_lambda), strategy + "+mmr"
         out = []
         for h in hits[:k]:
-            reason, because = explaining.reason(h, ctx)
+            reason, because = reasons[h.payload["item_id"]] if model is not None else explaining.reason(h, ctx)
             out.append(Recommendation(item_id=h.payload["item_id"], score=h.score, title=h.payload.get("title", ""), reason=reason, because_of=because))
         if explain:
             for r in out:
@@ -213,7 +231,46 @@ class Engine:
                     r.reason, r.because_of = ex.text, ex.grounded_in
                 except BackendUnavailableError as e:
                     fallback = fallback or f"explanations: {e}"
-        return Recommendations(user_id=user_id, items=out, strategy=strategy, fallback=fallback)
+        version = model.info.get("version") if model is not None else None
+        return Recommendations(user_id=user_id, items=out, strategy=strategy, fallback=fallback, model_version=version)
+
+    def _learned_hits(self, model: Any, events: list[Event], limit: int, flt: Filter, with_vectors: bool) -> tuple[list[Hit], dict, str]:
+        picks = self.learned.recommend(model, events, limit, flt)
+        found = self.catalog.hits([i for i, _, _ in picks] + [w for _, _, w in picks if w], with_vectors=with_vectors)
+        thr = self.settings.profile.positive_rating
+        liked = {e.item_id: is_positive(e, thr) for e in events}
+        hits, reasons = [], {}
+        for iid, score, why in picks:
+            if iid in found:
+                h = found[iid]
+                hits.append(Hit(id=h.id, score=score, payload=h.payload, vectors=h.vectors))
+                reasons[iid] = explaining.history_reason(h, found.get(why) if why else None, liked.get(why or "", False))
+        return hits, reasons, "learned"
+
+    def rank(self, user_id: str, item_ids: Sequence[str]) -> list[Recommendation]:
+        """``item_ids`` ordered for the user, best first, with exactly the scores :meth:`recommend`
+        gives them (the fitted model's, else the fusion's; items the ranking cannot score come last
+        with score -inf). Used for sampled metrics and for re-ordering a caller's own shortlist."""
+        user_id, ids = str(user_id), [str(i) for i in item_ids]
+        events = self.history(user_id)
+        model = self.learned.current() if events else None
+        if model is not None:
+            ranked = self.learned.rank(model, events, ids)
+        else:
+            flt = Filter(include_ids={point_id("item", i) for i in ids})
+            hits, _ = self.retriever.retrieve(self.profiles.context(user_id, events), len(ids), flt)
+            got = {h.payload["item_id"]: h.score for h in hits}
+            ranked = sorted(((i, got.get(i, float("-inf"))) for i in ids), key=lambda t: -t[1])
+        titles = self.catalog.rows([i for i, s in ranked if s != float("-inf")])
+        return [Recommendation(item_id=i, score=s, title=(titles.get(i) or {}).get("title", "")) for i, s in ranked]
+
+    def fit(self, progress: bool = False) -> FitReport:
+        """Train the learned recommender from the stored events alone (each user's last event is
+        the ranker's label): collaborative ALS vectors, transitions and co-occurrence, popularity and
+        trend, and a LightGBM ranker. Saves a new version beside the store and makes it current;
+        :meth:`recommend` uses it from the next call. Re-run it as data grows."""
+        self._ready()
+        return self.learned.fit(progress=progress)
 
     # -- generation ----------------------------------------------------------------------------
 

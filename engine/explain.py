@@ -58,6 +58,18 @@ def reason(hit: Hit, ctx: UserContext) -> tuple[str | None, list[str]]:
     return f"Because you liked {best.payload.get('title') or best.payload['item_id']}{extra}", [best.payload["item_id"]]
 
 
+def history_reason(hit: Hit, source: Hit | None, liked: bool) -> tuple[str | None, list[str]]:
+    """The reason for a fitted model's pick: the history item its features tie to it most strongly
+    (transition, co-occurrence, collaborative or content similarity), with the genres they share.
+    ``liked`` says whether the user rated that item at or above the positive threshold."""
+    if source is None:
+        return None, []
+    shared = sorted(set((hit.payload.get("attributes") or {}).get("genres") or []) & set((source.payload.get("attributes") or {}).get("genres") or []))
+    extra = f" (also {', '.join(shared[:2])})" if shared else ""
+    verb = "liked" if liked else "watched"
+    return f"Because you {verb} {source.payload.get('title') or source.payload['item_id']}{extra}", [source.payload["item_id"]]
+
+
 def explain(target: Hit, ctx: UserContext, prompts: PromptRegistry, llm: Callable[[], LLM], max_new_tokens: int) -> Explanation:
     """Why ``target`` suits the user: an LLM sentence citing up to 3 similar liked items, else the template reason."""
     user_id, item_id = ctx.user_id, target.payload["item_id"]

@@ -40,6 +40,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"events: {er.added} added, {er.duplicates} already stored, {er.failed} refused")
         else:
             print(f"events: {before['events']} already stored (reused)")
+        model = eng.learned.current()
+        if model is None or model.info.get("n_events") != eng.stats()["events"]:
+            fr = eng.fit(progress=True)
+            print(f"fit: model {fr.version} on {fr.events} events, {fr.users} users in {fr.seconds:.1f}s")
+        else:
+            print(f"fit: model {model.info['version']} is current (reused)")
         users = args.users.split(",") if args.users else DEMO_USERS
         st = eng.update_profiles(users, progress=True, use_llm=not args.no_llm)
         note = f" (LLM unavailable: {st['llm_error']})" if st.get("llm_error") else ""
@@ -49,6 +55,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             recs = eng.recommend(uid, k=args.k)
             print(f"\nUser {uid}: {prof.n_events} ratings, {prof.n_blocks} session blocks")
             print(f"  taste ({prof.summary_source}): {prof.summary}")
+            recent = eng.history(uid)[-5:][::-1]
+            rows = eng.catalog.rows([e.item_id for e in recent])
+            print("  latest: " + "; ".join(f"{rows.get(e.item_id, {}).get('title', e.item_id)} ({e.rating:g}*)" if e.rating is not None
+                                          else rows.get(e.item_id, {}).get("title", e.item_id) for e in recent))
             print(f"  top-{args.k} ({recs.strategy}):")
             for i, r in enumerate(recs.items, 1):
                 print(f"   {i:2d}. {r.title}  -  {r.reason}")
@@ -136,11 +146,24 @@ def _eval_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Persona through Engine.fit()/recommend() against tuned baselines, full catalog, with intervals."""
+    from engine.offline.datasets import load_movielens
+    from engine.offline.persona_eval import run_report, write_report
+
+    base = tuple(args.baselines.split(",")) if args.baselines else None
+    rep = run_report(_eval_dir(args), load_movielens(args.data), seed=args.seed, users=args.users, quick=args.quick, baselines=base)
+    md = write_report(rep, Path(args.out))
+    print(md.read_text())
+    print(f"report: {md} (+ report.json, metrics.png)")
+    return 0
+
+
+def cmd_eval_llm(args: argparse.Namespace) -> int:
     from engine.offline.datasets import load_movielens
     from engine.offline.evaluate import evaluate, write_report
 
     if args.adapter and args.llm_users == 0:
-        print("persona eval --adapter needs --llm-users N (the LLM rows are computed with and without it)", file=sys.stderr)
+        print("persona eval-llm --adapter needs --llm-users N (the LLM rows are computed with and without it)", file=sys.stderr)
         return 2
     cfg = {"llm": {"backend": "none"}} if args.llm_users == 0 else {}
     report = evaluate(
@@ -174,7 +197,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(json.dumps({k: meta[k] for k in ("examples", "examples_by_kind", "data_hash", "steps", "loss_first_steps", "loss_last_steps", "seconds")}, indent=2))
     print(f"adapter: {args.out}\n  in-process: PERSONA_LLM__ADAPTER={Path(args.out).resolve()}"
           f"\n  vLLM: --enable-lora --max-lora-rank {cfg.lora_r} --lora-modules persona-lora={Path(args.out).resolve()}, then PERSONA_LLM__ADAPTER=persona-lora"
-          f"\n  compare: persona eval --llm-users 40 --adapter {args.out}")
+          f"\n  compare: persona eval-llm --llm-users 40 --adapter {args.out}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    with _open(args) as eng:
+        rep = eng.fit(progress=True)
+        print(rep.model_dump_json(indent=2))
     return 0
 
 
@@ -235,7 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="reports/prompts-compare")
     pr.set_defaults(fn=cmd_prompts)
 
-    ev = sub.add_parser("eval", help="leave-last-out evaluation on ml-100k against baselines")
+    ev = sub.add_parser("eval", help="Persona (fit + recommend, full catalog) against tuned baselines on ml-100k, with 95% intervals")
+    ev.add_argument("--data", default=None)
+    ev.add_argument("--users", type=int, default=None, help="evaluate a seeded sample of users (default: all 943)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--quick", action="store_true", help="small grids, four baselines (CI smoke; a few minutes)")
+    ev.add_argument("--baselines", default=None, help="comma-separated subset, e.g. ease,markov,sasrec")
+    ev.add_argument("--out", default="reports/eval")
+    ev.set_defaults(fn=cmd_eval)
+
+    ev = sub.add_parser("eval-llm", help="LLM rows (pointwise/listwise) on the legacy 1:20 protocol, with and without an adapter")
     ev.add_argument("--data", default=None)
     ev.add_argument("--users", type=int, default=None, help="sample of users for all methods (default: all 943)")
     ev.add_argument("--llm-users", type=int, default=0, help="sample of users for the LLM variants (0: skip them)")
@@ -244,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="reports/eval")
     ev.add_argument("--adapter", default=None, help="LoRA adapter (folder; served name on vLLM): LLM rows before and after")
     ev.add_argument("--llm-rows", choices=["all", "pointwise"], default="all", help="pointwise: only the pointwise LLM rows (faster)")
-    ev.set_defaults(fn=cmd_eval)
+    ev.set_defaults(fn=cmd_eval_llm)
 
     t = sub.add_parser("train", help="LoRA fine-tuning on instruction data built from ml-100k interactions")
     t.add_argument("--out", default="adapters/persona-lora")
@@ -259,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices = ["pointwise", "listwise", "both"] if name == "format" else None
         t.add_argument("--" + name.replace("_", "-"), type=kind, choices=choices, help=f"{field.description} (default: {field.default})")
     t.set_defaults(fn=cmd_train)
+
+    f = sub.add_parser("fit", help="train the learned recommender from the stored events (Engine.fit)")
+    f.set_defaults(fn=cmd_fit)
 
     sv = sub.add_parser("serve", help="run the HTTP API")
     sv.add_argument("--host", default="127.0.0.1")

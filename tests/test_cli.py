@@ -23,8 +23,8 @@ def test_demo_on_an_indexed_catalog(tmp_path, ml_items_path):
     run = _demo(tmp_path / "demo")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "0 added, 0 updated, 1682 unchanged (reused)" in run.stdout and "indexing items" in run.stderr
-    assert "events: 100000 added" in run.stdout
-    assert run.stdout.count("Because you liked") == 20
+    assert "events: 100000 added" in run.stdout and "fit: model " in run.stdout
+    assert run.stdout.count("(learned):") == 2 and run.stdout.count("  -  Because you ") == 20
 
 
 @pytest.mark.slow
@@ -33,7 +33,7 @@ def test_demo_twice_reuses_index(tmp_path):
     first = _demo(tmp_path / "demo")
     assert first.returncode == 0, first.stderr[-2000:]
     assert "1682 added" in first.stdout and "indexing items" in first.stderr  # progress bar on stderr
-    assert first.stdout.count("Because you liked") == 20
+    assert first.stdout.count("  -  Because you ") == 20
     second = _demo(tmp_path / "demo")
     assert second.returncode == 0, second.stderr[-2000:]
     assert "0 added, 0 updated, 1682 unchanged (reused)" in second.stdout
