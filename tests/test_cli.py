@@ -64,6 +64,7 @@ def test_prompts_compare_rejects_broken_template_before_loading_models(tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_prompts_compare_side_by_side(tmp_path, capsys, ml_items_path):
     """Two versions of the pointwise prompt on the same users and candidates: one row each, saved."""
     import json

@@ -37,6 +37,7 @@ def test_leave_last_out_no_leak_and_deterministic(ml):
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_evaluate_small_run_reproducible(tmp_path, ml, text_encoder, monkeypatch):
     from engine import Engine
     from engine.components import Components
@@ -56,3 +57,28 @@ def test_evaluate_small_run_reproducible(tmp_path, ml, text_encoder, monkeypatch
     assert m["popularity"]["AUC"] > m["random"]["AUC"]
     md = ev.write_report(r1, tmp_path / "rep")
     assert (tmp_path / "rep" / "metrics.png").stat().st_size > 1000 and "| persona retrieval |" in md.read_text()
+
+
+@pytest.mark.slow
+def test_persona_eval_public_path_report(tmp_path, ml, text_encoder, ml_items_path):
+    """`persona eval` end to end on a user sample: baselines and Persona (Engine.fit + recommend +
+    rank) on the same split, intervals around every mean, a paired comparison, and the report files."""
+    from engine.components import Components
+    from engine.offline.persona_eval import run_report, write_report
+    from tests.conftest import copy_store
+
+    copy_store(ml_items_path, tmp_path / "e" / "items")  # the catalog indexed once per session
+    (tmp_path / "e" / "items" / ".complete").write_text("ok")
+    rep = run_report(tmp_path / "e", ml, users=40, quick=True, baselines=("popularity", "ease"), n_boot=200, progress=False,
+                     components=Components(text_encoder=text_encoder))
+    p = rep["persona"]
+    assert p["info"]["test"]["model_version"] != p["info"]["valid"]["model_version"]  # refit on train+valid for test
+    for r in [p, *rep["baselines"].values()]:
+        for m in ("hr@10", "ndcg@10", "recall@50", "auc", "hr@5", "ndcg@5", "mrr@10"):
+            c = r["test"][m]
+            assert c["lo"] <= c["mean"] <= c["hi"]
+    assert len(p["per_user"]["ndcg@10"]) == 40 and rep["provenance"]["commit"] and rep["provenance"]["data_sha256"]
+    assert set(rep["persona_vs_best"]) == {"ndcg@10", "hr@10", "auc"}
+    md = write_report(rep, tmp_path / "rep")
+    text = md.read_text()
+    assert "| **persona** (fit + recommend) |" in text and "| ease |" in text and (tmp_path / "rep" / "metrics.png").stat().st_size > 1000
