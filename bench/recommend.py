@@ -2,7 +2,10 @@
 
     .venv/bin/python bench/recommend.py [--path DIR] [--users 200] [--candidates 20]
 
-1. p50/p95 latency of ``recommend`` without an LLM (Qdrant edge retrieval + reasons), over users.
+1. p50/p95 latency of ``recommend(k=10)`` without an LLM, with the fitted learned model (fitted
+   first if the store has none) and with the unfitted fusion, against ONE raw Qdrant query (nearest
+   neighbours of an item's text vector, k=10) on the same store in the same run: the printed ratio is
+   recommend p95 / raw-query p95.
 2. Prompt tokens the LLM must process to rank one list of candidates, measured in the same run:
    - per-candidate prompts (the MLLM-MSR way: every candidate gets its own full prompt);
    - Persona pointwise: one batched request whose prompts share a prefix (profile + history), so
@@ -22,6 +25,7 @@ import numpy as np
 from engine import Engine
 from engine.offline.datasets import load_movielens
 from engine.ranking import listwise_prompt
+from engine.store import VectorQuery
 
 
 def common_prefix_len(seqs: list[list[int]]) -> int:
@@ -37,19 +41,44 @@ def main() -> None:
     ap.add_argument("--path", default=os.path.expanduser("~/.local/share/persona"))
     ap.add_argument("--users", type=int, default=200)
     ap.add_argument("--candidates", type=int, default=20)
+    ap.add_argument("--no-tokens", action="store_true", help="skip the prompt-token part (needs the packaged Gemma tokenizer)")
     args = ap.parse_args()
     eng = Engine.open(args.path, {"llm": {"backend": "none"}})
     if eng.stats()["items"] == 0:
         ml = load_movielens()
         eng.add_items(ml.items, progress=True)
         eng.add_events(ml.events)
+    if eng.learned.current() is None:
+        print(f"fitting: {eng.fit().seconds:.1f}s")
     users = sorted({h.payload["user_id"] for h in eng.store.scroll(eng.events_col)}, key=lambda u: (len(u), u))[: args.users]
-    eng.recommend(users[0], k=10)  # warm-up
-    lat = []
-    for u in users:
-        t0 = time.perf_counter()
-        eng.recommend(u, k=10)
-        lat.append((time.perf_counter() - t0) * 1000)
+    vecs = {h.payload["item_id"]: h.vectors["text"] for h in eng.store.scroll(eng.items_col, with_vectors=True) if h.vectors and "text" in h.vectors}
+    probe = [vecs[eng.history(u)[-1].item_id] for u in users]
+
+    def timed(fn) -> list[float]:
+        fn(0)  # warm-up
+        out = []
+        for i in range(len(users)):
+            t0 = time.perf_counter()
+            fn(i)
+            out.append((time.perf_counter() - t0) * 1000)
+        return out
+
+    raw = timed(lambda i: eng.store.query(eng.items_col, [VectorQuery("text", vector=probe[i], limit=10)], limit=10))
+    lat = timed(lambda i: eng.recommend(users[i], k=10))
+    strategy = eng.recommend(users[0], k=10).strategy
+    eng.close()
+    eng = Engine.open(args.path, {"llm": {"backend": "none"}, "fit": {"use_model": False}})
+    fused = timed(lambda i: eng.recommend(users[i], k=10))
+    p = lambda xs, q: round(float(np.percentile(xs, q)), 2)  # noqa: E731
+    latency = {
+        "raw_qdrant_query_ms": {"p50": p(raw, 50), "p95": p(raw, 95)},
+        f"recommend_{strategy}_ms": {"p50": p(lat, 50), "p95": p(lat, 95), "p95_ratio_to_raw_query": round(p(lat, 95) / p(raw, 95), 2)},
+        "recommend_fusion_unfitted_ms": {"p50": p(fused, 50), "p95": p(fused, 95), "p95_ratio_to_raw_query": round(p(fused, 95) / p(raw, 95), 2)},
+    }
+    if args.no_tokens:
+        eng.close()
+        print(json.dumps({"users": len(users), "latency": latency}, indent=2))
+        return
 
     from transformers import AutoTokenizer
 
@@ -70,7 +99,7 @@ def main() -> None:
         listwise.append(len(tok.encode(lp)) + 2 * len(cands))  # + the generated labels
     out = {
         "users": len(users),
-        "recommend_no_llm_ms": {"p50": round(float(np.percentile(lat, 50)), 2), "p95": round(float(np.percentile(lat, 95)), 2)},
+        "latency": latency,
         "candidates_per_list": args.candidates,
         "prompt_tokens_per_list": {
             "per_candidate_prompts (MLLM-MSR)": round(float(np.mean(per_candidate))),
