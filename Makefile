@@ -10,7 +10,11 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test test-full install vllm-env bench eval clean
 
+# Browser tests drive the distribution's Chromium (no Playwright browser download); as root it is
+# installed here, otherwise those tests skip and say why.
 $(BIN)/.installed: pyproject.toml
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+		|| echo "chromium not installed: the browser tests (tests/test_dashboard.py) will skip"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)

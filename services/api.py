@@ -331,4 +331,6 @@ def create_app(
     async def search(request: Request, body: SearchIn) -> list[SearchHit]:
         return await run(eng.search, body.query, user_id=body.user_id, k=body.k, filters=body.filter_spec(), request=request)
 
+    from services.dashboard import dashboard_router  # read-only web UI at /ui (services/dashboard.py)
+    app.include_router(dashboard_router(eng))
     return app
