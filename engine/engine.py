@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import explain as explaining
+from . import imagine
 from .components import Components
 from .config import Settings
 from .errors import BackendUnavailableError, InvalidInputError, NotFoundError
@@ -299,6 +300,26 @@ class Engine:
         if target is None:
             raise NotFoundError(f"unknown item {item_id!r}")
         return explaining.explain(target, ctx(), self.prompts, self.llm, self.settings.llm.max_new_tokens)
+
+    def generate_image(
+        self, user_id: str, prompt: str | None = None, *, n: int = 1, reference_item: str | None = None,
+        seed: int | None = None, steps: int | None = None, size: int | tuple[int, int] | None = None,
+    ) -> imagine.GeneratedImages:
+        """Images personalized for the user: ``prompt`` blended with the attributes of their best-liked
+        items and their preference summary (without a prompt: a poster for a new film they would like).
+        ``reference_item`` starts from that item's image (img2img). The result carries the exact prompt
+        used and the history item ids it drew on. Limits: ``settings.image`` (InvalidInputError past them)."""
+        cfg = self.settings.image
+        imagine.check_request(cfg, n, steps, size)
+        ctx = self.user_context(str(user_id))
+        ref, init = None, None
+        if reference_item is not None:
+            ref = self.item(str(reference_item))
+            if not ref.get("image"):
+                raise InvalidInputError(f"item {reference_item!r} has no image to start from")
+            init = self.components.read_image(ref["image"])
+        return imagine.generate(ctx, self.prompts, self.components.image_generator, cfg, prompt=prompt, n=n,
+                                reference=ref, init_image=init, seed=seed, steps=steps, size=size)
 
     # -- personalized search -------------------------------------------------------------------
 
