@@ -146,3 +146,18 @@ def test_api_returns_png_and_refuses_bad_input(img_engine):
         assert client.post("/users/horror/images", json={"size": 512}, headers=hdr).status_code == 422
         assert client.post("/users/horror/images", json={"steps": 50}, headers=hdr).status_code == 422
         assert client.post("/users/horror/images", json={"size": 65}, headers=hdr).status_code == 422
+
+
+def test_cli_imagine_writes_png(tmp_path, text_encoder, tiny_generator, monkeypatch, capsys):
+    from services import cli
+
+    eng = Engine.open(tmp_path / "store", NO_CLIP, components=Components(text_encoder=text_encoder, image_generator=tiny_generator))
+    eng.add_items(ITEMS[:2])
+    eng.add_events([{"user_id": "u", "item_id": "h1", "rating": 5, "timestamp": 1}])
+    monkeypatch.setattr(cli, "_open", lambda args, **kw: eng)
+    out = tmp_path / "out.png"
+    assert cli.main(["imagine", "u", "a lighthouse", "-o", str(out), "--seed", "1", "--size", "64", "--steps", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["history_items"] == ["h1"] and report["prompt"].startswith("<<<a lighthouse>>>") and "horror" in report["prompt"]
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size == (64, 64)
