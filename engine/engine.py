@@ -305,21 +305,12 @@ class Engine:
         self, user_id: str, prompt: str | None = None, *, n: int = 1, reference_item: str | None = None,
         seed: int | None = None, steps: int | None = None, size: int | tuple[int, int] | None = None,
     ) -> imagine.GeneratedImages:
-        """Images personalized for the user: ``prompt`` blended with the attributes of their best-liked
-        items and their preference summary (without a prompt: a poster for a new film they would like).
-        ``reference_item`` starts from that item's image (img2img). The result carries the exact prompt
-        used and the history item ids it drew on. Limits: ``settings.image`` (InvalidInputError past them)."""
-        cfg = self.settings.image
-        imagine.check_request(cfg, n, steps, size)
-        ctx = self.user_context(str(user_id))
-        ref, init = None, None
-        if reference_item is not None:
-            ref = self.item(str(reference_item))
-            if not ref.get("image"):
-                raise InvalidInputError(f"item {reference_item!r} has no image to start from")
-            init = self.components.read_image(ref["image"])
-        return imagine.generate(ctx, self.prompts, self.components.image_generator, cfg, prompt=prompt, n=n,
-                                reference=ref, init_image=init, seed=seed, steps=steps, size=size)
+        """Images for the user: ``prompt`` (else a film poster) blended with their taste; ``reference_item``
+        starts from that item's image (img2img). See :mod:`engine.imagine`; limits in ``settings.image``."""
+        imagine.check_request(self.settings.image, n, steps, size)
+        ref = None if reference_item is None else self.item(str(reference_item))
+        return imagine.generate(self.user_context(str(user_id)), self.prompts, self.components, self.settings.image,
+                                prompt=prompt, n=n, reference=ref, seed=seed, steps=steps, size=size)
 
     # -- personalized search -------------------------------------------------------------------
 

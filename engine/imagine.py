@@ -300,14 +300,21 @@ class DiffusersGenerator(ImageGenerator):
 
 
 def generate(
-    ctx: UserContext, prompts: PromptRegistry, generator: ImageGenerator, cfg: ImageConfig, *, prompt: str | None = None,
-    n: int = 1, reference: dict[str, Any] | None = None, init_image: Any = None, seed: int | None = None,
+    ctx: UserContext, prompts: PromptRegistry, components: Any, cfg: ImageConfig, *, prompt: str | None = None,
+    n: int = 1, reference: dict[str, Any] | None = None, seed: int | None = None,
     steps: int | None = None, size: int | tuple[int, int] | None = None,
 ) -> GeneratedImages:
-    """Validate the request, build the personalized prompt, and run the backend."""
+    """Validate the request, build the personalized prompt, and run ``components.image_generator``
+    (img2img from ``reference``'s image, read through ``components.read_image``, when given)."""
     steps, w, h = check_request(cfg, n, steps, size)
     if prompt is not None and len(prompt) > 1000:
         raise InvalidInputError("prompt must be at most 1000 characters")
+    init_image = None
+    if reference is not None:
+        if not reference.get("image"):
+            raise InvalidInputError(f"item {reference.get('item_id')!r} has no image to start from")
+        init_image = components.read_image(reference["image"])
+    generator: ImageGenerator = components.image_generator
     ip = build_prompt(ctx, prompts, prompt, reference=reference, history_items=cfg.history_items)
     req = ImageRequest(ip.text, n=n, seed=seed, steps=steps, width=w, height=h, guidance=cfg.guidance, init_image=init_image, strength=cfg.strength)
     images, flags = generator.generate(req)
