@@ -124,3 +124,31 @@ def test_cli_imagine_writes_png(tmp_path, text_encoder, tiny_image_generator, mo
     assert report["history_items"] == ["h1"] and report["prompt"].startswith("<<<a lighthouse>>>") and "horror" in report["prompt"]
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size == (64, 64)
+
+
+def test_loads_by_name_with_safety_checker_and_fails_closed(tmp_path, tiny_image_generator):
+    """The by-name path users get (AutoPipelineForText2Image.from_pretrained on a folder), with a
+    tiny random-weight safety checker registered; a checker that cannot load refuses to generate."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    from engine.config import ImageConfig
+    from engine.errors import BackendUnavailableError
+    from engine.imagine import DiffusersGenerator, ImageRequest
+
+    model, checker = tmp_path / "model", tmp_path / "checker"
+    tiny_image_generator.pipeline().save_pretrained(model)
+    small = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
+    cfg = CLIPConfig(text_config=small, vision_config={**small, "image_size": 32, "patch_size": 8}, projection_dim=16)
+    StableDiffusionSafetyChecker(cfg).save_pretrained(checker)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(checker)
+    base = {"model": str(model), "device": "cpu", "size": 64, "max_size": 128}
+
+    gen = DiffusersGenerator(ImageConfig(**base, safety_checker_model=str(checker)))
+    images, flags = gen.generate(ImageRequest("a poster for a new film", seed=0, steps=1, width=64, height=64))
+    assert type(gen.pipeline().safety_checker).__name__ == "StableDiffusionSafetyChecker"
+    assert len(images) == len(flags) == 1 and images[0].size == (64, 64) and isinstance(flags[0], bool)
+
+    with pytest.raises(BackendUnavailableError, match="safety checker"):
+        DiffusersGenerator(ImageConfig(**base, safety_checker_model=str(tmp_path / "missing"))).pipeline()
+    assert DiffusersGenerator(ImageConfig(**base, safety_checker=False)).pipeline().safety_checker is None
