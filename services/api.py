@@ -343,16 +343,20 @@ def create_app(
         return await run(eng.search, body.query, user_id=body.user_id, k=body.k, filters=body.filter_spec(), request=request)
 
     @app.post("/users/{user_id}/images", response_class=Response, dependencies=[Depends(require_key)],
-              responses={200: {"content": {"image/png": {}}, "description": "the image; X-Persona-Items: history items it drew on"},
+              responses={200: {"content": {"image/png": {}}, "description": "the image; X-Persona-Items: the history item ids it drew on (URL-encoded, comma-separated)"},
                          **_WRITE_ERRORS, 404: _ERRORS[404]})
     async def generate_image(request: Request, user_id: str, body: ImageIn) -> Response:
         """A personalized image (PNG). Heavy: needs the write key and counts against the admission limit."""
         import io
+        from urllib.parse import quote
 
-        out = await run(eng.generate_image, user_id, body.prompt, reference_item=body.reference_item, seed=body.seed,
-                        steps=body.steps, size=body.size, request=request)
-        buf = io.BytesIO()
-        out.images[0].save(buf, format="PNG")
-        return Response(buf.getvalue(), media_type="image/png", headers={"X-Persona-Items": ",".join(out.item_ids)[:2000]})
+        def draw() -> tuple[bytes, list[str]]:  # PNG encoding off the event loop too
+            out = eng.generate_image(user_id, body.prompt, reference_item=body.reference_item, seed=body.seed, steps=body.steps, size=body.size)
+            buf = io.BytesIO()
+            out.images[0].save(buf, format="PNG")
+            return buf.getvalue(), out.item_ids
+
+        png, items = await run(draw, request=request)
+        return Response(png, media_type="image/png", headers={"X-Persona-Items": ",".join(quote(i, safe="") for i in items)[:4000]})
 
     return app
