@@ -57,11 +57,11 @@ def make_engine(tmp_path, text_encoder):
     """Engine factory sharing the session's text encoder (and optionally an LLM)."""
     opened = []
 
-    def make(path: Path | None = None, llm_obj=None, **cfg) -> Engine:
+    def make(path: Path | None = None, llm_obj=None, image_generator=None, **cfg) -> Engine:
         conf = {**NO_CLIP, **cfg}
         if llm_obj is not None:
             conf["llm"] = {"backend": "transformers", **cfg.get("llm", {})}
-        eng = Engine.open(path or tmp_path / "store", conf, components=Components(text_encoder=text_encoder, llm=llm_obj))
+        eng = Engine.open(path or tmp_path / "store", conf, components=Components(text_encoder=text_encoder, llm=llm_obj, image_generator=image_generator))
         opened.append(eng)
         return eng
 
