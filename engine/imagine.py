@@ -33,16 +33,8 @@ from .prompts import PromptRegistry
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DiffusersGenerator",
-    "GeneratedImages",
-    "ImageGenerator",
-    "ImagePrompt",
-    "ImageRequest",
-    "build_prompt",
-    "check_request",
-    "taste_attributes",
-]
+__all__ = ["DiffusersGenerator", "GeneratedImages", "ImageGenerator", "ImagePrompt", "ImageRequest", "build_prompt",
+           "check_request", "generate", "prompt_context", "taste_attributes"]
 
 # A tag is one to three plain words: anything longer or with punctuation is dropped, so a hostile
 # catalog cannot smuggle sentences into the prompt through attributes.
@@ -164,22 +156,30 @@ def _safe_summary(summary: str | None, titles: list[str]) -> str | None:
     return " ".join(kept)[:200] or None
 
 
+def prompt_context(
+    ctx: UserContext, user_prompt: str | None = None, reference: dict[str, Any] | None = None, history_items: int = 5
+) -> dict[str, Any]:
+    """The variables of ``image_prompt`` templates (attributes only; see the module docstring), plus ``item_ids``."""
+    ids, genres, decade, keywords = taste_attributes(ctx, history_items)
+    ref = None
+    if reference is not None:
+        attrs = reference.get("attributes") or {}
+        ref = {"genres": _tags(genres_of(attrs))[:3], "decade": _decade(attrs)}
+    titles = [h.payload.get("title") or "" for h in ctx.items.values()]
+    return {"user_prompt": (user_prompt or "").strip() or None, "genres": genres, "decade": decade, "keywords": keywords,
+            "summary": _safe_summary(ctx.summary, titles), "reference": ref, "item_ids": ids}
+
+
 def build_prompt(
     ctx: UserContext, prompts: PromptRegistry, user_prompt: str | None = None, *, reference: dict[str, Any] | None = None,
     history_items: int = 5, template: str = "image_prompt",
 ) -> ImagePrompt:
     """The personalized prompt: the user's prompt (or a proposed item: a poster for a new film in
     their top genres) blended with the attributes of their best-liked items and their summary."""
-    ids, genres, decade, keywords = taste_attributes(ctx, history_items)
-    ref = None
-    if reference is not None:
-        attrs = reference.get("attributes") or {}
-        ref = {"genres": _tags(genres_of(attrs))[:3], "decade": _decade(attrs)}
-    text = prompts.render(
-        template, user_prompt=(user_prompt or "").strip() or None, genres=genres, decade=decade, keywords=keywords,
-        summary=_safe_summary(ctx.summary, [h.payload.get("title") or "" for h in ctx.items.values()]), reference=ref,
-    )
-    return ImagePrompt(text=" ".join(text.split()), item_ids=ids, genres=genres, decade=decade, keywords=keywords)
+    var = prompt_context(ctx, user_prompt, reference, history_items)
+    ids = var.pop("item_ids")
+    text = prompts.render(template, **var)
+    return ImagePrompt(text=" ".join(text.split()), item_ids=ids, genres=var["genres"], decade=var["decade"], keywords=var["keywords"])
 
 
 def check_request(cfg: ImageConfig, n: int, steps: int | None, size: int | tuple[int, int] | None) -> tuple[int, int, int]:

@@ -141,6 +141,12 @@ def _render_context(eng, name: str, user: str, item: str | None) -> dict:
     ctx = eng.user_context(user)
     history = ctx.history_rows()
     base = name.split("@")[0]
+    if base == "image_prompt":
+        from engine.imagine import prompt_context
+
+        var = prompt_context(ctx, history_items=eng.settings.image.history_items)
+        var.pop("item_ids")
+        return var
     if base == "preference_update":
         return {"previous": ctx.summary, "block_index": 0, "items": [dict(h, liked=True, rating=None) for h in history]}
     target = eng.catalog.rows([item])[item] if item else history[0]

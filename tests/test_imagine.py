@@ -116,16 +116,21 @@ def test_api_returns_png_and_refuses_bad_input(img_engine):
 def test_cli_imagine_writes_png(tmp_path, text_encoder, tiny_image_generator, monkeypatch, capsys):
     from services import cli
 
-    eng = Engine.open(tmp_path / "store", NO_CLIP, components=Components(text_encoder=text_encoder, image_generator=tiny_image_generator))
-    eng.add_items(ITEMS[:2])
-    eng.add_events([{"user_id": "u", "item_id": "h1", "rating": 5, "timestamp": 1}])
-    monkeypatch.setattr(cli, "_open", lambda args, **kw: eng)
+    def reopen(*args, **kw):
+        return Engine.open(tmp_path / "store", NO_CLIP, components=Components(text_encoder=text_encoder, image_generator=tiny_image_generator))
+
+    with reopen() as eng:
+        eng.add_items(ITEMS[:2])
+        eng.add_events([{"user_id": "u", "item_id": "h1", "rating": 5, "timestamp": 1}])
+    monkeypatch.setattr(cli, "_open", reopen)
     out = tmp_path / "out.png"
     assert cli.main(["imagine", "u", "a lighthouse", "-o", str(out), "--seed", "1", "--size", "64", "--steps", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["history_items"] == ["h1"] and report["prompt"].startswith("<<<a lighthouse>>>") and "horror" in report["prompt"]
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size == (64, 64)
+    assert cli.main(["prompts", "render", "image_prompt", "--user", "u"]) == 0
+    assert capsys.readouterr().out.startswith("a poster for a new horror")
 
 
 def test_loads_by_name_with_safety_checker_and_fails_closed(tmp_path, tiny_image_generator):
