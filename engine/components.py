@@ -4,7 +4,7 @@ In: :class:`Settings` (what to load), or ready objects passed to :class:`Compone
 sharing one model between engines).
 Out: ``text_encoder``, ``clip`` (None when disabled or its weights cannot load: documented
 fallback), ``clip_text``/``clip_image`` encoders (the one CLIP encoding path of ingest and search),
-``llm()``, and the item indexer and catalog reader built from them.
+``llm()``, ``image_generator`` (diffusers, for :mod:`engine.imagine`), and the item indexer and catalog reader built from them.
 
 This is the only engine module that imports ``indexers`` (lazily, so opening an engine stays fast
 and ``indexers`` may import engine's base modules without a cycle).
@@ -30,13 +30,16 @@ __all__ = ["Components"]
 
 class Components:
     """Lazily built models. Pass ``text_encoder``, ``clip`` (an ``indexers.clip.ClipModel``) or
-    ``llm`` to use ready objects instead of loading them from the settings; the engine binds its
+    ``llm`` or ``image_generator`` (an ``engine.imagine.ImageGenerator``) to use ready objects instead of loading them from the settings; the engine binds its
     settings with :meth:`bind` when it opens."""
 
-    def __init__(self, settings: Settings | None = None, *, text_encoder: Any = None, clip: Any = None, llm: LLM | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, text_encoder: Any = None, clip: Any = None, llm: LLM | None = None, image_generator: Any = None
+    ) -> None:
         self.settings = settings
         self._lock = threading.RLock()
         self._text, self._clip, self._llm = text_encoder, clip, llm
+        self._image = image_generator
         self._clip_error: str | None = None
         self._llm_error: str | None = None
 
@@ -134,6 +137,26 @@ class Components:
                     raise BackendUnavailableError(self._llm_error)
                 self._llm = llm
             return self._llm
+
+    @property
+    def image_generator(self) -> Any:
+        """The image backend (:class:`engine.imagine.DiffusersGenerator` from ``settings.image`` unless
+        injected; its weights load on the first image). BackendUnavailableError when disabled."""
+        with self._lock:
+            if self._image is None:
+                if not self._settings.image.enabled:
+                    raise BackendUnavailableError("image generation disabled (image.enabled=false)")
+                from .imagine import DiffusersGenerator
+
+                self._image = DiffusersGenerator(self._settings.image)
+            return self._image
+
+    def read_image(self, ref: str) -> Any:
+        """An RGB image from a stored item's image reference (path or URL), with the ingest limits."""
+        from indexers.images import read_image_bytes
+
+        data = read_image_bytes(ref, None, self._settings.ingest.max_image_bytes)
+        return self.decode_image(data, ref)
 
     def indexer(self, store: VectorStore, collection: str, prompts: PromptRegistry) -> Any:
         """An ``indexers.ingest.ItemIndexer`` writing ``collection`` with these models."""

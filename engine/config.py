@@ -21,6 +21,7 @@ __all__ = [
     "ProfileConfig",
     "RetrievalConfig",
     "IngestConfig",
+    "ImageConfig",
 ]
 
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
@@ -149,6 +150,43 @@ class IngestConfig(_Section):
     """Image files larger than this are refused."""
 
 
+class ImageConfig(_Section):
+    enabled: bool = True
+    """Allow personalized image generation (``Engine.generate_image``, ``persona imagine``, ``POST /users/{id}/images``)."""
+    model: str = "stabilityai/sd-turbo"
+    """diffusers text-to-image pipeline: a hub name or a local folder (any pipeline ``AutoPipelineForText2Image`` loads); the default is a 1-4 step distilled model."""
+    steps: int = Field(2, ge=1, le=200)
+    """Denoising steps when the caller gives none (1-4 suits distilled models)."""
+    max_steps: int = Field(8, ge=1, le=200)
+    """Most steps a caller may ask for (more is refused, HTTP 422)."""
+    size: int = Field(512, ge=64, le=4096, multiple_of=8)
+    """Image side in pixels when the caller gives none."""
+    max_size: int = Field(768, ge=64, le=4096)
+    """Largest image side a caller may ask for (more is refused, HTTP 422)."""
+    max_images: int = Field(4, ge=1, le=64)
+    """Most images per request."""
+    guidance: float = Field(0.0, ge=0, le=30)
+    """Classifier-free guidance scale; 0 for distilled turbo models, about 7 for classic Stable Diffusion."""
+    strength: float = Field(0.6, gt=0, le=1)
+    """img2img: how far the result may move away from the reference item's image (0 keeps it, 1 ignores it)."""
+    device: str = "auto"
+    """Torch device: ``auto`` picks CUDA when present, else CPU (float16 on GPU, float32 on CPU)."""
+    safety_checker: bool = True
+    """Run the Stable Diffusion safety checker on every image (flagged images come back blacked out); generation fails rather than run without it when it cannot be loaded."""
+    safety_checker_model: str = "CompVis/stable-diffusion-safety-checker"
+    """Safety checker weights used when the pipeline ships none."""
+    history_items: int = Field(5, ge=1, le=50)
+    """Best-liked items whose attributes shape the prompt."""
+
+    @model_validator(mode="after")
+    def _limits(self) -> ImageConfig:
+        if self.steps > self.max_steps:
+            raise ValueError("image.steps must not exceed image.max_steps")
+        if self.size > self.max_size:
+            raise ValueError("image.size must not exceed image.max_size")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything Persona can be configured with."""
 
@@ -189,6 +227,8 @@ class Settings(BaseSettings):
     """Candidate retrieval and ranking."""
     ingest: IngestConfig = IngestConfig()
     """Catalog ingestion limits."""
+    image: ImageConfig = ImageConfig()
+    """Personalized image generation (diffusers)."""
     fit: FitConfig = FitConfig()
     """The learned recommender trained by ``Engine.fit()`` / ``persona fit``."""
     seed: int = 0

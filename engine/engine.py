@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import explain as explaining
+from . import imagine
 from .components import Components
 from .config import Settings
 from .errors import BackendUnavailableError, InvalidInputError, NotFoundError
@@ -299,6 +300,17 @@ class Engine:
         if target is None:
             raise NotFoundError(f"unknown item {item_id!r}")
         return explaining.explain(target, ctx(), self.prompts, self.llm, self.settings.llm.max_new_tokens)
+
+    def generate_image(
+        self, user_id: str, prompt: str | None = None, *, n: int = 1, reference_item: str | None = None,
+        seed: int | None = None, steps: int | None = None, size: int | tuple[int, int] | None = None,
+    ) -> imagine.GeneratedImages:
+        """Images for the user: ``prompt`` (else a film poster) blended with their taste; ``reference_item``
+        starts from that item's image (img2img). See :mod:`engine.imagine`; limits in ``settings.image``."""
+        imagine.check_request(self.settings.image, n, steps, size)
+        ref = None if reference_item is None else self.item(str(reference_item))
+        return imagine.generate(self.user_context(str(user_id)), self.prompts, self.components, self.settings.image,
+                                prompt=prompt, n=n, reference=ref, seed=seed, steps=steps, size=size)
 
     # -- personalized search -------------------------------------------------------------------
 

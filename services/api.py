@@ -96,6 +96,17 @@ class SearchIn(BaseModel):
         return {k: v.model_dump(exclude_none=True) if isinstance(v, RangeIn) else v for k, v in self.filters.items()}
 
 
+class ImageIn(BaseModel):
+    """One personalized image; ``steps``/``size`` past the server's ``image.max_steps``/``image.max_size`` answer 422."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | None = Field(None, min_length=1, max_length=1000)
+    reference_item: str | None = Field(None, min_length=1, max_length=200, description="start from this item's image (img2img)")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    steps: int | None = Field(None, ge=1, le=200)
+    size: int | None = Field(None, ge=64, le=4096, multiple_of=8)
+
+
 class Health(BaseModel):
     status: str
     items: int
@@ -330,6 +341,23 @@ def create_app(
     @app.post("/search", response_model=list[SearchHit], responses=_ERRORS)
     async def search(request: Request, body: SearchIn) -> list[SearchHit]:
         return await run(eng.search, body.query, user_id=body.user_id, k=body.k, filters=body.filter_spec(), request=request)
+
+    @app.post("/users/{user_id}/images", response_class=Response, dependencies=[Depends(require_key)],
+              responses={200: {"content": {"image/png": {}}, "description": "the image; X-Persona-Items: the history item ids it drew on (URL-encoded, comma-separated)"},
+                         **_WRITE_ERRORS, 404: _ERRORS[404]})
+    async def generate_image(request: Request, user_id: str, body: ImageIn) -> Response:
+        """A personalized image (PNG). Heavy: needs the write key and counts against the admission limit."""
+        import io
+        from urllib.parse import quote
+
+        def draw() -> tuple[bytes, list[str]]:  # PNG encoding off the event loop too
+            out = eng.generate_image(user_id, body.prompt, reference_item=body.reference_item, seed=body.seed, steps=body.steps, size=body.size)
+            buf = io.BytesIO()
+            out.images[0].save(buf, format="PNG")
+            return buf.getvalue(), out.item_ids
+
+        png, items = await run(draw, request=request)
+        return Response(png, media_type="image/png", headers={"X-Persona-Items": ",".join(quote(i, safe="") for i in items)[:4000]})
 
     from services.dashboard import dashboard_router  # read-only web UI at /ui (services/dashboard.py)
     app.include_router(dashboard_router(eng))

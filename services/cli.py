@@ -80,6 +80,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_imagine(args: argparse.Namespace) -> int:
+    with _open(args) as eng:
+        out = eng.generate_image(args.user, args.prompt, n=args.n, reference_item=args.reference, seed=args.seed, steps=args.steps, size=args.size)
+    dest = Path(args.output)
+    paths = [dest] if len(out.images) == 1 else [dest.with_name(f"{dest.stem}-{i + 1}{dest.suffix}") for i in range(len(out.images))]
+    for img, p in zip(out.images, paths):
+        img.save(p)
+    print(json.dumps({"files": [str(p) for p in paths], "prompt": out.prompt, "history_items": out.item_ids, "seed": out.seed,
+                      "steps": out.steps, "size": list(out.size), "flagged_by_safety_checker": out.nsfw}, indent=2))
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     with _open(args) as eng:
         rep = eng.add_items(args.catalog, image_dir=args.images, progress=True)
@@ -129,6 +141,12 @@ def _render_context(eng, name: str, user: str, item: str | None) -> dict:
     ctx = eng.user_context(user)
     history = ctx.history_rows()
     base = name.split("@")[0]
+    if base == "image_prompt":
+        from engine.imagine import prompt_context
+
+        var = prompt_context(ctx, history_items=eng.settings.image.history_items)
+        var.pop("item_ids")
+        return var
     if base == "preference_update":
         return {"previous": ctx.summary, "block_index": 0, "items": [dict(h, liked=True, rating=None) for h in history]}
     target = eng.catalog.rows([item])[item] if item else history[0]
@@ -247,6 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--user", default=None)
     s.add_argument("-k", type=int, default=10)
     s.set_defaults(fn=cmd_search)
+
+    im = sub.add_parser("imagine", help="a personalized image for a user (diffusers; image.model, default sd-turbo)")
+    im.add_argument("user")
+    im.add_argument("prompt", nargs="?", default=None, help="what to draw; left out: a poster for a new film the user would like")
+    im.add_argument("-o", "--output", default="out.png", help="PNG file (several images: out-1.png, out-2.png, ...)")
+    im.add_argument("-n", type=int, default=1)
+    im.add_argument("--reference", default=None, help="item id whose image is the starting point (img2img)")
+    im.add_argument("--seed", type=int, default=None)
+    im.add_argument("--steps", type=int, default=None)
+    im.add_argument("--size", type=int, default=None)
+    im.add_argument("--no-llm", action="store_true")
+    im.set_defaults(fn=cmd_imagine)
 
     i = sub.add_parser("ingest", help="index a catalog (JSONL, CSV or Parquet)")
     i.add_argument("catalog")

@@ -57,11 +57,11 @@ def make_engine(tmp_path, text_encoder):
     """Engine factory sharing the session's text encoder (and optionally an LLM)."""
     opened = []
 
-    def make(path: Path | None = None, llm_obj=None, **cfg) -> Engine:
+    def make(path: Path | None = None, llm_obj=None, image_generator=None, **cfg) -> Engine:
         conf = {**NO_CLIP, **cfg}
         if llm_obj is not None:
             conf["llm"] = {"backend": "transformers", **cfg.get("llm", {})}
-        eng = Engine.open(path or tmp_path / "store", conf, components=Components(text_encoder=text_encoder, llm=llm_obj))
+        eng = Engine.open(path or tmp_path / "store", conf, components=Components(text_encoder=text_encoder, llm=llm_obj, image_generator=image_generator))
         opened.append(eng)
         return eng
 
@@ -107,6 +107,49 @@ def ml_engine_path(tmp_path_factory, ml, text_encoder, ml_items_path):
 @pytest.fixture
 def ml_engine(ml_engine_path, make_engine):
     return make_engine(ml_engine_path)
+
+
+def _tiny_clip_tokenizer(tmp):
+    import json
+
+    from transformers import CLIPTokenizer
+
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789,.'-")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    (tmp / "vocab.json").write_text(json.dumps(vocab))
+    (tmp / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(tmp / "vocab.json"), str(tmp / "merges.txt"), pad_token="!", model_max_length=77)
+
+
+@pytest.fixture(scope="session")
+def tiny_image_generator(tmp_path_factory):
+    """A REAL diffusers StableDiffusionPipeline from tiny configs with random weights (no hub), as the image backend."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    tok = _tiny_clip_tokenizer(tmp_path_factory.mktemp("tok"))
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4),
+    )
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                        num_hidden_layers=2, bos_token_id=0, eos_token_id=1, pad_token_id=2, max_position_embeddings=77))
+    sched = EulerDiscreteScheduler(beta_schedule="scaled_linear", timestep_spacing="trailing", steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    from engine.imagine import DiffusersGenerator
+
+    return DiffusersGenerator(pipeline=pipe)
 
 
 def _free_port() -> int:

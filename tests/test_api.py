@@ -39,6 +39,7 @@ AUTH_CASES = {
     ("GET", "/users/{user_id}/profile"): "public",
     ("POST", "/explain"): "public",
     ("POST", "/search"): "public",
+    ("POST", "/users/{user_id}/images"): "write",
 }
 
 
@@ -49,12 +50,13 @@ def _request(c, method, path, items, headers=None):
         "/events": {"events": [{"user_id": "u1", "item_id": items[0]["id"], "timestamp": 1, "rating": 5}]},
         "/explain": {"user_id": "u1", "item_id": items[1]["id"]},
         "/search": {"query": "toy", "k": 3},
+        "/users/{user_id}/images": {"seed": 0},
     }
     return c.request(method, url, json=bodies.get(path), headers=headers or {})
 
 
-def test_every_route_has_an_auth_case(make_engine, ml):
-    eng = make_engine()
+def test_every_route_has_an_auth_case(make_engine, ml, tiny_image_generator):
+    eng = make_engine(image_generator=tiny_image_generator, image={"size": 64, "steps": 1})
     items = [i.model_dump() for i in ml.items[:5]]
     eng.add_items(items)
     eng.add_events([{"user_id": "u1", "item_id": items[0]["id"], "timestamp": 0, "rating": 5}])

@@ -18,8 +18,11 @@ KEY = "fuzz-key"
 
 
 @pytest.fixture(scope="module")
-def api_schema(tmp_path_factory, ml, text_encoder):
-    eng = Engine.open(tmp_path_factory.mktemp("fuzz"), {"clip": {"enabled": False}, "llm": {"backend": "none"}}, components=Components(text_encoder=text_encoder))
+def api_schema(request, tmp_path_factory, ml, text_encoder):
+    # Images: the tiny random-weight diffusers pipeline, small limits (POST /users/{id}/images answers PNGs, not 502s).
+    images = request.getfixturevalue("tiny_image_generator")
+    cfg = {"clip": {"enabled": False}, "llm": {"backend": "none"}, "image": {"size": 64, "max_size": 128, "steps": 1, "max_steps": 2}}
+    eng = Engine.open(tmp_path_factory.mktemp("fuzz"), cfg, components=Components(text_encoder=text_encoder, image_generator=images))
     eng.add_items(ml.items[:80])
     ids = {i.id for i in ml.items[:80]}
     eng.add_events([e for e in ml.events if e.item_id in ids and e.user_id in {"1", "2", "3"}])
