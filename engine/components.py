@@ -135,8 +135,9 @@ class Components:
                 self._llm = llm
             return self._llm
 
-    def indexer(self, store: VectorStore, collection: str, prompts: PromptRegistry) -> Any:
-        """An ``indexers.ingest.ItemIndexer`` writing ``collection`` with these models."""
+    def indexer(self, store: VectorStore, collection: str, prompts: PromptRegistry, recount_popularity: Any = None) -> Any:
+        """An ``indexers.ingest.ItemIndexer`` writing ``collection`` with these models
+        (``recount_popularity(item_ids)``: see ``ItemIndexer``)."""
         from indexers.ingest import ItemIndexer
 
         summarizer = None
@@ -144,7 +145,8 @@ class Components:
             from indexers.summarize import LLMItemSummarizer
 
             summarizer = LLMItemSummarizer(self.llm, prompts, vision=self._settings.llm.vision)
-        return ItemIndexer(store, collection, self.text_encoder, self.clip_image, self.clip_text, summarizer=summarizer, config=self._settings.ingest)
+        return ItemIndexer(store, collection, self.text_encoder, self.clip_image, self.clip_text, summarizer=summarizer, config=self._settings.ingest,
+                           recount_popularity=recount_popularity)
 
     @staticmethod
     def read_catalog(path: str | Path, image_dir: str | Path | None = None) -> Any:

@@ -134,7 +134,7 @@ class Engine:
         self._ready()
         if isinstance(items, (str, Path)):
             items = self.components.read_catalog(items, image_dir)
-        indexer = self.components.indexer(self.store, self.items_col, self.prompts)
+        indexer = self.components.indexer(self.store, self.items_col, self.prompts, recount_popularity=self.event_log.recount)
         return indexer.ingest(items, progress=progress, on_batch=on_batch, local_images=local_images)
 
     def add_events(self, events: Iterable[Event | Mapping[str, Any]]) -> EventReport:
