@@ -149,11 +149,11 @@ class Components:
                            recount_popularity=recount_popularity)
 
     @staticmethod
-    def read_catalog(path: str | Path, image_dir: str | Path | None = None) -> Any:
+    def read_catalog(path: str | Path, image_dir: str | Path | None = None, allow_outside: bool = False) -> Any:
         """Item records from a JSONL/CSV/Parquet catalog file."""
         from indexers.catalog import read_catalog
 
-        return read_catalog(path, image_dir)
+        return read_catalog(path, image_dir, allow_outside)
 
     def close(self) -> None:
         """Close the LLM if one was loaded or injected."""

@@ -146,7 +146,15 @@ class IngestConfig(_Section):
     max_image_pixels: int = Field(40_000_000, ge=1)
     """Images larger than this are refused as possible decompression bombs."""
     max_image_bytes: int = Field(20_000_000, ge=1)
-    """Image files larger than this are refused."""
+    """Image files larger than this are refused (counted while reading)."""
+    allow_image_paths_outside_catalog: bool = False
+    """Catalog files may name absolute image paths or paths with ``..`` (off: images must lie in the
+    image folder, or the catalog's folder). Items passed from code are trusted and not confined."""
+    image_fetch_timeout_s: float = Field(10.0, gt=0)
+    """Total time allowed for fetching one image URL, redirects included."""
+    image_url_allowed_hosts: list[str] = Field(default_factory=list)
+    """Hosts that image URLs (and their redirects) may reach although they resolve to private,
+    loopback or link-local addresses (e.g. an internal image server)."""
 
 
 class Settings(BaseSettings):

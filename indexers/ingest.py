@@ -190,9 +190,14 @@ class ItemIndexer:
             if item.description and len(item.description) > self.config.max_description_chars:
                 p.warnings.append(f"description truncated from {len(item.description)} to {self.config.max_description_chars} characters")
                 item.description = item.description[: self.config.max_description_chars]
+            if isinstance(rec, dict) and rec.get("_image_error"):
+                p.warnings.append(f"image skipped: {rec['_image_error']}")
             if item.image:
                 try:
-                    p.image_bytes = read_image_bytes(item.image, None, self.config.max_image_bytes, allow_local=local_images)
+                    p.image_bytes = read_image_bytes(
+                        item.image, None, self.config.max_image_bytes, timeout_s=self.config.image_fetch_timeout_s,
+                        allow_local=local_images, allowed_hosts=self.config.image_url_allowed_hosts,
+                    )
                 except InvalidInputError as e:
                     p.warnings.append(f"image skipped: {e}")
             h = hashlib.sha256()

@@ -132,3 +132,136 @@ def test_every_template_fences_every_untrusted_field():
         for mark in HOSTILE_MARKS:
             assert mark not in outside, f"{tpl.ref}: {mark!r} outside a fence"
         assert "Drama" not in outside, f"{tpl.ref}: an untrusted value rendered unfenced"
+
+
+# -- local image paths and URL fetching ----------------------------------------------------------
+
+
+def test_local_image_reads_refuse_devices_fifos_and_big_files(tmp_path):
+    import os
+
+    from engine.errors import InvalidInputError
+    from indexers.images import read_image_bytes
+
+    with pytest.raises(InvalidInputError, match="not a regular file"):
+        read_image_bytes("/dev/zero", None, 1000)
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # opening it for reading would block forever without a writer
+    with pytest.raises(InvalidInputError, match="not a regular file"):
+        read_image_bytes(str(fifo), None, 1000)
+    with pytest.raises(InvalidInputError, match="not a regular file"):
+        read_image_bytes(str(tmp_path), None, 1000)
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"x" * 2000)
+    with pytest.raises(InvalidInputError, match="over the 1000"):
+        read_image_bytes(str(big), None, 1000)
+    assert read_image_bytes(str(big), None, 2000) == b"x" * 2000
+
+
+def test_catalog_image_paths_confined(tmp_path):
+    import json
+
+    from indexers.catalog import read_catalog
+
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "ok.jpg").write_bytes(b"img")
+    (tmp_path / "secret.jpg").write_bytes(b"secret")
+    (tmp_path / "cat" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    rows = [{"id": "a", "image": "ok.jpg"}, {"id": "b", "image": "/etc/passwd"}, {"id": "c", "image": "../secret.jpg"},
+            {"id": "d", "image": "file:///etc/passwd"}, {"id": "e", "image": "link.jpg"}, {"id": "f", "image": "https://example.org/x.jpg"}]
+    cat = tmp_path / "cat" / "c.jsonl"
+    cat.write_text("\n".join(json.dumps(r) for r in rows))
+    out = {r["id"]: r for r in read_catalog(cat)}
+    assert out["a"]["image"] == str((tmp_path / "cat" / "ok.jpg").resolve())
+    for bad in "bcde":
+        assert "image" not in out[bad] and out[bad]["_image_error"], bad
+    assert out["f"]["image"] == "https://example.org/x.jpg"
+    allowed = {r["id"]: r for r in read_catalog(cat, allow_outside=True)}
+    assert allowed["b"]["image"] == "/etc/passwd" and "_image_error" not in allowed["c"]
+
+
+def test_catalog_refusal_is_reported_at_ingest(make_engine, tmp_path):
+    import json
+
+    (tmp_path / "secret.jpg").write_bytes(b"secret")
+    cat = tmp_path / "cat" / "c.jsonl"
+    cat.parent.mkdir()
+    cat.write_text(json.dumps({"id": "a", "title": "A", "image": "../secret.jpg"}))
+    rep = make_engine().add_items(cat)
+    assert rep.added == 1 and any(e.item_id == "a" and "image skipped" in e.error and "'..'" in e.error for e in rep.errors)
+
+
+@pytest.fixture
+def local_http():
+    """A tiny HTTP server on 127.0.0.1: /img (bytes), /redirect-local (to 127.0.0.1), /big, /slow."""
+    import http.server
+    import time
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            port = self.server.server_address[1]
+            if self.path == "/redirect-local":
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{port}/img")
+                self.end_headers()
+            elif self.path == "/redirect-loop":
+                self.send_response(302)
+                self.send_header("Location", "/redirect-loop")
+                self.end_headers()
+            elif self.path == "/big":
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"x" * 5000)
+            elif self.path == "/slow":
+                self.send_response(200)
+                self.end_headers()
+                try:
+                    for _ in range(40):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                except OSError:
+                    pass  # the client gave up, as it should
+            else:
+                self.send_response(200)
+                self.send_header("Content-Length", "3")
+                self.end_headers()
+                self.wfile.write(b"img")
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+    t.join(timeout=5)
+
+
+def test_url_fetch_refuses_private_hops_and_bounds_reads(local_http):
+    import time
+
+    from engine.errors import InvalidInputError
+    from indexers.images import fetch_url
+
+    port = local_http
+    with pytest.raises(InvalidInputError, match="private, loopback"):
+        fetch_url(f"http://127.0.0.1:{port}/img", 1000, timeout_s=5)
+    # "localhost" explicitly allowed; its redirect to 127.0.0.1 is a new hop, checked and refused
+    assert fetch_url(f"http://localhost:{port}/img", 1000, timeout_s=5, allowed_hosts={"localhost"}) == b"img"
+    with pytest.raises(InvalidInputError, match="cannot fetch image from 127.0.0.1: host resolves to a private"):
+        fetch_url(f"http://localhost:{port}/redirect-local", 1000, timeout_s=5, allowed_hosts={"localhost"})
+    with pytest.raises(InvalidInputError, match="too many redirects"):
+        fetch_url(f"http://localhost:{port}/redirect-loop", 1000, timeout_s=5, allowed_hosts={"localhost"})
+    with pytest.raises(InvalidInputError, match="larger than 1000 bytes"):
+        fetch_url(f"http://localhost:{port}/big", 1000, timeout_s=5, allowed_hosts={"localhost"})
+    t0 = time.monotonic()
+    with pytest.raises(InvalidInputError, match="timed out"):  # each byte arrives in time, the total does not
+        fetch_url(f"http://localhost:{port}/slow", 1000, timeout_s=1.0, allowed_hosts={"localhost"})
+    assert time.monotonic() - t0 < 3
+    with pytest.raises(InvalidInputError) as e:  # nothing listens there: a short reason, no internals
+        fetch_url("http://localhost:1/x", 1000, timeout_s=2, allowed_hosts={"localhost"})
+    assert str(e.value) == "cannot fetch image from localhost: connection failed"
