@@ -173,7 +173,17 @@ class Settings(BaseSettings):
     collection_prefix: str = Field("persona", pattern=r"^[A-Za-z0-9_-]{1,40}$")
     """Prefix of the Qdrant collection names."""
     api_key: str | None = Field(None, repr=False, exclude=True)
-    """Key the HTTP API requires (header ``X-API-Key``) for writes; unset: writes are refused (``PERSONA_API_KEY``)."""
+    """An ``admin`` key of the HTTP API (header ``X-API-Key``; ``PERSONA_API_KEY``). With no key at all
+    only ``/health`` answers. The API refuses to start with a short or well-known key."""
+    api_keys: dict[str, Literal["admin", "write", "read"]] = Field(default_factory=dict, repr=False, exclude=True)
+    """More API keys with their scope, e.g. ``PERSONA_API_KEYS='{"k1...": "read", "k2...": "write"}'``:
+    ``read`` reads items, users and recommendations (LLM work rate-limited), ``write`` also adds items
+    and events, ``admin`` everything."""
+    api_allow_weak_keys: bool = False
+    """Development only: accept API keys shorter than 16 characters or on the well-known list."""
+    api_llm_requests_per_minute: int = Field(30, ge=0, le=100_000)
+    """Per key: requests that make the LLM work (``/explain``, recommendations with ``rerank`` or
+    ``explain``) beyond this many a minute get 429 with Retry-After (0: such requests are refused)."""
     api_max_inflight: int = Field(8, ge=1, le=10_000)
     """HTTP API admission limit: requests beyond this many in flight get 503 with Retry-After."""
     api_max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
