@@ -265,3 +265,40 @@ def test_url_fetch_refuses_private_hops_and_bounds_reads(local_http):
     with pytest.raises(InvalidInputError) as e:  # nothing listens there: a short reason, no internals
         fetch_url("http://localhost:1/x", 1000, timeout_s=2, allowed_hosts={"localhost"})
     assert str(e.value) == "cannot fetch image from localhost: connection failed"
+
+
+def test_vllm_client_sends_its_api_key():
+    """Persona authenticates to a vLLM started with --api-key (PERSONA_LLM__API_KEY)."""
+    import http.server
+    import json
+
+    from engine.config import LLMConfig
+    from engine.llm.vllm import VLLMClient
+
+    seen: list[str | None] = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            ok = self.headers.get("Authorization") == "Bearer vk-123"
+            body = json.dumps({"data": [{"id": "served"}]} if ok else {"error": "unauthorized"}).encode()
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        assert VLLMClient(LLMConfig(backend="vllm", url=url, api_key="vk-123")).model == "served"
+        assert seen == ["Bearer vk-123"]
+        assert "vk-123" not in repr(LLMConfig(backend="vllm", url=url, api_key="vk-123"))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(timeout=5)
