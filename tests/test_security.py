@@ -66,21 +66,21 @@ def test_popularity_exact_after_crash_and_retry(make_engine, monkeypatch):
 
 
 def test_reingest_keeps_true_popularity(make_engine, monkeypatch):
-    from indexers.ingest import ItemIndexer
-
     eng = make_engine()
     eng.add_items(ITEMS)
     eng.add_events([{"user_id": "u", "item_id": "i0", "timestamp": 1.0}])
     # an event arrives after the indexer read the old payload and before it writes the new one
-    real_write = ItemIndexer._write
+    real_upsert, done = eng.store.upsert, []
 
-    def write_late(self, todo, report):
-        eng.add_events([{"user_id": "v", "item_id": "i0", "timestamp": 2.0}])
-        return real_write(self, todo, report)
+    def upsert_late(name, points):
+        if name == eng.items_col and not done:
+            done.append(1)
+            eng.add_events([{"user_id": "v", "item_id": "i0", "timestamp": 2.0}])
+        return real_upsert(name, points)
 
-    monkeypatch.setattr(ItemIndexer, "_write", write_late)
+    monkeypatch.setattr(eng.store, "upsert", upsert_late)
     rep = eng.add_items([{**ITEMS[0], "description": "changed"}])
-    assert rep.updated == 1
+    assert rep.updated == 1 and done
     assert eng.item("i0")["description"] == "changed"
     assert _pop(eng, "i0") == 2.0
 
