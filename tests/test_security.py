@@ -302,3 +302,17 @@ def test_vllm_client_sends_its_api_key():
         srv.shutdown()
         srv.server_close()
         t.join(timeout=5)
+
+
+def test_server_refuses_to_start_with_a_default_key(tmp_path, monkeypatch):
+    """`persona serve` / create_app(path=...) with the old compose default key: refused before the store opens."""
+    from services.api import create_app
+    from services.cli import main
+
+    for weak, why in (("change-me", "weak API key"), ("   ", "empty")):
+        monkeypatch.setenv("PERSONA_API_KEY", weak)
+        with pytest.raises(ValueError, match=why):
+            create_app(path=tmp_path / "store")
+    monkeypatch.setenv("PERSONA_API_KEY", "change-me")
+    assert main(["--path", str(tmp_path / "store"), "serve", "--port", "1"]) == 2
+    assert not (tmp_path / "store").exists()
