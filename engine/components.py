@@ -158,8 +158,9 @@ class Components:
         data = read_image_bytes(ref, None, self._settings.ingest.max_image_bytes)
         return self.decode_image(data, ref)
 
-    def indexer(self, store: VectorStore, collection: str, prompts: PromptRegistry) -> Any:
-        """An ``indexers.ingest.ItemIndexer`` writing ``collection`` with these models."""
+    def indexer(self, store: VectorStore, collection: str, prompts: PromptRegistry, recount_popularity: Any = None) -> Any:
+        """An ``indexers.ingest.ItemIndexer`` writing ``collection`` with these models
+        (``recount_popularity(item_ids)``: see ``ItemIndexer``)."""
         from indexers.ingest import ItemIndexer
 
         summarizer = None
@@ -167,14 +168,15 @@ class Components:
             from indexers.summarize import LLMItemSummarizer
 
             summarizer = LLMItemSummarizer(self.llm, prompts, vision=self._settings.llm.vision)
-        return ItemIndexer(store, collection, self.text_encoder, self.clip_image, self.clip_text, summarizer=summarizer, config=self._settings.ingest)
+        return ItemIndexer(store, collection, self.text_encoder, self.clip_image, self.clip_text, summarizer=summarizer, config=self._settings.ingest,
+                           recount_popularity=recount_popularity)
 
     @staticmethod
-    def read_catalog(path: str | Path, image_dir: str | Path | None = None) -> Any:
+    def read_catalog(path: str | Path, image_dir: str | Path | None = None, allow_outside: bool = False) -> Any:
         """Item records from a JSONL/CSV/Parquet catalog file."""
         from indexers.catalog import read_catalog
 
-        return read_catalog(path, image_dir)
+        return read_catalog(path, image_dir, allow_outside)
 
     def close(self) -> None:
         """Close the LLM if one was loaded or injected."""

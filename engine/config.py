@@ -147,7 +147,15 @@ class IngestConfig(_Section):
     max_image_pixels: int = Field(40_000_000, ge=1)
     """Images larger than this are refused as possible decompression bombs."""
     max_image_bytes: int = Field(20_000_000, ge=1)
-    """Image files larger than this are refused."""
+    """Image files larger than this are refused (counted while reading)."""
+    allow_image_paths_outside_catalog: bool = False
+    """Catalog files may name absolute image paths or paths with ``..`` (off: images must lie in the
+    image folder, or the catalog's folder). Items passed from code are trusted and not confined."""
+    image_fetch_timeout_s: float = Field(10.0, gt=0)
+    """Total time allowed for fetching one image URL, redirects included."""
+    image_url_allowed_hosts: list[str] = Field(default_factory=list)
+    """Hosts that image URLs (and their redirects) may reach although they resolve to private,
+    loopback or link-local addresses (e.g. an internal image server)."""
 
 
 class ImageConfig(_Section):
@@ -203,7 +211,17 @@ class Settings(BaseSettings):
     collection_prefix: str = Field("persona", pattern=r"^[A-Za-z0-9_-]{1,40}$")
     """Prefix of the Qdrant collection names."""
     api_key: str | None = Field(None, repr=False, exclude=True)
-    """Key the HTTP API requires (header ``X-API-Key``) for writes; unset: writes are refused (``PERSONA_API_KEY``)."""
+    """An ``admin`` key of the HTTP API (header ``X-API-Key``; ``PERSONA_API_KEY``). With no key at all
+    only ``/health`` answers. The API refuses to start with a short or well-known key."""
+    api_keys: dict[str, Literal["admin", "write", "read"]] = Field(default_factory=dict, repr=False, exclude=True)
+    """More API keys with their scope, e.g. ``PERSONA_API_KEYS='{"k1...": "read", "k2...": "write"}'``:
+    ``read`` reads items, users and recommendations (LLM work rate-limited), ``write`` also adds items
+    and events, ``admin`` everything."""
+    api_allow_weak_keys: bool = False
+    """Development only: accept API keys shorter than 16 characters or on the well-known list."""
+    api_llm_requests_per_minute: int = Field(30, ge=0, le=100_000)
+    """Per key: requests that make the LLM work (``/explain``, recommendations with ``rerank`` or
+    ``explain``) beyond this many a minute get 429 with Retry-After (0: such requests are refused)."""
     api_max_inflight: int = Field(8, ge=1, le=10_000)
     """HTTP API admission limit: requests beyond this many in flight get 503 with Retry-After."""
     api_max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)

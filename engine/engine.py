@@ -134,8 +134,8 @@ class Engine:
         (the HTTP API) refuses image paths on this machine and accepts only URLs."""
         self._ready()
         if isinstance(items, (str, Path)):
-            items = self.components.read_catalog(items, image_dir)
-        indexer = self.components.indexer(self.store, self.items_col, self.prompts)
+            items = self.components.read_catalog(items, image_dir, self.settings.ingest.allow_image_paths_outside_catalog)
+        indexer = self.components.indexer(self.store, self.items_col, self.prompts, recount_popularity=self.event_log.recount)
         return indexer.ingest(items, progress=progress, on_batch=on_batch, local_images=local_images)
 
     def add_events(self, events: Iterable[Event | Mapping[str, Any]]) -> EventReport:

@@ -2,13 +2,21 @@
 
 In: events (``Event`` objects or dicts) and user ids.
 Out: an :class:`EventReport` per write (events naming unknown items are refused; the same event
-twice counts once; each new event adds 1 to its item's ``popularity``), histories oldest first,
-and :meth:`EventLog.require_user` for the reads that need a known user.
+twice counts once), histories oldest first, and :meth:`EventLog.require_user` for the reads that
+need a known user.
+
+Popularity is derived, never incremented: after the events are upserted (and flushed), each
+touched item's ``popularity`` is set to the number of its events in the events collection
+(:meth:`EventLog.recount`). The write is idempotent, so a crash between the event upsert and the
+count update is repaired by retrying the same call (the retry recounts even when every event is a
+duplicate), and concurrent writers cannot lose or double counts: recounts are serialized in the
+process and each sets the true count after its own upsert. Across processes writing one Qdrant
+server the last recount wins, which is the true count once every writer's upsert has landed.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,6 +29,10 @@ from .store.base import chunks
 from .types import Event, EventReport, event_sort_key
 
 __all__ = ["EventLog", "validate_events"]
+
+# Count-then-set must not interleave between writers in this process (a slower writer would set an
+# older count after a newer one); one lock for every store is enough, recounts are short.
+_RECOUNT_LOCK = threading.Lock()
 
 
 def validate_events(events: Iterable[Event | Mapping[str, Any]], report: EventReport) -> list[Event]:
@@ -51,7 +63,7 @@ class EventLog:
         report = EventReport()
         valid = validate_events(events, report)
         known = self.catalog.known([e.item_id for e in valid])
-        popularity: Counter[str] = Counter()
+        touched: dict[str, None] = {}
         for batch in chunks(valid, 2000):
             pts = {}
             for e in batch:
@@ -70,16 +82,23 @@ class EventLog:
             report.duplicates += len(pts) - len(new)
             self.store.upsert(self.events_col, new)
             report.added += len(new)
-            popularity.update(p.payload["item_id"] for p in new)
-        self._count_popularity(popularity)
-        self.store.flush()
+            # every known item of the call, duplicates included: a retry after a crash must recount
+            touched.update(dict.fromkeys(p.payload["item_id"] for p in pts.values()))
+        if touched:
+            self.store.flush()  # the events are durable before any count derived from them
+            self.recount(list(touched))
+            self.store.flush()
         return report
 
-    def _count_popularity(self, popularity: Counter[str]) -> None:
-        for b in chunks(list(popularity), 500):
-            for h in self.store.retrieve(self.catalog.collection, [point_id("item", i) for i in b]):
-                iid = h.payload["item_id"]
-                self.store.set_payload(self.catalog.collection, [h.id], {"popularity": float(h.payload.get("popularity") or 0) + popularity[iid]})
+    def recount(self, item_ids: Iterable[str]) -> None:
+        """Set each item's ``popularity`` to the number of its events (idempotent; unknown items skipped)."""
+        ids = list(dict.fromkeys(str(i) for i in item_ids))
+        with _RECOUNT_LOCK:
+            for b in chunks(ids, 500):
+                for h in self.store.retrieve(self.catalog.collection, [point_id("item", i) for i in b]):
+                    n = self.store.count(self.events_col, Filter(match={"item_id": h.payload["item_id"]}))
+                    if float(h.payload.get("popularity") or 0) != float(n):
+                        self.store.set_payload(self.catalog.collection, [h.id], {"popularity": float(n)})
 
     def history(self, user_id: str) -> list[Event]:
         """A user's events, oldest first (empty for an unknown user)."""

@@ -8,8 +8,11 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from engine.errors import InvalidInputError, missing
+
+from .images import confine_path
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +21,10 @@ _ID_ALIASES = ("id", "item_id", "movie_id")
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 
 
-def _normalize(rec: dict[str, Any], image_dir: Path | None) -> dict[str, Any]:
-    """Map a flat record to Item fields: known columns stay, everything else becomes an attribute."""
+def _normalize(rec: dict[str, Any], image_dir: Path | None, root: Path | None = None, allow_outside: bool = False) -> dict[str, Any]:
+    """Map a flat record to Item fields: known columns stay, everything else becomes an attribute.
+    A local image path must lie inside ``root`` (the image folder, else the catalog's folder): an
+    absolute path or one with ``..`` is dropped with ``_image_error`` unless ``allow_outside``."""
     out: dict[str, Any] = {}
     attrs = rec.get("attributes")
     if isinstance(attrs, str) and attrs.strip().startswith("{"):
@@ -37,12 +42,17 @@ def _normalize(rec: dict[str, Any], image_dir: Path | None) -> dict[str, Any]:
         elif key != "attributes" and key not in _ID_ALIASES:
             attributes[key] = value
     out["attributes"] = attributes
+    root = image_dir if image_dir is not None else root
+    if "image" in out and urlparse(str(out["image"])).scheme not in ("http", "https"):
+        ref = str(out["image"])
+        ref = urlparse(ref).path if ref.startswith("file:") else ref
+        try:
+            out["image"] = str(confine_path(ref, root or Path("."), allow_outside))
+        except InvalidInputError as e:
+            out["_image_error"] = str(e)
+            del out["image"]
     if image_dir is not None and "id" in out:
-        if "image" in out:
-            ref = Path(str(out["image"]))
-            if not ref.is_absolute() and "://" not in str(out["image"]):
-                out["image"] = str(image_dir / ref)
-        else:
+        if "image" not in out and "_image_error" not in out:
             for ext in _IMAGE_EXT:
                 cand = image_dir / f"{out['id']}{ext}"
                 if cand.exists():
@@ -51,11 +61,13 @@ def _normalize(rec: dict[str, Any], image_dir: Path | None) -> dict[str, Any]:
     return out
 
 
-def read_catalog(path: str | Path, image_dir: str | Path | None = None) -> Iterator[dict[str, Any]]:
+def read_catalog(path: str | Path, image_dir: str | Path | None = None, allow_outside: bool = False) -> Iterator[dict[str, Any]]:
     """Yield item records from ``.jsonl``/``.json``, ``.csv`` or ``.parquet``. A record that cannot be
-    parsed is yielded as ``{"_error": ...}`` so the ingestion report names it and the rest goes on."""
+    parsed is yielded as ``{"_error": ...}`` so the ingestion report names it and the rest goes on.
+    Local image paths are confined to ``image_dir`` (else the catalog's folder) unless ``allow_outside``."""
     path = Path(path)
     idir = Path(image_dir) if image_dir else None
+    root = path.parent
     if not path.exists():
         raise InvalidInputError(f"catalog {path} not found")
     suffix = path.suffix.lower()
@@ -65,7 +77,7 @@ def read_catalog(path: str | Path, image_dir: str | Path | None = None) -> Itera
                 data = json.load(f)
                 rows = data if isinstance(data, list) else data.get("items", [])
                 for rec in rows:
-                    yield _normalize(rec, idir) if isinstance(rec, dict) else {"_error": "record is not an object"}
+                    yield _normalize(rec, idir, root, allow_outside) if isinstance(rec, dict) else {"_error": "record is not an object"}
                 return
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
@@ -75,11 +87,11 @@ def read_catalog(path: str | Path, image_dir: str | Path | None = None) -> Itera
                 except ValueError as e:
                     yield {"_error": f"line {lineno}: invalid JSON ({e})"}
                     continue
-                yield _normalize(rec, idir) if isinstance(rec, dict) else {"_error": f"line {lineno}: not an object"}
+                yield _normalize(rec, idir, root, allow_outside) if isinstance(rec, dict) else {"_error": f"line {lineno}: not an object"}
     elif suffix in (".csv", ".tsv"):
         with path.open(encoding="utf-8", errors="replace", newline="") as f:
             for rec in csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","):
-                yield _normalize({k: v for k, v in rec.items() if k is not None}, idir)
+                yield _normalize({k: v for k, v in rec.items() if k is not None}, idir, root, allow_outside)
     elif suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -87,6 +99,6 @@ def read_catalog(path: str | Path, image_dir: str | Path | None = None) -> Itera
             raise missing("data", "pyarrow") from e
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
             for rec in batch.to_pylist():
-                yield _normalize(rec, idir)
+                yield _normalize(rec, idir, root, allow_outside)
     else:
         raise InvalidInputError(f"catalog {path}: unsupported format {suffix!r} (use .jsonl, .csv or .parquet)")

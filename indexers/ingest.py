@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,8 +129,13 @@ class ItemIndexer:
         clip_text_encoder: Encoder | None = None,
         summarizer: Any = None,
         config: IngestConfig | None = None,
+        recount_popularity: Callable[[list[str]], None] | None = None,
     ) -> None:
+        """``recount_popularity(item_ids)`` resets the popularity of re-indexed items from the event
+        log after they are written (the payload read before the write may be stale by then);
+        without it the old value is carried over."""
         self.store, self.collection = store, collection
+        self.recount_popularity = recount_popularity
         self.text, self.clip_image, self.clip_text = text_encoder, clip_image, clip_text_encoder
         self.summarizer = summarizer
         self.config = config or IngestConfig()
@@ -185,9 +190,14 @@ class ItemIndexer:
             if item.description and len(item.description) > self.config.max_description_chars:
                 p.warnings.append(f"description truncated from {len(item.description)} to {self.config.max_description_chars} characters")
                 item.description = item.description[: self.config.max_description_chars]
+            if isinstance(rec, dict) and rec.get("_image_error"):
+                p.warnings.append(f"image skipped: {rec['_image_error']}")
             if item.image:
                 try:
-                    p.image_bytes = read_image_bytes(item.image, None, self.config.max_image_bytes, allow_local=local_images)
+                    p.image_bytes = read_image_bytes(
+                        item.image, None, self.config.max_image_bytes, timeout_s=self.config.image_fetch_timeout_s,
+                        allow_local=local_images, allowed_hosts=self.config.image_url_allowed_hosts,
+                    )
                 except InvalidInputError as e:
                     p.warnings.append(f"image skipped: {e}")
             h = hashlib.sha256()
@@ -255,6 +265,9 @@ class ItemIndexer:
             for w in p.warnings:
                 report.errors.append(ItemError(item_id=p.item.id, index=p.index, error=w, fatal=False))
         self.store.upsert(self.collection, points)
+        rewritten = [p.item.id for p in todo if p.existing is not None]
+        if rewritten and self.recount_popularity is not None:
+            self.recount_popularity(rewritten)
 
     def ingest(
         self, records: Iterable[Any], progress: bool = True, total: int | None = None, on_batch: Any = None,

@@ -1,6 +1,9 @@
 """HTTP API (FastAPI).
 
-- Writes need the API key (``PERSONA_API_KEY``, header ``X-API-Key``); without a configured key writes are refused.
+- Keys and scopes (header ``X-API-Key``): ``PERSONA_API_KEY`` is an admin key, ``PERSONA_API_KEYS`` maps
+  more keys to ``read`` / ``write`` / ``admin``. Only ``/health`` is public; reads need ``read``, writes
+  ``write``. Requests that make the LLM work are rate-limited per key. The app refuses to start with a
+  short or well-known key (see :func:`check_keys`).
 - Errors map through ``engine.http_status`` (one place).
 - Limits: request bodies (``max_body_bytes``, 413), batch sizes and ``k`` (422), and an admission limit
   (``max_inflight``) that answers 503 with Retry-After instead of queueing without bound.
@@ -11,9 +14,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
+import math
 import os
+import re
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +30,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyCookie, APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, StringConstraints, WithJsonSchema, model_validator
 
 from engine import Engine, Event, Item, OverloadedError, PersonaError, http_status
@@ -124,11 +131,62 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorOut, "description": "request body too large"},
     503: {"model": ErrorOut, "description": "overloaded (see Retry-After)"},
 }
-_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+_READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
     401: {"model": ErrorOut, "description": "missing or wrong X-API-Key"},
-    413: _ERRORS[413],
-    503: {"model": ErrorOut, "description": "overloaded, or writes disabled (no PERSONA_API_KEY)"},
+    403: {"model": ErrorOut, "description": "the key's scope is too small"},
+    503: {"model": ErrorOut, "description": "overloaded, or the API disabled (no key configured)"},
 }
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {k: v for k, v in _READ_ERRORS.items() if k != 404}
+_LLM_ERRORS: dict[int | str, dict[str, Any]] = {**_READ_ERRORS, 429: {"model": ErrorOut, "description": "LLM rate limit of this key (see Retry-After)"}}
+
+
+SCOPES = ("read", "write", "admin")
+"""Each scope includes the ones before it."""
+MIN_KEY_CHARS = 16
+_WEAK_KEYS = {"changeme", "change", "secret", "password", "passwd", "test", "testing", "admin", "default", "persona",
+              "apikey", "key", "token", "me", "my", "pass", "letmein", "qwerty", "example", "dummy", "insecure", "12345678", "0123456789"}
+
+
+def check_keys(keys: dict[str, str], allow_weak: bool = False) -> None:
+    """Refuse (ValueError) an empty key, an unknown scope, and unless ``allow_weak`` a key shorter than
+    16 characters, with fewer than 8 distinct characters, or made of well-known words (change-me, secret...)."""
+    for k, scope in keys.items():
+        if scope not in SCOPES:
+            raise ValueError(f"API key scope {scope!r} is not one of {SCOPES}")
+        if not k or not k.strip():
+            raise ValueError("an API key is empty")
+        if allow_weak:
+            continue
+        rest = re.sub(r"[^a-z0-9]+", "", k.lower())
+        for w in sorted(_WEAK_KEYS, key=len, reverse=True):  # what is left once the well-known words are gone
+            rest = rest.replace(w, "")
+        if len(k) < MIN_KEY_CHARS or len(set(k)) < 8 or len(rest) < 8:
+            raise ValueError(
+                f"refusing to start with a weak API key ({k[:2]}..., {len(k)} characters): use at least {MIN_KEY_CHARS} random characters, "
+                "e.g. `openssl rand -hex 24` (PERSONA_API_ALLOW_WEAK_KEYS=true for development only)"
+            )
+
+
+class _RateLimit:
+    """Token bucket per key: ``per_minute`` requests, refilled continuously."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.rate, self.buckets, self.lock = per_minute, {}, threading.Lock()  # type: ignore[var-annotated]
+
+    def take(self, who: str) -> float:
+        """0 when allowed, else seconds until a request would be."""
+        if self.rate <= 0:
+            return 60.0
+        now = time.monotonic()
+        with self.lock:
+            tokens, last = self.buckets.get(who, (float(self.rate), now))
+            tokens = min(float(self.rate), tokens + (now - last) * self.rate / 60.0)
+            if tokens >= 1:
+                self.buckets[who] = (tokens - 1, now)
+                return 0.0
+            self.buckets[who] = (tokens, now)
+            return (1 - tokens) * 60.0 / self.rate
 
 
 class _Metrics:
@@ -225,13 +283,32 @@ class _Observe:
 
 def create_app(
     path: str | Path | None = None, engine: Engine | None = None, api_key: str | None = None, max_inflight: int | None = None,
-    max_body_bytes: int | None = None,
+    max_body_bytes: int | None = None, api_keys: dict[str, str] | None = None, allow_weak_keys: bool | None = None,
+    llm_requests_per_minute: int | None = None,
 ) -> FastAPI:
-    """Arguments left out come from the engine's settings (``PERSONA_API_KEY``, ``PERSONA_API_MAX_INFLIGHT``,
-    ``PERSONA_API_MAX_BODY_BYTES``)."""
+    """Arguments left out come from the engine's settings (``PERSONA_API_KEY``, ``PERSONA_API_KEYS``,
+    ``PERSONA_API_ALLOW_WEAK_KEYS``, ``PERSONA_API_LLM_REQUESTS_PER_MINUTE``, ``PERSONA_API_MAX_INFLIGHT``,
+    ``PERSONA_API_MAX_BODY_BYTES``). ``api_key`` is an admin key; ``api_keys`` maps keys to scopes.
+    Raises ValueError for a weak key (see :func:`check_keys`)."""
+    st = (engine.settings if engine is not None else None)
+    key = api_key if api_key is not None else ((st.api_key if st else None) or "")
+    keys: dict[str, str] = dict(api_keys if api_keys is not None else (st.api_keys if st else {}))
+    if key:
+        keys[key] = "admin"
+    weak_ok = allow_weak_keys if allow_weak_keys is not None else bool(st and st.api_allow_weak_keys)
+    if engine is None:  # refuse a weak key before opening the store (and before its settings are known)
+        from engine.config import Settings
+
+        st0 = Settings(path=Path(path)) if path is not None else Settings()
+        if api_key is None and st0.api_key:
+            keys[st0.api_key] = "admin"
+        if api_keys is None:
+            keys = {**st0.api_keys, **keys}
+        weak_ok = allow_weak_keys if allow_weak_keys is not None else st0.api_allow_weak_keys
+    check_keys(keys, weak_ok)
     owned = engine is None
     eng = engine or Engine.open(path)
-    key = api_key if api_key is not None else (eng.settings.api_key or "")
+    limiter = _RateLimit(llm_requests_per_minute if llm_requests_per_minute is not None else eng.settings.api_llm_requests_per_minute)
     max_inflight = max_inflight or eng.settings.api_max_inflight
     max_body_bytes = max_body_bytes or eng.settings.api_max_body_bytes
 
@@ -250,13 +327,33 @@ def create_app(
     metrics = _Metrics(eng)
     app.add_middleware(_BodyLimit, limit=max_body_bytes, on_reject=lambda: metrics.rejected.labels("too_large").inc())
     app.add_middleware(_Observe, metrics=metrics)
-    api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Required for writes (PERSONA_API_KEY)")
+    api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key with a scope: read, write or admin")
 
-    def require_key(x_api_key: str | None = Security(api_key_header)) -> None:
-        if not key:
-            raise HTTPException(503, "writes are disabled: set PERSONA_API_KEY")
-        if not x_api_key or not hmac.compare_digest(x_api_key.encode(), key.encode()):
-            raise HTTPException(401, "missing or wrong X-API-Key")
+    def need(scope: str) -> Any:
+        def check(x_api_key: str | None = Security(api_key_header)) -> str:
+            """The caller's identity (a digest of its key) when its key has ``scope`` or more."""
+            if not keys:
+                raise HTTPException(503, "the API is disabled: set PERSONA_API_KEY or PERSONA_API_KEYS")
+            given = (x_api_key or "").encode()
+            found = None
+            for k, sc in keys.items():  # compare with every key: the time does not tell which matched
+                if hmac.compare_digest(given, k.encode()):
+                    found = (k, sc)
+            if not x_api_key or found is None:
+                raise HTTPException(401, "missing or wrong X-API-Key")
+            if SCOPES.index(found[1]) < SCOPES.index(scope):
+                raise HTTPException(403, f"this key's scope is {found[1]!r}; {scope!r} needed")
+            return hashlib.sha256(found[0].encode()).hexdigest()[:16]
+
+        return check
+
+    require_key = need("write")
+
+    def llm_quota(who: str) -> None:
+        wait = limiter.take(who)
+        if wait:
+            metrics.rejected.labels("llm_rate").inc()
+            raise HTTPException(429, "LLM request rate limit reached for this key", headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
     async def run(fn: Any, *args: Any, request: Request | None = None, **kw: Any) -> Any:
         # Admission limit: answer 503 + Retry-After instead of queueing without bound.
@@ -303,7 +400,8 @@ def create_app(
     async def health() -> dict[str, Any]:
         return {"status": "ok", **eng.stats()}
 
-    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"}})
+    @app.get("/metrics", response_class=Response, dependencies=[Depends(need("read"))],
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"}, **_READ_ERRORS})
     async def prometheus() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -319,26 +417,33 @@ def create_app(
     async def add_events(body: EventsIn) -> EventReport:
         return await run(eng.add_events, body.events)
 
-    @app.get("/items/{item_id}", responses=_ERRORS)
+    @app.get("/items/{item_id}", responses=_READ_ERRORS, dependencies=[Depends(need("read"))])
     async def get_item(item_id: str) -> dict[str, Any]:
         return await run(eng.item, item_id)
 
-    @app.get("/users/{user_id}/recommendations", response_model=Recommendations, responses=_ERRORS)
+    @app.get("/users/{user_id}/recommendations", response_model=Recommendations, responses=_LLM_ERRORS)
     async def recommendations(
         request: Request, user_id: str, k: int = Query(10, ge=1, le=MAX_K),
         rerank: str | None = Query(None, pattern="^(none|pointwise|listwise)$"), explain: bool = False,
+        who: str = Depends(need("read")),
     ) -> Recommendations:
+        """Needs ``read``; with ``rerank`` pointwise/listwise (or that server default) or ``explain`` it
+        makes the LLM work and counts against the key's LLM rate limit."""
+        if explain or (rerank or eng.settings.retrieval.rerank) != "none":
+            llm_quota(who)
         return await run(eng.recommend, user_id, k=k, rerank=rerank, explain=explain, request=request)
 
-    @app.get("/users/{user_id}/profile", response_model=Profile, responses=_ERRORS)
+    @app.get("/users/{user_id}/profile", response_model=Profile, responses=_READ_ERRORS, dependencies=[Depends(need("read"))])
     async def profile(user_id: str) -> Profile:
         return await run(eng.profile, user_id)
 
-    @app.post("/explain", response_model=Explanation, responses=_ERRORS)
-    async def explain(request: Request, body: ExplainIn) -> Explanation:
+    @app.post("/explain", response_model=Explanation, responses=_LLM_ERRORS)
+    async def explain(request: Request, body: ExplainIn, who: str = Depends(need("read"))) -> Explanation:
+        """Needs ``read``; counts against the key's LLM rate limit."""
+        llm_quota(who)
         return await run(eng.explain, body.user_id, body.item_id, request=request)
 
-    @app.post("/search", response_model=list[SearchHit], responses=_ERRORS)
+    @app.post("/search", response_model=list[SearchHit], responses=_READ_ERRORS, dependencies=[Depends(need("read"))])
     async def search(request: Request, body: SearchIn) -> list[SearchHit]:
         return await run(eng.search, body.query, user_id=body.user_id, k=body.k, filters=body.filter_spec(), request=request)
 
@@ -360,5 +465,12 @@ def create_app(
         return Response(png, media_type="image/png", headers={"X-Persona-Items": ",".join(quote(i, safe="") for i in items)[:4000]})
 
     from services.dashboard import dashboard_router  # read-only web UI at /ui (services/dashboard.py)
-    app.include_router(dashboard_router(eng))
+
+    ui_cookie = APIKeyCookie(name="persona_key", auto_error=False)
+
+    def ui_read(x_api_key: str | None = Security(api_key_header), cookie: str | None = Security(ui_cookie)) -> str:
+        """The dashboard shows users' histories: the read scope, from the header or (browsers) the cookie."""
+        return need("read")(x_api_key or cookie)
+
+    app.include_router(dashboard_router(eng), dependencies=[Depends(ui_read)])
     return app

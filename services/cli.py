@@ -234,7 +234,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from services.api import create_app
 
-    uvicorn.run(create_app(path=args.path), host=args.host, port=args.port)
+    try:
+        app = create_app(path=args.path)
+    except ValueError as e:  # a weak or malformed API key: refuse to start
+        print(f"persona serve: {e}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
 

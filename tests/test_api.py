@@ -4,19 +4,23 @@ from fastapi.testclient import TestClient
 
 from services.api import create_app
 
+KEY = "pk-7f3a9c2e5b1d4e6f8a0b"  # admin
+H = {"X-API-Key": KEY}
+
 
 def test_api_roundtrip_and_auth(make_engine, ml):
     eng = make_engine()
-    app = create_app(engine=eng, api_key="secret")
-    c = TestClient(app)
+    app = create_app(engine=eng, api_key=KEY)
+    anon, c = TestClient(app), TestClient(app, headers=H)
     items = [i.model_dump() for i in ml.items[:60]]
-    assert c.post("/items", json={"items": items}).status_code == 401
-    assert c.post("/items", json={"items": items}, headers={"X-API-Key": "wrong"}).status_code == 401
-    r = c.post("/items", json={"items": items}, headers={"X-API-Key": "secret"})
+    assert anon.post("/items", json={"items": items}).status_code == 401
+    assert anon.post("/items", json={"items": items}, headers={"X-API-Key": "wrong"}).status_code == 401
+    r = c.post("/items", json={"items": items})
     assert r.status_code == 200 and r.json()["added"] == 60
     ev = [{"user_id": "u1", "item_id": i["id"], "timestamp": n, "rating": 5} for n, i in enumerate(items[:10])]
-    assert c.post("/events", json={"events": ev}).status_code == 401
-    assert c.post("/events", json={"events": ev}, headers={"X-API-Key": "secret"}).json()["added"] == 10
+    assert anon.post("/events", json={"events": ev}).status_code == 401
+    assert c.post("/events", json={"events": ev}).json()["added"] == 10
+    assert anon.get("/users/u1/recommendations?k=5").status_code == 401
     recs = c.get("/users/u1/recommendations?k=5").json()
     assert len(recs["items"]) == 5
     assert c.get("/users/nobody/profile").status_code == 404
@@ -28,23 +32,27 @@ def test_api_roundtrip_and_auth(make_engine, ml):
 
 # -- auth: every route has a case ------------------------------------------------------------------
 
-# (method, path) -> "write" (API key required) or "public". A route added without a case here fails.
+# (method, path) -> the smallest scope that may call it ("public": no key). A route added without a case here fails.
 AUTH_CASES = {
     ("GET", "/health"): "public",
-    ("GET", "/metrics"): "public",
+    ("GET", "/metrics"): "read",
     ("POST", "/items"): "write",
     ("POST", "/events"): "write",
-    ("GET", "/items/{item_id}"): "public",
-    ("GET", "/users/{user_id}/recommendations"): "public",
-    ("GET", "/users/{user_id}/profile"): "public",
-    ("POST", "/explain"): "public",
-    ("POST", "/search"): "public",
+    ("GET", "/items/{item_id}"): "read",
+    ("GET", "/users/{user_id}/recommendations"): "read",
+    ("GET", "/users/{user_id}/profile"): "read",
+    ("POST", "/explain"): "read",
+    ("POST", "/search"): "read",
     ("POST", "/users/{user_id}/images"): "write",
 }
+# routes that make the LLM work (own per-key rate limit) -> the query string that does it
+LLM_CASES = {("POST", "/explain"): "", ("GET", "/users/{user_id}/recommendations"): "?rerank=pointwise"}
+READ_KEY, WRITE_KEY = "rk-0a1b2c3d4e5f6a7b8c9d", "wk-9f8e7d6c5b4a3f2e1d0c"
+SCOPED = {READ_KEY: "read", WRITE_KEY: "write"}
 
 
-def _request(c, method, path, items, headers=None):
-    url = path.replace("{item_id}", items[0]["id"]).replace("{user_id}", "u1")
+def _request(c, method, path, items, headers=None, query=""):
+    url = path.replace("{item_id}", items[0]["id"]).replace("{user_id}", "u1") + query
     bodies = {
         "/items": {"items": items[:2]},
         "/events": {"events": [{"user_id": "u1", "item_id": items[0]["id"], "timestamp": 1, "rating": 5}]},
@@ -60,32 +68,71 @@ def test_every_route_has_an_auth_case(make_engine, ml, tiny_image_generator):
     items = [i.model_dump() for i in ml.items[:5]]
     eng.add_items(items)
     eng.add_events([{"user_id": "u1", "item_id": items[0]["id"], "timestamp": 0, "rating": 5}])
-    app = create_app(engine=eng, api_key="secret")
+    app = create_app(engine=eng, api_key=KEY, api_keys=SCOPED)
     routes = {(m.upper(), p) for p, ops in app.openapi()["paths"].items() for m in ops}
     assert routes == set(AUTH_CASES), f"routes without an auth case: {routes ^ set(AUTH_CASES)}"
     c = TestClient(app)
-    locked = TestClient(create_app(engine=eng, api_key=""))  # no key configured: writes refused
-    for (method, path), kind in AUTH_CASES.items():
+    locked = TestClient(create_app(engine=eng, api_key="", api_keys={}))  # no key configured: only /health
+    order = ["public", "read", "write", "admin"]
+    for (method, path), need in AUTH_CASES.items():
         anon = _request(c, method, path, items)
         wrong = _request(c, method, path, items, {"X-API-Key": "nope"})
-        good = _request(c, method, path, items, {"X-API-Key": "secret"})
-        assert good.status_code == 200, (method, path, good.text)
-        if kind == "write":
+        for key, scope in ((READ_KEY, "read"), (WRITE_KEY, "write"), (KEY, "admin")):
+            r = _request(c, method, path, items, {"X-API-Key": key})
+            expect = 200 if order.index(scope) >= order.index(need) else 403
+            assert r.status_code == expect, (method, path, scope, r.text)
+        if need == "public":
+            assert anon.status_code == 200, (method, path, anon.text)
+        else:
             assert anon.status_code == 401 and wrong.status_code == 401, (method, path)
             assert _request(locked, method, path, items, {"X-API-Key": ""}).status_code == 503
-        else:
-            assert anon.status_code == 200, (method, path, anon.text)
     spec = app.openapi()
     assert "APIKeyHeader" in spec["components"]["securitySchemes"]
-    assert spec["paths"]["/items"]["post"]["security"] and "security" not in spec["paths"]["/search"]["post"]
+    assert spec["paths"]["/items"]["post"]["security"] and spec["paths"]["/search"]["post"]["security"]
+    assert "security" not in spec["paths"]["/health"]["get"]
+
+
+def test_llm_routes_have_their_own_rate_limit(make_engine, ml):
+    eng = make_engine()
+    items = [i.model_dump() for i in ml.items[:5]]
+    eng.add_items(items)
+    eng.add_events([{"user_id": "u1", "item_id": items[0]["id"], "timestamp": 0, "rating": 5}])
+    c = TestClient(create_app(engine=eng, api_key=KEY, api_keys=SCOPED, llm_requests_per_minute=2))
+    for (method, path), query in LLM_CASES.items():
+        assert _request(c, method, path, items, query=query).status_code == 401  # anonymous callers never reach the LLM
+    h = {"X-API-Key": READ_KEY}
+    codes = [_request(c, m, p, items, h, q).status_code for (m, p), q in LLM_CASES.items() for _ in range(2)]
+    assert codes.count(200) == 2 and codes.count(429) == 2
+    r = _request(c, "POST", "/explain", items, h)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    # the limit is per key, and plain recommendations and reads are not counted
+    assert _request(c, "POST", "/explain", items, {"X-API-Key": WRITE_KEY}).status_code == 200
+    assert _request(c, "GET", "/users/{user_id}/recommendations", items, h, "?rerank=none").status_code == 200
+    off = TestClient(create_app(engine=eng, api_key=KEY, llm_requests_per_minute=0))
+    assert _request(off, "POST", "/explain", items, H).status_code == 429
+
+
+def test_weak_keys_refused_at_start(make_engine):
+    import pytest
+
+    eng = make_engine()
+    for weak in ("change-me", "changeme", "secret", "password", "test", "short-key-123", "change-me-change-me",
+                 "aaaaaaaaaaaaaaaaaaaa", "secret-password-test"):
+        with pytest.raises(ValueError, match="weak API key"):
+            create_app(engine=eng, api_key=weak)
+        with pytest.raises(ValueError, match="weak API key"):
+            create_app(engine=eng, api_key=KEY, api_keys={weak: "read"})
+    with pytest.raises(ValueError, match="scope"):
+        create_app(engine=eng, api_key=KEY, api_keys={READ_KEY: "root"})
+    assert create_app(engine=eng, api_key="dev", allow_weak_keys=True) is not None
 
 
 def test_limits_and_errors(make_engine, ml):
     eng = make_engine()
-    app = create_app(engine=eng, api_key="k", max_body_bytes=20_000)
-    c = TestClient(app)
+    app = create_app(engine=eng, api_key=KEY, max_body_bytes=20_000)
+    c = TestClient(app, headers=H)
     big = {"items": [{"id": str(i), "description": "x" * 5000} for i in range(10)]}
-    r = c.post("/items", json=big, headers={"X-API-Key": "k"})
+    r = c.post("/items", json=big)
     assert r.status_code == 413
     assert c.get("/users/u/recommendations?k=0").status_code == 422
     assert c.post("/search", json={"query": "x", "filters": {"year": {"between": 3}}}).status_code == 422
@@ -105,8 +152,8 @@ def test_api_refuses_server_side_image_paths(make_engine, ml, tmp_path):
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(secret)
-    c = TestClient(create_app(engine=eng, api_key="k"))
-    r = c.post("/items", json={"items": [{"id": "x", "title": "X", "image": str(secret)}]}, headers={"X-API-Key": "k"})
+    c = TestClient(create_app(engine=eng, api_key=KEY), headers=H)
+    r = c.post("/items", json={"items": [{"id": "x", "title": "X", "image": str(secret)}]})
     assert r.status_code == 200 and r.json()["added"] == 1
     assert "local image paths are not accepted" in json.dumps(r.json()["errors"])
     assert c.get("/items/x").json()["has_image"] is False
@@ -114,8 +161,8 @@ def test_api_refuses_server_side_image_paths(make_engine, ml, tmp_path):
 
 def test_metrics_count_requests(make_engine, ml):
     eng = make_engine()
-    c = TestClient(create_app(engine=eng, api_key="k"))
-    c.post("/items", json={"items": [i.model_dump() for i in ml.items[:3]]}, headers={"X-API-Key": "k"})
+    c = TestClient(create_app(engine=eng, api_key=KEY), headers=H)
+    c.post("/items", json={"items": [i.model_dump() for i in ml.items[:3]]})
     c.get("/users/nobody/profile")
     c.get("/users/nobody/profile")
     m = c.get("/metrics")
@@ -133,12 +180,12 @@ def test_admission_limit_answers_503_with_retry_after(make_engine, ml):
 
     eng = make_engine()
     _ = eng.text_encoder  # loaded before timing
-    app = create_app(engine=eng, api_key="k", max_inflight=1)
+    app = create_app(engine=eng, api_key=KEY, max_inflight=1)
     items = [i.model_dump() for i in ml.items[:400]]
 
     async def go():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            slow = asyncio.create_task(c.post("/items", json={"items": items}, headers={"X-API-Key": "k"}))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", headers=H) as c:
+            slow = asyncio.create_task(c.post("/items", json={"items": items}))
             for _ in range(3000):  # wait for the event (the upsert holds the slot), not for a number of seconds
                 m = (await c.get("/metrics")).text
                 if "persona_inflight_requests 1.0" in m or slow.done():

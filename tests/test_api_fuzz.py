@@ -14,7 +14,7 @@ from engine import Engine
 from engine.components import Components
 from services.api import create_app
 
-KEY = "fuzz-key"
+KEY = "fz-3c7e1a9b5d2f8e4a6c0b"
 
 
 @pytest.fixture(scope="module")

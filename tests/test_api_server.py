@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = "kill-test-key"
+KEY = "kt-5e2a8c4f1b7d9e3a6c0f"
 
 
 def _start(path: Path, port: int, log: Path) -> subprocess.Popen:
@@ -71,7 +71,7 @@ def test_kill9_during_batch_upsert_loses_no_acknowledged_item(tmp_path, ml):
 
     proc = _start(tmp_path / "store", port, log)
     try:
-        with httpx.Client(base_url=url, timeout=60) as c:
+        with httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": KEY}) as c:
             missing = [i for i in acked if c.get(f"/items/{i}").status_code != 200]
             assert not missing, f"{len(missing)} acknowledged items lost, e.g. {missing[:5]}"
             assert c.get("/health").json()["items"] >= n_acked
@@ -101,7 +101,7 @@ def test_client_disconnect_cancels_in_process_llm_rerank(ml_engine_path, make_en
 
     eng = make_engine(ml_engine_path, llm_obj=local_llm, retrieval={"rerank_candidates": 200})
     total = -(-200 // local_llm.config.batch_size)
-    app = create_app(engine=eng, api_key="k")
+    app = create_app(engine=eng, api_key=KEY)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=server.run, daemon=True)
@@ -111,16 +111,16 @@ def test_client_disconnect_cancels_in_process_llm_rerank(ml_engine_path, make_en
             time.sleep(0.1)
         start = local_llm.batches_run
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"GET /users/1/recommendations?k=10&rerank=pointwise HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /users/1/recommendations?k=10&rerank=pointwise HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode() + b"\r\n\r\n")
         deadline = time.time() + 600  # only a guard against hanging the suite; the assertions count batches
         while local_llm.batches_run == start and time.time() < deadline:
             time.sleep(0.05)
-        m = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        m = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"X-API-Key": KEY}).text
         assert _metric(m, "persona_inflight_requests") == 1.0  # still working
         s.close()
         at_disconnect = local_llm.batches_run
         while time.time() < deadline:
-            m = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            m = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"X-API-Key": KEY}).text
             if _metric(m, "persona_inflight_requests") == 0.0:
                 break
             time.sleep(0.2)

@@ -76,3 +76,23 @@ def test_stack_wiring(compose):
     assert api["depends_on"]["qdrant"]["condition"] == "service_healthy" and "healthcheck" in api
     env = api["environment"]
     assert env["PERSONA_QDRANT_URL"].startswith("http://qdrant:") and "PERSONA_API_KEY" in env and "PERSONA_LLM__URL" in env
+
+
+def test_stack_is_locked_down(compose):
+    """No default keys, ports on 127.0.0.1 only, vLLM behind a key Persona sends, no runtime LoRA loading by default."""
+    import re
+
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "change-me" not in text and "changeme" not in text
+    s = compose["services"]
+    for name, svc in s.items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+        for var, value in (svc.get("environment") or {}).items():
+            if var.endswith("API_KEY"):
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]*\}", str(value)), (name, var, value)
+    for name in ("vllm", "vllm-cpu"):
+        cmd = " ".join(s[name]["command"]) if isinstance(s[name]["command"], list) else s[name]["command"]
+        assert '--api-key "$${VLLM_API_KEY}"' in cmd
+        assert s[name]["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"].endswith(":-False}")
+    assert s["api"]["environment"]["PERSONA_LLM__API_KEY"] == s["vllm"]["environment"]["VLLM_API_KEY"]

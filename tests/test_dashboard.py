@@ -44,19 +44,30 @@ def store(ml, text_encoder, tmp_path_factory):
     eng.close()
 
 
+KEY = "ui-test-key-5f0c2a9e7d41b3"
+
+
 @pytest.fixture(scope="module")
 def app(store):
     from services.api import create_app
 
-    return create_app(engine=store, api_key="k")
+    return create_app(engine=store, api_key=KEY)
 
 
 @pytest.fixture(scope="module")
 def client(app):
     from fastapi.testclient import TestClient
 
-    with TestClient(app) as c:
+    with TestClient(app, headers={"X-API-Key": KEY}) as c:
         yield c
+
+
+def test_dashboard_needs_the_read_scope(app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as anonymous:
+        assert anonymous.get("/ui/users/1").status_code == 401  # users' histories are not public
+        assert anonymous.get("/ui/users/1", cookies={"persona_key": KEY}).status_code == 200
 
 
 def test_pages_render(client, store):
@@ -137,7 +148,9 @@ def page(server, tmp_path_factory):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        pg = browser.new_page(viewport={"width": 1280, "height": 900})
+        ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+        ctx.add_cookies([{"name": "persona_key", "value": KEY, "url": server}])  # the read key, as a browser sends it
+        pg = ctx.new_page()
         errors: list[str] = []
         # The one item whose image is an outside URL (no network here) may show up in similar items.
         pg.on("console", lambda m: errors.append(f"{m.text} {m.location}") if m.type == "error" and "example.org" not in str(m.location) else None)

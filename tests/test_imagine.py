@@ -98,8 +98,9 @@ def test_api_returns_png_and_refuses_bad_input(img_engine):
 
     from services.api import create_app
 
-    with TestClient(create_app(engine=img_engine, api_key="k")) as client:
-        hdr = {"X-API-Key": "k"}
+    key = "img-test-key-7b1e4c90d2a6f3"
+    with TestClient(create_app(engine=img_engine, api_key=key)) as client:
+        hdr = {"X-API-Key": key}
         r = client.post("/users/horror/images", json={"seed": 1, "size": 64, "steps": 1}, headers=hdr)
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         im = Image.open(io.BytesIO(r.content))
