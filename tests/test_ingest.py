@@ -129,6 +129,7 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.full  # the API kill -9 test (tests/test_api_server.py) covers crash safety in the default run
 def test_resume_after_kill(tmp_path, make_engine, ml):
     path = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
