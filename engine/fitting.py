@@ -16,6 +16,7 @@ filters run in Qdrant.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -129,7 +130,7 @@ class LearnedStage:
         if not (flt.match or flt.ranges or flt.include_ids is not None):
             out = model.recommend(events, k=k + len(flt.exclude_ids), exclude_seen=True)
             return [r for r in out if point_id("item", r[0]) not in flt.exclude_ids][:k]
-        allowed = [h.payload["item_id"] for h in self.store.scroll(self.items_col, flt)]
+        allowed = [h.payload["item_id"] for h in itertools.islice(self.store.scroll(self.items_col, flt), _SCORE_ALL_LIMIT + 1)]
         if len(allowed) > _SCORE_ALL_LIMIT:
             pool = model.recommend(events, k=model.config.pool_size, exclude_seen=True)
             ok = set(allowed)
