@@ -131,9 +131,10 @@ class LearnedStage:
             out = model.recommend(events, k=k + len(flt.exclude_ids), exclude_seen=True)
             return [r for r in out if point_id("item", r[0]) not in flt.exclude_ids][:k]
         allowed = [h.payload["item_id"] for h in itertools.islice(self.store.scroll(self.items_col, flt), _SCORE_ALL_LIMIT + 1)]
-        if len(allowed) > _SCORE_ALL_LIMIT:
+        if len(allowed) > _SCORE_ALL_LIMIT:  # too many to score: keep the pool's items that match
             pool = model.recommend(events, k=model.config.pool_size, exclude_seen=True)
-            ok = set(allowed)
+            inside = Filter(match=flt.match, ranges=flt.ranges, exclude_ids=flt.exclude_ids, include_ids={point_id("item", r[0]) for r in pool})
+            ok = {h.payload["item_id"] for h in self.store.scroll(self.items_col, inside)}
             return [r for r in pool if r[0] in ok][:k]
         ranked = [r for r in model.rank(events, allowed) if np.isfinite(r[1])][:k]
         reasons = model.reasons(model.state(events), model.index.rows([i for i, _ in ranked])) if ranked else []
