@@ -5,6 +5,8 @@
   recommendations with scores and reasons, personalized search (``?q=``)
 - ``/ui/items/{id}`` one item and similar items (search by the item's own text)
 - ``/ui/health`` store counts, LLM backend, fitted model version
+- ``/ui/eval`` the latest ``persona eval`` report (``report.json`` and ``metrics.png`` in ``report_dir``:
+  the argument, else ``PERSONA_EVAL_REPORT_DIR``, else ``reports/eval``)
 - ``/ui/posters/{id}`` an item's poster: only the local path stored on that item, only a regular
   file (no symlink) with an image extension; there is no path parameter. Item images given as
   http(s) URLs are linked directly by the browser.
@@ -56,7 +58,16 @@ def poster_file(payload: dict[str, Any]) -> Path | None:
     return p if stat.S_ISREG(st.st_mode) else None
 
 
-def dashboard_router(eng: Engine, prefix: str = "/ui") -> APIRouter:
+EVAL_METRICS = ("hr@10", "ndcg@10", "recall@50", "auc", "hr@5")
+
+
+def eval_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Table rows (method, metric -> mean/lo/hi) of a ``persona eval`` report.json."""
+    methods = [("persona", rep["persona"])] + list(rep.get("baselines", {}).items())
+    return [{"method": name, **{m: r["test"][m] for m in EVAL_METRICS if m in r.get("test", {})}} for name, r in methods]
+
+
+def dashboard_router(eng: Engine, prefix: str = "/ui", report_dir: str | Path | None = None) -> APIRouter:
     router = APIRouter(prefix=prefix, include_in_schema=False)
     templates = Jinja2Templates(directory=str(TEMPLATES))
 
@@ -137,6 +148,31 @@ def dashboard_router(eng: Engine, prefix: str = "/ui") -> APIRouter:
         llm = eng.settings.llm
         return render(request, "dashboard/health.html", title="Health", stats=eng.stats(), llm_backend=llm.backend, llm_model=llm.model,
                       model_version=version, model_error=model_error)
+
+    reports = Path(report_dir or os.environ.get("PERSONA_EVAL_REPORT_DIR") or "reports/eval")
+
+    @router.get("/eval", response_class=HTMLResponse, name="dashboard_eval")
+    def evaluation(request: Request) -> HTMLResponse:
+        import json
+
+        try:
+            rep = json.loads((reports / "report.json").read_text())
+            rows, prov, problem = eval_rows(rep), rep.get("provenance", {}), None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            rows, prov, problem = [], {}, f"no readable report in {reports} ({type(e).__name__}); run `persona eval --out {reports}`"
+        has_plot = (reports / "metrics.png").is_file()
+        return render(request, "dashboard/eval.html", title="Evaluation", rows=rows, metrics=EVAL_METRICS, prov=prov, problem=problem,
+                      has_plot=has_plot, best=rep.get("best_baseline") if rows else None, paired=rep.get("persona_vs_best", {}) if rows else {})
+
+    @router.get("/eval/metrics.png", name="dashboard_eval_plot")
+    def evaluation_plot() -> FileResponse:
+        path = reports / "metrics.png"
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                raise HTTPException(404, "no plot")
+        except OSError as e:
+            raise HTTPException(404, "no plot") from e
+        return FileResponse(path, media_type="image/png", headers={"X-Content-Type-Options": "nosniff"})
 
     @router.get("/posters/{item_id}", name="dashboard_poster")
     def poster(item_id: str) -> FileResponse:

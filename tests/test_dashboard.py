@@ -224,3 +224,24 @@ def test_browser_user_page_search_item_health(page, server, shots, store):
     assert page.errors == []
     if os.environ.get("PERSONA_UPDATE_SCREENSHOTS"):
         shutil.copy(shots / "user.png", ROOT / "docs" / "dashboard-user.png")
+
+
+def test_eval_page_shows_the_committed_report(store, tmp_path):
+    """/ui/eval renders the report `persona eval` wrote (docs/eval-ml100k), its plot, and says so when none exists."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from services.dashboard import dashboard_router
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "eval-ml100k"
+    app = FastAPI()
+    app.include_router(dashboard_router(store, report_dir=docs))
+    with TestClient(app) as c:
+        page = c.get("/ui/eval").text
+        assert 'id="eval"' in page and "<th scope=\"row\">persona</th>" in page and "sasrec" in page and "Paired bootstrap" in page
+        plot = c.get("/ui/eval/metrics.png")
+        assert plot.status_code == 200 and plot.content[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = FastAPI()
+    empty.include_router(dashboard_router(store, report_dir=tmp_path))
+    with TestClient(empty) as c:
+        assert 'id="eval-missing"' in c.get("/ui/eval").text and c.get("/ui/eval/metrics.png").status_code == 404
