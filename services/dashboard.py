@@ -21,7 +21,7 @@ import mimetypes
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
@@ -114,18 +114,19 @@ def dashboard_router(eng: Engine, prefix: str = "/ui", report_dir: str | Path | 
         return RedirectResponse(user_url(request, user.strip()), status_code=303)
 
     @router.get("/users/{user_id}", response_class=HTMLResponse, name="dashboard_user")
-    def user(request: Request, user_id: str, q: str | None = Query(None, max_length=500)) -> HTMLResponse:
+    def user(request: Request, user_id: str, q: str | None = Query(None, max_length=500),
+             rerank: Literal["none", "pointwise", "listwise"] = Query("none")) -> HTMLResponse:
         try:
             profile = eng.profile(user_id)
         except NotFoundError:
             return not_found(request, f"No events for user {user_id!r}.")
         history = list(reversed(eng.history(user_id)))[:30]
-        recs = eng.recommend(user_id, k=12)
+        recs = eng.recommend(user_id, k=12, rerank=rerank)  # LLM trouble falls back to the ranker's order, flagged
         q = (q or "").strip()
         results = eng.search(q, user_id=user_id, k=12) if q else []
         found = payloads([e.item_id for e in history] + [r.item_id for r in recs.items] + [h.item_id for h in results])
         return render(request, "dashboard/user.html", title=f"User {user_id}", user_id=user_id, profile=profile, history=history,
-                      recs=recs, q=q, results=results, items=found)
+                      recs=recs, q=q, results=results, items=found, rerank=rerank)
 
     @router.get("/items/{item_id}", response_class=HTMLResponse, name="dashboard_item")
     def item(request: Request, item_id: str) -> HTMLResponse:

@@ -245,3 +245,11 @@ def test_eval_page_shows_the_committed_report(store, tmp_path):
     empty.include_router(dashboard_router(store, report_dir=tmp_path))
     with TestClient(empty) as c:
         assert 'id="eval-missing"' in c.get("/ui/eval").text and c.get("/ui/eval/metrics.png").status_code == 404
+
+
+def test_rerank_switch_falls_back_flagged_without_an_llm(client):
+    """The user page's rerank switch: with no LLM configured the list keeps its order and says why."""
+    page = client.get("/ui/users/1", params={"rerank": "pointwise"}).text
+    assert 'id="rerank"' in page and '<option value="pointwise" selected>' in page
+    assert "fallback:" in page and "llm-pointwise" in page
+    assert client.get("/ui/users/1", params={"rerank": "bogus"}).status_code == 422
