@@ -1,7 +1,9 @@
 FROM python:3.11-slim
 WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch torchvision
+# CPU wheels by default; the compose `gpu` profile builds with TORCH_INDEX=.../whl/cu124 for CUDA.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install --index-url ${TORCH_INDEX} torch torchvision
 COPY pyproject.toml README.md ./
 COPY engine engine
 COPY indexers indexers
