@@ -94,6 +94,10 @@ class ProfileConfig(_Section):
     """Half-life, in events, of the recency weight in taste vectors."""
     summary_items_per_block: int = Field(8, ge=1)
     """Items shown to the LLM per block update (the most recent positives)."""
+    negative_rating: float = 2.0
+    """Ratings at or below this count as dislikes in structured summaries and in their faithfulness check."""
+    summary_max_new_tokens: int = Field(120, ge=16, le=1024)
+    """Token budget of one structured summary (a JSON object: liked, disliked, liked_items, note)."""
     max_blocks_per_update: int | None = Field(4, ge=1)
     """At most this many LLM steps per user per update; an older backlog is folded into one block (None: no cap)."""
     use_llm: bool = True

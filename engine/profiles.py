@@ -1,8 +1,10 @@
 """User modeling: taste vectors, the recurrent natural-language preference summary (MLLM-MSR),
 and the per-request :class:`UserContext`.
 
-For each new session block, the LLM rewrites the user's summary from the previous summary and the
-block's items. Every version is kept. The latest summary is embedded and stored with the user's
+For each new session block, the LLM rewrites the user's summary from the previous one, the block's
+items and counts computed in code, as a JSON object over a closed per-user vocabulary
+(:mod:`engine.summaries`: validated, with a computed fallback, flagged), rendered to the text that
+prompts and the dashboard show. Every version is kept. The latest summary is embedded and stored with the user's
 taste vectors (recency-weighted means of item vectors), so retrieval works with no LLM reachable.
 
 In: time-sorted histories (from ``events``) and item payloads/vectors (from ``items``).
@@ -27,8 +29,9 @@ from .errors import BackendUnavailableError
 from .items import ItemCatalog, genres_of, prompt_row
 from .llm import LLM
 from .prompts import PromptRegistry
-from .sessions import split_blocks
+from .sessions import fold_blocks, split_blocks
 from .store import Hit, Point, VectorStore, point_id
+from .summaries import Facts, Rated, attributes_of, render_summary, settle, step_prompt, summary_schema
 from .types import Event, Profile, SummaryVersion
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ class UserState:
     user_id: str
     summary: str | None = None
     summary_source: str | None = None
+    structured: dict[str, Any] | None = None
     versions: list[dict[str, Any]] = field(default_factory=list)
     summarized_until: float = float("-inf")
     n_blocks: int = 0
@@ -54,6 +58,7 @@ class UserState:
             "user_id": self.user_id,
             "summary": self.summary,
             "summary_source": self.summary_source,
+            "summary_structured": self.structured,
             "versions": self.versions,
             "summarized_until": self.summarized_until if np.isfinite(self.summarized_until) else None,
             "n_blocks": self.n_blocks,
@@ -135,15 +140,6 @@ def extractive_profile(items: Sequence[dict[str, Any]], liked: Sequence[bool]) -
     return text
 
 
-def clean_summary(text: str, limit: int = 600) -> str:
-    """First paragraph of a generated summary, without fence markers, bounded."""
-    text = text.replace("<<<", " ").replace(">>>", " ")
-    para = text.strip().split("\n\n")[0].replace("\n", " ").strip()
-    if len(para) > limit:
-        para = para[:limit].rsplit(" ", 1)[0] + "…"
-    return para
-
-
 class ProfileBuilder:
     """Stored user profiles: load, update from histories, and build request contexts.
     ``text_getter``/``llm_getter`` return the (lazily loaded) text encoder and LLM."""
@@ -185,6 +181,7 @@ class ProfileBuilder:
             n_blocks=st.n_blocks if st else 0,
             summary=st.summary if st else None,
             summary_source=st.summary_source if st else None,  # type: ignore[arg-type]
+            structured=st.structured if st else None,
             versions=[SummaryVersion(**v) for v in (st.versions if st else [])],
             recent_items=[e.item_id for e in pos[-20:]][::-1],
             has_taste_vectors={k: True for k in (st.vectors if st else {})},
@@ -200,6 +197,7 @@ class ProfileBuilder:
             user_id=user_id,
             summary=p.get("summary"),
             summary_source=p.get("summary_source"),
+            structured=p.get("summary_structured"),
             versions=list(p.get("versions") or []),
             summarized_until=float(until) if until is not None else float("-inf"),
             n_blocks=int(p.get("n_blocks") or 0),
@@ -218,12 +216,7 @@ class ProfileBuilder:
             st = self.load_state(uid) or UserState(user_id=uid)
             states[uid] = st
             new = [e for e in events if e.timestamp > st.summarized_until]
-            blocks = split_blocks(new, self.s.sessions.gap_s, self.s.sessions.max_block_items)
-            cap = self.s.profile.max_blocks_per_update
-            if cap and len(blocks) > cap:
-                # A long backlog (first import) is folded: the oldest blocks become one, so the
-                # recurrent update still runs in order but costs at most `cap` LLM steps.
-                blocks = [[e for b in blocks[: len(blocks) - cap + 1] for e in b]] + blocks[len(blocks) - cap + 1 :]
+            blocks = fold_blocks(split_blocks(new, self.s.sessions.gap_s, self.s.sessions.max_block_items), self.s.profile.max_blocks_per_update)
             pending[uid] = blocks  # type: ignore[assignment]
         items = self.catalog.hits(sorted({e.item_id for evs in histories.values() for e in evs}), with_vectors=True)
 
@@ -238,60 +231,44 @@ class ProfileBuilder:
         tpl = self.prompts.get(SUMMARY_PROMPT)
         depth = max((len(b) for b in pending.values()), default=0)
         n_calls = 0
+        pr = self.s.profile
+        rated = {i: Rated(i, h.payload.get("title", ""), tuple(attributes_of(h.payload)), None) for i, h in items.items()}
         bar = tqdm(total=sum(len(b) for b in pending.values()), desc="summarizing blocks", unit="block", disable=not progress)
         for d in range(depth):
             batch = [(uid, blocks[d]) for uid, blocks in pending.items() if d < len(blocks)]
             rows = []
             for uid, block in batch:
-                st = states[uid]
-                block_items = [(items[e.item_id].payload, is_positive(e, thr), e) for e in block if e.item_id in items]
-                shown = sorted(block_items, key=lambda x: (not x[1], -x[2].timestamp))[: self.s.profile.summary_items_per_block]
-                rows.append((uid, block, shown))
-            texts: list[str | None] = [None] * len(rows)
-            source = "extractive"
+                seen = [replace(rated[e.item_id], rating=e.rating) for e in histories[uid] if e.timestamp <= block[-1].timestamp and e.item_id in rated]
+                facts = Facts.of(seen, thr, pr.negative_rating)
+                shown = sorted((e for e in block if e.item_id in items), key=lambda e: (not is_positive(e, thr), -e.timestamp))
+                rows.append((uid, block, facts, shown[: pr.summary_items_per_block]))
+            outs: list[str | None] = [None] * len(rows)
             if llm is not None:
                 prompts = [
-                    self.prompts.render(
-                        tpl.ref,
-                        previous=states[uid].summary if states[uid].summary_source == "llm" else None,
-                        block_index=states[uid].n_blocks,
-                        items=[
-                            {
-                                "title": p.get("title", ""),
-                                "genres": genres_of(p.get("attributes") or {}),
-                                "liked": ok,
-                                "rating": e.rating,
-                                "summary": p.get("summary", ""),
-                            }
-                            for p, ok, e in shown
-                        ],
-                    )
-                    for uid, _, shown in rows
+                    llm.chat_prompt(step_prompt(self.prompts, tpl.ref, facts, states[uid].structured, states[uid].n_blocks, shown, rated, thr))
+                    for uid, _, facts, shown in rows
                 ]
+                schemas = [summary_schema(facts.vocabulary, facts.positive_ids) for _, _, facts, _ in rows]
                 try:
-                    outs = llm.generate(prompts, self.s.llm.max_new_tokens, stop=["\n", "<<<"])
+                    outs = list(llm.generate_json(prompts, schemas, pr.summary_max_new_tokens))
                     n_calls += 1
-                    texts = [clean_summary("Likes " + o) if o.strip() else None for o in outs]
-                    source = "llm"
                 except BackendUnavailableError as e:
                     llm_error = str(e)
-                    logger.warning("LLM failed, using extractive summaries: %s", e)
+                    logger.warning("LLM failed, using computed summaries: %s", e)
                     llm = None
-            for (uid, block, _shown), text in zip(rows, texts):
+            for (uid, block, facts, _), out in zip(rows, outs):
                 st = states[uid]
-                src = source if text else "extractive"
-                if not text:
-                    # The extractive summary covers everything seen so far, so it stays meaningful on its own.
-                    seen = [e for e in histories[uid] if e.timestamp <= block[-1].timestamp and e.item_id in items]
-                    text = extractive_profile([items[e.item_id].payload for e in seen], [is_positive(e, thr) for e in seen])
-                st.summary, st.summary_source = text, src
+                obj, src = settle(out, facts, "LLM disabled" if not use_llm else "LLM unavailable")
+                text = render_summary(obj, facts.titles)
+                st.summary, st.summary_source, st.structured = text, src, obj
                 st.versions.append(
                     {
                         "version": len(st.versions) + 1,
                         "block_index": st.n_blocks,
                         "summary": text,
+                        "structured": obj,
                         "source": src,
-                        "prompt": tpl.ref if src == "llm" else "extractive",
+                        "prompt": tpl.ref if out is not None else "computed",
                         "created_at": time.time(),
                         "block_end": block[-1].timestamp,
                     }

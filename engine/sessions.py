@@ -20,3 +20,11 @@ def split_blocks(events: Sequence[_Timed], gap_s: float, max_items: int) -> list
         blocks[-1].append(e)
         last = e.timestamp
     return blocks
+
+
+def fold_blocks(blocks: list[list[_Timed]], cap: int | None) -> list[list[_Timed]]:
+    """At most ``cap`` blocks: a long backlog (first import) has its oldest blocks folded into one,
+    so a recurrent update still runs in order but costs at most ``cap`` steps."""
+    if not cap or len(blocks) <= cap:
+        return blocks
+    return [[e for b in blocks[: len(blocks) - cap + 1] for e in b], *blocks[len(blocks) - cap + 1 :]]

@@ -160,7 +160,10 @@ class SummaryVersion(BaseModel):
     summary: str
     source: Literal["llm", "extractive"]
     prompt: str
-    """Prompt name@version that wrote it."""
+    """Prompt name@version that wrote it (``computed``: no LLM was asked)."""
+    structured: dict[str, Any] | None = None
+    """The structured summary the text was rendered from: ``liked``/``disliked`` attributes,
+    ``liked_items`` ids, ``note``; ``fallback`` says why it was computed from counts instead of the LLM."""
     created_at: float
     block_end: float
     """Timestamp of the last event the summary covers."""
@@ -173,6 +176,8 @@ class Profile(BaseModel):
     n_blocks: int
     summary: str | None
     summary_source: Literal["llm", "extractive"] | None
+    structured: dict[str, Any] | None = None
+    """The latest structured summary (see :class:`SummaryVersion`)."""
     versions: list[SummaryVersion] = Field(default_factory=list)
     recent_items: list[str] = Field(default_factory=list)
     has_taste_vectors: dict[str, bool] = Field(default_factory=dict)

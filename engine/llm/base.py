@@ -3,12 +3,13 @@ transformers in-process. Both are prompted completion-style so base models work 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-__all__ = ["LLM", "yes_probability"]
+__all__ = ["LLM", "first_json_object", "json_matches", "yes_probability"]
 
 YES_WORDS = ("yes",)
 NO_WORDS = ("no",)
@@ -26,6 +27,42 @@ def yes_probability(top_logprobs: dict[str, float]) -> float | None:
     if py + pn <= 0:
         return None
     return py / (py + pn)
+
+
+def first_json_object(text: str) -> dict | None:
+    """The first complete JSON object in ``text`` (models may wrap it in prose or code fences)."""
+    start = text.find("{")
+    while start != -1:
+        depth, in_str, esc = 0, False, False
+        for i in range(start, len(text)):
+            c = text[i]
+            if in_str:
+                if esc:
+                    esc = False
+                elif c == "\\":
+                    esc = True
+                elif c == '"':
+                    in_str = False
+            elif c == '"':
+                in_str = True
+            elif c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    try:
+                        obj = json.loads(text[start : i + 1])
+                    except ValueError:
+                        break
+                    return obj if isinstance(obj, dict) else None
+        start = text.find("{", start + 1)
+    return None
+
+
+def json_matches(text: str, schema: dict) -> bool:
+    """``text`` holds a JSON object with the schema's required keys (values are the caller's to check)."""
+    obj = first_json_object(text or "")
+    return obj is not None and all(k in obj for k in schema.get("required") or [])
 
 
 class LLM(ABC):
@@ -60,10 +97,11 @@ class LLM(ABC):
         prefix caching in vLLM); this default scores the concatenations."""
         return self.yes_probabilities([prefix + s for s in suffixes])
 
-    def generate_json(self, prompts: Sequence[str], schema: dict, max_new_tokens: int) -> list[str]:
+    def generate_json(self, prompts: Sequence[str], schema: dict | Sequence[dict], max_new_tokens: int) -> list[str]:
         """Completions meant to be one JSON object matching ``schema`` each (constrained decoding
-        where the backend has it: vLLM structured outputs). Callers still validate the result; this
-        default generates freely."""
+        where the backend has it: vLLM structured outputs). ``schema`` is one schema for all prompts
+        or one per prompt (e.g. per-user enums). Callers still validate the result; this default
+        generates freely."""
         return self.generate(prompts, max_new_tokens)
 
     def close(self) -> None:  # noqa: B027 - optional hook

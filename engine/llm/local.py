@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from typing import Any
 from ..cancel import check_cancelled, current_scope
 from ..config import LLMConfig
 from ..errors import BackendUnavailableError, InvalidInputError, missing
-from .base import LLM
+from .base import LLM, first_json_object, json_matches
 from .models import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -152,3 +153,77 @@ class TransformersLLM(LLM):
                 step_ids = torch.tensor([[best, *comma]], device=ids.device)
                 attn = torch.cat([attn, torch.ones((1, step_ids.shape[1]), dtype=attn.dtype, device=attn.device)], dim=1)
         return chosen
+
+    def chat_prompt(self, text: str) -> str:
+        """One user turn through the tokenizer's chat template (identity for base models without one)."""
+        if not getattr(self.tok, "chat_template", None):
+            return text
+        return str(self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True))
+
+    def generate_json(self, prompts: Sequence[str], schema: dict | Sequence[dict], max_new_tokens: int) -> list[str]:
+        """Validated parsing, not constrained decoding: the answer is prefilled with ``{`` (so base
+        models start the object too), generation stops once the object closes, and answers that do
+        not parse as a JSON object with the schema's required keys are retried once with the first
+        key prefilled. Callers still validate values (enums)."""
+        schemas = [schema] * len(prompts) if isinstance(schema, dict) else list(schema)
+        outs = self._json_pass(prompts, "{", max_new_tokens)
+        retry = [i for i, (o, s) in enumerate(zip(outs, schemas)) if not json_matches(o, s)]
+        if retry:
+            logger.info("generate_json: %d of %d answers unusable, retrying with the first key prefilled", len(retry), len(prompts))
+            again = self._json_pass(
+                [prompts[i] for i in retry], "{" + json.dumps(_first_key(schemas[retry[0]])) + ":", max_new_tokens, schemas=[schemas[i] for i in retry]
+            )
+            for i, o in zip(retry, again):
+                if json_matches(o, schemas[i]):
+                    outs[i] = o
+        return outs
+
+    def _json_pass(self, prompts: Sequence[str], prefill: str, max_new_tokens: int, schemas: Sequence[dict] | None = None) -> list[str]:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        torch = self._torch
+        if schemas is not None:  # the retry prefills each prompt's own first key
+            fills = ["{" + json.dumps(_first_key(s)) + ":" for s in schemas]
+        else:
+            fills = [prefill] * len(prompts)
+        tok = self.tok
+        scope = current_scope()
+        out: list[str] = []
+
+        class _Closed(StoppingCriteria):
+            """Per row: stop once the prefilled object has closed (base models would ramble on)."""
+
+            def __init__(self, start: int, heads: list[str]) -> None:
+                self.start, self.heads = start, heads
+
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                done = [first_json_object(h + tok.decode(row[self.start :], skip_special_tokens=True)) is not None
+                        for h, row in zip(self.heads, input_ids)]
+                if scope is not None and scope.cancelled:
+                    done = [True] * len(done)
+                return torch.tensor(done, device=input_ids.device)
+
+        with self._lock, torch.inference_mode():
+            bs = self.config.batch_size
+            for b0 in range(0, len(prompts), bs):
+                check_cancelled()
+                self.batches_run += 1
+                heads = fills[b0 : b0 + bs]
+                batch = [p + h for p, h in zip(prompts[b0 : b0 + bs], heads)]
+                enc = self._encode(batch, max_new_tokens)
+                start = enc["input_ids"].shape[1]
+                gen = self.model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                    stopping_criteria=StoppingCriteriaList([_Closed(start, heads)]),
+                )
+                check_cancelled()
+                for h, row in zip(heads, gen[:, start:]):
+                    text = h + tok.decode(row, skip_special_tokens=True)
+                    obj = first_json_object(text)
+                    out.append(json.dumps(obj) if obj is not None else text.strip())
+        return out
+
+
+def _first_key(schema: dict) -> str:
+    req = schema.get("required") or list(schema.get("properties") or {}) or ["answer"]
+    return str(req[0])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..cancel import CancelScope, check_cancelled, current_scope
@@ -14,6 +16,9 @@ from .base import LLM, yes_probability
 from .models import is_packaged
 
 logger = logging.getLogger(__name__)
+
+CHAT_MARK = "PERSONA_USER_TURN_7f3a"
+"""Placeholder user message whose rendering splits the chat template into the text before and after a turn."""
 
 
 class VLLMClient(LLM):
@@ -31,6 +36,7 @@ class VLLMClient(LLM):
         self._httpx = httpx
         self.model = config.adapter or (self._served_model() if is_packaged(config.model) else config.model)
         self.name = f"vllm:{self.model}"
+        self._chat: tuple[str, ...] | None = None
 
     def _post(self, path: str, body: dict[str, Any], root: bool = False) -> dict[str, Any]:
         url = (re.sub(r"/v1$", "", self.base) if root else self.base) + path
@@ -147,6 +153,54 @@ class VLLMClient(LLM):
             body = {"model": self.model, "messages": [{"role": "user", "content": content}], "max_tokens": max_new_tokens, "temperature": 0.0}
             msg = self._choices(self._post("/chat/completions", body), 1)[0].get("message") or {}
             out.append(str(msg.get("content") or "").strip())
+        return out
+
+    def chat_prompt(self, text: str) -> str:
+        """The served model's chat template, rendered by the server once (``/tokenize`` with a marker
+        message, then ``/detokenize``) and cached as the text around the user turn; identity when the
+        server has no template for the model (base models)."""
+        if self._chat is None:
+            self._chat = self._chat_parts()
+        return self._chat[0] + text + self._chat[1] if self._chat else text
+
+    def _chat_parts(self) -> tuple[str, ...] | None:
+        body = {"model": self.model, "messages": [{"role": "user", "content": CHAT_MARK}], "add_generation_prompt": True,
+                "add_special_tokens": False}
+        try:
+            toks = self._post("/tokenize", body, root=True).get("tokens") or []
+            text = str(self._post("/detokenize", {"model": self.model, "tokens": toks}, root=True).get("prompt") or "")
+        except BackendUnavailableError as e:
+            if "answered" not in str(e):
+                return None  # unreachable: ask again next time
+            logger.info("vLLM renders no chat template for %s (%s); prompts stay completion-style", self.model, str(e)[:120])
+            return ()
+        if CHAT_MARK not in text:
+            return ()
+        head, _, tail = text.partition(CHAT_MARK)
+        return head, tail
+
+    def generate_json(self, prompts: Sequence[str], schema: dict | Sequence[dict], max_new_tokens: int) -> list[str]:
+        """Constrained decoding through vLLM structured outputs (``structured_outputs.json``): one
+        completions request per distinct schema, sent concurrently so the server batches them."""
+        if not prompts:
+            return []
+        schemas = [schema] * len(prompts) if isinstance(schema, dict) else list(schema)
+        groups: dict[str, list[int]] = {}
+        for i, sc in enumerate(schemas):
+            groups.setdefault(json.dumps(sc, sort_keys=True), []).append(i)
+
+        def run(idx: list[int]) -> list[str]:
+            body = {
+                "model": self.model, "prompt": [prompts[i] for i in idx], "max_tokens": max_new_tokens, "temperature": 0.0,
+                "structured_outputs": {"json": schemas[idx[0]]},
+            }
+            return [str(c.get("text", "")).strip() for c in self._choices(self._post("/completions", body), len(idx))]
+
+        out = [""] * len(prompts)
+        with ThreadPoolExecutor(max_workers=min(8, len(groups))) as pool:
+            for idx, texts in zip(groups.values(), pool.map(run, groups.values())):
+                for i, t in zip(idx, texts):
+                    out[i] = t
         return out
 
     def count_tokens(self, text: str) -> int:

@@ -1,0 +1,138 @@
+"""Structured preference summaries: the validator's closed world, the computed fallback, the
+faithfulness metric, and a real in-process model on a user who watched only Westerns and film-noir."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.summaries import Facts, Rated, attributes_of, faithfulness, note_claims, render_summary, summary_schema, validate_summary
+
+
+def _rated(ml, ids_ratings):
+    items = {i.id: i for i in ml.items}
+    return [Rated(i, items[i].title, tuple(attributes_of({"attributes": items[i].attributes})), r) for i, r in ids_ratings]
+
+
+@pytest.fixture(scope="module")
+def genres(ml):
+    return sorted({g for i in ml.items for g in i.attributes["genres"]})
+
+
+@pytest.fixture(scope="module")
+def noir_western(ml):
+    """Items whose genres are only Western and/or Film-Noir (real ml-100k items)."""
+    pick = [i for i in ml.items if set(i.attributes["genres"]) <= {"Western", "Film-Noir"}]
+    assert len(pick) >= 12
+    return pick[:16]
+
+
+def test_attributes_from_payload(ml):
+    toy = next(i for i in ml.items if i.id == "1")
+    attrs = attributes_of({"attributes": toy.attributes})
+    assert attrs[:3] == ["Animation", "Children's", "Comedy"] and "1990s" in attrs
+    assert "directed by John Lasseter" in attrs and "starring Tom Hanks" in attrs
+    assert not any("Wallace Shawn" in a for a in attrs)  # only the leads
+
+
+def test_validator_drops_foreign_attributes_and_items(ml):
+    hist = _rated(ml, [("1", 5), ("50", 5), ("181", 4), ("172", 2), ("100", 1)])
+    f = Facts.of(hist, 4.0, 2.0)
+    assert "Sci-Fi" in f.vocabulary and "Horror" not in f.vocabulary
+    raw = json.dumps({"liked": ["Sci-Fi", "Horror", "<<<Action>>>", "Sci-Fi"], "disliked": ["Film-Noir", "Action"],
+                      "liked_items": ["50", "9999", "172", "1"], "note": "likes <<<space>>> operas"})
+    obj, dropped = validate_summary("Sure! Here it is:\n```json\n" + raw + "\n```", f)
+    assert obj["liked"] == ["Sci-Fi", "Action"]  # unknown genre dropped, fence marks stripped, no duplicates
+    assert obj["disliked"] == []  # Film-Noir is outside the vocabulary; Action is already liked
+    assert obj["liked_items"] == ["50", "1"]  # 9999 is not in the history, 172 was rated 2
+    assert "<<<" not in obj["note"] and dropped == {"attributes": 2, "items": 2}
+    text = render_summary(obj, f.titles)
+    assert text.startswith("Likes Sci-Fi and Action.") and "Star Wars (1977)" in text
+
+
+@pytest.mark.parametrize("garbage", ["", "no json here", '{"liked": ["Sci-Fi"', "[1, 2]", '{"liked": ["Horror"], "disliked": []}'])
+def test_garbage_falls_back_flagged(make_engine, ml, garbage):
+    """Unusable model output -> the computed summary, flagged, through the real ProfileBuilder path."""
+    from engine.llm.base import LLM
+
+    class Fixed(LLM):  # a stand-in backend that answers `garbage` (the parsing path is what is tested)
+        name = "fixed"
+
+        def generate(self, prompts, max_new_tokens, stop=()):
+            return [garbage for _ in prompts]
+
+        def yes_probabilities(self, prompts):
+            return [None for _ in prompts]
+
+        def choose_sequence(self, prompt, labels, n):
+            return list(labels[:n])
+
+        def count_tokens(self, text):
+            return len(text.split())
+
+    hist = [("50", 5), ("181", 5), ("172", 4), ("1", 2), ("100", 5), ("121", 1)]
+    eng = make_engine(llm_obj=Fixed())
+    eng.add_items([i for i in ml.items if i.id in {h for h, _ in hist}])
+    eng.add_events([{"user_id": "g", "item_id": i, "timestamp": 1000 + n, "rating": r} for n, (i, r) in enumerate(hist)])
+    eng.update_profiles(["g"])
+    p = eng.profile("g")
+    assert p.summary_source == "extractive" and p.structured["fallback"] == "unusable LLM output"
+    assert p.versions[-1].prompt == "preference_update@v2" and p.versions[-1].structured == p.structured
+    assert "Sci-Fi" in p.structured["liked"] and p.summary.startswith("Likes ")
+    assert set(p.structured["liked_items"]) <= {"50", "181", "172", "100"}
+
+
+def test_faithfulness_counts_unsupported_claims(ml, genres):
+    hist = _rated(ml, [("50", 5), ("181", 5), ("172", 5), ("1", 1), ("95", 2)])  # Star Wars trilogy liked; two cartoons disliked
+    f = Facts.of(hist, 4.0, 2.0)
+    good = {"liked": ["Sci-Fi", "Action"], "disliked": ["Animation"], "liked_items": ["50"], "note": "Loves 1980s sci-fi adventure."}
+    r = faithfulness(good, f, genres)
+    assert (r["liked"], r["liked_supported"], r["disliked"], r["disliked_supported"]) == (2, 2, 1, 1)
+    assert r["note"] == 3 and r["note_supported"] == 3  # Sci-Fi, Adventure, 1980s
+    bad = {"liked": ["Animation"], "disliked": ["Sci-Fi"], "liked_items": [], "note": "A fan of westerns and 1950s musicals."}
+    r = faithfulness(bad, f, genres)
+    assert r["liked_supported"] == 0 and r["disliked_supported"] == 0 and r["note"] == 3 and r["note_supported"] == 0
+    assert note_claims("film noir and the '70s", genres) == ["Film-Noir", "1970s"]
+
+
+def test_schema_closes_the_vocabulary(ml):
+    f = Facts.of(_rated(ml, [("50", 5), ("181", 5), ("1", 2)]), 4.0, 2.0)
+    s = summary_schema(f.vocabulary, f.positive_ids)
+    assert s["properties"]["liked"]["items"]["enum"] == f.vocabulary and s["properties"]["liked_items"]["items"]["enum"] == ["50", "181"]
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate({"liked": ["Sci-Fi"], "disliked": [], "liked_items": ["50"], "note": "x"}, s)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"liked": ["Horror"], "disliked": [], "liked_items": [], "note": ""}, s)
+
+
+@pytest.fixture(scope="session")
+def summary_llm():
+    """The offline default model in-process (the one `make demo` summarizes with), loaded once."""
+    from engine.config import LLMConfig
+    from engine.llm.local import TransformersLLM
+
+    return TransformersLLM(LLMConfig(batch_size=8))
+
+
+@pytest.mark.slow
+def test_westerns_and_noir_only(make_engine, ml, noir_western, genres, summary_llm):
+    """A user who watched only Westerns and film-noir: the real model's summary claims no other genre."""
+    eng = make_engine(llm_obj=summary_llm, profile={"max_blocks_per_update": 2})
+    eng.add_items(noir_western)
+    # two sessions a day apart; a few low ratings so "disliked" has something to say
+    eng.add_events([{"user_id": "wn", "item_id": it.id, "timestamp": 1000 + n * 60 + (86400 if n >= 8 else 0),
+                     "rating": 2 if n % 5 == 4 else 5} for n, it in enumerate(noir_western)])
+    st = eng.update_profiles(["wn"])
+    p = eng.profile("wn")
+    assert st["llm_error"] is None and len(p.versions) == 2
+    others = [g for g in genres if g not in ("Western", "Film-Noir")]
+    for v in p.versions:
+        assert v.structured is not None, v
+        claimed = set(v.structured["liked"]) | set(v.structured["disliked"])
+        assert not claimed & set(others), v.structured
+        assert not set(note_claims(v.summary, others)), v.summary  # the rendered text, note included
+        assert set(v.structured["liked_items"]) <= {it.id for it in noir_western}
+    # the model itself answered (no fallback) and named what the history is about
+    assert p.summary_source == "llm" and "fallback" not in p.structured, p.structured
+    assert {"Western", "Film-Noir"} & set(p.structured["liked"]), p.structured
