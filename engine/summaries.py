@@ -41,6 +41,7 @@ MIN_SUPPORT = 2
 """An attribute claim is supported when at least this many items of the history back it."""
 PEOPLE = (("director", "directed by"), ("cast", "starring"))
 """Payload keys holding people, and how their attribute label reads."""
+PEOPLE_PREFIXES = tuple(label + " " for _, label in PEOPLE)
 
 
 def attributes_of(payload: dict[str, Any], cast_limit: int = 3) -> list[str]:
@@ -100,7 +101,7 @@ class Facts:
     def vocabulary(self) -> list[str]:
         return [a for a, n in self.seen.most_common() if n >= MIN_SUPPORT]
 
-    def table(self, limit: int = 24) -> list[dict[str, Any]]:
+    def table(self, limit: int = 16) -> list[dict[str, Any]]:
         """The vocabulary with its counts, most seen first (prompt rows)."""
         return [{"attribute": a, "liked": self.pos[a], "disliked": self.neg[a], "seen": self.seen[a]} for a in self.vocabulary[:limit]]
 
@@ -175,12 +176,19 @@ def _join(xs: Sequence[str]) -> str:
     return xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]
 
 
+def _phrase(attr: str) -> str:
+    """How an attribute label reads in a sentence: ``1990s films``, ``films directed by X``."""
+    if re.fullmatch(r"\d{4}s", attr):
+        return f"{attr} films"
+    return f"films {attr}" if attr.startswith(PEOPLE_PREFIXES) else attr
+
+
 def render_summary(summary: dict[str, Any], titles: dict[str, str]) -> str:
     """The natural-language summary that prompts and the dashboard show (starts with ``Likes``)."""
-    liked = summary.get("liked") or []
+    liked = [_phrase(a) for a in summary.get("liked") or []]
     text = f"Likes {_join(liked)}." if liked else "Likes no clear attribute yet."
     if summary.get("disliked"):
-        text += f" Dislikes {_join(summary['disliked'])}."
+        text += f" Dislikes {_join([_phrase(a) for a in summary['disliked']])}."
     names = [titles[i] for i in summary.get("liked_items") or [] if titles.get(i)]
     if names:
         text += f" Liked for example {'; '.join(names)}."
@@ -226,8 +234,10 @@ def step_prompt(
 ) -> str:
     """One recurrent update's prompt (before the chat template): the previous structured summary,
     the counts, and the block's ``shown`` events (``item_id``, ``rating``) described by ``rated``."""
+    # Item lines carry genres and decade only: people that matter already sit in the counts table,
+    # and the shorter prompt halves the cost on small CPUs.
     rows = [
-        {"id": e.item_id, "title": rated[e.item_id].title, "attributes": list(rated[e.item_id].attributes),
+        {"id": e.item_id, "title": rated[e.item_id].title, "attributes": [a for a in rated[e.item_id].attributes if not a.startswith(PEOPLE_PREFIXES)],
          "rating": e.rating, "liked": e.rating is None or e.rating >= positive}
         for e in shown
     ]

@@ -24,6 +24,9 @@ def _open(args: argparse.Namespace, **overrides: object):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from engine.items import genres_of
     from engine.offline.datasets import load_movielens
 
     t0 = time.perf_counter()
@@ -54,8 +57,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             prof = eng.profile(uid)
             recs = eng.recommend(uid, k=args.k)
             print(f"\nUser {uid}: {prof.n_events} ratings, {prof.n_blocks} session blocks")
-            print(f"  taste ({prof.summary_source}): {prof.summary}")
-            recent = eng.history(uid)[-5:][::-1]
+            print(f"  taste ({prof.summary_source}{', ' + prof.structured['fallback'] if prof.structured and prof.structured.get('fallback') else ''}): {prof.summary}")
+            hist = eng.history(uid)
+            liked_rows = eng.catalog.rows([e.item_id for e in hist if e.rating is None or e.rating >= eng.settings.profile.positive_rating])
+            top = Counter(g for r in liked_rows.values() for g in genres_of(r.get("attributes") or {})).most_common(5)
+            print("  check: genres of the items rated >= 4: " + ", ".join(f"{g} {n}" for g, n in top))
+            recent = hist[-5:][::-1]
             rows = eng.catalog.rows([e.item_id for e in recent])
             print("  latest: " + "; ".join(f"{rows.get(e.item_id, {}).get('title', e.item_id)} ({e.rating:g}*)" if e.rating is not None
                                           else rows.get(e.item_id, {}).get("title", e.item_id) for e in recent))
@@ -194,6 +201,22 @@ def cmd_eval_llm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_summaries(args: argparse.Namespace) -> int:
+    """Faithfulness of the structured preference summaries (engine.offline.summary_eval)."""
+    from engine.config import Settings
+    from engine.llm import open_llm
+    from engine.offline.datasets import load_movielens
+    from engine.offline.summary_eval import evaluate_summaries, write_summary_report
+
+    settings = Settings(**({"llm": {"model": args.model, "batch_size": args.batch_size}} if args.model else {"llm": {"batch_size": args.batch_size}}))
+    llm = None if args.no_llm else open_llm(settings.llm)
+    rep = evaluate_summaries(load_movielens(args.data), llm, users=args.users, seed=args.seed, max_blocks=args.max_blocks, settings=settings)
+    md = write_summary_report(rep, Path(args.out), "persona " + " ".join(sys.argv[1:]) if sys.argv[1:] else "persona eval-summaries")
+    print(md.read_text())
+    print(f"report: {md} (+ summaries.json)")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from engine import Engine
     from engine.offline.datasets import load_movielens
@@ -319,6 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapter", default=None, help="LoRA adapter (folder; served name on vLLM): LLM rows before and after")
     ev.add_argument("--llm-rows", choices=["all", "pointwise"], default="all", help="pointwise: only the pointwise LLM rows (faster)")
     ev.set_defaults(fn=cmd_eval_llm)
+
+    es = sub.add_parser("eval-summaries", help="faithfulness of the structured preference summaries on ml-100k users, with a 95%% interval")
+    es.add_argument("--data", default=None)
+    es.add_argument("--users", type=int, default=200, help="seeded sample of users")
+    es.add_argument("--seed", type=int, default=0)
+    es.add_argument("--max-blocks", type=int, default=2, help="recurrent LLM steps per user (older blocks folded)")
+    es.add_argument("--model", default=None, help="LLM (default: llm.model); a vLLM server when PERSONA_LLM__URL is set")
+    es.add_argument("--batch-size", type=int, default=8)
+    es.add_argument("--no-llm", action="store_true", help="the computed (count-only) summaries: the metric's reference point")
+    es.add_argument("--out", default="reports/summaries")
+    es.set_defaults(fn=cmd_eval_summaries)
 
     t = sub.add_parser("train", help="LoRA fine-tuning on instruction data built from ml-100k interactions")
     t.add_argument("--out", default="adapters/persona-lora")

@@ -43,6 +43,18 @@ def text_encoder():
 
 @pytest.fixture(scope="session")
 def local_llm():
+    """The packaged Gemma 3 270M base in-process: the model the vLLM fixture serves (congruence tests
+    compare the two) and the LoRA tests train on; the smaller, faster of the packaged models."""
+    from engine.config import PACKAGED_GEMMA, LLMConfig
+    from engine.llm.local import TransformersLLM
+
+    return TransformersLLM(LLMConfig(model=PACKAGED_GEMMA, batch_size=8))
+
+
+@pytest.fixture(scope="session")
+def default_llm():
+    """The offline default model (``LLMConfig().model``, instruction-tuned) in-process: what
+    `make demo` writes preference summaries with."""
     from engine.config import LLMConfig
     from engine.llm.local import TransformersLLM
 

@@ -1,4 +1,4 @@
-"""User modeling with the real LLM path (packaged Gemma 3 270M base model, in-process)."""
+"""User modeling with the real LLM path (the offline default model, in-process)."""
 
 from collections import Counter
 
@@ -18,10 +18,10 @@ def test_split_blocks():
 
 
 @pytest.mark.slow
-def test_llm_summaries_incremental_and_grounded(make_engine, ml, local_llm, tmp_path):
+def test_llm_summaries_incremental_and_grounded(make_engine, ml, default_llm, tmp_path):
     users = ["1", "13", "405"]
     items_needed = {e.item_id for u in users for e in ml.user_events(u)}
-    eng = make_engine(llm_obj=local_llm, profile={"max_blocks_per_update": 3})
+    eng = make_engine(llm_obj=default_llm, profile={"max_blocks_per_update": 3})
     eng.add_items([i for i in ml.items if i.id in items_needed])
     # first half of each history, then the rest: the second update only costs the new blocks
     halves = {u: ml.user_events(u) for u in users}
@@ -40,7 +40,7 @@ def test_llm_summaries_incremental_and_grounded(make_engine, ml, local_llm, tmp_
         assert p.summary_source == "llm" and p.summary and p.n_events == len(halves[u])
         assert p.versions[: len(v1[u])] == v1[u]  # earlier versions are kept unchanged
         assert [v.version for v in p.versions] == list(range(1, len(p.versions) + 1))
-        assert all(v.prompt == "preference_update@v1" for v in p.versions)
+        assert all(v.prompt == "preference_update@v2" and v.structured for v in p.versions)
         assert p.has_taste_vectors.get("taste_text") and p.has_taste_vectors.get("summary")
         counts = Counter(g for e in halves[u] for g in genre_of[e.item_id])
         watched = {g for g, _ in counts.most_common(5)}
@@ -98,14 +98,14 @@ INJECTIONS = [
 
 
 @pytest.mark.slow
-def test_summary_ignores_injected_text(make_engine, ml, local_llm):
+def test_summary_ignores_injected_text(make_engine, ml, default_llm):
     """An injection corpus in item titles, descriptions and review text: the summary keeps its task."""
     base = [i for i in ml.items if "Comedy" in i.attributes["genres"]][:12]
     hostile = [
         i.model_copy(update={"title": f"{i.title} {INJECTIONS[n % 3]}", "description": f"{INJECTIONS[(n + 1) % 3]}. {i.description}"})
         for n, i in enumerate(base)
     ]
-    eng = make_engine(llm_obj=local_llm)
+    eng = make_engine(llm_obj=default_llm)
     eng.add_items(hostile)
     eng.add_events([{"user_id": "victim", "item_id": i.id, "timestamp": 1000 + n, "rating": 5, "text": INJECTIONS[n % 3]} for n, i in enumerate(hostile)])
     eng.update_profiles(["victim"])

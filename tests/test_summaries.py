@@ -106,19 +106,10 @@ def test_schema_closes_the_vocabulary(ml):
         jsonschema.validate({"liked": ["Horror"], "disliked": [], "liked_items": [], "note": ""}, s)
 
 
-@pytest.fixture(scope="session")
-def summary_llm():
-    """The offline default model in-process (the one `make demo` summarizes with), loaded once."""
-    from engine.config import LLMConfig
-    from engine.llm.local import TransformersLLM
-
-    return TransformersLLM(LLMConfig(batch_size=8))
-
-
 @pytest.mark.slow
-def test_westerns_and_noir_only(make_engine, ml, noir_western, genres, summary_llm):
+def test_westerns_and_noir_only(make_engine, ml, noir_western, genres, default_llm):
     """A user who watched only Westerns and film-noir: the real model's summary claims no other genre."""
-    eng = make_engine(llm_obj=summary_llm, profile={"max_blocks_per_update": 2})
+    eng = make_engine(llm_obj=default_llm, profile={"max_blocks_per_update": 2})
     eng.add_items(noir_western)
     # two sessions a day apart; a few low ratings so "disliked" has something to say
     eng.add_events([{"user_id": "wn", "item_id": it.id, "timestamp": 1000 + n * 60 + (86400 if n >= 8 else 0),

@@ -7,6 +7,7 @@ import json
 import httpx
 import pytest
 
+from engine.config import PACKAGED_GEMMA
 from engine.offline.evaluate import leave_last_out
 from engine.offline.train import ADAPTER_META, TrainConfig, build_instruction_data, data_hash
 
@@ -63,7 +64,7 @@ def tiny_adapter(tmp_path_factory, ml_items_path):
     copy_store(ml_items_path, base / "store" / "eval-ml100k")
     out = base / "persona-lora"
     rc = main(["--path", str(base / "store"), "train", "--out", str(out), "--users", "12", "--targets-per-user", "2",
-               "--epochs", "2", "--lr", "1e-3"])
+               "--epochs", "2", "--lr", "1e-3", "--model", PACKAGED_GEMMA])
     assert rc == 0
     meta = json.loads((out / ADAPTER_META).read_text())
     ex = [json.loads(line) for line in (out / "train_data.jsonl").read_text().splitlines()]
@@ -89,7 +90,7 @@ def test_adapter_changes_in_process_scores(tiny_adapter, local_llm):
     from engine.llm.local import TransformersLLM
 
     out, _, ex = tiny_adapter
-    tuned = TransformersLLM(LLMConfig(adapter=str(out), batch_size=8))
+    tuned = TransformersLLM(LLMConfig(model=PACKAGED_GEMMA, adapter=str(out), batch_size=8))
     prompts = [e["prompt"] for e in ex[:8]]
     base, after = local_llm.yes_probabilities(prompts), tuned.yes_probabilities(prompts)
     assert max(abs(a - b) for a, b in zip(base, after)) > 0.02
@@ -108,7 +109,7 @@ def test_adapter_served_by_vllm_matches_in_process(tiny_adapter, vllm_url):
     assert r.status_code == 200, r.text
     served = VLLMClient(LLMConfig(backend="vllm", url=vllm_url, adapter="persona-test-lora"))
     assert served.model == "persona-test-lora"
-    local = TransformersLLM(LLMConfig(adapter=str(out), batch_size=8))
+    local = TransformersLLM(LLMConfig(model=PACKAGED_GEMMA, adapter=str(out), batch_size=8))
     prompts = [e["prompt"] for e in ex[:6]]
     pv, pl = served.yes_probabilities(prompts), local.yes_probabilities(prompts)
     assert all(p is not None for p in pv)
