@@ -64,8 +64,11 @@ class LLMConfig(_Section):
     """Base URL of the vLLM OpenAI-compatible API, e.g. ``http://localhost:8000/v1``."""
     api_key: str | None = Field(None, repr=False, exclude=True)  # never written into reports
     """Bearer token for the vLLM server, if it requires one."""
-    model: str = PACKAGED_GEMMA
-    """Model name served by vLLM, or a local folder / hub name for the in-process backend; ``packaged:gemma-3-270m`` uses the GGUF shipped on PyPI."""
+    model: str = PACKAGED_QWEN
+    """Model name served by vLLM, or a local folder / hub name for the in-process backend. Packaged (GGUF
+    Q4_K_M from PyPI, de-quantized to float32): ``packaged:qwen2.5-0.5b-instruct`` (the default: an
+    instruction-tuned model with a chat template, chosen on summary faithfulness, docs/llm-models.md)
+    or ``packaged:gemma-3-270m`` (a smaller base model, no chat template)."""
     adapter: str | None = None
     """LoRA adapter: a folder for the in-process backend, the adapter's served name for vLLM."""
     timeout_s: float = Field(120.0, gt=0)

@@ -127,3 +127,29 @@ def test_westerns_and_noir_only(make_engine, ml, noir_western, genres, default_l
     # the model itself answered (no fallback) and named what the history is about
     assert p.summary_source == "llm" and "fallback" not in p.structured, p.structured
     assert {"Western", "Film-Noir"} & set(p.structured["liked"]), p.structured
+
+
+@pytest.mark.slow
+def test_vllm_structured_outputs_keep_the_schema(vllm_url, ml, noir_western):
+    """vLLM constrains decoding to the per-user schema: even the base model served by the session's
+    server answers a JSON object whose attributes and ids are all in the closed world."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from engine.config import LLMConfig
+    from engine.llm.vllm import VLLMClient
+    from engine.prompts import PromptRegistry
+    from engine.summaries import step_prompt
+
+    llm = VLLMClient(LLMConfig(backend="vllm", url=vllm_url))
+    assert llm.chat_prompt("hello") == "hello"  # the served Gemma base has no chat template
+    hist = _rated(ml, [(it.id, 5 if n % 4 else 1) for n, it in enumerate(noir_western[:10])])
+    f = Facts.of(hist, 4.0, 2.0)
+    schema = summary_schema(f.vocabulary, f.positive_ids)
+    from engine.types import Event
+
+    block = [Event(user_id="v", item_id=r.item_id, timestamp=n, rating=r.rating) for n, r in enumerate(hist[:6])]
+    prompt = step_prompt(PromptRegistry(), "preference_update@v2", f, None, 0, block, {r.item_id: r for r in hist}, 4.0)
+    out = llm.generate_json([prompt, prompt + " "], [schema, schema], 200)
+    for text in out:
+        obj = json.loads(text)
+        jsonschema.validate(obj, schema)
+        assert set(obj["liked"]) | set(obj["disliked"]) <= set(f.vocabulary)
