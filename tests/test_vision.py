@@ -51,6 +51,7 @@ def test_image_reaches_the_model(vlm, ml):
     without, _ = _prompt_tokens(vlm, prompt, None)
     with_jpeg, a = _prompt_tokens(vlm, prompt, poster)
     with_png, b = _prompt_tokens(vlm, prompt, _png((10, 200, 30), (300, 40)))
+    print(f"prompt tokens: without image {without}, JPEG poster {with_jpeg}, PNG {with_png}")
     assert without > 0
     assert with_jpeg - without == NUM_QUERY_TOKENS == with_png - without
     # The image changes what the model computes (random weights: the texts themselves mean nothing).
@@ -79,7 +80,7 @@ def test_ingest_writes_vision_summaries_and_falls_back_per_item(make_engine, ml,
     flagged = [e for e in rep.errors if e.item_id == bad.id]
     assert len(flagged) == 1 and not flagged[0].fatal and "extractive fallback" in flagged[0].error
     assert not [e for e in rep.errors if e.item_id != bad.id]
-    assert any("vLLM refused" in r.getMessage() and "cannot identify image" in r.getMessage() for r in caplog.records)
+    assert any("vLLM refused" in r.getMessage() and "Failed to load image" in r.getMessage() for r in caplog.records)
 
 
 def test_unreachable_server_falls_back_for_all_items_flagged(make_engine, ml):
