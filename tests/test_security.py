@@ -200,15 +200,19 @@ def test_catalog_refusal_is_reported_at_ingest(make_engine, tmp_path):
 
 @pytest.fixture
 def local_http():
-    """A tiny HTTP server on 127.0.0.1: /img (bytes), /redirect-local (to 127.0.0.1), /big, /slow."""
+    """A tiny HTTP server on 127.0.0.1: /img (bytes), /redirect-local (to 127.0.0.1), /big, /slow.
+    ``.seen`` records each request's (path, Host header)."""
     import http.server
     import time
+
+    seen: list[tuple[str, str | None]] = []
 
     class H(http.server.BaseHTTPRequestHandler):
         def log_message(self, *a):
             pass
 
         def do_GET(self):
+            seen.append((self.path, self.headers.get("Host")))
             port = self.server.server_address[1]
             if self.path == "/redirect-local":
                 self.send_response(302)
@@ -242,7 +246,8 @@ def local_http():
     srv.daemon_threads = True
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
-    yield srv.server_address[1]
+    srv.seen = seen
+    yield srv
     srv.shutdown()
     srv.server_close()
     t.join(timeout=5)
@@ -254,9 +259,12 @@ def test_url_fetch_refuses_private_hops_and_bounds_reads(local_http):
     from engine.errors import InvalidInputError
     from indexers.images import fetch_url
 
-    port = local_http
+    port = local_http.server_address[1]
     with pytest.raises(InvalidInputError, match="private, loopback"):
         fetch_url(f"http://127.0.0.1:{port}/img", 1000, timeout_s=5)
+    with pytest.raises(InvalidInputError, match="cannot fetch image from localhost: host resolves to a private"):
+        fetch_url(f"http://localhost:{port}/img", 1000, timeout_s=5)  # a name that resolves to loopback
+    assert local_http.seen == []  # refused before any connection
     # "localhost" explicitly allowed; its redirect to 127.0.0.1 is a new hop, checked and refused
     assert fetch_url(f"http://localhost:{port}/img", 1000, timeout_s=5, allowed_hosts={"localhost"}) == b"img"
     with pytest.raises(InvalidInputError, match="cannot fetch image from 127.0.0.1: host resolves to a private"):
@@ -272,6 +280,36 @@ def test_url_fetch_refuses_private_hops_and_bounds_reads(local_http):
     with pytest.raises(InvalidInputError) as e:  # nothing listens there: a short reason, no internals
         fetch_url("http://localhost:1/x", 1000, timeout_s=2, allowed_hosts={"localhost"})
     assert str(e.value) == "cannot fetch image from localhost: connection failed"
+    # the request went to the pinned address with the original Host header
+    assert ("/img", f"localhost:{port}") in local_http.seen
+
+
+def test_url_fetch_pins_the_checked_address_against_dns_rebinding(local_http, monkeypatch):
+    """DNS rebinding: the name answers a public address when checked and 127.0.0.1 afterwards. The
+    fetch must connect to the address it checked (unreachable offline, or nothing listens on that port),
+    so the loopback server never sees a request.
+    (Offline there is no attacker DNS server: a resolver that changes its answer stands in for it.)"""
+    import socket
+
+    from engine.errors import InvalidInputError
+    from indexers.images import fetch_url
+
+    port, real = local_http.server_address[1], socket.getaddrinfo
+    answers: list[str] = []
+
+    def rebinding(host, *a, **kw):
+        if host != "rebind.invalid":
+            return real(host, *a, **kw)
+        ip = "8.8.8.8" if not answers else "127.0.0.1"  # first a public address, then loopback
+        answers.append(ip)
+        return real(ip, *a, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    with pytest.raises(InvalidInputError) as e:
+        fetch_url(f"http://rebind.invalid:{port}/img", 1000, timeout_s=1.5)
+    assert str(e.value) in ("cannot fetch image from rebind.invalid: connection failed", "cannot fetch image from rebind.invalid: timed out")
+    assert answers == ["8.8.8.8"], "the name was resolved again after the check"
+    assert local_http.seen == [], "the fetch reached the loopback server"
 
 
 def test_vllm_client_sends_its_api_key():
