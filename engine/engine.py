@@ -48,6 +48,10 @@ from .types import (
 __all__ = ["Components", "Engine"]
 
 
+def _title_key(payload: Mapping[str, Any]) -> str:
+    return " ".join(str(payload.get("title") or "").lower().split())
+
+
 class Engine:
     """Open with :meth:`Engine.open`; use as a context manager or call :meth:`close`."""
 
@@ -66,7 +70,7 @@ class Engine:
         self.retriever = Retriever(settings, store, self.items_col)
         self.ranker = LLMReranker(self.prompts, comps.llm)
         self.searcher = Searcher(settings, store, self.items_col, comps)
-        self.learned = LearnedStage(settings, store, self.items_col, self.events_col, self.catalog)
+        self.learned = LearnedStage(settings, store, self.items_col, self.events_col, self.catalog, self.users_col)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -212,7 +216,7 @@ class Engine:
         model = self.learned.current() if events else None
         ctx = None if model is not None and rerank == "none" and not explain else self.profiles.context(user_id, events)
         if model is not None:
-            hits, reasons, strategy = self._learned_hits(model, events, limit, flt, with_vectors=rc.mmr_lambda is not None)
+            hits, reasons, strategy = self._learned_hits(model, events, limit, flt, rc.mmr_lambda is not None, exclude_seen)
         else:
             hits, strategy = self.retriever.retrieve(ctx, limit, flt)
         fallback = None
@@ -235,15 +239,24 @@ class Engine:
         version = model.info.get("version") if model is not None else None
         return Recommendations(user_id=user_id, items=out, strategy=strategy, fallback=fallback, model_version=version)
 
-    def _learned_hits(self, model: Any, events: list[Event], limit: int, flt: Filter, with_vectors: bool) -> tuple[list[Hit], dict, str]:
-        picks = self.learned.recommend(model, events, limit, flt)
+    def _learned_hits(self, model: Any, events: list[Event], limit: int, flt: Filter, with_vectors: bool,
+                      exclude_seen: bool = True) -> tuple[list[Hit], dict, str]:
+        # One entry per title: a catalog can hold one title under several ids (ml-100k has 18 such pairs), and the
+        # second copy (or a copy of a seen title) is no new recommendation. A few extra picks make up for dropped ones.
+        picks = self.learned.recommend(model, events, limit + 10, flt, exclude_seen)
         found = self.catalog.hits([i for i, _, _ in picks] + [w for _, _, w in picks if w], with_vectors=with_vectors)
         thr = self.settings.profile.positive_rating
         liked = {e.item_id: is_positive(e, thr) for e in events}
+        titles = {_title_key(h.payload) for h in self.catalog.hits([e.item_id for e in events]).values()} if exclude_seen else set()
+        titles.discard("")
         hits, reasons = [], {}
         for iid, score, why in picks:
-            if iid in found:
+            if iid in found and len(hits) < limit:
                 h = found[iid]
+                key = _title_key(h.payload)
+                if key and key in titles:
+                    continue
+                titles.add(key)
                 hits.append(Hit(id=h.id, score=score, payload=h.payload, vectors=h.vectors))
                 reasons[iid] = explaining.history_reason(h, found.get(why) if why else None, liked.get(why or "", False))
         return hits, reasons, "learned"
