@@ -64,7 +64,8 @@ class LearnedStage:
 
     # -- fitting ---------------------------------------------------------------------------------
 
-    def _config(self):
+    def config(self):
+        """The ``LearnedConfig`` a fit uses (from ``settings.fit``; every other knob at its validated default)."""
         from .learned import LearnedConfig
 
         f = self.settings.fit
@@ -77,22 +78,12 @@ class LearnedStage:
         except ImportError as e:
             raise missing("learn", "implicit / lightgbm / scipy") from e
         t0 = time.perf_counter()
-        events = [Event.model_validate(h.payload) for h in self.store.scroll(self.events_col)]
+        events, items, emb, ids = self.training_inputs()
         if len({e.user_id for e in events}) < 2:
             raise InvalidInputError("fit needs events from at least 2 users")
-        items, ids, vecs = [], [], []
-        ids_in_store = []
-        for h in self.store.scroll(self.items_col, with_vectors=True):
-            p = h.payload
-            ids_in_store.append(p["item_id"])
-            items.append(Item(id=p["item_id"], title=p.get("title") or p["item_id"], attributes=p.get("attributes") or {}))
-            v = (h.vectors or {}).get("text")
-            if v:
-                ids.append(p["item_id"])
-                vecs.append(v)
-        emb = np.asarray(vecs, np.float32) if vecs else None
+        ids_in_store = [it.id for it in items]
         logger.info("fitting on %d events, %d items", len(events), len(items))
-        model = PersonaModel.fit(events, items, emb, self._config(), embedding_ids=ids or None, progress=progress)
+        model = PersonaModel.fit(events, items, emb, self.config(), embedding_ids=ids or None, progress=progress)
         version = model.info["version"]
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".tmp-{version}-{os.getpid()}"
@@ -113,6 +104,19 @@ class LearnedStage:
         info = {k: v for k, v in model.info.items() if k != "version"}
         return FitReport(version=version, path=str(final), users=info["n_users"], items=info["n_items"], events=info["n_events"],
                          seconds=round(time.perf_counter() - t0, 2), info=info)
+
+    def training_inputs(self) -> tuple[list[Event], list[Item], np.ndarray | None, list[str]]:
+        """What a fit reads from the store: every event, every item, the items' ``text`` vectors and their ids."""
+        events = [Event.model_validate(h.payload) for h in self.store.scroll(self.events_col)]
+        items, ids, vecs = [], [], []
+        for h in self.store.scroll(self.items_col, with_vectors=True):
+            p = h.payload
+            items.append(Item(id=p["item_id"], title=p.get("title") or p["item_id"], attributes=p.get("attributes") or {}))
+            v = (h.vectors or {}).get("text")
+            if v:
+                ids.append(p["item_id"])
+                vecs.append(v)
+        return events, items, (np.asarray(vecs, np.float32) if vecs else None), ids
 
     def write_vectors(self, model, item_ids: list[str], events: list[Event]) -> bool:
         """Write ``model``'s item factors on the stored ``item_ids`` and the fold-in vectors of ``events``' users (those
