@@ -89,6 +89,8 @@ class LearnedStage:
         tmp = self.root / f".tmp-{version}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save(tmp)
+        with self._lock:
+            self._cf_in_store = None  # the live model's cf vectors are being overwritten: scan in memory until the switch
         if self.write_vectors(model, ids_in_store, events):
             (tmp / _CF_MARK).write_text(self.items_col)
         final = self.root / version
@@ -135,7 +137,7 @@ class LearnedStage:
             users = [u for u in by_user if u in have]
             if users:
                 self.store.ensure_vector(self.users_col, CF_VECTOR, V.shape[1], "dot")
-                upts = [Point(point_id("user", u), {CF_VECTOR: model.state(by_user[u]).user_vec.astype(float).tolist()}, {}) for u in users]
+                upts = [Point(point_id("user", u), {CF_VECTOR: model.stage1.cf.user_vector(model.sequence(by_user[u]).items).astype(float).tolist()}, {}) for u in users]
                 for k in range(0, len(upts), 1024):
                     self.store.update_vectors(self.users_col, upts[k : k + 1024])
         except Exception as e:  # the in-memory scan still serves; a store error must not lose the fit
