@@ -63,11 +63,11 @@ def cold_item_split(split: Split, frac: float = 0.1, seed: int = 0) -> tuple[Spl
     return Split(split.item_ids, train, valid, split.test, split.candidates, split.seed, split.n_neg, extra), users, cold_items
 
 
-def _persona(path: Path, data: Any, split: Split, users: list[str], components: Any, progress: bool) -> tuple[dict, dict]:
+def _persona(path: Path, name: str, data: Any, split: Split, users: list[str], components: Any, progress: bool) -> tuple[dict, dict]:
     from ..engine import Engine
     from .persona_eval import NO_MODELS, stage_store
 
-    store = stage_store(path, data, split, "test", dict(NO_MODELS), components, progress)
+    store = stage_store(path, data, split, "test", dict(NO_MODELS), components, progress, name=name)
     with Engine.open(store, dict(NO_MODELS), components=components) as eng:
         fit = eng.fit(progress=progress)
 
@@ -102,7 +102,7 @@ def run_cold_start(path: str | Path, data: Any, split: Split, users: list[str], 
         if not us:
             out[key] = res
             continue
-        pu, info = _persona(root / key, data, sp, us, components, progress)
+        pu, info = _persona(root, key, data, sp, us, components, progress)
         res["methods"]["persona"] = {"test": summarize({k: pu[k] for k in METRICS}, n_boot=n_boot, seed=seed), **info}
         if key == "cold_users" and main_persona is not None:
             full = {k: np.asarray(main_persona[k])[[pos[u] for u in us]] for k in ("ndcg@10", "auc")}

@@ -55,13 +55,14 @@ def _commit() -> str | None:
         return None
 
 
-def stage_store(path: str | Path, data: Any, split: Split, stage: str, cfg: dict, components: Any = None, progress: bool = False) -> Path:
-    """``<path>/<stage>``: a fresh store with the items (encoded once under ``<path>/items`` and copied) and the
-    stage's fit events; raises if any held-out event of the stage reached it."""
+def stage_store(path: str | Path, data: Any, split: Split, stage: str, cfg: dict, components: Any = None, progress: bool = False,
+                name: str | None = None) -> Path:
+    """``<path>/<name or stage>``: a fresh store with the items (encoded once under ``<path>/items`` and copied) and
+    the stage's fit events; raises if any held-out event of the stage reached it."""
     from ..engine import Engine
 
     root = Path(path)
-    items_dir, store_dir = root / "items", root / stage
+    items_dir, store_dir = root / "items", root / (name or stage)
     if not (items_dir / ".complete").exists():  # the catalog is encoded once and copied per stage
         shutil.rmtree(items_dir, ignore_errors=True)
         with Engine.open(items_dir, cfg, components=components) as eng:
