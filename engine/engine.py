@@ -24,13 +24,13 @@ from .events import EventLog
 from .fitting import LearnedStage
 from .items import ItemCatalog
 from .llm import LLM
-from .profiles import ProfileBuilder, UserContext, is_positive
+from .profiles import ProfileBuilder, UserContext
 from .prompts import PromptRegistry
 from .ranking import LLMReranker, mmr, pointwise_prompts
 from .retrieval import Retriever
 from .schema import Collections
 from .search import Searcher
-from .store import Filter, Hit, VectorStore, open_store, parse_filter, point_id
+from .store import Filter, VectorStore, open_store, parse_filter, point_id
 from .types import (
     Event,
     EventReport,
@@ -46,10 +46,6 @@ from .types import (
 )
 
 __all__ = ["Components", "Engine"]
-
-
-def _title_key(payload: Mapping[str, Any]) -> str:
-    return " ".join(str(payload.get("title") or "").lower().split())
 
 
 class Engine:
@@ -216,7 +212,8 @@ class Engine:
         model = self.learned.current() if events else None
         ctx = None if model is not None and rerank == "none" and not explain else self.profiles.context(user_id, events)
         if model is not None:
-            hits, reasons, strategy = self._learned_hits(model, events, limit, flt, rc.mmr_lambda is not None, exclude_seen)
+            hits, reasons = self.learned.hits(model, events, limit, flt, rc.mmr_lambda is not None, exclude_seen)
+            strategy = "learned"
         else:
             hits, strategy = self.retriever.retrieve(ctx, limit, flt)
         fallback = None
@@ -238,28 +235,6 @@ class Engine:
                     fallback = fallback or f"explanations: {e}"
         version = model.info.get("version") if model is not None else None
         return Recommendations(user_id=user_id, items=out, strategy=strategy, fallback=fallback, model_version=version)
-
-    def _learned_hits(self, model: Any, events: list[Event], limit: int, flt: Filter, with_vectors: bool,
-                      exclude_seen: bool = True) -> tuple[list[Hit], dict, str]:
-        # One entry per title: a catalog can hold one title under several ids (ml-100k has 18 such pairs), and the
-        # second copy (or a copy of a seen title) is no new recommendation. A few extra picks make up for dropped ones.
-        picks = self.learned.recommend(model, events, limit + 10, flt, exclude_seen)
-        found = self.catalog.hits([i for i, _, _ in picks] + [w for _, _, w in picks if w], with_vectors=with_vectors)
-        thr = self.settings.profile.positive_rating
-        liked = {e.item_id: is_positive(e, thr) for e in events}
-        titles = {_title_key(h.payload) for h in self.catalog.hits([e.item_id for e in events]).values()} if exclude_seen else set()
-        titles.discard("")
-        hits, reasons = [], {}
-        for iid, score, why in picks:
-            if iid in found and len(hits) < limit:
-                h = found[iid]
-                key = _title_key(h.payload)
-                if key and key in titles:
-                    continue
-                titles.add(key)
-                hits.append(Hit(id=h.id, score=score, payload=h.payload, vectors=h.vectors))
-                reasons[iid] = explaining.history_reason(h, found.get(why) if why else None, liked.get(why or "", False))
-        return hits, reasons, "learned"
 
     def rank(self, user_id: str, item_ids: Sequence[str]) -> list[Recommendation]:
         """``item_ids`` ordered for the user, best first, with exactly the scores :meth:`recommend`

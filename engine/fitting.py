@@ -35,10 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import explain as explaining
 from .config import Settings
 from .errors import DependencyMissingError, InvalidInputError, missing
 from .items import ItemCatalog
-from .store import Filter, Point, VectorQuery, VectorStore, point_id
+from .profiles import is_positive
+from .store import Filter, Hit, Point, VectorQuery, VectorStore, point_id
 from .types import Event, FitReport, Item
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,10 @@ CF_VECTOR = "cf"
 _CF_MARK = "cf_in_store"
 _SCORE_ALL_LIMIT = 20_000
 """With a payload filter, score every matching item up to this many (exact); beyond, filter the pool."""
+
+
+def _title_key(payload: dict) -> str:
+    return " ".join(str(payload.get("title") or "").lower().split())
 
 
 class LearnedStage:
@@ -211,6 +217,31 @@ class LearnedStage:
         ranked = [r for r in model.rank(events, allowed) if np.isfinite(r[1])][:k]
         reasons = model.reasons(model.state(events), model.index.rows([i for i, _ in ranked])) if ranked else []
         return [(i, s, why) for (i, s), why in zip(ranked, reasons)]
+
+    def hits(self, model, events: list[Event], limit: int, flt: Filter, with_vectors: bool = False,
+             exclude_seen: bool = True) -> tuple[list[Hit], dict]:
+        """The served list: store hits (scores from the model) and ``{item_id: (reason, because_of)}``.
+
+        One entry per title: a catalog can hold one title under several ids (ml-100k has 18 such titles), and the
+        second copy (or, with ``exclude_seen``, a copy of a seen title) is no new recommendation. A few extra picks
+        make up for the dropped ones."""
+        picks = self.recommend(model, events, limit + 10, flt, exclude_seen)
+        found = self.catalog.hits([i for i, _, _ in picks] + [w for _, _, w in picks if w], with_vectors=with_vectors)
+        thr = self.settings.profile.positive_rating
+        liked = {e.item_id: is_positive(e, thr) for e in events}
+        titles = {_title_key(h.payload) for h in self.catalog.hits([e.item_id for e in events]).values()} if exclude_seen else set()
+        titles.discard("")
+        hits, reasons = [], {}
+        for iid, score, why in picks:
+            if iid in found and len(hits) < limit:
+                h = found[iid]
+                key = _title_key(h.payload)
+                if key and key in titles:
+                    continue
+                titles.add(key)
+                hits.append(Hit(id=h.id, score=score, payload=h.payload, vectors=h.vectors))
+                reasons[iid] = explaining.history_reason(h, found.get(why) if why else None, liked.get(why or "", False))
+        return hits, reasons
 
     def rank(self, model, events: list[Event], item_ids: list[str]) -> list[tuple[str, float]]:
         """``item_ids`` best first, by exactly the scores :meth:`recommend` gives them."""
