@@ -135,3 +135,30 @@ def test_exclude_seen_false_and_one_entry_per_title(fitted, ml):
         assert len(keys) == len(set(keys)) == 50
         assert not set(keys) & {titles[i].lower() for i in seen}  # not a seen film under its second id either
     assert hit_seen  # a heavy user's best items include ones already watched when asked to keep them
+
+
+def test_small_store_fit_then_profiles_and_cf_from_qdrant(make_engine, ml):
+    """After a fit the items carry a ``cf`` vector: profile updates still work (no ``taste_cf``), the users get their
+    ``cf`` vector, and the served list equals the model's in-memory one (cheap: 80 items, 60 users)."""
+    import numpy as np
+
+    from engine.store import Filter, point_id
+
+    eng = make_engine()
+    items = ml.items[:80]
+    keep = {it.id for it in items}
+    eng.add_items(items)
+    eng.add_events([e for e in ml.events if e.item_id in keep and int(e.user_id) <= 60])
+    eng.update_profiles(["1", "2"])
+    eng.fit()
+    eng.update_profiles(["1", "2"])  # a profile rewrite after the fit must not try a taste vector of cf
+    model = eng.learned.current()
+    u = eng.store.retrieve(eng.users_col, [point_id("user", "1")], with_vectors=True)[0]
+    assert "taste_cf" not in (u.vectors or {}) and "taste_text" in u.vectors
+    h = eng.store.retrieve(eng.items_col, [point_id("item", items[0].id)], with_vectors=True)[0]
+    assert np.allclose(h.vectors["cf"], model.item_factors[model.index.rows([items[0].id])[0]], atol=1e-5)
+    events = eng.history("1")
+    seen = {point_id("item", e.item_id) for e in events}
+    assert eng.learned.cf_search(model, Filter(exclude_ids=seen)) is not None
+    assert eng.learned.recommend(model, events, 10, Filter(exclude_ids=seen)) == model.recommend(events, 10)
+    assert eng.recommend("1", k=5).strategy == "learned"
