@@ -24,13 +24,13 @@ from .events import EventLog
 from .fitting import LearnedStage
 from .items import ItemCatalog
 from .llm import LLM
-from .profiles import ProfileBuilder, UserContext, is_positive
+from .profiles import ProfileBuilder, UserContext
 from .prompts import PromptRegistry
 from .ranking import LLMReranker, mmr, pointwise_prompts
 from .retrieval import Retriever
 from .schema import Collections
 from .search import Searcher
-from .store import Filter, Hit, VectorStore, open_store, parse_filter, point_id
+from .store import Filter, VectorStore, open_store, parse_filter, point_id
 from .types import (
     Event,
     EventReport,
@@ -66,7 +66,7 @@ class Engine:
         self.retriever = Retriever(settings, store, self.items_col)
         self.ranker = LLMReranker(self.prompts, comps.llm)
         self.searcher = Searcher(settings, store, self.items_col, comps)
-        self.learned = LearnedStage(settings, store, self.items_col, self.events_col, self.catalog)
+        self.learned = LearnedStage(settings, store, self.items_col, self.events_col, self.catalog, self.users_col)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -212,7 +212,8 @@ class Engine:
         model = self.learned.current() if events else None
         ctx = None if model is not None and rerank == "none" and not explain else self.profiles.context(user_id, events)
         if model is not None:
-            hits, reasons, strategy = self._learned_hits(model, events, limit, flt, with_vectors=rc.mmr_lambda is not None)
+            hits, reasons = self.learned.hits(model, events, limit, flt, rc.mmr_lambda is not None, exclude_seen)
+            strategy = "learned"
         else:
             hits, strategy = self.retriever.retrieve(ctx, limit, flt)
         fallback = None
@@ -234,19 +235,6 @@ class Engine:
                     fallback = fallback or f"explanations: {e}"
         version = model.info.get("version") if model is not None else None
         return Recommendations(user_id=user_id, items=out, strategy=strategy, fallback=fallback, model_version=version)
-
-    def _learned_hits(self, model: Any, events: list[Event], limit: int, flt: Filter, with_vectors: bool) -> tuple[list[Hit], dict, str]:
-        picks = self.learned.recommend(model, events, limit, flt)
-        found = self.catalog.hits([i for i, _, _ in picks] + [w for _, _, w in picks if w], with_vectors=with_vectors)
-        thr = self.settings.profile.positive_rating
-        liked = {e.item_id: is_positive(e, thr) for e in events}
-        hits, reasons = [], {}
-        for iid, score, why in picks:
-            if iid in found:
-                h = found[iid]
-                hits.append(Hit(id=h.id, score=score, payload=h.payload, vectors=h.vectors))
-                reasons[iid] = explaining.history_reason(h, found.get(why) if why else None, liked.get(why or "", False))
-        return hits, reasons, "learned"
 
     def rank(self, user_id: str, item_ids: Sequence[str]) -> list[Recommendation]:
         """``item_ids`` ordered for the user, best first, with exactly the scores :meth:`recommend`

@@ -40,7 +40,7 @@ from engine import Engine, Event, Item, OverloadedError, PersonaError, http_stat
 from engine.cancel import CancelScope, cancel_scope, check_cancelled
 from engine.errors import CancelledRequestError, missing
 from engine.store.base import FILTER_FIELD_PATTERN
-from engine.types import EventReport, Explanation, IngestReport, Profile, Recommendations, SearchHit
+from engine.types import EventReport, Explanation, FitReport, IngestReport, Profile, Recommendations, SearchHit
 from services.tokens import TOKEN_PREFIX, TokenError, verify_user_token
 
 logger = logging.getLogger(__name__)
@@ -459,6 +459,12 @@ def create_app(
     @app.post("/events", response_model=EventReport, dependencies=[Depends(require_key)], responses=_WRITE_ERRORS)
     async def add_events(body: EventsIn) -> EventReport:
         return await run(eng.add_events, body.events)
+
+    @app.post("/fit", response_model=FitReport, dependencies=[Depends(need("admin"))], responses=_WRITE_ERRORS)
+    async def fit() -> FitReport:
+        """Train the learned recommender on every stored event (:meth:`Engine.fit`; minutes on a large store) and
+        make the new version live; the next recommendation uses it. Admin scope: it costs CPU and replaces the model."""
+        return await run(eng.fit)
 
     @app.get("/items/{item_id}", responses=_READ_ERRORS, dependencies=[Depends(need("user"))])
     async def get_item(item_id: str) -> dict[str, Any]:

@@ -168,8 +168,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from engine.offline.datasets import load_movielens
     from engine.offline.persona_eval import run_report, write_report
 
+    if args.ablate_only:
+        from engine.offline.persona_eval import ablation_report, write_ablations
+
+        only = tuple(args.ablate_only.split(",")) if args.ablate_only != "all" else None
+        ab = ablation_report(_eval_dir(args), load_movielens(args.data), seed=args.seed, users=args.users, only=only)
+        md = write_ablations(ab, Path(args.out))
+        print(md.read_text())
+        return 0
     base = tuple(args.baselines.split(",")) if args.baselines else None
-    rep = run_report(_eval_dir(args), load_movielens(args.data), seed=args.seed, users=args.users, quick=args.quick, baselines=base)
+    rep = run_report(_eval_dir(args), load_movielens(args.data), seed=args.seed, users=args.users, quick=args.quick, baselines=base,
+                     ablate=args.ablate, cold_start=args.cold_start)
     md = write_report(rep, Path(args.out))
     print(md.read_text())
     print(f"report: {md} (+ report.json, metrics.png)")
@@ -323,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quick", action="store_true", help="small grids, four baselines (CI smoke; a few minutes)")
     ev.add_argument("--baselines", default=None, help="comma-separated subset, e.g. ease,markov,sasrec")
     ev.add_argument("--out", default="reports/eval")
+    ev.add_argument("--ablate", action="store_true", help="also refit on VALID with each source / feature group removed, and the pool's recall")
+    ev.add_argument("--cold-start", action="store_true", help="also cold users (last 5 events) and cold items (10%% of items without events), test")
+    ev.add_argument("--ablate-only", default=None, metavar="VARIANTS",
+                    help="only the ablations (VALID): 'all' or comma-separated names like '-source cf,-features item'; writes ablations.md/json")
     ev.set_defaults(fn=cmd_eval)
 
     ev = sub.add_parser("eval-llm", help="LLM rows (pointwise/listwise) on the legacy 1:20 protocol, with and without an adapter")

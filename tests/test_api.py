@@ -46,6 +46,7 @@ AUTH_CASES = {
     ("POST", "/explain"): "user",
     ("POST", "/search"): "user",
     ("POST", "/users/{user_id}/images"): "write",
+    ("POST", "/fit"): "admin",
 }
 # routes that make the LLM work (own per-key rate limit) -> the query string that does it
 LLM_CASES = {("POST", "/explain"): "", ("GET", "/users/{user_id}/recommendations"): "?rerank=pointwise"}
@@ -71,6 +72,9 @@ def test_every_route_has_an_auth_case(make_engine, ml, tiny_image_generator):
     items = [i.model_dump() for i in ml.items[:5]]
     eng.add_items(items)
     eng.add_events([{"user_id": "u1", "item_id": items[0]["id"], "timestamp": 0, "rating": 5}])
+    # a second user with a few events, so POST /fit has something to learn from
+    eng.add_events([{"user_id": u, "item_id": items[j]["id"], "timestamp": 10 * j + k, "rating": 4} for k, u in enumerate(("u2", "u3"))
+                    for j in range(4)])
     app = create_app(engine=eng, api_key=KEY, api_keys=SCOPED, token_secret=SECRET)
     routes = {(m.upper(), p) for p, ops in app.openapi()["paths"].items() for m in ops}
     u1_token = mint_user_token(SECRET, "u1")  # _request names user u1
@@ -94,6 +98,7 @@ def test_every_route_has_an_auth_case(make_engine, ml, tiny_image_generator):
     assert "APIKeyHeader" in spec["components"]["securitySchemes"]
     assert spec["paths"]["/items"]["post"]["security"] and spec["paths"]["/search"]["post"]["security"]
     assert "security" not in spec["paths"]["/health"]["get"]
+    assert spec["paths"]["/fit"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/FitReport")
 
 
 def test_llm_routes_have_their_own_rate_limit(make_engine, ml):
