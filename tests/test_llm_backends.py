@@ -26,6 +26,10 @@ def test_congruent_generation_and_logprobs(vllm, local_llm):
     assert all(0 < p < 1 for p in pa + pb)
     assert max(abs(x - y) for x, y in zip(pa, pb)) < 0.05
     assert vllm.count_tokens("hello world") == local_llm.count_tokens("hello world")
+    # Shared-prefix scoring (one request, prefix first; the server's prefix cache serves it) agrees too.
+    prefix, sufs = "Is Paris in ", ["France? Answer Yes or No.\nAnswer:", "Japan? Answer Yes or No.\nAnswer:"]
+    ps = vllm.yes_probabilities_shared(prefix, sufs)
+    assert max(abs(x - y) for x, y in zip(ps, pa)) < 1e-3 and vllm.last_usage["prompt_tokens"] > 0
 
 
 def test_structured_choice_only_labels(vllm):
