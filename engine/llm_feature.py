@@ -14,7 +14,6 @@ default (``retrieval.rerank="llm_feature"`` turns it on; ``fit.llm_feature_users
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -191,11 +190,20 @@ def fit_and_save(model: Any, path: str | Path, event_log: Any, context: Any, row
     return stage.info
 
 
-@functools.lru_cache(maxsize=8)
-def _load_cached(directory: str) -> LLMStage | None:
-    return LLMStage.load(directory)
+_LOADED: dict[tuple[str, float], LLMStage] = {}
 
 
 def load_stage(root: Path, model: Any) -> LLMStage | None:
-    """The LLM stage saved beside the fitted ``model`` (version folders never change once written)."""
-    return _load_cached(str(Path(root) / str(model.info.get("version"))))
+    """The LLM stage saved beside the fitted ``model`` (cached by file and modification time)."""
+    path = Path(root) / str(model.info.get("version")) / FILE
+    try:
+        key = (str(path), path.stat().st_mtime)
+    except FileNotFoundError:
+        return None
+    if key not in _LOADED:
+        stage = LLMStage.load(path.parent)
+        if stage is None:
+            return None
+        _LOADED.clear()  # one live model at a time
+        _LOADED[key] = stage
+    return _LOADED[key]
