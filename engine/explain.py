@@ -166,7 +166,8 @@ def explain(target: Hit, ctx: UserContext, prompts: PromptRegistry, llm: Callabl
     try:
         model = llm()
         prompt = model.chat_prompt(prompts.render("explain", **facts(target, source, liked)))
-        text = model.generate([prompt], max_new_tokens, stop=["\n"])[0].strip()
+        # Small models often copy the facts with their fence markers; the markers themselves are harmless.
+        text = re.sub(r"<<<|>>>", "", model.generate([prompt], max_new_tokens, stop=["\n"])[0]).strip()
         problem = check_grounded(text, target, source, ctx) if text else "empty answer"
         if problem is None:
             return Explanation(user_id=user_id, item_id=item_id, text=text[:500], grounded_in=because, source="llm")
