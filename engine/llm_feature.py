@@ -27,6 +27,7 @@ import numpy as np
 
 from .llm import LLM
 from .prompts import PromptRegistry
+from .types import event_sort_key
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +146,6 @@ def train_stage(model: Any, histories: dict[str, list], context: Any, rows: Any,
 
     ``context(user_id, events)`` gives the :class:`~engine.profiles.UserContext`; ``rows(item_ids)``
     the prompt rows. Returns None when no sampled user's label reaches the top-N."""
-    from .types import event_sort_key
-
     s1 = getattr(model, "train_stage1", None)
     if not s1:
         logger.warning("the fitted model has no label-free stage 1 (loaded from disk?): no LLM stage trained")
