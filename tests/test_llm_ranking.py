@@ -120,3 +120,17 @@ def test_llm_feature_stage_serves_through_recommend(small_fitted, make_engine, l
     assert sorted(r.item_id for r in got.items) == sorted(r.item_id for r in base.items)
     probs = dict(zip([r.item_id for r in base.items], [s.probability for s in eng.score("7", [r.item_id for r in base.items])]))
     assert got.items[0].item_id == max(probs, key=probs.get)
+
+
+@pytest.mark.full
+def test_fit_trains_the_llm_stage_on_fitted_users(small_fitted, tmp_path, make_engine, local_llm):
+    """Engine.fit with fit.llm_feature_users trains the stage from the stored events (real LLM) and saves it
+    beside the model; recommend(rerank="llm_feature") then serves it without a fallback."""
+    path = copy_store(small_fitted, tmp_path / "store")
+    eng = make_engine(path, llm_obj=local_llm, fit={"llm_feature_users": 40}, retrieval={"rerank_candidates": 10})
+    rep = eng.fit()
+    info = rep.info.get("llm_stage")
+    assert info and info["lists"] >= 1 and info["top_n"] == 10
+    assert (path / "models" / rep.version / "llm_stage.json").exists()
+    recs = eng.recommend("7", k=10, rerank="llm_feature")
+    assert recs.fallback is None and recs.strategy == "learned+llm-llm_feature"
