@@ -152,7 +152,8 @@ def evaluate(rows: list[dict], a) -> dict:
         nd, hr = ndcg_hr(r["ranked"], r["target"])
         base_nd.append(nd)
         base_hr.append(hr)
-        order, _ = rerank_order(stages[fold[i]], r["scores"][:N], r["probs"])
+        stage = stages.get(fold[i])
+        order = rerank_order(stage, r["scores"][:N], r["probs"])[0] if stage else list(range(N))
         re = [r["ranked"][j] for j in order] + r["ranked"][N:]
         nd2, hr2 = ndcg_hr(re, r["target"])
         st_nd.append(nd2)
