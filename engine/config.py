@@ -220,6 +220,10 @@ class Settings(BaseSettings):
     """More API keys with their scope, e.g. ``PERSONA_API_KEYS='{"k1...": "read", "k2...": "write"}'``:
     ``read`` reads items, users and recommendations (LLM work rate-limited), ``write`` also adds items
     and events, ``admin`` everything."""
+    api_token_secret: str | None = Field(None, repr=False, exclude=True)
+    """Secret that signs per-user tokens (``persona user-token USER_ID``; ``PERSONA_API_TOKEN_SECRET``): a
+    token reads only its own user's profile, recommendations, explanations and search. Unset: no user
+    tokens. Checked like the keys (at least 16 random characters); rotating it revokes every token."""
     api_allow_weak_keys: bool = False
     """Development only: accept API keys shorter than 16 characters or on the well-known list."""
     api_llm_requests_per_minute: int = Field(30, ge=0, le=100_000)

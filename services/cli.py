@@ -243,6 +243,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_token(args: argparse.Namespace) -> int:
+    from engine.config import Settings
+    from services.tokens import mint_user_token
+
+    secret = Settings().api_token_secret
+    if not secret:
+        print("persona user-token: set PERSONA_API_TOKEN_SECRET (the API server's token secret)", file=sys.stderr)
+        return 2
+    try:
+        print(mint_user_token(secret, args.user_id, ttl_s=args.ttl))
+    except ValueError as e:
+        print(f"persona user-token: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="persona", description="Retrieval-augmented multimodal personalization.")
     p.add_argument("--path", default=None, help="data folder of the embedded store (PERSONA_PATH)")
@@ -341,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
     sv.set_defaults(fn=cmd_serve)
+
+    ut = sub.add_parser("user-token", help="mint a token that reads one user's data only (signed with PERSONA_API_TOKEN_SECRET)")
+    ut.add_argument("user_id")
+    ut.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    ut.set_defaults(fn=cmd_user_token)
     return p
 
 
