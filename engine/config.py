@@ -113,8 +113,8 @@ class RetrievalConfig(_Section):
     """Diversify the final list with MMR (1 = relevance only); ``None`` disables it."""
     search_profile_weight: float = Field(0.35, ge=0, le=1)
     """In personalized search, how much the user's profile counts against query relevance."""
-    rerank: Literal["none", "pointwise", "listwise"] = "none"
-    """LLM re-ranking of the retrieved candidates."""
+    rerank: Literal["none", "pointwise", "listwise", "llm_feature"] = "none"
+    """LLM re-ranking of the retrieved candidates; ``llm_feature`` reorders the fitted ranker's top ``rerank_candidates`` by the LLM stage trained by ``fit.llm_feature_users`` (off by default: docs/llm-ablation.md)."""
     rerank_candidates: int = Field(20, ge=2, le=200)
     """How many retrieved candidates the LLM sees when re-ranking."""
 
@@ -136,6 +136,8 @@ class FitConfig(_Section):
     """CPU threads for ALS and LightGBM."""
     keep_versions: int = Field(3, ge=1, le=100)
     """Fitted model versions kept on disk (older ones are deleted after a successful fit)."""
+    llm_feature_users: int = Field(0, ge=0, le=100_000)
+    """Users whose last stored event trains the LLM stage (P(Yes) beside the ranker's score over its top ``retrieval.rerank_candidates``; ``retrieval.rerank="llm_feature"`` serves it). 0: no LLM stage (the default: it did not help with the packaged models, docs/llm-ablation.md)."""
 
 
 class IngestConfig(_Section):

@@ -473,7 +473,7 @@ def create_app(
     @app.get("/users/{user_id}/recommendations", response_model=Recommendations, responses=_LLM_ERRORS)
     async def recommendations(
         request: Request, user_id: str, k: int = Query(10, ge=1, le=MAX_K),
-        rerank: str | None = Query(None, pattern="^(none|pointwise|listwise)$"), explain: bool = False,
+        rerank: str | None = Query(None, pattern="^(none|pointwise|listwise|llm_feature)$"), explain: bool = False,
         who: Caller = user_or_read,
     ) -> Recommendations:
         """Needs ``read`` (or this user's token); with ``rerank`` pointwise/listwise (or that server default)

@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("user")
     r.add_argument("-k", type=int, default=10)
     r.add_argument("--filters", default=None, help='JSON, e.g. {"genres": "Comedy"}')
-    r.add_argument("--rerank", choices=["none", "pointwise", "listwise"], default=None)
+    r.add_argument("--rerank", choices=["none", "pointwise", "listwise", "llm_feature"], default=None)
     r.add_argument("--explain", action="store_true")
     r.add_argument("--no-llm", action="store_true")
     r.set_defaults(fn=cmd_recommend)
