@@ -164,7 +164,9 @@ def main(argv=None):
     if a.ablate:
         print("\nablations (NDCG@10 / HR@10 / pool recall; delta NDCG vs full)")
         variants = {f"-source {s}": dict(sources=tuple(x for x in base.sources if x != s)) for s in base.sources}
-        variants.update({f"-features {g}": dict(drop_features=(g,)) for g in GROUPS if g != "extra"})
+        variants.update({f"-features {g}": dict(drop_features=(*base.drop_features, g)) for g in GROUPS
+                         if g != "extra" and g not in base.drop_features})
+        variants.update({f"+features {g}": dict(drop_features=tuple(d for d in base.drop_features if d != g)) for g in base.drop_features})
         for name, over in variants.items():
             cfg = LearnedConfig.from_dict({**base.to_dict(), **over})
             m = PersonaModel.fit(train, ml.items, E, cfg, embedding_ids=eids, progress=False)

@@ -120,8 +120,8 @@ class RetrievalConfig(_Section):
     """Diversify the final list with MMR (1 = relevance only); ``None`` disables it."""
     search_profile_weight: float = Field(0.35, ge=0, le=1)
     """In personalized search, how much the user's profile counts against query relevance."""
-    rerank: Literal["none", "pointwise", "listwise"] = "none"
-    """LLM re-ranking of the retrieved candidates."""
+    rerank: Literal["none", "pointwise", "listwise", "llm_feature"] = "none"
+    """LLM re-ranking of the retrieved candidates; ``llm_feature`` reorders the fitted ranker's top ``rerank_candidates`` by the LLM stage trained by ``fit.llm_feature_users`` (off by default: docs/llm-ablation.md)."""
     rerank_candidates: int = Field(20, ge=2, le=200)
     """How many retrieved candidates the LLM sees when re-ranking."""
 
@@ -143,6 +143,8 @@ class FitConfig(_Section):
     """CPU threads for ALS and LightGBM."""
     keep_versions: int = Field(3, ge=1, le=100)
     """Fitted model versions kept on disk (older ones are deleted after a successful fit)."""
+    llm_feature_users: int = Field(0, ge=0, le=100_000)
+    """Users whose last stored event trains the LLM stage (P(Yes) beside the ranker's score over its top ``retrieval.rerank_candidates``; ``retrieval.rerank="llm_feature"`` serves it). 0: no LLM stage (the default: it did not help with the packaged models, docs/llm-ablation.md)."""
 
 
 class IngestConfig(_Section):
@@ -225,6 +227,10 @@ class Settings(BaseSettings):
     """More API keys with their scope, e.g. ``PERSONA_API_KEYS='{"k1...": "read", "k2...": "write"}'``:
     ``read`` reads items, users and recommendations (LLM work rate-limited), ``write`` also adds items
     and events, ``admin`` everything."""
+    api_token_secret: str | None = Field(None, repr=False, exclude=True)
+    """Secret that signs per-user tokens (``persona user-token USER_ID``; ``PERSONA_API_TOKEN_SECRET``): a
+    token reads only its own user's profile, recommendations, explanations and search. Unset: no user
+    tokens. Checked like the keys (at least 16 random characters); rotating it revokes every token."""
     api_allow_weak_keys: bool = False
     """Development only: accept API keys shorter than 16 characters or on the well-known list."""
     api_llm_requests_per_minute: int = Field(30, ge=0, le=100_000)

@@ -24,13 +24,14 @@ from .events import EventLog
 from .fitting import LearnedStage
 from .items import ItemCatalog
 from .llm import LLM
-from .profiles import ProfileBuilder, UserContext, is_positive
+from .llm_feature import fit_and_save, load_stage
+from .profiles import ProfileBuilder, UserContext
 from .prompts import PromptRegistry
-from .ranking import LLMReranker, mmr, pointwise_prompts
+from .ranking import RERANK_MODES, LLMReranker, mmr, pointwise_prompts
 from .retrieval import Retriever
 from .schema import Collections
 from .search import Searcher
-from .store import Filter, Hit, VectorStore, open_store, parse_filter, point_id
+from .store import Filter, VectorStore, open_store, parse_filter, point_id
 from .types import (
     Event,
     EventReport,
@@ -66,7 +67,7 @@ class Engine:
         self.retriever = Retriever(settings, store, self.items_col)
         self.ranker = LLMReranker(self.prompts, comps.llm)
         self.searcher = Searcher(settings, store, self.items_col, comps)
-        self.learned = LearnedStage(settings, store, self.items_col, self.events_col, self.catalog)
+        self.learned = LearnedStage(settings, store, self.items_col, self.events_col, self.catalog, self.users_col)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -187,22 +188,15 @@ class Engine:
 
     # -- recommendation ------------------------------------------------------------------------
 
-    def recommend(
-        self,
-        user_id: str,
-        k: int = 10,
-        filters: Mapping[str, Any] | None = None,
-        explain: bool = False,
-        rerank: str | None = None,
-        exclude_seen: bool = True,
-    ) -> Recommendations:
+    def recommend(self, user_id: str, k: int = 10, filters: Mapping[str, Any] | None = None, explain: bool = False,
+                  rerank: str | None = None, exclude_seen: bool = True) -> Recommendations:
         """Top-``k`` items for a user: Qdrant retrieval (fused multi-vector queries, filters, seen
         items excluded), optional MMR diversity and LLM re-ranking (``pointwise``/``listwise``)."""
         if not 1 <= k <= 1000:
             raise InvalidInputError("k must be between 1 and 1000")
         rerank = rerank or self.settings.retrieval.rerank
-        if rerank not in ("none", "pointwise", "listwise"):
-            raise InvalidInputError("rerank must be none, pointwise or listwise")
+        if rerank not in RERANK_MODES:
+            raise InvalidInputError(f"rerank must be one of {', '.join(RERANK_MODES)}")
         user_id, rc = str(user_id), self.settings.retrieval
         events = self.history(user_id)  # an unknown user is a cold start: popular, diverse items
         flt = parse_filter(filters)
@@ -212,12 +206,14 @@ class Engine:
         model = self.learned.current() if events else None
         ctx = None if model is not None and rerank == "none" and not explain else self.profiles.context(user_id, events)
         if model is not None:
-            hits, reasons, strategy = self._learned_hits(model, events, limit, flt, with_vectors=rc.mmr_lambda is not None)
+            hits, reasons = self.learned.hits(model, events, limit, flt, rc.mmr_lambda is not None, exclude_seen)
+            strategy = "learned"
         else:
             hits, strategy = self.retriever.retrieve(ctx, limit, flt)
         fallback = None
         if rerank != "none" and strategy != "popular" and len(hits) > 1:
-            hits, fallback = self.ranker.rerank(rerank, hits[: rc.rerank_candidates], ctx)
+            stage = load_stage(self.learned.root, model) if rerank == "llm_feature" and model is not None else None
+            hits[: rc.rerank_candidates], fallback = self.ranker.rerank(rerank, hits[: rc.rerank_candidates], ctx, stage=stage)
             strategy += f"+llm-{rerank}"
         if rc.mmr_lambda is not None:
             hits, strategy = mmr(hits, k, rc.mmr_lambda), strategy + "+mmr"
@@ -226,27 +222,10 @@ class Engine:
             reason, because = reasons[h.payload["item_id"]] if model is not None else explaining.reason(h, ctx)
             out.append(Recommendation(item_id=h.payload["item_id"], score=h.score, title=h.payload.get("title", ""), reason=reason, because_of=because))
         if explain:
-            for r in out:
-                try:
-                    ex = self._explain(r.item_id, lambda: ctx)
-                    r.reason, r.because_of = ex.text, ex.grounded_in
-                except BackendUnavailableError as e:
-                    fallback = fallback or f"explanations: {e}"
+            note = explaining.explain_all(out, lambda r: self._explain(r.item_id, lambda: ctx, r.because_of))
+            fallback = "; ".join(x for x in (fallback, note) if x) or None
         version = model.info.get("version") if model is not None else None
         return Recommendations(user_id=user_id, items=out, strategy=strategy, fallback=fallback, model_version=version)
-
-    def _learned_hits(self, model: Any, events: list[Event], limit: int, flt: Filter, with_vectors: bool) -> tuple[list[Hit], dict, str]:
-        picks = self.learned.recommend(model, events, limit, flt)
-        found = self.catalog.hits([i for i, _, _ in picks] + [w for _, _, w in picks if w], with_vectors=with_vectors)
-        thr = self.settings.profile.positive_rating
-        liked = {e.item_id: is_positive(e, thr) for e in events}
-        hits, reasons = [], {}
-        for iid, score, why in picks:
-            if iid in found:
-                h = found[iid]
-                hits.append(Hit(id=h.id, score=score, payload=h.payload, vectors=h.vectors))
-                reasons[iid] = explaining.history_reason(h, found.get(why) if why else None, liked.get(why or "", False))
-        return hits, reasons, "learned"
 
     def rank(self, user_id: str, item_ids: Sequence[str]) -> list[Recommendation]:
         """``item_ids`` ordered for the user, best first, with exactly the scores :meth:`recommend`
@@ -271,7 +250,11 @@ class Engine:
         trend, and a LightGBM ranker. Saves a new version beside the store and makes it current;
         :meth:`recommend` uses it from the next call. Re-run it as data grows."""
         self._ready()
-        return self.learned.fit(progress=progress)
+        report = self.learned.fit(progress=progress)
+        if self.settings.fit.llm_feature_users > 0:  # the LLM stage (engine.llm_feature), saved beside the model
+            report.info["llm_stage"] = fit_and_save(self.learned.current(), report.path, self.event_log, self.profiles.context,
+                                                    self.catalog.rows, self.llm(), self.prompts, self.settings, progress)
+        return report
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -291,15 +274,19 @@ class Engine:
         return [ItemScore(item_id=str(i), probability=0.5 if p is None else float(p)) for i, p in zip(item_ids, probs)]
 
     def explain(self, user_id: str, item_id: str) -> Explanation:
-        """Why ``item_id`` suits the user, citing items from the user's own history."""
-        self._ready()
-        return self._explain(str(item_id), lambda: self.user_context(str(user_id)))
+        """Why ``item_id`` suits the user: one sentence naming the history item the fitted ranker ties
+        to it (else the most similar liked item) and the genres they share; checked, else the template."""
+        events, item_id = self._require_user(str(user_id)), str(item_id)
+        model = self.learned.current()
+        why = self.learned.recommend(model, events, 1, Filter(include_ids={point_id("item", item_id)})) if model is not None else []
+        return self._explain(item_id, lambda: self.user_context(str(user_id)), [w for _, _, w in why if w])
 
-    def _explain(self, item_id: str, ctx: Callable[[], UserContext]) -> Explanation:
-        target = self.catalog.hits([item_id], with_vectors=True).get(item_id)
-        if target is None:
+    def _explain(self, item_id: str, ctx: Callable[[], UserContext], because: list[str] | None = None) -> Explanation:
+        found = self.catalog.hits([item_id, *(because or [])[:1]], with_vectors=True)
+        if item_id not in found:
             raise NotFoundError(f"unknown item {item_id!r}")
-        return explaining.explain(target, ctx(), self.prompts, self.llm, self.settings.llm.max_new_tokens)
+        source = found.get(because[0]) if because else None
+        return explaining.explain(found[item_id], ctx(), self.prompts, self.llm, self.settings.llm.max_new_tokens, source)
 
     def generate_image(
         self, user_id: str, prompt: str | None = None, *, n: int = 1, reference_item: str | None = None,

@@ -10,8 +10,17 @@ returns scored item ids with the history item each one is tied to most strongly.
 No external split is needed: for each user the last stored event is the ranker's label and the
 earlier ones its history (see ``engine/learned/model.py``). Recommending reads the user's current
 history from the store, so a new event changes the next list through the sequence features
-without a refit. The sources are computed in memory beside Qdrant (fine to ~10^5 items); payload
-filters run in Qdrant.
+without a refit. Payload filters run in Qdrant.
+
+Collaborative vectors live in Qdrant: each fit writes the ALS item factors as the named vector
+``cf`` (dot product) on the item points and each user's fit-time fold-in vector as ``cf`` on the
+users collection, and marks the version (``<version>/cf_in_store``). Serving then takes the
+collaborative source's candidates from a Qdrant query on ``cf`` with a query vector folded in from
+the user's CURRENT history at request time (so events after the fit count; the stored user vector
+is the fit-time snapshot, overwritten when the profile is rebuilt). The other sources and the
+features are computed in memory (fine to ~10^5 items). Re-ingesting an item drops its ``cf`` vector
+until the next fit (the item is still reached through the other sources); a model whose vectors
+were not written (e.g. another store) falls back to the in-memory scan.
 """
 
 from __future__ import annotations
@@ -26,30 +35,43 @@ from pathlib import Path
 
 import numpy as np
 
+from . import explain as explaining
 from .config import Settings
 from .errors import DependencyMissingError, InvalidInputError, missing
 from .items import ItemCatalog
-from .store import Filter, VectorStore, point_id
+from .profiles import is_positive
+from .store import Filter, Hit, Point, VectorQuery, VectorStore, point_id
 from .types import Event, FitReport, Item
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["LearnedStage"]
 
+CF_VECTOR = "cf"
+_CF_MARK = "cf_in_store"
 _SCORE_ALL_LIMIT = 20_000
 """With a payload filter, score every matching item up to this many (exact); beyond, filter the pool."""
 
 
+def _title_key(payload: dict) -> str:
+    return " ".join(str(payload.get("title") or "").lower().split())
+
+
 class LearnedStage:
-    def __init__(self, settings: Settings, store: VectorStore, items_col: str, events_col: str, catalog: ItemCatalog) -> None:
+    def __init__(self, settings: Settings, store: VectorStore, items_col: str, events_col: str, catalog: ItemCatalog,
+                 users_col: str | None = None) -> None:
         self.settings, self.store, self.items_col, self.events_col, self.catalog = settings, store, items_col, events_col, catalog
+        self.users_col = users_col
         self.root = Path(settings.path or ".") / "models"
         self._lock = threading.Lock()
         self._loaded: tuple[str, object] | None = None
+        self._pointer: tuple[int, str] | None = None  # (CURRENT's mtime_ns, version): CURRENT is re-read only when it changes
+        self._cf_in_store: str | None = None  # the version whose cf vectors are in the store
 
     # -- fitting ---------------------------------------------------------------------------------
 
-    def _config(self):
+    def config(self):
+        """The ``LearnedConfig`` a fit uses (from ``settings.fit``; every other knob at its validated default)."""
         from .learned import LearnedConfig
 
         f = self.settings.fit
@@ -62,25 +84,21 @@ class LearnedStage:
         except ImportError as e:
             raise missing("learn", "implicit / lightgbm / scipy") from e
         t0 = time.perf_counter()
-        events = [Event.model_validate(h.payload) for h in self.store.scroll(self.events_col)]
+        events, items, emb, ids = self.training_inputs()
         if len({e.user_id for e in events}) < 2:
             raise InvalidInputError("fit needs events from at least 2 users")
-        items, ids, vecs = [], [], []
-        for h in self.store.scroll(self.items_col, with_vectors=True):
-            p = h.payload
-            items.append(Item(id=p["item_id"], title=p.get("title") or p["item_id"], attributes=p.get("attributes") or {}))
-            v = (h.vectors or {}).get("text")
-            if v:
-                ids.append(p["item_id"])
-                vecs.append(v)
-        emb = np.asarray(vecs, np.float32) if vecs else None
+        ids_in_store = [it.id for it in items]
         logger.info("fitting on %d events, %d items", len(events), len(items))
-        model = PersonaModel.fit(events, items, emb, self._config(), embedding_ids=ids or None, progress=progress)
+        model = PersonaModel.fit(events, items, emb, self.config(), embedding_ids=ids or None, progress=progress)
         version = model.info["version"]
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".tmp-{version}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save(tmp)
+        with self._lock:
+            self._cf_in_store = None  # the live model's cf vectors are being overwritten: scan in memory until the switch
+        if self.write_vectors(model, ids_in_store, events):
+            (tmp / _CF_MARK).write_text(self.items_col)
         final = self.root / version
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -89,10 +107,50 @@ class LearnedStage:
         os.replace(cur, self.root / "CURRENT")  # atomic switch to the new version
         with self._lock:
             self._loaded = (version, model)
+            self._cf_in_store = version if (final / _CF_MARK).exists() else None
         self._prune(version)
         info = {k: v for k, v in model.info.items() if k != "version"}
         return FitReport(version=version, path=str(final), users=info["n_users"], items=info["n_items"], events=info["n_events"],
                          seconds=round(time.perf_counter() - t0, 2), info=info)
+
+    def training_inputs(self) -> tuple[list[Event], list[Item], np.ndarray | None, list[str]]:
+        """What a fit reads from the store: every event, every item, the items' ``text`` vectors and their ids."""
+        events = [Event.model_validate(h.payload) for h in self.store.scroll(self.events_col)]
+        items, ids, vecs = [], [], []
+        for h in self.store.scroll(self.items_col, with_vectors=True):
+            p = h.payload
+            items.append(Item(id=p["item_id"], title=p.get("title") or p["item_id"], attributes=p.get("attributes") or {}))
+            v = (h.vectors or {}).get("text")
+            if v:
+                ids.append(p["item_id"])
+                vecs.append(v)
+        return events, items, (np.asarray(vecs, np.float32) if vecs else None), ids
+
+    def write_vectors(self, model, item_ids: list[str], events: list[Event]) -> bool:
+        """Write ``model``'s item factors on the stored ``item_ids`` and the fold-in vectors of ``events``' users (those
+        with a profile point) as the ``cf`` named vector; False if the store refuses (serving then scans in memory)."""
+        V = model.item_factors
+        rows = model.index.rows(item_ids)
+        try:
+            self.store.ensure_vector(self.items_col, CF_VECTOR, V.shape[1], "dot")
+            pts = [Point(point_id("item", i), {CF_VECTOR: V[r].tolist()}, {}) for i, r in zip(item_ids, rows) if r >= 0]
+            for k in range(0, len(pts), 1024):
+                self.store.update_vectors(self.items_col, pts[k : k + 1024])
+            by_user: dict[str, list[Event]] = {}
+            for e in events:
+                by_user.setdefault(e.user_id, []).append(e)
+            have = {h.payload.get("user_id") for h in self.store.scroll(self.users_col)} if self.users_col else set()
+            users = [u for u in by_user if u in have]
+            if users:
+                self.store.ensure_vector(self.users_col, CF_VECTOR, V.shape[1], "dot")
+                upts = [Point(point_id("user", u), {CF_VECTOR: model.stage1.cf.user_vector(model.sequence(by_user[u]).items).astype(float).tolist()}, {}) for u in users]
+                for k in range(0, len(upts), 1024):
+                    self.store.update_vectors(self.users_col, upts[k : k + 1024])
+        except Exception as e:  # the in-memory scan still serves; a store error must not lose the fit
+            logger.warning("cf vectors not written to the store (%s); the collaborative source scans in memory", e)
+            return False
+        logger.info("wrote %d item and %d user cf vectors", len(pts), len(users))
+        return True
 
     def _prune(self, keep: str) -> None:
         versions = sorted((d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.stat().st_mtime)
@@ -108,7 +166,12 @@ class LearnedStage:
             return None
         pointer = self.root / "CURRENT"
         try:
-            version = pointer.read_text().strip()
+            mtime = pointer.stat().st_mtime_ns
+            if self._pointer is not None and self._pointer[0] == mtime:
+                version = self._pointer[1]
+            else:
+                version = pointer.read_text().strip()
+                self._pointer = (mtime, version)
         except FileNotFoundError:
             return None
         with self._lock:
@@ -120,25 +183,65 @@ class LearnedStage:
                 raise DependencyMissingError(f"a fitted model exists but its dependencies are missing: {e}") from e
             model = PersonaModel.load(self.root / version)
             self._loaded = (version, model)
+            self._cf_in_store = version if (self.root / version / _CF_MARK).exists() else None
             logger.info("loaded fitted model %s", version)
             return model
 
-    def recommend(self, model, events: list[Event], k: int, flt: Filter) -> list[tuple[str, float, str | None]]:
-        """Top ``k`` (item id, score, reason item id) for a history under ``flt`` (seen items in
-        ``flt.exclude_ids`` are left out). With payload conditions, every matching item is scored
-        (exact) when there are at most ``_SCORE_ALL_LIMIT``; otherwise the pool is filtered."""
+    def cf_search(self, model, flt: Filter):
+        """The Qdrant query on the ``cf`` vectors for ``model`` (None when its vectors are not in the store)."""
+        if self._cf_in_store is None or self._cf_in_store != model.info.get("version"):
+            return None
+        plain = Filter(exclude_ids=set(flt.exclude_ids))
+
+        def search(vec: np.ndarray, limit: int) -> list[str]:
+            hits = self.store.query(self.items_col, [VectorQuery(CF_VECTOR, vector=vec.tolist(), limit=limit)], limit, plain)
+            return [h.payload["item_id"] for h in hits]
+
+        return search
+
+    def recommend(self, model, events: list[Event], k: int, flt: Filter, exclude_seen: bool = True) -> list[tuple[str, float, str | None]]:
+        """Top ``k`` (item id, score, reason item id) for a history under ``flt`` (items in ``flt.exclude_ids``
+        are left out; the history's items too when ``exclude_seen``). With payload conditions, every matching item
+        is scored (exact) when there are at most ``_SCORE_ALL_LIMIT``; otherwise the pool is filtered."""
+        cf = self.cf_search(model, flt)
         if not (flt.match or flt.ranges or flt.include_ids is not None):
-            out = model.recommend(events, k=k + len(flt.exclude_ids), exclude_seen=True)
+            seen = {point_id("item", e.item_id) for e in events} if exclude_seen else set()
+            out = model.recommend(events, k=k + len(flt.exclude_ids - seen), exclude_seen=exclude_seen, cf_search=cf)
             return [r for r in out if point_id("item", r[0]) not in flt.exclude_ids][:k]
         allowed = [h.payload["item_id"] for h in itertools.islice(self.store.scroll(self.items_col, flt), _SCORE_ALL_LIMIT + 1)]
         if len(allowed) > _SCORE_ALL_LIMIT:  # too many to score: keep the pool's items that match
-            pool = model.recommend(events, k=model.config.pool_size, exclude_seen=True)
+            pool = model.recommend(events, k=model.config.pool_size, exclude_seen=exclude_seen, cf_search=cf)
             inside = Filter(match=flt.match, ranges=flt.ranges, exclude_ids=flt.exclude_ids, include_ids={point_id("item", r[0]) for r in pool})
             ok = {h.payload["item_id"] for h in self.store.scroll(self.items_col, inside)}
             return [r for r in pool if r[0] in ok][:k]
         ranked = [r for r in model.rank(events, allowed) if np.isfinite(r[1])][:k]
         reasons = model.reasons(model.state(events), model.index.rows([i for i, _ in ranked])) if ranked else []
         return [(i, s, why) for (i, s), why in zip(ranked, reasons)]
+
+    def hits(self, model, events: list[Event], limit: int, flt: Filter, with_vectors: bool = False,
+             exclude_seen: bool = True) -> tuple[list[Hit], dict]:
+        """The served list: store hits (scores from the model) and ``{item_id: (reason, because_of)}``.
+
+        One entry per title: a catalog can hold one title under several ids (ml-100k has 18 such titles), and the
+        second copy (or, with ``exclude_seen``, a copy of a seen title) is no new recommendation. A few extra picks
+        make up for the dropped ones."""
+        picks = self.recommend(model, events, limit + 10, flt, exclude_seen)
+        found = self.catalog.hits([i for i, _, _ in picks] + [w for _, _, w in picks if w], with_vectors=with_vectors)
+        thr = self.settings.profile.positive_rating
+        liked = {e.item_id: is_positive(e, thr) for e in events}
+        titles = {_title_key(h.payload) for h in self.catalog.hits([e.item_id for e in events]).values()} if exclude_seen else set()
+        titles.discard("")
+        hits, reasons = [], {}
+        for iid, score, why in picks:
+            if iid in found and len(hits) < limit:
+                h = found[iid]
+                key = _title_key(h.payload)
+                if key and key in titles:
+                    continue
+                titles.add(key)
+                hits.append(Hit(id=h.id, score=score, payload=h.payload, vectors=h.vectors))
+                reasons[iid] = explaining.history_reason(h, found.get(why) if why else None, liked.get(why or "", False))
+        return hits, reasons
 
     def rank(self, model, events: list[Event], item_ids: list[str]) -> list[tuple[str, float]]:
         """``item_ids`` best first, by exactly the scores :meth:`recommend` gives them."""

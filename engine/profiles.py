@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_PROMPT = "preference_update"
 TASTE_PREFIX = "taste_"
+NOT_TASTE = frozenset({"cf"})
+"""Item vectors that make no taste vector: ``cf`` (the fitted collaborative factors) has its own user vector."""
 
 
 @dataclass
@@ -114,6 +116,8 @@ def taste_vectors(
     for i, e in enumerate(positives):
         w = 0.5 ** ((n - 1 - i) / half_life)
         for name, vec in (item_vectors.get(e.item_id) or {}).items():
+            if name in NOT_TASTE:
+                continue
             v = np.asarray(vec, np.float32) * w
             acc[name] = acc[name] + v if name in acc else v
     out = {}

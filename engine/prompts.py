@@ -20,13 +20,15 @@ from .errors import NotFoundError, PromptTemplateError
 __all__ = ["PromptRegistry", "PromptTemplate", "fence"]
 
 _FILE = re.compile(r"^(?P<name>[a-z0-9_]+)\.v(?P<version>\d+)\.j2$")
-_FENCE_MARK = re.compile(r"<{2,}|>{2,}|`{3,}")
+# Anything a reader could take for a fence mark: runs of angle brackets (spaced too) or guillemets, code fences.
+_FENCE_MARK = re.compile(r"(?:<\s*){2,}|(?:>\s*){2,}|(?:`\s*){3,}|[«»‹›]{2,}")
 
 
 def fence(value: Any, limit: int = 600) -> str:
     """Quote untrusted text as inert data: one line, no control characters, no fence markers, bounded."""
-    text = "" if value is None else str(value)
-    text = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in text)
+    text = unicodedata.normalize("NFKC", "" if value is None else str(value))  # fullwidth ＞＞＞ is >>> after this
+    # invisible format characters (zero-width joiners...) go, so they cannot split a fence mark; other controls become spaces
+    text = "".join("" if (cat := unicodedata.category(c)) == "Cf" else " " if cat[0] == "C" else c for c in text)
     text = _FENCE_MARK.sub(" ", text)
     text = re.sub(r"\s+", " ", text).strip()
     if len(text) > limit:

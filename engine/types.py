@@ -200,6 +200,8 @@ class Explanation(BaseModel):
     grounded_in: list[str]
     """History item ids the explanation cites."""
     source: Literal["llm", "template"]
+    fallback: str | None = None
+    """Why the template reason was used instead of the LLM's sentence (None when the LLM's was kept or no LLM was asked)."""
 
 
 class ItemScore(BaseModel):

@@ -30,27 +30,33 @@ class _Refused(Exception):
     """A fetch refused for a reason safe to show the caller."""
 
 
-def _host_allowed(host: str, port: int, allowed_hosts: Collection[str]) -> None:
-    """Refuse hosts that resolve to private, loopback, link-local or otherwise non-public addresses
-    (every address the name resolves to is checked), unless the host is explicitly allowed."""
-    if host.lower() in {h.lower() for h in allowed_hosts}:
-        return
+def _pinned_address(host: str, port: int, allowed_hosts: Collection[str]) -> str:
+    """Resolve ``host`` once and return the address to connect to. Every address the name resolves to
+    must be public (not private, loopback, link-local, multicast or reserved) unless the host is
+    explicitly allowed. The caller connects to this address, never to the name again, so a DNS answer
+    that changes between the check and the connection (DNS rebinding) cannot reach an internal host."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as e:
         raise _Refused("host does not resolve") from e
-    for info in infos:
-        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not ip.is_global or ip.is_multicast:
-            raise _Refused("host resolves to a private, loopback or link-local address")
+    addrs = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    if not addrs:
+        raise _Refused("host does not resolve")
+    if host.lower() not in {h.lower() for h in allowed_hosts}:
+        for ip in addrs:
+            if not ip.is_global or ip.is_multicast:
+                raise _Refused("host resolves to a private, loopback or link-local address")
+    return str(addrs[0])
 
 
 def fetch_url(
     url: str, max_bytes: int, timeout_s: float = 10.0, allowed_hosts: Collection[str] = (), max_redirects: int = _MAX_REDIRECTS
 ) -> bytes:
     """GET an http(s) URL with a total deadline of ``timeout_s`` and a byte limit enforced while
-    reading. Redirects are followed by hand (at most ``max_redirects``), and every hop's host must
-    resolve to public addresses only (``allowed_hosts`` are exempt, e.g. an internal image server).
+    reading. Redirects are followed by hand (at most ``max_redirects``); every hop's host is resolved
+    once, must resolve to public addresses only (``allowed_hosts`` are exempt, e.g. an internal image
+    server), and the request goes to that pinned address with the original Host header and TLS name
+    (SNI and certificate check), so DNS rebinding cannot redirect it.
     Errors name the host and a short reason, never the exception text."""
     import httpx
 
@@ -63,11 +69,17 @@ def fetch_url(
                 host = parsed.hostname or "?"
                 if parsed.scheme not in ("http", "https") or not parsed.hostname:
                     raise _Refused("only http(s) URLs are fetched")
-                _host_allowed(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), allowed_hosts)
+                try:
+                    target = httpx.URL(url)
+                except httpx.InvalidURL as e:
+                    raise _Refused("malformed URL") from e
+                ip = _pinned_address(target.host, target.port or (443 if parsed.scheme == "https" else 80), allowed_hosts)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise _Refused("timed out")
-                with client.stream("GET", url, timeout=httpx.Timeout(left)) as r:
+                headers = {"Host": target.netloc.decode("ascii")}
+                extensions = {"sni_hostname": target.host} if parsed.scheme == "https" else {}
+                with client.stream("GET", target.copy_with(host=ip), headers=headers, extensions=extensions, timeout=httpx.Timeout(left)) as r:
                     if r.is_redirect:
                         loc = r.headers.get("location")
                         if not loc:

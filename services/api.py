@@ -2,8 +2,10 @@
 
 - Keys and scopes (header ``X-API-Key``): ``PERSONA_API_KEY`` is an admin key, ``PERSONA_API_KEYS`` maps
   more keys to ``read`` / ``write`` / ``admin``. Only ``/health`` is public; reads need ``read``, writes
-  ``write``. Requests that make the LLM work are rate-limited per key. The app refuses to start with a
-  short or well-known key (see :func:`check_keys`).
+  ``write``. A per-user token (services/tokens.py, signed with ``PERSONA_API_TOKEN_SECRET``) has the
+  ``user`` scope: it reads items and its own user's profile, recommendations, explanations and search,
+  nothing of other users (403). Requests that make the LLM work are rate-limited per key (per user for
+  tokens). The app refuses to start with a short or well-known key or secret (see :func:`check_keys`).
 - Errors map through ``engine.http_status`` (one place).
 - Limits: request bodies (``max_body_bytes``, 413), batch sizes and ``k`` (422), and an admission limit
   (``max_inflight``) that answers 503 with Retry-After instead of queueing without bound.
@@ -25,6 +27,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,7 +40,8 @@ from engine import Engine, Event, Item, OverloadedError, PersonaError, http_stat
 from engine.cancel import CancelScope, cancel_scope, check_cancelled
 from engine.errors import CancelledRequestError, missing
 from engine.store.base import FILTER_FIELD_PATTERN
-from engine.types import EventReport, Explanation, IngestReport, Profile, Recommendations, SearchHit
+from engine.types import EventReport, Explanation, FitReport, IngestReport, Profile, Recommendations, SearchHit
+from services.tokens import TOKEN_PREFIX, TokenError, verify_user_token
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +137,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _READ_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
-    401: {"model": ErrorOut, "description": "missing or wrong X-API-Key"},
-    403: {"model": ErrorOut, "description": "the key's scope is too small"},
+    401: {"model": ErrorOut, "description": "missing or wrong X-API-Key, or an invalid or expired user token"},
+    403: {"model": ErrorOut, "description": "the key's scope is too small (or a user token asks for another user)"},
     503: {"model": ErrorOut, "description": "overloaded, or the API disabled (no key configured)"},
 }
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {k: v for k, v in _READ_ERRORS.items() if k != 404}
@@ -142,20 +146,22 @@ _LLM_ERRORS: dict[int | str, dict[str, Any]] = {**_READ_ERRORS, 429: {"model": E
 
 
 SCOPES = ("read", "write", "admin")
-"""Each scope includes the ones before it."""
+"""Scopes a key can have; each includes the ones before it."""
+LEVELS = ("user", *SCOPES)
+"""``user`` (a per-user token) is below ``read``: its own user's data only."""
 MIN_KEY_CHARS = 16
 _WEAK_KEYS = {"changeme", "change", "secret", "password", "passwd", "test", "testing", "admin", "default", "persona",
               "apikey", "key", "token", "me", "my", "pass", "letmein", "qwerty", "example", "dummy", "insecure", "12345678", "0123456789"}
 
 
-def check_keys(keys: dict[str, str], allow_weak: bool = False) -> None:
+def check_keys(keys: dict[str, str], allow_weak: bool = False, what: str = "API key") -> None:
     """Refuse (ValueError) an empty key, an unknown scope, and unless ``allow_weak`` a key shorter than
     16 characters, with fewer than 8 distinct characters, or made of well-known words (change-me, secret...)."""
     for k, scope in keys.items():
         if scope not in SCOPES:
             raise ValueError(f"API key scope {scope!r} is not one of {SCOPES}")
         if not k or not k.strip():
-            raise ValueError("an API key is empty")
+            raise ValueError(f"an {what} is empty")
         if allow_weak:
             continue
         rest = re.sub(r"[^a-z0-9]+", "", k.lower())
@@ -163,9 +169,22 @@ def check_keys(keys: dict[str, str], allow_weak: bool = False) -> None:
             rest = rest.replace(w, "")
         if len(k) < MIN_KEY_CHARS or len(set(k)) < 8 or len(rest) < 8:
             raise ValueError(
-                f"refusing to start with a weak API key ({k[:2]}..., {len(k)} characters): use at least {MIN_KEY_CHARS} random characters, "
+                f"refusing to start with a weak {what} ({k[:2]}..., {len(k)} characters): use at least {MIN_KEY_CHARS} random characters, "
                 "e.g. `openssl rand -hex 24` (PERSONA_API_ALLOW_WEAK_KEYS=true for development only)"
             )
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made a request: ``who`` keys the rate limit (a digest of the key, or the token's user),
+    ``scope`` is one of :data:`LEVELS`, ``user`` the one user a ``user`` token may read."""
+
+    who: str
+    scope: str
+    user: str | None = None
+
+    def may_read_user(self, user_id: str | None) -> bool:
+        return self.scope != "user" or user_id == self.user
 
 
 class _RateLimit:
@@ -284,18 +303,19 @@ class _Observe:
 def create_app(
     path: str | Path | None = None, engine: Engine | None = None, api_key: str | None = None, max_inflight: int | None = None,
     max_body_bytes: int | None = None, api_keys: dict[str, str] | None = None, allow_weak_keys: bool | None = None,
-    llm_requests_per_minute: int | None = None,
+    llm_requests_per_minute: int | None = None, token_secret: str | None = None,
 ) -> FastAPI:
     """Arguments left out come from the engine's settings (``PERSONA_API_KEY``, ``PERSONA_API_KEYS``,
     ``PERSONA_API_ALLOW_WEAK_KEYS``, ``PERSONA_API_LLM_REQUESTS_PER_MINUTE``, ``PERSONA_API_MAX_INFLIGHT``,
-    ``PERSONA_API_MAX_BODY_BYTES``). ``api_key`` is an admin key; ``api_keys`` maps keys to scopes.
-    Raises ValueError for a weak key (see :func:`check_keys`)."""
+    ``PERSONA_API_MAX_BODY_BYTES``, ``PERSONA_API_TOKEN_SECRET``). ``api_key`` is an admin key; ``api_keys``
+    maps keys to scopes; ``token_secret`` verifies per-user tokens. Raises ValueError for a weak key or secret."""
     st = (engine.settings if engine is not None else None)
     key = api_key if api_key is not None else ((st.api_key if st else None) or "")
     keys: dict[str, str] = dict(api_keys if api_keys is not None else (st.api_keys if st else {}))
     if key:
         keys[key] = "admin"
     weak_ok = allow_weak_keys if allow_weak_keys is not None else bool(st and st.api_allow_weak_keys)
+    secret = token_secret if token_secret is not None else ((st.api_token_secret if st else None) or "")
     if engine is None:  # refuse a weak key before opening the store (and before its settings are known)
         from engine.config import Settings
 
@@ -305,7 +325,13 @@ def create_app(
         if api_keys is None:
             keys = {**st0.api_keys, **keys}
         weak_ok = allow_weak_keys if allow_weak_keys is not None else st0.api_allow_weak_keys
+        if token_secret is None:
+            secret = st0.api_token_secret or ""
     check_keys(keys, weak_ok)
+    if secret or token_secret is not None:
+        check_keys({secret: "admin"}, weak_ok, what="token secret")
+        if secret in keys:
+            raise ValueError("PERSONA_API_TOKEN_SECRET must differ from every API key")
     owned = engine is None
     eng = engine or Engine.open(path)
     limiter = _RateLimit(llm_requests_per_minute if llm_requests_per_minute is not None else eng.settings.api_llm_requests_per_minute)
@@ -329,28 +355,45 @@ def create_app(
     app.add_middleware(_Observe, metrics=metrics)
     api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key with a scope: read, write or admin")
 
+    def identify(x_api_key: str | None) -> Caller:
+        if not keys and not secret:
+            raise HTTPException(503, "the API is disabled: set PERSONA_API_KEY or PERSONA_API_KEYS")
+        if secret and x_api_key and x_api_key.startswith(TOKEN_PREFIX):
+            try:
+                user = verify_user_token(secret, x_api_key)
+            except TokenError as e:
+                raise HTTPException(401, str(e)) from None
+            return Caller(who="user:" + hashlib.sha256(user.encode()).hexdigest()[:16], scope="user", user=user)
+        given = (x_api_key or "").encode()
+        found = None
+        for k, sc in keys.items():  # compare with every key: the time does not tell which matched
+            if hmac.compare_digest(given, k.encode()):
+                found = (k, sc)
+        if not x_api_key or found is None:
+            raise HTTPException(401, "missing or wrong X-API-Key")
+        return Caller(who=hashlib.sha256(found[0].encode()).hexdigest()[:16], scope=found[1])
+
     def need(scope: str) -> Any:
-        def check(x_api_key: str | None = Security(api_key_header)) -> str:
-            """The caller's identity (a digest of its key) when its key has ``scope`` or more."""
-            if not keys:
-                raise HTTPException(503, "the API is disabled: set PERSONA_API_KEY or PERSONA_API_KEYS")
-            given = (x_api_key or "").encode()
-            found = None
-            for k, sc in keys.items():  # compare with every key: the time does not tell which matched
-                if hmac.compare_digest(given, k.encode()):
-                    found = (k, sc)
-            if not x_api_key or found is None:
-                raise HTTPException(401, "missing or wrong X-API-Key")
-            if SCOPES.index(found[1]) < SCOPES.index(scope):
-                raise HTTPException(403, f"this key's scope is {found[1]!r}; {scope!r} needed")
-            return hashlib.sha256(found[0].encode()).hexdigest()[:16]
+        def check(x_api_key: str | None = Security(api_key_header)) -> Caller:
+            """The caller when its key has ``scope`` or more (``user``: a user token, checked per route)."""
+            caller = identify(x_api_key)
+            if LEVELS.index(caller.scope) < LEVELS.index(scope):
+                raise HTTPException(403, f"this key's scope is {caller.scope!r}; {scope!r} needed")
+            return caller
 
         return check
 
+    user_or_read = Depends(need("user"))  # a read key, or a user token checked by own()
+
+    def own(caller: Caller, user_id: str | None) -> None:
+        """A user token reads its own user only."""
+        if not caller.may_read_user(user_id):
+            raise HTTPException(403, "this user token may only read its own user")
+
     require_key = need("write")
 
-    def llm_quota(who: str) -> None:
-        wait = limiter.take(who)
+    def llm_quota(caller: Caller) -> None:
+        wait = limiter.take(caller.who)
         if wait:
             metrics.rejected.labels("llm_rate").inc()
             raise HTTPException(429, "LLM request rate limit reached for this key", headers={"Retry-After": str(max(1, math.ceil(wait)))})
@@ -417,34 +460,47 @@ def create_app(
     async def add_events(body: EventsIn) -> EventReport:
         return await run(eng.add_events, body.events)
 
-    @app.get("/items/{item_id}", responses=_READ_ERRORS, dependencies=[Depends(need("read"))])
+    @app.post("/fit", response_model=FitReport, dependencies=[Depends(need("admin"))], responses=_WRITE_ERRORS)
+    async def fit() -> FitReport:
+        """Train the learned recommender on every stored event (:meth:`Engine.fit`; minutes on a large store) and
+        make the new version live; the next recommendation uses it. Admin scope: it costs CPU and replaces the model."""
+        return await run(eng.fit)
+
+    @app.get("/items/{item_id}", responses=_READ_ERRORS, dependencies=[Depends(need("user"))])
     async def get_item(item_id: str) -> dict[str, Any]:
         return await run(eng.item, item_id)
 
     @app.get("/users/{user_id}/recommendations", response_model=Recommendations, responses=_LLM_ERRORS)
     async def recommendations(
         request: Request, user_id: str, k: int = Query(10, ge=1, le=MAX_K),
-        rerank: str | None = Query(None, pattern="^(none|pointwise|listwise)$"), explain: bool = False,
-        who: str = Depends(need("read")),
+        rerank: str | None = Query(None, pattern="^(none|pointwise|listwise|llm_feature)$"), explain: bool = False,
+        who: Caller = user_or_read,
     ) -> Recommendations:
-        """Needs ``read``; with ``rerank`` pointwise/listwise (or that server default) or ``explain`` it
-        makes the LLM work and counts against the key's LLM rate limit."""
+        """Needs ``read`` (or this user's token); with ``rerank`` pointwise/listwise (or that server default)
+        or ``explain`` it makes the LLM work and counts against the key's LLM rate limit."""
+        own(who, user_id)
         if explain or (rerank or eng.settings.retrieval.rerank) != "none":
             llm_quota(who)
         return await run(eng.recommend, user_id, k=k, rerank=rerank, explain=explain, request=request)
 
-    @app.get("/users/{user_id}/profile", response_model=Profile, responses=_READ_ERRORS, dependencies=[Depends(need("read"))])
-    async def profile(user_id: str) -> Profile:
+    @app.get("/users/{user_id}/profile", response_model=Profile, responses=_READ_ERRORS)
+    async def profile(user_id: str, who: Caller = user_or_read) -> Profile:
+        """Needs ``read`` (or this user's token)."""
+        own(who, user_id)
         return await run(eng.profile, user_id)
 
     @app.post("/explain", response_model=Explanation, responses=_LLM_ERRORS)
-    async def explain(request: Request, body: ExplainIn, who: str = Depends(need("read"))) -> Explanation:
-        """Needs ``read``; counts against the key's LLM rate limit."""
+    async def explain(request: Request, body: ExplainIn, who: Caller = user_or_read) -> Explanation:
+        """Needs ``read`` (or this user's token); counts against the key's LLM rate limit."""
+        own(who, body.user_id)
         llm_quota(who)
         return await run(eng.explain, body.user_id, body.item_id, request=request)
 
-    @app.post("/search", response_model=list[SearchHit], responses=_READ_ERRORS, dependencies=[Depends(need("read"))])
-    async def search(request: Request, body: SearchIn) -> list[SearchHit]:
+    @app.post("/search", response_model=list[SearchHit], responses=_READ_ERRORS)
+    async def search(request: Request, body: SearchIn, who: Caller = user_or_read) -> list[SearchHit]:
+        """Needs ``read``; a user token may search unpersonalized or personalized for its own user."""
+        if body.user_id is not None:
+            own(who, body.user_id)
         return await run(eng.search, body.query, user_id=body.user_id, k=body.k, filters=body.filter_spec(), request=request)
 
     @app.post("/users/{user_id}/images", response_class=Response, dependencies=[Depends(require_key)],
@@ -468,7 +524,7 @@ def create_app(
 
     ui_cookie = APIKeyCookie(name="persona_key", auto_error=False)
 
-    def ui_read(x_api_key: str | None = Security(api_key_header), cookie: str | None = Security(ui_cookie)) -> str:
+    def ui_read(x_api_key: str | None = Security(api_key_header), cookie: str | None = Security(ui_cookie)) -> Caller:
         """The dashboard shows users' histories: the read scope, from the header or (browsers) the cookie."""
         return need("read")(x_api_key or cookie)
 

@@ -175,8 +175,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from engine.offline.datasets import load_movielens
     from engine.offline.persona_eval import run_report, write_report
 
+    if args.ablate_only:
+        from engine.offline.persona_eval import ablation_report, write_ablations
+
+        only = tuple(args.ablate_only.split(",")) if args.ablate_only != "all" else None
+        ab = ablation_report(_eval_dir(args), load_movielens(args.data), seed=args.seed, users=args.users, only=only)
+        md = write_ablations(ab, Path(args.out))
+        print(md.read_text())
+        return 0
     base = tuple(args.baselines.split(",")) if args.baselines else None
-    rep = run_report(_eval_dir(args), load_movielens(args.data), seed=args.seed, users=args.users, quick=args.quick, baselines=base)
+    rep = run_report(_eval_dir(args), load_movielens(args.data), seed=args.seed, users=args.users, quick=args.quick, baselines=base,
+                     ablate=args.ablate, cold_start=args.cold_start)
     md = write_report(rep, Path(args.out))
     print(md.read_text())
     print(f"report: {md} (+ report.json, metrics.png)")
@@ -266,6 +275,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_token(args: argparse.Namespace) -> int:
+    from engine.config import Settings
+    from services.tokens import mint_user_token
+
+    secret = Settings().api_token_secret
+    if not secret:
+        print("persona user-token: set PERSONA_API_TOKEN_SECRET (the API server's token secret)", file=sys.stderr)
+        return 2
+    try:
+        print(mint_user_token(secret, args.user_id, ttl_s=args.ttl))
+    except ValueError as e:
+        print(f"persona user-token: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="persona", description="Retrieval-augmented multimodal personalization.")
     p.add_argument("--path", default=None, help="data folder of the embedded store (PERSONA_PATH)")
@@ -283,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("user")
     r.add_argument("-k", type=int, default=10)
     r.add_argument("--filters", default=None, help='JSON, e.g. {"genres": "Comedy"}')
-    r.add_argument("--rerank", choices=["none", "pointwise", "listwise"], default=None)
+    r.add_argument("--rerank", choices=["none", "pointwise", "listwise", "llm_feature"], default=None)
     r.add_argument("--explain", action="store_true")
     r.add_argument("--no-llm", action="store_true")
     r.set_defaults(fn=cmd_recommend)
@@ -330,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quick", action="store_true", help="small grids, four baselines (CI smoke; a few minutes)")
     ev.add_argument("--baselines", default=None, help="comma-separated subset, e.g. ease,markov,sasrec")
     ev.add_argument("--out", default="reports/eval")
+    ev.add_argument("--ablate", action="store_true", help="also refit on VALID with each source / feature group removed, and the pool's recall")
+    ev.add_argument("--cold-start", action="store_true", help="also cold users (last 5 events) and cold items (10%% of items without events), test")
+    ev.add_argument("--ablate-only", default=None, metavar="VARIANTS",
+                    help="only the ablations (VALID): 'all' or comma-separated names like '-source cf,-features item'; writes ablations.md/json")
     ev.set_defaults(fn=cmd_eval)
 
     ev = sub.add_parser("eval-llm", help="LLM rows (pointwise/listwise) on the legacy 1:20 protocol, with and without an adapter")
@@ -375,6 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
     sv.set_defaults(fn=cmd_serve)
+
+    ut = sub.add_parser("user-token", help="mint a token that reads one user's data only (signed with PERSONA_API_TOKEN_SECRET)")
+    ut.add_argument("user_id")
+    ut.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    ut.set_defaults(fn=cmd_user_token)
     return p
 
 

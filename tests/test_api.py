@@ -3,6 +3,7 @@ import json
 from fastapi.testclient import TestClient
 
 from services.api import create_app
+from services.tokens import mint_user_token
 
 KEY = "pk-7f3a9c2e5b1d4e6f8a0b"  # admin
 H = {"X-API-Key": KEY}
@@ -32,23 +33,26 @@ def test_api_roundtrip_and_auth(make_engine, ml):
 
 # -- auth: every route has a case ------------------------------------------------------------------
 
-# (method, path) -> the smallest scope that may call it ("public": no key). A route added without a case here fails.
+# (method, path) -> the smallest scope that may call it ("public": no key; "user": a token of the user
+# in the path or body, see test_user_token_reads_only_its_own_user). A route added without a case here fails.
 AUTH_CASES = {
     ("GET", "/health"): "public",
     ("GET", "/metrics"): "read",
     ("POST", "/items"): "write",
     ("POST", "/events"): "write",
-    ("GET", "/items/{item_id}"): "read",
-    ("GET", "/users/{user_id}/recommendations"): "read",
-    ("GET", "/users/{user_id}/profile"): "read",
-    ("POST", "/explain"): "read",
-    ("POST", "/search"): "read",
+    ("GET", "/items/{item_id}"): "user",
+    ("GET", "/users/{user_id}/recommendations"): "user",
+    ("GET", "/users/{user_id}/profile"): "user",
+    ("POST", "/explain"): "user",
+    ("POST", "/search"): "user",
     ("POST", "/users/{user_id}/images"): "write",
+    ("POST", "/fit"): "admin",
 }
 # routes that make the LLM work (own per-key rate limit) -> the query string that does it
 LLM_CASES = {("POST", "/explain"): "", ("GET", "/users/{user_id}/recommendations"): "?rerank=pointwise"}
 READ_KEY, WRITE_KEY = "rk-0a1b2c3d4e5f6a7b8c9d", "wk-9f8e7d6c5b4a3f2e1d0c"
 SCOPED = {READ_KEY: "read", WRITE_KEY: "write"}
+SECRET = "ts-4c1e9a7b3f5d2e8a6b0c"  # signs user tokens
 
 
 def _request(c, method, path, items, headers=None, query=""):
@@ -68,16 +72,20 @@ def test_every_route_has_an_auth_case(make_engine, ml, tiny_image_generator):
     items = [i.model_dump() for i in ml.items[:5]]
     eng.add_items(items)
     eng.add_events([{"user_id": "u1", "item_id": items[0]["id"], "timestamp": 0, "rating": 5}])
-    app = create_app(engine=eng, api_key=KEY, api_keys=SCOPED)
+    # a second user with a few events, so POST /fit has something to learn from
+    eng.add_events([{"user_id": u, "item_id": items[j]["id"], "timestamp": 10 * j + k, "rating": 4} for k, u in enumerate(("u2", "u3"))
+                    for j in range(4)])
+    app = create_app(engine=eng, api_key=KEY, api_keys=SCOPED, token_secret=SECRET)
     routes = {(m.upper(), p) for p, ops in app.openapi()["paths"].items() for m in ops}
+    u1_token = mint_user_token(SECRET, "u1")  # _request names user u1
     assert routes == set(AUTH_CASES), f"routes without an auth case: {routes ^ set(AUTH_CASES)}"
     c = TestClient(app)
     locked = TestClient(create_app(engine=eng, api_key="", api_keys={}))  # no key configured: only /health
-    order = ["public", "read", "write", "admin"]
+    order = ["public", "user", "read", "write", "admin"]
     for (method, path), need in AUTH_CASES.items():
         anon = _request(c, method, path, items)
         wrong = _request(c, method, path, items, {"X-API-Key": "nope"})
-        for key, scope in ((READ_KEY, "read"), (WRITE_KEY, "write"), (KEY, "admin")):
+        for key, scope in ((u1_token, "user"), (READ_KEY, "read"), (WRITE_KEY, "write"), (KEY, "admin")):
             r = _request(c, method, path, items, {"X-API-Key": key})
             expect = 200 if order.index(scope) >= order.index(need) else 403
             assert r.status_code == expect, (method, path, scope, r.text)
@@ -90,6 +98,7 @@ def test_every_route_has_an_auth_case(make_engine, ml, tiny_image_generator):
     assert "APIKeyHeader" in spec["components"]["securitySchemes"]
     assert spec["paths"]["/items"]["post"]["security"] and spec["paths"]["/search"]["post"]["security"]
     assert "security" not in spec["paths"]["/health"]["get"]
+    assert spec["paths"]["/fit"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/FitReport")
 
 
 def test_llm_routes_have_their_own_rate_limit(make_engine, ml):
@@ -197,3 +206,82 @@ def test_admission_limit_answers_503_with_retry_after(make_engine, ml):
     slow, quick = asyncio.run(go())
     assert slow.status_code == 200 and slow.json()["added"] == 400
     assert quick.status_code == 503 and quick.headers["Retry-After"] == "1"
+
+
+def test_user_token_reads_only_its_own_user(make_engine, ml, capsys, monkeypatch):
+    """Per-user read access: a token minted for u1 reads u1's data; other users' reads are 403 (before
+    any lookup, so a token cannot probe which users exist), every write and admin route is 403, and an
+    expired, forged or foreign-secret token is 401."""
+    import time
+
+    import pytest
+
+    from services.cli import main
+    from services.tokens import verify_user_token
+
+    eng = make_engine()
+    items = [i.model_dump() for i in ml.items[:8]]
+    eng.add_items(items)
+    eng.add_events([{"user_id": u, "item_id": items[n]["id"], "timestamp": n, "rating": 5} for u in ("u1", "u2") for n in range(3)])
+    c = TestClient(create_app(engine=eng, api_key=KEY, token_secret=SECRET, llm_requests_per_minute=1))
+    tok = {"X-API-Key": mint_user_token(SECRET, "u1")}
+    item = items[5]["id"]
+
+    assert c.get("/users/u1/profile", headers=tok).json()["user_id"] == "u1"
+    assert len(c.get("/users/u1/recommendations?k=3", headers=tok).json()["items"]) == 3
+    assert c.post("/search", json={"query": "toy", "user_id": "u1", "k": 2}, headers=tok).status_code == 200
+    assert c.post("/search", json={"query": "toy", "k": 2}, headers=tok).status_code == 200  # not personalized
+    assert c.get(f"/items/{item}", headers=tok).status_code == 200
+    assert c.post("/explain", json={"user_id": "u1", "item_id": item}, headers=tok).status_code == 200
+
+    for other in ("u2", "nobody"):  # cross-user reads: 403, whether or not the user exists
+        assert c.get(f"/users/{other}/profile", headers=tok).status_code == 403
+        assert c.get(f"/users/{other}/recommendations", headers=tok).status_code == 403
+        assert c.post("/explain", json={"user_id": other, "item_id": item}, headers=tok).status_code == 403
+        assert c.post("/search", json={"query": "toy", "user_id": other}, headers=tok).status_code == 403
+    assert c.get("/users/u2/profile", headers=H).status_code == 200  # the admin key still reads everyone
+
+    # no writes, not even for its own user; no metrics or dashboard (it shows every user)
+    ev = {"events": [{"user_id": "u1", "item_id": item, "timestamp": 99, "rating": 1}]}
+    assert c.post("/events", json=ev, headers=tok).status_code == 403
+    assert c.post("/items", json={"items": items[:1]}, headers=tok).status_code == 403
+    assert c.post("/users/u1/images", json={"seed": 0}, headers=tok).status_code == 403
+    assert c.get("/metrics", headers=tok).status_code == 403
+    assert c.get("/ui/", headers=tok).status_code == 403
+    assert eng.stats()["events"] == 6
+
+    # the LLM quota is per user, not per token: a fresh token for u1 does not get a fresh quota
+    again = {"X-API-Key": mint_user_token(SECRET, "u1")}
+    assert c.post("/explain", json={"user_id": "u1", "item_id": item}, headers=again).status_code == 429
+
+    good = tok["X-API-Key"]
+    prefix, user, exp, sig = good.split(".")
+    u2_part = mint_user_token(SECRET, "u2").split(".")[1]
+    refused = {
+        "expired": mint_user_token(SECRET, "u1", ttl_s=60, now=time.time() - 120),
+        "other user, u1's signature": ".".join((prefix, u2_part, exp, sig)),
+        "later expiry, old signature": ".".join((prefix, user, str(int(exp) + 86400), sig)),
+        "other secret": mint_user_token("ts-other-secret-9d8c7b6a5f", "u1"),
+        "no signature": ".".join((prefix, user, exp, "")),
+        "truncated": good[:-4],
+    }
+    for why, bad in refused.items():
+        r = c.get("/users/u1/profile", headers={"X-API-Key": bad})
+        assert r.status_code == 401, why
+        assert SECRET not in r.text
+    assert c.get("/users/u2/profile", headers={"X-API-Key": refused["other user, u1's signature"]}).status_code == 401
+    # a server without a token secret accepts no tokens
+    assert TestClient(create_app(engine=eng, api_key=KEY)).get("/users/u1/profile", headers=tok).status_code == 401
+
+    for weak in ("change-me", "secret", "short"):
+        with pytest.raises(ValueError, match="weak token secret"):
+            create_app(engine=eng, api_key=KEY, token_secret=weak)
+    with pytest.raises(ValueError, match="differ"):
+        create_app(engine=eng, api_key=KEY, token_secret=KEY)
+
+    monkeypatch.setenv("PERSONA_API_TOKEN_SECRET", SECRET)  # `persona user-token u1`
+    assert main(["user-token", "u1", "--ttl", "600"]) == 0
+    minted = capsys.readouterr().out.strip()
+    assert verify_user_token(SECRET, minted) == "u1" and int(minted.split(".")[2]) <= time.time() + 600
+    monkeypatch.delenv("PERSONA_API_TOKEN_SECRET")
+    assert main(["user-token", "u1"]) == 2

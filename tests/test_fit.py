@@ -89,3 +89,76 @@ def test_fitted_model_survives_reopen(fitted_path, text_encoder):
     path, rep = fitted_path
     with Engine.open(path, NO_CLIP, components=Components(text_encoder=text_encoder)) as eng:
         assert eng.recommend("13", k=5).model_version == rep.version
+
+
+def test_cf_vectors_live_in_qdrant_and_feed_the_collaborative_source(fitted):
+    """The fit writes the ALS item factors (and users' fit-time vectors) as the ``cf`` named vector; serving takes
+    the collaborative source's candidates from a Qdrant dot-product query with a request-time fold-in vector, and
+    that gives the same pool as the in-memory scan."""
+    import numpy as np
+
+    from engine.learned.candidates import pool
+    from engine.store import Filter, point_id
+
+    eng, rep = fitted
+    model = eng.learned.current()
+    V, ids = model.item_factors, model.item_ids
+    got = eng.store.retrieve(eng.items_col, [point_id("item", ids[j]) for j in (0, 5, 50)], with_vectors=True)
+    assert [np.allclose(h.vectors["cf"], V[j], atol=1e-5) for h, j in zip(got, (0, 5, 50))] == [True] * 3
+    eng.update_profiles(["13"])  # users get the vector on their profile point: write again now that 13 has one
+    assert eng.learned.write_vectors(model, ids[:3], eng.history("13"))
+    u = eng.store.retrieve(eng.users_col, [point_id("user", "13")], with_vectors=True)[0]
+    assert np.allclose(u.vectors["cf"], model.state(eng.history("13")).user_vec, atol=1e-4)
+    for uid in ("1", "13", "405"):
+        events = eng.history(uid)
+        seen = {point_id("item", e.item_id) for e in events}
+        search = eng.learned.cf_search(model, Filter(exclude_ids=seen))
+        assert search is not None
+        st = model.state(events)
+        from_qdrant = pool(st, model.config, sources=("cf",), tops={"cf": model.index.rows(search(st.user_vec, 300))})
+        in_memory = pool(st, model.config, sources=("cf",))
+        assert len(set(from_qdrant) & set(in_memory)) >= 0.98 * len(in_memory)
+        assert eng.learned.recommend(model, events, 10, Filter(exclude_ids=seen)) == model.recommend(events, 10)
+
+
+def test_exclude_seen_false_and_one_entry_per_title(fitted, ml):
+    eng, _ = fitted
+    titles = {it.id: it.title for it in ml.items}
+    hit_seen = False
+    for uid in ("1", "13", "405", "450"):
+        seen = {e.item_id for e in ml.user_events(uid)}
+        recs = eng.recommend(uid, k=30, exclude_seen=False).items
+        hit_seen |= bool(seen & {r.item_id for r in recs})
+        for r in [*recs, *eng.recommend(uid, k=30).items]:
+            assert r.title == titles[r.item_id]
+        keys = [r.title.lower() for r in eng.recommend(uid, k=50).items]
+        assert len(keys) == len(set(keys)) == 50
+        assert not set(keys) & {titles[i].lower() for i in seen}  # not a seen film under its second id either
+    assert hit_seen  # a heavy user's best items include ones already watched when asked to keep them
+
+
+def test_small_store_fit_then_profiles_and_cf_from_qdrant(make_engine, ml):
+    """After a fit the items carry a ``cf`` vector: profile updates still work (no ``taste_cf``), the users get their
+    ``cf`` vector, and the served list equals the model's in-memory one (cheap: 80 items, 60 users)."""
+    import numpy as np
+
+    from engine.store import Filter, point_id
+
+    eng = make_engine()
+    items = ml.items[:80]
+    keep = {it.id for it in items}
+    eng.add_items(items)
+    eng.add_events([e for e in ml.events if e.item_id in keep and int(e.user_id) <= 60])
+    eng.update_profiles(["1", "2"])
+    eng.fit()
+    eng.update_profiles(["1", "2"])  # a profile rewrite after the fit must not try a taste vector of cf
+    model = eng.learned.current()
+    u = eng.store.retrieve(eng.users_col, [point_id("user", "1")], with_vectors=True)[0]
+    assert "taste_cf" not in (u.vectors or {}) and "taste_text" in u.vectors
+    h = eng.store.retrieve(eng.items_col, [point_id("item", items[0].id)], with_vectors=True)[0]
+    assert np.allclose(h.vectors["cf"], model.item_factors[model.index.rows([items[0].id])[0]], atol=1e-5)
+    events = eng.history("1")
+    seen = {point_id("item", e.item_id) for e in events}
+    assert eng.learned.cf_search(model, Filter(exclude_ids=seen)) is not None
+    assert eng.learned.recommend(model, events, 10, Filter(exclude_ids=seen)) == model.recommend(events, 10)
+    assert eng.recommend("1", k=5).strategy == "learned"

@@ -26,6 +26,10 @@ def test_congruent_generation_and_logprobs(vllm, local_llm):
     assert all(0 < p < 1 for p in pa + pb)
     assert max(abs(x - y) for x, y in zip(pa, pb)) < 0.05
     assert vllm.count_tokens("hello world") == local_llm.count_tokens("hello world")
+    # Shared-prefix scoring (one request, prefix first; the server's prefix cache serves it) agrees too.
+    prefix, sufs = "Is Paris in ", ["France? Answer Yes or No.\nAnswer:", "Japan? Answer Yes or No.\nAnswer:"]
+    ps = vllm.yes_probabilities_shared(prefix, sufs)
+    assert max(abs(x - y) for x, y in zip(ps, pa)) < 1e-3 and vllm.last_usage["prompt_tokens"] > 0
 
 
 def test_structured_choice_only_labels(vllm):
@@ -55,8 +59,9 @@ def test_rerank_score_explain_through_vllm(make_engine, ml, small_catalog, vllm_
     for mode in ("pointwise", "listwise"):
         recs = eng.recommend("1", k=10, rerank=mode)
         assert recs.strategy.endswith(f"llm-{mode}")
-        # a regex cannot forbid repeats: a small model may repeat labels, which is caught and flagged
-        assert recs.fallback is None or (mode == "listwise" and "duplicate" in recs.fallback), recs.fallback
+        # a regex cannot forbid repeats: a small model may repeat labels, which is caught and flagged; an answer in
+        # alphabetical or listing order (labels are shuffled per user) is a failure that keeps the ranker's order, flagged
+        assert recs.fallback is None or (mode == "listwise" and ("duplicate" in recs.fallback or "failed" in recs.fallback)), recs.fallback
         assert len({r.item_id for r in recs.items}) == 10
         assert {r.item_id for r in recs.items} <= {h.item_id for h in eng.recommend("1", k=eng.settings.retrieval.rerank_candidates).items}
     scores = eng.score("1", [r.item_id for r in base.items[:5]])

@@ -228,3 +228,20 @@ def test_truncate_histories(ml):
     assert 80 <= len(cold) <= 100
     sp = temporal_split(events, [i.id for i in ml.items], seed=0)
     assert all(len(sp.train[u]) == 5 for u in cold)
+
+
+def test_cold_splits_keep_the_main_targets_and_hide_cold_items(split):
+    from engine.offline.coldstart import cold_item_split, cold_user_split
+
+    cu, cold = cold_user_split(split, seed=0)
+    assert 0.08 * len(split.users) <= len(cold) <= 0.12 * len(split.users)
+    for u in cold:
+        assert cu.train[u] == order_history(split.train[u], split.seed)[-5:]  # the LAST five, right before valid/test
+        assert cu.test[u] == split.test[u] and cu.valid[u] == split.valid[u]
+    warm = next(u for u in split.users if u not in set(cold))
+    assert cu.train[warm] == split.train[warm]
+    ci, users, items = cold_item_split(split, seed=0)
+    assert users and all(split.test[u].item_id in items for u in users)
+    fit = ci.fit_events("test")
+    assert not {e.item_id for e in fit} & items and len(fit) < len(split.fit_events("test"))
+    assert all(e.item_id not in items for u in users for e in ci.history(u, "test"))

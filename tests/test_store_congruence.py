@@ -91,3 +91,32 @@ def test_scroll_and_payload_update(stores):
         s.set_payload("items", [point_id("item", "0")], {"popularity": 5000.0})
     assert _ids(a.top_by("items", "popularity", 1)) == _ids(b.top_by("items", "popularity", 1)) == ["0"]
     assert sorted(_ids(a.scroll("items", Filter(match={"item_id": ["1", "2"]})))) == sorted(_ids(b.scroll("items", Filter(match={"item_id": ["1", "2"]})))) == ["1", "2"]
+
+
+def test_added_dot_vector_keeps_other_vectors_and_payload(tmp_path):
+    """A named vector added after the fact (the fitted ``cf`` factors, dot product) answers the same on both
+    backends, and writing it keeps each point's other vectors and payload; a new size re-creates it."""
+    rng = np.random.default_rng(1)
+    text = rng.normal(size=(40, 8)).astype(np.float32)
+    cf = rng.normal(size=(40, 4)).astype(np.float32) * rng.uniform(0.1, 3, size=(40, 1)).astype(np.float32)
+    pts = [Point(point_id("item", str(i)), {"text": text[i].tolist()}, {"item_id": str(i)}) for i in range(40)]
+    q = rng.normal(size=4).astype(np.float32)
+    expect = [str(i) for i in np.argsort(-(cf @ q))[:10]]  # dot, not cosine: the norms matter
+    for s in (EdgeStore(tmp_path / "e"), QdrantClientStore("local", path=tmp_path / "q")):
+        with s:
+            s.ensure_collection("items", {"text": 8}, {"item_id": "keyword"})
+            s.upsert("items", pts)
+            s.ensure_vector("items", "cf", 4, "dot")
+            s.ensure_vector("items", "cf", 4, "dot")  # idempotent
+            s.update_vectors("items", [Point(point_id("item", str(i)), {"cf": cf[i].tolist()}, {}) for i in range(40)])
+            got = _ids(s.query("items", [VectorQuery("cf", vector=q.tolist())], 10))
+            assert got == expect
+            h = s.retrieve("items", [point_id("item", "3")], with_vectors=True)[0]
+            assert h.payload["item_id"] == "3"
+            assert np.allclose(h.vectors["text"], text[3] / np.linalg.norm(text[3]), atol=1e-5)
+            assert np.allclose(h.vectors["cf"], cf[3], atol=1e-5)
+            ex = Filter(exclude_ids={point_id("item", expect[0])})
+            assert _ids(s.query("items", [VectorQuery("cf", vector=q.tolist())], 3, ex)) == expect[1:4]
+            s.ensure_vector("items", "cf", 6, "dot")  # another size: dropped and re-created
+            s.update_vectors("items", [Point(point_id("item", "0"), {"cf": [1.0] * 6}, {})])
+            assert len(s.retrieve("items", [point_id("item", "0")], with_vectors=True)[0].vectors["cf"]) == 6

@@ -196,13 +196,20 @@ def source_top(state: UserState, name: str, k: int, exclude_seen: bool = True) -
     return top[np.lexsort((top, -v[top]))]
 
 
-def pool(state: UserState, cfg: LearnedConfig, size: int | None = None, sources=None, exclude_seen: bool = True) -> np.ndarray:
-    """Item rows interleaved from the sources' rankings (rank / weight order), first ``size`` distinct ones."""
+def pool(state: UserState, cfg: LearnedConfig, size: int | None = None, sources=None, exclude_seen: bool = True,
+         tops: dict | None = None) -> np.ndarray:
+    """Item rows interleaved from the sources' rankings (rank / weight order), first ``size`` distinct ones.
+    ``tops`` (source name -> item rows, best first) replaces a source's own ranking, e.g. the ``cf`` top from a
+    Qdrant query on the stored item factors."""
     size = size or cfg.pool_size
     sources = tuple(sources or cfg.sources)
     rows, keys = [], []
     for j, name in enumerate(sources):
-        top = source_top(state, name, size, exclude_seen)
+        if tops is not None and name in tops:
+            top = np.asarray(tops[name], np.int64)
+            top = top[(top >= 0) & ~(state.seen[np.clip(top, 0, None)] & exclude_seen)][:size]
+        else:
+            top = source_top(state, name, size, exclude_seen)
         rows.append(top)
         keys.append((np.arange(len(top)) + 0.5) / float(cfg.source_weights.get(name, 1.0)) + j * 1e-6)
     if not rows:

@@ -154,10 +154,19 @@ class PersonaModel:
     def state(self, history):
         return user_state(self.stage1, self.meta, self.sequence(history), self.config)
 
-    def recommend(self, history, k: int = 10, exclude_seen: bool = True, extra_feature=None) -> list[tuple[str, float, str | None]]:
-        """Top ``k`` ``(item_id, score, reason_item_id)``; the reason is the history item tied most strongly to the item."""
+    def recommend(self, history, k: int = 10, exclude_seen: bool = True, extra_feature=None,
+                  cf_search=None) -> list[tuple[str, float, str | None]]:
+        """Top ``k`` ``(item_id, score, reason_item_id)``; the reason is the history item tied most strongly to the item.
+
+        ``cf_search(user_vector, limit) -> item ids`` (best first, by dot product with the ``cf`` item factors): the
+        collaborative source's candidates from a vector index (Qdrant) instead of the in-memory scan; the user vector
+        is folded in from this history now, so events after the fit count."""
         st = self.state(history)
-        cand = pool(st, self.config, exclude_seen=exclude_seen)
+        tops = None
+        if cf_search is not None and "cf" in self.config.sources and np.any(st.user_vec):
+            ids = cf_search(np.asarray(st.user_vec, np.float32), self.config.pool_size)
+            tops = {"cf": self.index.rows(list(ids))}
+        cand = pool(st, self.config, exclude_seen=exclude_seen, tops=tops)
         scores = self._score(st, cand, extra_feature)
         order = np.lexsort((cand, -scores))[:k]
         top = cand[order]

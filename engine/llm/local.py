@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -45,6 +46,8 @@ class TransformersLLM(LLM):
         self._lock = threading.Lock()  # one forward pass at a time: torch already uses every core
         self.batches_run = 0
         """Forward batches started so far (a counter: tests prove cancellation by it, not by seconds)."""
+        self.tokens_run = 0
+        """Prompt tokens run through the model by the Yes/No scorers (bench/llm_score.py reads it)."""
         self._yes_ids = self._word_ids(["Yes", " Yes", "yes", " yes"])
         self._no_ids = self._word_ids(["No", " No", "no", " no"])
         self.max_len = min(int(getattr(self.model.config, "max_position_embeddings", 8192) or 8192), 8192)
@@ -106,6 +109,7 @@ class TransformersLLM(LLM):
     def _next_logprobs(self, batch: list[str]):
         torch = self._torch
         enc = self._encode(batch, 1)
+        self.tokens_run += int(enc["attention_mask"].sum())
         # Only the last position's logits: the LM head over Gemma's 262k vocabulary at every position
         # would cost more than the rest of the forward pass.
         logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()
@@ -123,6 +127,57 @@ class TransformersLLM(LLM):
                 n = torch.logsumexp(lp[:, self._no_ids], dim=-1)
                 res.extend(torch.sigmoid(y - n).tolist())
         return res
+
+    def yes_probabilities_shared(self, prefix: str, suffixes: Sequence[str]) -> list[float | None]:
+        """P(Yes) for each ``prefix + suffix`` with the shared part computed once: the token ids common
+        to every full prompt run through the model one time, then its key/value cache is copied per
+        batch and only the suffix tokens are run. The suffixes are left-padded *after* the shared part
+        (attention mask zero there, position ids continuing from the prefix), so each row's answer is
+        read at the last position and equals scoring the full prompt alone (tested within 1e-4)."""
+        if not suffixes:
+            return []
+        if not self._yes_ids or not self._no_ids:
+            raise BackendUnavailableError("the tokenizer has no single-token Yes/No")
+        torch = self._torch
+        # Tokenize full prompts (exactly what yes_probabilities sees) and share their longest common
+        # token prefix: a BPE merge across the prefix/suffix boundary can then never change a result.
+        full = [self._ids(prefix + s) for s in suffixes]
+        shared = _common_prefix_len(full)
+        shared = min(shared, min(len(f) for f in full) - 1)  # every row keeps >= 1 token of its own
+        if shared < 1:
+            return self.yes_probabilities([prefix + s for s in suffixes])
+        dev = self.config.device
+        res: list[float | None] = []
+        with self._lock, torch.inference_mode():
+            check_cancelled()
+            self.batches_run += 1
+            head = torch.tensor([full[0][:shared]], device=dev)
+            base = self.model(input_ids=head, use_cache=True, logits_to_keep=1).past_key_values
+            self.tokens_run += shared
+            tails = [f[shared:] for f in full]
+            for i in range(0, len(tails), self.config.batch_size):
+                check_cancelled()
+                self.batches_run += 1
+                batch = tails[i : i + self.config.batch_size]
+                width = max(len(t) for t in batch)
+                pad = self.tok.pad_token_id
+                ids = torch.tensor([[pad] * (width - len(t)) + t for t in batch], device=dev)
+                tail_mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in batch], device=dev)
+                mask = torch.cat([torch.ones((len(batch), shared), dtype=tail_mask.dtype, device=dev), tail_mask], dim=1)
+                pos = (shared + tail_mask.cumsum(1) - 1).clamp(min=shared)
+                cache = copy.deepcopy(base)
+                cache.batch_repeat_interleave(len(batch))
+                out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                                 logits_to_keep=1)
+                self.tokens_run += int(tail_mask.sum())
+                lp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+                y = torch.logsumexp(lp[:, self._yes_ids], dim=-1)
+                n = torch.logsumexp(lp[:, self._no_ids], dim=-1)
+                res.extend(torch.sigmoid(y - n).tolist())
+        return res
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=True, truncation=True, max_length=self.max_len - 1)["input_ids"]
 
     def choose_sequence(self, prompt: str, labels: Sequence[str], n: int) -> list[str]:
         """Greedy decoding restricted to the remaining labels (each must be one token after a space)."""
@@ -227,3 +282,12 @@ class TransformersLLM(LLM):
 def _first_key(schema: dict) -> str:
     req = schema.get("required") or list(schema.get("properties") or {}) or ["answer"]
     return str(req[0])
+
+def _common_prefix_len(rows: list[list[int]]) -> int:
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for i in range(n):
+        t = first[i]
+        if any(r[i] != t for r in rows):
+            return i
+    return n

@@ -53,6 +53,8 @@ class VLLMClient(LLM):
         self.model = config.adapter or (self._served_model() if is_packaged(config.model) else config.model)
         self.name = f"vllm:{self.model}"
         self._chat: tuple[str, ...] | None = None
+        self.last_usage: dict[str, Any] | None = None
+        """The ``usage`` block of the last Yes/No request (prompt tokens, cached tokens when the server reports them)."""
 
     def _post(self, path: str, body: dict[str, Any], root: bool = False) -> dict[str, Any]:
         url = (re.sub(r"/v1$", "", self.base) if root else self.base) + path
@@ -148,7 +150,9 @@ class VLLMClient(LLM):
             return []
         body = {"model": self.model, "prompt": list(prompts), "max_tokens": 1, "temperature": 0.0, "logprobs": 20}
         out: list[float | None] = []
-        for c in self._choices(self._post("/completions", body), len(prompts)):
+        data = self._post("/completions", body)
+        self.last_usage = data.get("usage")
+        for c in self._choices(data, len(prompts)):
             try:
                 top = c["logprobs"]["top_logprobs"][0]
             except (KeyError, TypeError, IndexError):
@@ -156,6 +160,13 @@ class VLLMClient(LLM):
                 continue
             out.append(yes_probability({str(k): float(v) for k, v in top.items()}))
         return out
+
+    def yes_probabilities_shared(self, prefix: str, suffixes: Sequence[str]) -> list[float | None]:
+        """One request with every ``prefix + suffix``, the shared prefix first: vLLM's automatic
+        prefix caching (``--enable-prefix-caching``, on in compose and the tests) computes the
+        prefix's blocks once and reuses them for every candidate."""
+        self.last_usage = None
+        return self.yes_probabilities([prefix + s for s in suffixes])
 
     def choose_sequence(self, prompt: str, labels: Sequence[str], n: int) -> list[str]:
         n = min(n, len(labels))

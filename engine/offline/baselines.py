@@ -117,7 +117,7 @@ class ItemKNN(Baseline):
     ``co / (sqrt(n_i n_j) + shrink)``, top-``k`` neighbours per item, score = sum over history."""
 
     name = "itemknn"
-    GRID = grid(k=[10, 20, 50, 100, 200, 400], shrink=[0, 10, 50])
+    GRID = grid(k=[3, 5, 10, 20, 50, 100, 200, 400], shrink=[0, 10, 50])  # k=10 won at the old edge: 3, 5 added
     QUICK_GRID = grid(k=[50, 200], shrink=[10])
 
     def _fit(self, events: list[Event]) -> None:
@@ -214,7 +214,7 @@ class Markov(Baseline):
     ``window`` positions, weighted 1 / distance (window 1 = plain first order)."""
 
     name = "markov"
-    GRID = grid(w=[0.0, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8], window=[1, 2, 3])
+    GRID = grid(w=[0.0, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95], window=[1, 2, 3, 5])  # w=0.8, window=3 won at the old edges
     QUICK_GRID = grid(w=[0.05, 0.2], window=[1])
 
     def _fit(self, events: list[Event]) -> None:

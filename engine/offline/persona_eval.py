@@ -34,7 +34,7 @@ from .split import Split, temporal_split
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate_persona", "run_report", "write_report", "data_fingerprint"]
+__all__ = ["evaluate_persona", "run_report", "write_report", "write_ablations", "ablation_report", "stage_store", "data_fingerprint"]
 
 NO_MODELS = {"clip": {"enabled": False}, "llm": {"backend": "none"}}
 """Evaluation config: no CLIP weights ship offline; the headline rows use no LLM (see README)."""
@@ -55,14 +55,14 @@ def _commit() -> str | None:
         return None
 
 
-def evaluate_persona(path: str | Path, data: Any, split: Split, stage: str, users: list[str], config: dict | None = None,
-                     components: Any = None, progress: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Per-user metric arrays of ``Engine.recommend`` / ``Engine.rank`` on ``stage``, and fit info."""
+def stage_store(path: str | Path, data: Any, split: Split, stage: str, cfg: dict, components: Any = None, progress: bool = False,
+                name: str | None = None) -> Path:
+    """``<path>/<name or stage>``: a fresh store with the items (encoded once under ``<path>/items`` and copied) and
+    the stage's fit events; raises if any held-out event of the stage reached it."""
     from ..engine import Engine
 
     root = Path(path)
-    items_dir, store_dir = root / "items", root / stage
-    cfg = {**NO_MODELS, **(config or {})}
+    items_dir, store_dir = root / "items", root / (name or stage)
     if not (items_dir / ".complete").exists():  # the catalog is encoded once and copied per stage
         shutil.rmtree(items_dir, ignore_errors=True)
         with Engine.open(items_dir, cfg, components=components) as eng:
@@ -73,14 +73,46 @@ def evaluate_persona(path: str | Path, data: Any, split: Split, stage: str, user
     shutil.rmtree(store_dir, ignore_errors=True)
     shutil.copytree(items_dir, store_dir)
     with Engine.open(store_dir, cfg, components=components) as eng:
-        fit_events = split.fit_events(stage)
-        rep = eng.add_events(fit_events)
+        rep = eng.add_events(split.fit_events(stage))
         if rep.failed:
             raise RuntimeError(f"{rep.failed} fit events refused")
         held = {(split.target(u, stage).user_id, split.target(u, stage).item_id, split.target(u, stage).timestamp) for u in split.users}
         leaked = [u for u in split.users if any((e.user_id, e.item_id, e.timestamp) in held for e in eng.history(u))]
         if leaked:
             raise RuntimeError(f"held-out {stage} events reached the store for {len(leaked)} users, e.g. {leaked[:3]}")
+    return store_dir
+
+
+def ablation_report(path: str | Path, data: Any, seed: int = 0, users: int | None = None, n_boot: int = 1000,
+                    only: tuple[str, ...] | None = None, components: Any = None, progress: bool = True) -> dict[str, Any]:
+    """Ablations and pool recall on VALID alone (``persona eval --ablate-only``), see :mod:`engine.offline.ablation`."""
+    from .ablation import run_ablations
+
+    split = temporal_split(data.events, [i.id for i in data.items], seed=seed)
+    eval_users = _sample_users(split, users, seed)
+    store = stage_store(path, data, split, "valid", dict(NO_MODELS), components, progress)
+    ab = run_ablations(store, split, eval_users, seed=seed, n_boot=n_boot, config=dict(NO_MODELS), components=components,
+                       only=only, progress=progress)
+    ab["provenance"] = {"commit": _commit(), "seed": seed, "data_sha256": data_fingerprint(list(data.events))}
+    return ab
+
+
+def _sample_users(split: Split, users: int | None, seed: int) -> list[str]:
+    eval_users = split.users
+    if users is not None and users < len(eval_users):
+        rng = np.random.default_rng(seed)
+        eval_users = sorted(rng.choice(eval_users, size=users, replace=False).tolist())
+    return eval_users
+
+
+def evaluate_persona(path: str | Path, data: Any, split: Split, stage: str, users: list[str], config: dict | None = None,
+                     components: Any = None, progress: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Per-user metric arrays of ``Engine.recommend`` / ``Engine.rank`` on ``stage``, and fit info."""
+    from ..engine import Engine
+
+    cfg = {**NO_MODELS, **(config or {})}
+    store_dir = stage_store(path, data, split, stage, cfg, components, progress)
+    with Engine.open(store_dir, cfg, components=components) as eng:
         fit = eng.fit(progress=progress)
         t0 = time.perf_counter()
 
@@ -97,19 +129,23 @@ def evaluate_persona(path: str | Path, data: Any, split: Split, stage: str, user
 
 
 def run_report(path: str | Path, data: Any, seed: int = 0, users: int | None = None, quick: bool = False,
-               baselines: tuple[str, ...] | None = None, n_boot: int = 1000, progress: bool = True, components: Any = None) -> dict[str, Any]:
+               baselines: tuple[str, ...] | None = None, n_boot: int = 1000, progress: bool = True, components: Any = None,
+               ablate: bool = False, cold_start: bool = False) -> dict[str, Any]:
     """Baselines tuned on valid and refit (``run_baselines``), Persona on valid and test, one report."""
     t_all = time.perf_counter()
     split = temporal_split(data.events, [i.id for i in data.items], seed=seed)
-    eval_users = split.users
-    if users is not None and users < len(eval_users):
-        rng = np.random.default_rng(seed)
-        eval_users = sorted(rng.choice(eval_users, size=users, replace=False).tolist())
+    eval_users = _sample_users(split, users, seed)
     which = baselines or (("popularity", "itemknn", "ease", "markov") if quick else ("popularity", "itemknn", "ease", "als", "markov", "sasrec", "textknn"))
     base = run_baselines(data, seed=seed, users=eval_users, which=which, progress=progress, quick=quick, n_boot=n_boot)
     base.pop("_models", None)
     methods = base["methods"]
     valid_pu, valid_info = evaluate_persona(path, data, split, "valid", eval_users, components=components, progress=progress)
+    ablations = None
+    if ablate:  # on the valid store just fitted, before the test stage replaces nothing of it
+        from .ablation import run_ablations
+
+        ablations = run_ablations(Path(path) / "valid", split, eval_users, seed=seed, n_boot=n_boot, config=dict(NO_MODELS),
+                                  components=components, progress=progress)
     test_pu, test_info = evaluate_persona(path, data, split, "test", eval_users, components=components, progress=progress)
     persona = {
         "chosen": {"defaults": "engine.config.FitConfig (chosen on valid with bench/learned_val.py)"},
@@ -122,8 +158,15 @@ def run_report(path: str | Path, data: Any, seed: int = 0, users: int | None = N
     }
     best = max(methods, key=lambda k: methods[k]["test"]["ndcg@10"]["mean"])
     paired = {m: paired_bootstrap(test_pu[m], methods[best]["per_user"][m], n_boot=n_boot, seed=seed) for m in ("ndcg@10", "hr@10", "auc")}
+    extra: dict[str, Any] = {"ablations": ablations} if ablations is not None else {}
+    if cold_start:
+        from .coldstart import run_cold_start
+
+        chosen = {k: {**v.get("fixed_params", {}), **v.get("chosen", {})} for k, v in methods.items()}
+        extra["cold_start"] = run_cold_start(path, data, split, eval_users, chosen, test_pu, n_boot=n_boot, seed=seed,
+                                             components=components, progress=progress)
     commit = _commit()
-    return {
+    return extra | {
         "protocol": base["protocol"] | {"persona": "Engine.fit() then Engine.recommend(k=50) on the full catalog; sampled metrics from Engine.rank()"},
         "persona": persona,
         "baselines": methods,
@@ -170,6 +213,14 @@ def write_report(rep: dict[str, Any], out: str | Path) -> Path:
               "|---|" + "---|" * len(rep["groups_n"])]
     for name, r in rows:
         lines.append(f"| {name} | " + " | ".join(f"{r['groups'].get(g, {}).get('mean', float('nan')):.4f}" for g in rep["groups_n"]) + " |")
+    if rep.get("cold_start"):
+        from .coldstart import cold_lines
+
+        lines += [""] + cold_lines(rep["cold_start"])
+    if rep.get("ablations"):
+        from .ablation import ablation_lines
+
+        lines += [""] + ablation_lines(rep["ablations"])
     md = out / "report.md"
     md.write_text("\n".join(lines) + "\n")
     (out / "report.json").write_text(json.dumps(rep, indent=1, default=float))
@@ -190,4 +241,18 @@ def write_report(rep: dict[str, Any], out: str | Path) -> Path:
         plt.close(fig)
     except ImportError:
         logger.warning("matplotlib missing: no plot")
+    return md
+
+
+def write_ablations(ab: dict[str, Any], out: str | Path) -> Path:
+    """ablations.md and ablations.json in ``out`` (the ``--ablate-only`` run)."""
+    from .ablation import ablation_lines
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prov = ab.get("provenance", {})
+    md = out / "ablations.md"
+    md.write_text("\n".join([f"# Persona ablations on ml-100k (commit `{prov.get('commit')}`, seed {prov.get('seed')}, "
+                             f"wall {ab['wall_seconds']} s)", ""] + ablation_lines(ab)))
+    (out / "ablations.json").write_text(json.dumps(ab, indent=1, default=float))
     return md

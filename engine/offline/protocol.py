@@ -34,6 +34,8 @@ __all__ = [
     "run_baselines",
     "truncate_histories",
     "group_breakdown",
+    "baseline_classes",
+    "cold_start_eval",
 ]
 
 
@@ -249,14 +251,20 @@ def run_baselines(
     return result
 
 
+def baseline_classes() -> dict[str, type[Baseline]]:
+    """Baseline name -> class (SASRec imported on demand)."""
+    return _methods()
+
+
 def cold_start_eval(data: Any, chosen: dict[str, dict[str, Any]], seed: int, users: Sequence[str], main: dict[str, Any], n_boot: int, progress: bool) -> dict[str, Any]:
-    """Refit each method (its chosen parameters, no re-tuning) on data where a random 10% of users
-    keep only 5 train events, and evaluate test on those users; also gives the same users' test
-    metrics with full histories from the main run."""
+    """Refit each method (its chosen parameters, no re-tuning) with a seeded 10% of users cut to their LAST 5 train
+    events (``coldstart.cold_user_split``: same test targets as the main run), and evaluate test on those users; also
+    gives the same users' test metrics with full histories from the main run (paired)."""
+    from .coldstart import cold_user_split
+
     registry = _methods()
-    events, cold = truncate_histories(data.events, 0.1, 5, seed)
+    split, cold = cold_user_split(temporal_split(data.events, [i.id for i in data.items], seed=seed), seed=seed)
     cold = [u for u in cold if u in set(users)]
-    split = temporal_split(events, [i.id for i in data.items], seed=seed)
     pos = {u: k for k, u in enumerate(users)}
     out: dict[str, Any] = {"n_users": len(cold), "users": cold, "methods": {}}
     for name, p in chosen.items():

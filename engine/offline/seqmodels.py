@@ -68,7 +68,8 @@ class SASRec(Baseline):
     """
 
     name = "sasrec"
-    GRID = grid(dropout=[0.2, 0.5])
+    # dropout 0.5 with maxlen 50 (the CPU-budget default in protocol) won the old grid: a longer context is tried too
+    GRID = [{"dropout": 0.2}, {"dropout": 0.5}, {"dropout": 0.5, "maxlen": 100}]
     QUICK_GRID = grid(dropout=[0.3])
     uses_validation = True
 

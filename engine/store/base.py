@@ -136,6 +136,16 @@ class VectorStore(ABC):
     def upsert(self, name: str, points: Sequence[Point]) -> None: ...
 
     @abstractmethod
+    def ensure_vector(self, name: str, vector: str, size: int, distance: str = "cosine") -> None:
+        """Add the dense named vector ``vector`` to an existing collection (``distance``: cosine or dot); one
+        already there with another size is dropped and re-created (its values are lost)."""
+
+    @abstractmethod
+    def update_vectors(self, name: str, points: Sequence[Point]) -> None:
+        """Set the given named vectors on existing points; their other vectors and payload are kept
+        (``Point.payload`` is ignored)."""
+
+    @abstractmethod
     def set_payload(self, name: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None: ...
 
     @abstractmethod

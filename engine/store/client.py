@@ -113,6 +113,22 @@ class QdrantClientStore(VectorStore):
                 except Exception as e:  # local mode ignores indexes; a server may already have it
                     logger.debug("payload index %s.%s: %s", name, fname, e)
 
+    def ensure_vector(self, name: str, vector: str, size: int, distance: str = "cosine") -> None:
+        with self._lock:
+            info = self._call(self.client.get_collection, name)
+            have = info.config.params.vectors or {}
+            if vector in have and have[vector].size == int(size):
+                return
+            if vector in have:
+                self._call(self.client.delete_vector_name, name, vector, wait=True)
+            dist = {"cosine": qm.Distance.COSINE, "dot": qm.Distance.DOT}[distance]
+            self._call(self.client.create_vector_name, name, vector, qm.DenseVectorNameConfig(dense=qm.DenseVectorConfig(size=int(size), distance=dist)), wait=True)
+
+    def update_vectors(self, name: str, points: Sequence[Point]) -> None:
+        if points:
+            pts = [qm.PointVectors(id=p.id, vector={k: list(map(float, v)) for k, v in p.vectors.items()}) for p in points]
+            self._call(self.client.update_vectors, name, points=pts, wait=True)
+
     def upsert(self, name: str, points: Sequence[Point]) -> None:
         if points:
             pts = [qm.PointStruct(id=p.id, vector={k: list(map(float, v)) for k, v in p.vectors.items()}, payload=p.payload) for p in points]

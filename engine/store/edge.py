@@ -23,6 +23,7 @@ _INDEX = {
     "integer": qe.PayloadSchemaType.Integer,
     "float": qe.PayloadSchemaType.Float,
 }
+_DISTANCE = {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot}
 # Payload-only collections still need one vector entry in the edge config; a sparse one costs nothing.
 _PLACEHOLDER_SPARSE = "_none"
 
@@ -123,6 +124,26 @@ class EdgeStore(VectorStore):
             for fname, kind in (indexes or {}).items():
                 if fname not in schema:
                     shard.update(qe.UpdateOperation.create_field_index(fname, _INDEX[kind]))
+
+    def ensure_vector(self, name: str, vector: str, size: int, distance: str = "cosine") -> None:
+        with self._lock:
+            shard = self._shard(name)
+            meta_path = self.root / f"{name}.vectors.json"
+            have = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            if have.get(vector) == int(size):
+                return
+            if vector in have:
+                shard.update(qe.UpdateOperation.delete_vector_name(vector))
+            shard.update(qe.UpdateOperation.create_dense_vector(vector, int(size), _DISTANCE[distance]))
+            have[vector] = int(size)
+            _atomic_write(meta_path, json.dumps(have))
+
+    def update_vectors(self, name: str, points: Sequence[Point]) -> None:
+        if not points:
+            return
+        pts = [qe.PointVectors(id=p.id, vector={k: [float(x) for x in v] for k, v in p.vectors.items()}) for p in points]
+        with self._lock:
+            self._shard(name).update(qe.UpdateOperation.update_vectors(pts))
 
     def upsert(self, name: str, points: Sequence[Point]) -> None:
         if not points:
