@@ -85,7 +85,7 @@ class Engine:
             settings = settings.model_copy(update={"path": Path(path)})
         assert settings.path is not None
         Path(settings.path).mkdir(parents=True, exist_ok=True)
-        return cls(settings, open_store(Path(settings.path), settings.qdrant_url, settings.qdrant_api_key), components)
+        return cls(settings, open_store(Path(settings.path), settings.qdrant_url, settings.qdrant_api_key, settings.cluster.collection_options()), components)
 
     def close(self) -> None:
         with self._lock:
