@@ -61,7 +61,13 @@ class LLMConfig(_Section):
     backend: Literal["auto", "transformers", "vllm", "none"] = "auto"
     """``vllm`` talks to an OpenAI-compatible server at ``url``; ``transformers`` runs in-process; ``auto`` picks vllm when ``url`` is set, else transformers; ``none`` disables LLM features (documented fallbacks are used)."""
     url: str | None = None
-    """Base URL of the vLLM OpenAI-compatible API, e.g. ``http://localhost:8000/v1``."""
+    """Base URL of the vLLM OpenAI-compatible API, e.g. ``http://localhost:8000/v1``; a comma-separated list names several replicas (see ``urls``)."""
+    urls: list[str] = Field(default_factory=list)
+    """More vLLM replicas serving the same model (``PERSONA_LLM__URLS='["http://a:8000/v1","http://b:8000/v1"]'``):
+    requests go to the healthy replica with the fewest requests in flight; one that fails to answer is
+    taken out for ``replica_down_s`` and the request goes to the next; it comes back once its ``/health`` answers."""
+    replica_down_s: float = Field(10.0, ge=0)
+    """How long a replica that failed stays out before a health check may bring it back."""
     api_key: str | None = Field(None, repr=False, exclude=True)  # never written into reports
     """Bearer token for the vLLM server, if it requires one."""
     model: str = PACKAGED_GEMMA
@@ -78,6 +84,15 @@ class LLMConfig(_Section):
     """Torch device for the in-process backend."""
     vision: bool = False
     """The vLLM model accepts images (OpenAI chat ``image_url``): item summaries then see the poster."""
+
+    def replica_urls(self) -> list[str]:
+        """Every vLLM base URL: ``url`` (split at commas) then ``urls``, without duplicates."""
+        out: list[str] = []
+        for u in [*(self.url or "").split(","), *self.urls]:
+            u = u.strip().rstrip("/")
+            if u and u not in out:
+                out.append(u)
+        return out
 
 
 class SessionConfig(_Section):
