@@ -27,6 +27,7 @@ __all__ = [
 
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
 PACKAGED_GEMMA = "packaged:gemma-3-270m"
+PACKAGED_QWEN = "packaged:qwen2.5-0.5b-instruct"
 
 
 class _Section(BaseModel):

@@ -49,5 +49,22 @@ class LLM(ABC):
     @abstractmethod
     def count_tokens(self, text: str) -> int: ...
 
+    def chat_prompt(self, text: str) -> str:
+        """``text`` as one user turn in the model's chat template, ready for the assistant's answer;
+        unchanged for base models without a template (they are prompted completion-style)."""
+        return text
+
+    def yes_probabilities_shared(self, prefix: str, suffixes: Sequence[str]) -> list[float | None]:
+        """P(Yes) for each ``prefix + suffix``: one user's shared context with one candidate per
+        suffix. Backends reuse the prefix's computation where they can (past key values in-process,
+        prefix caching in vLLM); this default scores the concatenations."""
+        return self.yes_probabilities([prefix + s for s in suffixes])
+
+    def generate_json(self, prompts: Sequence[str], schema: dict, max_new_tokens: int) -> list[str]:
+        """Completions meant to be one JSON object matching ``schema`` each (constrained decoding
+        where the backend has it: vLLM structured outputs). Callers still validate the result; this
+        default generates freely."""
+        return self.generate(prompts, max_new_tokens)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..cancel import CancelScope, check_cancelled, current_scope
-from ..config import PACKAGED_GEMMA, LLMConfig
+from ..config import LLMConfig
 from ..errors import BackendUnavailableError, CancelledRequestError, missing
 from .base import LLM, yes_probability
+from .models import is_packaged
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class VLLMClient(LLM):
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self.http = httpx.Client(timeout=config.timeout_s, headers=headers)
         self._httpx = httpx
-        self.model = config.adapter or (self._served_model() if config.model == PACKAGED_GEMMA else config.model)
+        self.model = config.adapter or (self._served_model() if is_packaged(config.model) else config.model)
         self.name = f"vllm:{self.model}"
 
     # -- replicas ------------------------------------------------------------------------------
