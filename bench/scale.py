@@ -278,8 +278,8 @@ def _as_item(d: dict):
 
 def plan(n: int, quick: bool, max_events: int = 200_000) -> dict:
     """Users and events per size; large sizes get a cut-down log (printed)."""
-    users = min(max(n // 10, 500), 10_000)
     events = min(n * 2, max_events)
+    users = min(max(n // 10, 500), 10_000, max(500, events // 20))  # ~20 events per user whatever the cap
     return {"users": users, "events": events, "probes": 100 if quick else 200, "fit": n <= FIT_MAX_ITEMS}
 
 
