@@ -230,7 +230,7 @@ class ItemIndexer:
         if self.summarizer is not None:
             summaries = self.summarizer.summarize(items, [p.image_bytes for p in todo])
         else:
-            summaries = [(extractive_summary(it), "extractive") for it in items]
+            summaries = [(extractive_summary(it), "extractive", None) for it in items]
         vectors: dict[str, np.ndarray] = {self.text.vector_name: self.text.encode([item_text(it) for it in items])}
         if self.clip_text is not None:
             vectors[self.clip_text.vector_name] = self.clip_text.encode([clip_text(it) for it in items])
@@ -242,7 +242,9 @@ class ItemIndexer:
             vecs = {name: arr[i].tolist() for name, arr in vectors.items()}
             if img_vecs is not None and i in img_rows:
                 vecs[self.clip_image.vector_name] = img_vecs[img_rows.index(i)].tolist()
-            summary, source = summaries[i]
+            summary, source, summary_warning = summaries[i]
+            if summary_warning:
+                p.warnings.append(summary_warning)
             old = p.existing or {}
             payload = {
                 "item_id": p.item.id,

