@@ -158,9 +158,23 @@ class Components:
         data = read_image_bytes(ref, None, self._settings.ingest.max_image_bytes)
         return self.decode_image(data, ref)
 
-    def indexer(self, store: VectorStore, collection: str, prompts: PromptRegistry, recount_popularity: Any = None) -> Any:
+    def text_encoder_factory(self) -> Any:
+        """A picklable zero-argument callable that builds this text encoder elsewhere (a Ray actor):
+        the injected encoder itself, or a fresh one from the settings."""
+        if self._text is not None:
+            return _Ready(self._text)
+        import functools
+
+        from indexers.text import SentenceTransformerEncoder
+
+        return functools.partial(SentenceTransformerEncoder, self._settings.text)
+
+    def indexer(
+        self, store: VectorStore, collection: str, prompts: PromptRegistry, recount_popularity: Any = None, ray: Any = None, records: Any = None
+    ) -> Any:
         """An ``indexers.ingest.ItemIndexer`` writing ``collection`` with these models
-        (``recount_popularity(item_ids)``: see ``ItemIndexer``)."""
+        (``recount_popularity(item_ids)``: see ``ItemIndexer``). With ``ray`` (an
+        ``engine.batch.RayBatch``) the text vectors of ``records`` are computed on Ray first."""
         from indexers.ingest import ItemIndexer
 
         summarizer = None
@@ -168,7 +182,12 @@ class Components:
             from indexers.summarize import LLMItemSummarizer
 
             summarizer = LLMItemSummarizer(self.llm, prompts, vision=self._settings.llm.vision)
-        return ItemIndexer(store, collection, self.text_encoder, self.clip_image, self.clip_text, summarizer=summarizer, config=self._settings.ingest,
+        text = self.text_encoder
+        if ray is not None:
+            from indexers.distributed import ray_text_encoder
+
+            text = ray_text_encoder(records, ray, text, self.text_encoder_factory())
+        return ItemIndexer(store, collection, text, self.clip_image, self.clip_text, summarizer=summarizer, config=self._settings.ingest,
                            recount_popularity=recount_popularity)
 
     @staticmethod
@@ -183,3 +202,13 @@ class Components:
         with self._lock:
             if self._llm is not None:
                 self._llm.close()
+
+
+class _Ready:
+    """A factory returning an existing object (pickled with it to where it is called)."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __call__(self) -> Any:
+        return self.obj

@@ -22,6 +22,7 @@ __all__ = [
     "RetrievalConfig",
     "IngestConfig",
     "ImageConfig",
+    "ClusterConfig",
 ]
 
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
@@ -61,7 +62,13 @@ class LLMConfig(_Section):
     backend: Literal["auto", "transformers", "vllm", "none"] = "auto"
     """``vllm`` talks to an OpenAI-compatible server at ``url``; ``transformers`` runs in-process; ``auto`` picks vllm when ``url`` is set, else transformers; ``none`` disables LLM features (documented fallbacks are used)."""
     url: str | None = None
-    """Base URL of the vLLM OpenAI-compatible API, e.g. ``http://localhost:8000/v1``."""
+    """Base URL of the vLLM OpenAI-compatible API, e.g. ``http://localhost:8000/v1``; a comma-separated list names several replicas (see ``urls``)."""
+    urls: list[str] = Field(default_factory=list)
+    """More vLLM replicas serving the same model (``PERSONA_LLM__URLS='["http://a:8000/v1","http://b:8000/v1"]'``):
+    requests go to the healthy replica with the fewest requests in flight; one that fails to answer is
+    taken out for ``replica_down_s`` and the request goes to the next; it comes back once its ``/health`` answers."""
+    replica_down_s: float = Field(10.0, ge=0)
+    """How long a replica that failed stays out before a health check may bring it back."""
     api_key: str | None = Field(None, repr=False, exclude=True)  # never written into reports
     """Bearer token for the vLLM server, if it requires one."""
     model: str = PACKAGED_QWEN
@@ -81,6 +88,15 @@ class LLMConfig(_Section):
     """Torch device for the in-process backend."""
     vision: bool = False
     """The vLLM model accepts images (OpenAI chat ``image_url``): item summaries then see the poster."""
+
+    def replica_urls(self) -> list[str]:
+        """Every vLLM base URL: ``url`` (split at commas) then ``urls``, without duplicates."""
+        out: list[str] = []
+        for u in [*(self.url or "").split(","), *self.urls]:
+            u = u.strip().rstrip("/")
+            if u and u not in out:
+                out.append(u)
+        return out
 
 
 class SessionConfig(_Section):
@@ -205,6 +221,37 @@ class ImageConfig(_Section):
         return self
 
 
+class ClusterConfig(_Section):
+    """How collections are laid out on a distributed Qdrant (``qdrant_url`` set). Applied when a
+    collection is created; an existing collection keeps its layout. The embedded edge engine is one
+    local shard and ignores these (with a warning when they differ from the defaults)."""
+
+    shard_number: int | None = Field(None, ge=1, le=1024)
+    """Shards per collection (Qdrant's default when unset: one per node at creation); pick a multiple of the node count so shards can be rebalanced when nodes are added."""
+    replication_factor: int | None = Field(None, ge=1, le=16)
+    """Copies of each shard (>= 2 survives the loss of a node); at most the number of nodes."""
+    write_consistency_factor: int | None = Field(None, ge=1, le=16)
+    """Replicas that must acknowledge a write before it succeeds; at most ``replication_factor``."""
+    on_disk_payload: bool | None = None
+    """Keep payloads on disk (read through the page cache) instead of in RAM."""
+    on_disk_vectors: bool | None = None
+    """Keep original vectors on disk (memory-mapped) instead of in RAM; the HNSW graph stays in memory."""
+
+    @model_validator(mode="after")
+    def _consistency(self) -> ClusterConfig:
+        if self.write_consistency_factor and self.write_consistency_factor > (self.replication_factor or 1):
+            raise ValueError("cluster.write_consistency_factor must not exceed cluster.replication_factor")
+        return self
+
+    def collection_options(self) -> dict[str, int | bool]:
+        """The options that are set: keyword arguments of qdrant-client's ``create_collection``, and
+        ``on_disk_vectors`` (``VectorParams.on_disk`` of every named vector)."""
+        opts = {"shard_number": self.shard_number, "replication_factor": self.replication_factor,
+                "write_consistency_factor": self.write_consistency_factor, "on_disk_payload": self.on_disk_payload,
+                "on_disk_vectors": self.on_disk_vectors}
+        return {k: v for k, v in opts.items() if v is not None}
+
+
 class Settings(BaseSettings):
     """Everything Persona can be configured with."""
 
@@ -218,6 +265,8 @@ class Settings(BaseSettings):
     """Use a Qdrant server through qdrant-client instead of the embedded edge engine; ``local`` runs qdrant-client's local mode under ``path``."""
     qdrant_api_key: str | None = Field(None, repr=False, exclude=True)
     """API key of the Qdrant server."""
+    cluster: ClusterConfig = ClusterConfig()
+    """Sharding, replication and on-disk storage of collections on a (distributed) Qdrant server."""
     collection_prefix: str = Field("persona", pattern=r"^[A-Za-z0-9_-]{1,40}$")
     """Prefix of the Qdrant collection names."""
     api_key: str | None = Field(None, repr=False, exclude=True)

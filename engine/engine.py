@@ -86,7 +86,7 @@ class Engine:
             settings = settings.model_copy(update={"path": Path(path)})
         assert settings.path is not None
         Path(settings.path).mkdir(parents=True, exist_ok=True)
-        return cls(settings, open_store(Path(settings.path), settings.qdrant_url, settings.qdrant_api_key), components)
+        return cls(settings, open_store(Path(settings.path), settings.qdrant_url, settings.qdrant_api_key, settings.cluster.collection_options()), components)
 
     def close(self) -> None:
         with self._lock:
@@ -127,16 +127,16 @@ class Engine:
         items: Iterable[Item | Mapping[str, Any]] | str | Path,
         image_dir: str | Path | None = None,
         progress: bool = False,
-        on_batch: Any = None,
-        local_images: bool = True,
+        on_batch: Any = None, local_images: bool = True, ray: Any = None,
     ) -> IngestReport:
         """Index items (Item objects, dicts, or a JSONL/CSV/Parquet catalog path). Unchanged items
         are skipped; bad records are reported per item and the rest goes on. ``local_images=False``
-        (the HTTP API) refuses image paths on this machine and accepts only URLs."""
+        (the HTTP API) refuses image paths on this machine and accepts only URLs (``ray``: a RayBatch encodes on Ray)."""
         self._ready()
         if isinstance(items, (str, Path)):
             items = self.components.read_catalog(items, image_dir, self.settings.ingest.allow_image_paths_outside_catalog)
-        indexer = self.components.indexer(self.store, self.items_col, self.prompts, recount_popularity=self.event_log.recount)
+        items = list(items) if ray is not None else items  # encoded on Ray first, then written
+        indexer = self.components.indexer(self.store, self.items_col, self.prompts, recount_popularity=self.event_log.recount, ray=ray, records=items)
         return indexer.ingest(items, progress=progress, on_batch=on_batch, local_images=local_images)
 
     def add_events(self, events: Iterable[Event | Mapping[str, Any]]) -> EventReport:
@@ -244,13 +244,13 @@ class Engine:
         titles = self.catalog.rows([i for i, s in ranked if s != float("-inf")])
         return [Recommendation(item_id=i, score=s, title=(titles.get(i) or {}).get("title", "")) for i, s in ranked]
 
-    def fit(self, progress: bool = False) -> FitReport:
+    def fit(self, progress: bool = False, ray: Any = None) -> FitReport:
         """Train the learned recommender from the stored events alone (each user's last event is
         the ranker's label): collaborative ALS vectors, transitions and co-occurrence, popularity and
         trend, and a LightGBM ranker. Saves a new version beside the store and makes it current;
-        :meth:`recommend` uses it from the next call. Re-run it as data grows."""
+        :meth:`recommend` uses it from the next call. Re-run it as data grows (``ray``: a RayBatch computes the features)."""
         self._ready()
-        report = self.learned.fit(progress=progress)
+        report = self.learned.fit(progress=progress, ray=ray)
         if self.settings.fit.llm_feature_users > 0:  # the LLM stage (engine.llm_feature), saved beside the model
             report.info["llm_stage"] = fit_and_save(self.learned.current(), report.path, self.event_log, self.profiles.context,
                                                     self.catalog.rows, self.llm(), self.prompts, self.settings, progress)

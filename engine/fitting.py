@@ -32,6 +32,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,8 +78,9 @@ class LearnedStage:
         f = self.settings.fit
         return LearnedConfig(seed=self.settings.seed, pool_size=f.pool_size, cf_factors=f.cf_factors, label_folds=f.label_folds, threads=f.threads)
 
-    def fit(self, progress: bool = False) -> FitReport:
-        """Train on every stored event; save a new version and make it current."""
+    def fit(self, progress: bool = False, ray: Any = None) -> FitReport:
+        """Train on every stored event; save a new version and make it current. ``ray`` (an
+        ``engine.batch.RayBatch``) computes the ranker's training rows on Ray (identical rows)."""
         try:
             from .learned import PersonaModel
         except ImportError as e:
@@ -89,7 +91,8 @@ class LearnedStage:
             raise InvalidInputError("fit needs events from at least 2 users")
         ids_in_store = [it.id for it in items]
         logger.info("fitting on %d events, %d items", len(events), len(items))
-        model = PersonaModel.fit(events, items, emb, self.config(), embedding_ids=ids or None, progress=progress)
+        model = PersonaModel.fit(events, items, emb, self.config(), embedding_ids=ids or None, progress=progress,
+                                 map_chunks=ray.map_chunks if ray is not None else None)
         version = model.info["version"]
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".tmp-{version}-{os.getpid()}"

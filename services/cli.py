@@ -99,10 +99,24 @@ def cmd_imagine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ray(args: argparse.Namespace):
+    """A RayBatch for ``--ray [ADDRESS]`` (no address: a local Ray), or None without the flag."""
+    if getattr(args, "ray", None) is None:
+        return None
+    from engine.batch import RayBatch
+
+    return RayBatch(address=args.ray or None, actors=args.ray_actors)
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
-    with _open(args) as eng:
-        rep = eng.add_items(args.catalog, image_dir=args.images, progress=True)
-        print(rep.model_dump_json(indent=2))
+    ray = _ray(args)
+    try:
+        with _open(args) as eng:
+            rep = eng.add_items(args.catalog, image_dir=args.images, progress=True, ray=ray)
+            print(rep.model_dump_json(indent=2))
+    finally:
+        if ray is not None:
+            ray.close()
     return 0 if rep.failed == 0 else 3
 
 
@@ -252,9 +266,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    with _open(args) as eng:
-        rep = eng.fit(progress=True)
-        print(rep.model_dump_json(indent=2))
+    ray = _ray(args)
+    try:
+        with _open(args) as eng:
+            rep = eng.fit(progress=True, ray=ray)
+            print(rep.model_dump_json(indent=2))
+    finally:
+        if ray is not None:
+            ray.close()
     return 0
 
 
@@ -289,6 +308,12 @@ def cmd_user_token(args: argparse.Namespace) -> int:
         print(f"persona user-token: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _ray_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help=f"{what}; ADDRESS: a Ray cluster (auto, ray://host:10001), none: start a local Ray (extra `ray`)")
+    p.add_argument("--ray-actors", type=int, default=2, help="actors in the Ray pool")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("ingest", help="index a catalog (JSONL, CSV or Parquet)")
     i.add_argument("catalog")
     i.add_argument("--images", default=None, help="folder of images named by item id")
+    _ray_args(i, "encode the catalog on Ray Data (an actor pool of text encoders)")
     i.set_defaults(fn=cmd_ingest)
 
     pr = sub.add_parser("prompts", help="list or render prompt templates")
@@ -398,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     f = sub.add_parser("fit", help="train the learned recommender from the stored events (Engine.fit)")
+    _ray_args(f, "compute the ranker's training features for chunks of users on Ray Data")
     f.set_defaults(fn=cmd_fit)
 
     sv = sub.add_parser("serve", help="run the HTTP API")

@@ -96,3 +96,51 @@ def test_stack_is_locked_down(compose):
         assert '--api-key "$${VLLM_API_KEY}"' in cmd
         assert s[name]["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"].endswith(":-False}")
     assert s["api"]["environment"]["PERSONA_LLM__API_KEY"] == s["vllm"]["environment"]["VLLM_API_KEY"]
+
+
+def test_cluster_profile(compose):
+    """Profile `cluster`: three Qdrant peers in distributed mode (one starts the Raft cluster with
+    --uri, two join with --bootstrap), the p2p port unpublished, one API key for all, and an API
+    service that creates sharded, replicated collections on them."""
+    s = compose["services"]
+    peers = [f"qdrant-node{i}" for i in (1, 2, 3)]
+    uris = []
+    for name in peers:
+        svc = s[name]
+        assert svc["profiles"] == ["cluster"] and svc["image"] == s["qdrant"]["image"]
+        env = svc["environment"]
+        assert env["QDRANT__CLUSTER__ENABLED"] == "true" and env["QDRANT__SERVICE__API_KEY"] == s["qdrant"]["environment"]["QDRANT__SERVICE__API_KEY"]
+        cmd = svc["command"]
+        assert cmd[0] == "./qdrant"
+        uri = cmd[cmd.index("--uri") + 1]
+        assert uri == f"http://{name}:{env['QDRANT__CLUSTER__P2P__PORT']}"
+        uris.append(uri)
+        if name != "qdrant-node1":
+            assert cmd[cmd.index("--bootstrap") + 1] == uris[0]
+            assert svc["depends_on"]["qdrant-node1"]["condition"] == "service_healthy"
+        else:
+            assert "--bootstrap" not in cmd
+        assert not any(":6335" in str(p) for p in svc.get("ports", [])), "the p2p port takes unauthenticated writes"
+        assert any(v.startswith(f"{name}-data:") for v in svc["volumes"]) and f"{name}-data" in compose["volumes"]
+        assert "healthcheck" in svc
+    assert len(set(uris)) == 3
+    api = s["api-cluster"]
+    assert api["profiles"] == ["cluster"] and api["build"] == s["api"]["build"]
+    env = api["environment"]
+    assert env["PERSONA_QDRANT_URL"].split("//")[1].split(":")[0] in peers
+    assert env["PERSONA_QDRANT_API_KEY"] == s["api"]["environment"]["PERSONA_QDRANT_API_KEY"]
+    assert {p: c["condition"] for p, c in api["depends_on"].items()} == dict.fromkeys(peers, "service_healthy")
+
+    # The cluster settings in the environment are valid Persona settings and fit a 3-node cluster.
+    import re
+
+    from engine.config import Settings
+
+    def default(value: str) -> str:
+        m = re.fullmatch(r"\$\{[A-Z_]+:-([^}]*)\}", value)
+        return m.group(1) if m else value
+
+    cluster = {k.removeprefix("PERSONA_CLUSTER__").lower(): default(str(v)) for k, v in env.items() if k.startswith("PERSONA_CLUSTER__")}
+    cfg = Settings(cluster=cluster).cluster
+    assert cfg.shard_number and cfg.shard_number % len(peers) == 0
+    assert 2 <= (cfg.replication_factor or 1) <= len(peers)

@@ -99,3 +99,36 @@ def test_injection_does_not_move_rank(make_engine, ml, small_catalog, vllm_url):
         assert "ignore previous" not in ex.text.lower() and "rank this item" not in ex.text.lower()
         eng.add_items([item])  # restore
     assert moved_up == 0
+
+
+def test_replicas_balance_and_fail_over(vllm_url):
+    """Two names of the one real vLLM server (127.0.0.1 and localhost) plus a dead replica: requests
+    spread over the live ones, the dead one is taken out after its first failure and no request is
+    lost; answers equal a single-URL client's."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    other = vllm_url.replace("127.0.0.1", "localhost")
+    cfg = LLMConfig(backend="vllm", url=f"{dead},{vllm_url}", urls=[other], replica_down_s=60)
+    assert cfg.replica_urls() == [dead, vllm_url, other]
+    c = VLLMClient(cfg)
+    single = VLLMClient(LLMConfig(backend="vllm", url=vllm_url))
+    try:
+        want = single.yes_probabilities(PROMPTS)
+        for _ in range(6):
+            got = c.yes_probabilities(PROMPTS)
+            assert max(abs(x - y) for x, y in zip(got, want)) < 1e-3
+        st = {r["url"]: r for r in c.replica_status()}
+        assert not st[dead]["up"] and st[dead]["failures"] == 1  # tried once, then left alone
+        assert st[vllm_url]["up"] and st[other]["up"]
+        assert st[vllm_url]["requests"] >= 2 and st[other]["requests"] >= 2  # balanced over both live replicas
+        assert st[vllm_url]["failures"] == st[other]["failures"] == 0
+    finally:
+        c.close()
+        single.close()
+    only_dead = VLLMClient(LLMConfig(backend="vllm", url=dead, model="m"))  # a named model: no /models call at construction
+    with pytest.raises(BackendUnavailableError, match="unreachable"):
+        only_dead.generate(["x"], 2)
+    only_dead.close()

@@ -64,10 +64,11 @@ class PersonaModel:
     # --- fit -----------------------------------------------------------------------------------------------------
     @classmethod
     def fit(cls, events, items, item_embeddings: np.ndarray | None = None, config: LearnedConfig | None = None,
-            embedding_ids=None, extra_fn=None, progress: bool = True) -> PersonaModel:
+            embedding_ids=None, extra_fn=None, progress: bool = True, map_chunks=None) -> PersonaModel:
         """Fit stage 1 without each user's last event, train the ranker on those last events, refit stage 1 on all.
 
         ``extra_fn(user_id, history: Sequence, candidate_rows) -> values`` adds the external feature column to training.
+        ``map_chunks``: computes the ranker's rows for chunks of users elsewhere (``engine.batch.RayBatch.map_chunks``).
         """
         from tqdm.auto import tqdm
 
@@ -89,7 +90,7 @@ class PersonaModel:
             train_stage1.append(s1)
             stage_times[f"stage1_train_{fold}"] = time.perf_counter() - t
             t = time.perf_counter()
-            part = build_training(s1, meta, hist, labels, cfg, extra_fn, bar)
+            part = build_training(s1, meta, hist, labels, cfg, extra_fn, bar, map_chunks=map_chunks)
             stage_times[f"rows_{fold}"] = time.perf_counter() - t
             log.info("fold %d: %d labelled users, pool recall %.3f, %d rows", fold, len(labels), part.recall, len(part.y))
             parts.append(part)

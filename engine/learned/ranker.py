@@ -38,31 +38,54 @@ class TrainingData:
     recall: float  # share of labelled users whose label is in the pool
 
 
-def build_training(s1: Stage1, meta: ItemMeta, hist: dict[str, Sequence], labels: dict[str, int], cfg: LearnedConfig,
-                   extra_fn=None, progress=None) -> TrainingData:
-    Xs, ys, group, users = [], [], [], []
-    hit = 0
-    rng = np.random.default_rng(cfg.seed)
-    for u in sorted(labels):
+def _user_rows(s1: Stage1, meta: ItemMeta, hist: dict[str, Sequence], labels: dict[str, int], cfg: LearnedConfig, users, extra_fn=None) -> list:
+    """``(user, X, y)`` for each of ``users`` whose label is in its pool (None for the others).
+    The negatives are sampled with a per-user RNG, so any split of the users gives the same rows."""
+    out = []
+    for u in users:
         st = user_state(s1, meta, hist[u], cfg)
         cand = pool(st, cfg)
         y = (cand == labels[u]).astype(np.float32)
-        if progress is not None:
-            progress.update(1)
         if not y.any():
+            out.append(None)
             continue
-        hit += 1
         if cfg.neg_sample and len(cand) > cfg.neg_sample + 1:  # the label plus a random sample of the other candidates
+            rng = np.random.default_rng([cfg.seed, tie_key(cfg.seed, u, "negatives")])
             neg = np.flatnonzero(y == 0)
             keep = np.sort(np.r_[np.flatnonzero(y > 0), rng.choice(neg, cfg.neg_sample, replace=False)])
             cand, y = cand[keep], y[keep]
         extra = extra_fn(u, hist[u], cand) if extra_fn is not None else None
-        Xs.append(features(s1, meta, st, cand, extra))
-        ys.append(y)
-        group.append(len(cand))
-        users.append(u)
-    X = np.concatenate(Xs) if Xs else np.zeros((0, len(FEATURE_NAMES)), np.float32)
-    return TrainingData(X, np.concatenate(ys) if ys else np.zeros(0), np.array(group, np.int64), users, hit / max(1, len(labels)))
+        out.append((u, features(s1, meta, st, cand, extra), y))
+    return out
+
+
+def _chunk_rows(chunk, shared) -> list:
+    s1, meta, hist, labels, cfg = shared
+    return _user_rows(s1, meta, hist, labels, cfg, chunk)
+
+
+def build_training(s1: Stage1, meta: ItemMeta, hist: dict[str, Sequence], labels: dict[str, int], cfg: LearnedConfig,
+                   extra_fn=None, progress=None, map_chunks=None) -> TrainingData:
+    """Training rows for every labelled user. ``map_chunks(fn, chunks, shared)`` (e.g.
+    ``engine.batch.RayBatch.map_chunks``) computes chunks of users elsewhere; the rows are identical."""
+    users = sorted(labels)
+    chunk_users = min(512, max(16, -(-len(users) // 8)))  # at least 8 chunks to spread, at most 512 users per task
+    chunks = [users[i : i + chunk_users] for i in range(0, len(users), chunk_users)]
+    if map_chunks is not None and extra_fn is None and len(chunks) > 1:
+        parts = map_chunks(_chunk_rows, chunks, (s1, meta, {u: hist[u] for u in users}, labels, cfg))
+        if progress is not None:
+            progress.update(len(users))
+    else:
+        parts = []
+        for c in chunks:
+            parts.append(_user_rows(s1, meta, hist, labels, cfg, c, extra_fn))
+            if progress is not None:
+                progress.update(len(c))
+    rows = [r for part in parts for r in part if r is not None]
+    hit = len(rows)
+    X = np.concatenate([r[1] for r in rows]) if rows else np.zeros((0, len(FEATURE_NAMES)), np.float32)
+    y = np.concatenate([r[2] for r in rows]) if rows else np.zeros(0)
+    return TrainingData(X, y, np.array([len(r[2]) for r in rows], np.int64), [r[0] for r in rows], hit / max(1, len(labels)))
 
 
 class Ranker:

@@ -17,7 +17,7 @@ def open_llm(config: LLMConfig) -> LLM | None:
     backend = config.backend
     if backend == "none":
         return None
-    if backend == "vllm" or (backend == "auto" and config.url):
+    if backend == "vllm" or (backend == "auto" and config.replica_urls()):
         from .vllm import VLLMClient
 
         return VLLMClient(config)

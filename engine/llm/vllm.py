@@ -1,12 +1,22 @@
 """vLLM backend over its OpenAI-compatible HTTP API (completions, logprobs, structured outputs, and
-chat with images for vision models). ``usage`` adds up the token counts the server reports."""
+chat with images for vision models). ``usage`` adds up the token counts the server reports.
+
+Several replicas (``llm.url`` as a comma list, ``llm.urls``) are balanced on the client: each
+request goes to the healthy replica with the fewest requests in flight (ties: round robin). A
+replica that cannot be reached (or answers 502/503/504) is taken out for ``llm.replica_down_s``
+and the request is retried on the next one; after that time it comes back only once its
+``/health`` answers. Other answers (a 400 or 500 about this request) are not retried elsewhere.
+Requests are idempotent (temperature 0), so a retry cannot double an effect.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,16 +44,36 @@ def _image_mime(data: bytes) -> str:
     return next((mime for magic, mime in _IMAGE_MAGIC if data.startswith(magic)), "image/jpeg")
 
 
+class Replica:
+    """One vLLM server: its base URL, requests in flight, and when it may be tried again."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.root = re.sub(r"/v1$", "", base)
+        self.inflight = 0
+        self.down_until = 0.0
+        self.requests = 0
+        self.failures = 0
+
+    def status(self) -> dict[str, Any]:
+        return {"url": self.base, "up": self.down_until <= time.monotonic(), "inflight": self.inflight,
+                "requests": self.requests, "failures": self.failures}
+
+
 class VLLMClient(LLM):
     def __init__(self, config: LLMConfig) -> None:
         try:
             import httpx
         except ImportError as e:
             raise missing("llm", "httpx") from e
-        if not config.url:
+        urls = config.replica_urls()
+        if not urls:
             raise BackendUnavailableError("llm.url is not set (PERSONA_LLM__URL)")
         self.config = config
-        self.base = config.url.rstrip("/")
+        self.replicas = [Replica(u) for u in urls]
+        self.base = urls[0]
+        self._lock = threading.Lock()
+        self._rr = itertools.count()
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self.http = httpx.Client(timeout=config.timeout_s, headers=headers)
         self._httpx = httpx
@@ -56,13 +86,69 @@ class VLLMClient(LLM):
         self.last_usage: dict[str, Any] | None = None
         """The ``usage`` block of the last Yes/No request (prompt tokens, cached tokens when the server reports them)."""
 
-    def _post(self, path: str, body: dict[str, Any], root: bool = False) -> dict[str, Any]:
-        url = (re.sub(r"/v1$", "", self.base) if root else self.base) + path
-        scope = current_scope()
+    # -- replicas ------------------------------------------------------------------------------
+
+    def _healthy(self, rep: Replica) -> bool:
+        """A replica in its down time is skipped; after it, one ``/health`` call decides."""
+        now = time.monotonic()
+        if rep.down_until == 0.0:
+            return True
+        if rep.down_until > now:
+            return False
         try:
-            r = self.http.post(url, json=body) if scope is None else self._post_cancellable(url, body, scope)
-        except self._httpx.HTTPError as e:
-            raise BackendUnavailableError(f"vLLM at {self.base} unreachable: {type(e).__name__}: {e}") from e
+            ok = self.http.get(rep.root + "/health", timeout=min(5.0, self.config.timeout_s)).status_code == 200
+        except self._httpx.HTTPError:
+            ok = False
+        with self._lock:
+            rep.down_until = 0.0 if ok else now + self.config.replica_down_s
+        if ok:
+            logger.info("vLLM replica %s is back", rep.base)
+        return ok
+
+    def _order(self) -> list[Replica]:
+        """Replicas to try, best first: fewest in flight, round robin among equals."""
+        with self._lock:
+            start = next(self._rr) % len(self.replicas)
+            rotated = self.replicas[start:] + self.replicas[:start]
+            return sorted(rotated, key=lambda r: r.inflight)
+
+    def _mark_down(self, rep: Replica, why: str) -> None:
+        with self._lock:
+            rep.failures += 1
+            rep.down_until = time.monotonic() + self.config.replica_down_s
+        if len(self.replicas) > 1:
+            logger.warning("vLLM replica %s taken out for %.0fs: %s", rep.base, self.config.replica_down_s, why)
+
+    def replica_status(self) -> list[dict[str, Any]]:
+        """Per replica: URL, up, requests in flight, requests sent, failures."""
+        return [r.status() for r in self.replicas]
+
+    def _post(self, path: str, body: dict[str, Any], root: bool = False) -> dict[str, Any]:
+        scope = current_scope()
+        errors = []
+        candidates = [r for r in self._order() if self._healthy(r)] or self._order()  # all down: try anyway
+        for rep in candidates:
+            url = (rep.root if root else rep.base) + path
+            with self._lock:
+                rep.inflight += 1
+                rep.requests += 1
+            try:
+                r = self.http.post(url, json=body) if scope is None else self._post_cancellable(url, body, scope)
+            except self._httpx.HTTPError as e:
+                self._mark_down(rep, f"{type(e).__name__}: {e}")
+                errors.append(f"{rep.base}: {type(e).__name__}: {e}")
+                continue
+            finally:
+                with self._lock:
+                    rep.inflight -= 1
+            if r.status_code in (502, 503, 504):  # the replica (or its proxy) is down or overloaded, not this request
+                self._mark_down(rep, f"HTTP {r.status_code}")
+                errors.append(f"{rep.base}: HTTP {r.status_code}: {r.text[:200]}")
+                continue
+            return self._json(r)
+        raise BackendUnavailableError(f"vLLM unreachable ({len(candidates)} replica(s)): " + "; ".join(errors))
+
+    def _json(self, r: Any) -> dict[str, Any]:
         if r.status_code >= 400:
             # Auth or a wrong model/route fail every request alike; other errors concern this request.
             kind = BackendUnavailableError if r.status_code in (401, 403, 404) else _Refused
@@ -116,13 +202,19 @@ class VLLMClient(LLM):
             loop.close()
 
     def _served_model(self) -> str:
-        try:
-            r = self.http.get(self.base + "/models")
-            cards = r.json()["data"]
-            # With LoRA enabled vLLM lists adapters too (they name their base model as parent).
-            models = [m["id"] for m in cards if not m.get("parent")] or [m["id"] for m in cards]
-        except Exception as e:
-            raise BackendUnavailableError(f"vLLM at {self.base} unreachable: {e}") from e
+        errors = []
+        for rep in self._order():
+            try:
+                r = self.http.get(rep.base + "/models")
+                cards = r.json()["data"]
+                # With LoRA enabled vLLM lists adapters too (they name their base model as parent).
+                models = [m["id"] for m in cards if not m.get("parent")] or [m["id"] for m in cards]
+                break
+            except Exception as e:
+                self._mark_down(rep, str(e))
+                errors.append(f"{rep.base}: {e}")
+        else:
+            raise BackendUnavailableError(f"vLLM unreachable: {'; '.join(errors)}")
         if not models:
             raise BackendUnavailableError("vLLM serves no model")
         return models[0]

@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 
 _INDEX = {"keyword": "keyword", "integer": "integer", "float": "float"}
+_LAYOUT = {"shard_number", "replication_factor", "write_consistency_factor", "on_disk_payload"}
 
 
 def _to_filter(flt: Filter | None) -> qm.Filter | None:
@@ -62,9 +63,25 @@ def url_is_local(client: Any) -> bool:
 
 
 class QdrantClientStore(VectorStore):
-    def __init__(self, url: str, api_key: str | None = None, path: Path | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        path: Path | None = None,
+        timeout_s: float = 30.0,
+        collection_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``collection_options``: ``create_collection`` keyword arguments for new collections
+        (``shard_number``, ``replication_factor``, ``write_consistency_factor``, ``on_disk_payload``)
+        and ``on_disk_vectors`` for every named vector."""
         if QdrantClient is None:
             raise missing("server", "qdrant-client")
+        opts = dict(collection_options or {})
+        self._on_disk_vectors: bool | None = opts.pop("on_disk_vectors", None)
+        unknown = set(opts) - _LAYOUT
+        if unknown:
+            raise ConflictError(f"unknown collection options: {sorted(unknown)}")
+        self.collection_options = opts
         if url == "local":
             if path is None:
                 raise ConflictError("qdrant_url=local needs a path")
@@ -95,8 +112,13 @@ class QdrantClientStore(VectorStore):
                 self._call(
                     self.client.create_collection,
                     name,
-                    vectors_config={k: qm.VectorParams(size=int(v), distance=qm.Distance.COSINE) for k, v in vectors.items()},
+                    vectors_config={
+                        k: qm.VectorParams(size=int(v), distance=qm.Distance.COSINE, on_disk=self._on_disk_vectors) for k, v in vectors.items()
+                    },
+                    **self.collection_options,
                 )
+                if self.collection_options and url_is_local(self.client):
+                    logger.info("qdrant-client local mode keeps one shard; %s apply on a server", self.collection_options)
             else:
                 info = self._call(self.client.get_collection, name)
                 have = info.config.params.vectors or {}

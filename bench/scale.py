@@ -1,0 +1,415 @@
+"""Cost curves from 10k to 1M items on synthetic catalogs and event logs.
+
+    nice -n 10 .venv/bin/python bench/scale.py [--quick] [--sizes 10000,100000,1000000]
+        [--encoder auto|minilm|random] [--out docs/scale]
+
+Each size runs in its own process (so peak RSS is that size's) on the embedded edge store:
+
+- catalog: N items with synthetic titles, descriptions and attributes (genres, year); item
+  popularity follows a power law (Zipf, s=1.1 over the popularity rank);
+- event log: users with one or two favourite genres, sessions (gaps > 1 h, 30-300 s inside),
+  items drawn by popularity (70 % inside a favourite genre), ratings 1-5;
+- vectors: random unit vectors of MiniLM's dimension (384; deterministic per text, cost ~nothing)
+  for the catalog at every size, so ingest there measures the pipeline and the store only; and,
+  in the same run, the real packaged MiniLM encoder on a sample of the same catalog (``--sample``
+  items, own store): pipeline vs raw encoder on the same texts, the ratio that counts for an
+  encoder-bound ingest (MiniLM runs at ~40 items/s on 2 cores: 10k items alone would take minutes,
+  100k most of an hour). ``--encoder minilm`` encodes the whole catalog with MiniLM instead.
+  The output says which was used.
+
+Measured in one run on the same data, per size:
+1. ingest throughput (``Engine.add_items``, items/s) against the raw encoder on the same texts;
+2. ``add_events`` throughput, and ``Engine.fit()`` time at 1/4, 1/2 and all of the event log
+   (cumulative), with a power-law fit ``seconds ~ events^b`` (b printed);
+3. ``recommend(k=10)`` p50/p95 without LLM (fitted model, and the unfitted fusion) against ONE raw
+   Qdrant query (k=10 nearest neighbours of an item's text vector) on the same store;
+4. peak RSS of the process and disk per item (store + fitted model).
+At 1M items the event log is cut down and ``fit()`` is skipped: it loads every item's text vector
+as Python lists (about 10 GB at 1M x 384), more than this shared 24 GiB machine can give; the
+output says so. Writes ``scale.json``, ``scale.md`` (table) and ``scale.png`` (cost vs size) under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+GENRES = [f"genre{i:02d}" for i in range(24)]
+FIT_MAX_ITEMS = 200_000
+"""Above this, fit() is skipped (memory: item vectors are loaded as Python lists, see the docstring)."""
+
+
+# -- synthetic data ------------------------------------------------------------------------------
+
+
+def _words(rng: np.random.Generator, n: int) -> list[str]:
+    syl = ["ka", "lo", "mi", "ra", "ten", "su", "vor", "el", "qui", "dan", "po", "ri", "sha", "nu", "zel", "ta"]
+    return ["".join(rng.choice(syl, size=rng.integers(2, 4))) for _ in range(n)]
+
+
+def catalog(n: int, seed: int = 0) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Items (dicts for ``add_items``), popularity weights (power law) and each item's main genre."""
+    rng = np.random.default_rng(seed)
+    vocab = _words(rng, 3000)
+    main = rng.integers(0, len(GENRES), n)
+    second = rng.integers(0, len(GENRES), n)
+    years = rng.integers(1950, 2026, n)
+    pop = 1.0 / np.arange(1, n + 1) ** 1.1
+    pop = pop[rng.permutation(n)]  # popularity rank independent of the id
+    wi = rng.integers(0, len(vocab), (n, 18))
+    items = []
+    for i in range(n):
+        w = [vocab[j] for j in wi[i]]
+        genres = [GENRES[main[i]]] + ([GENRES[second[i]]] if second[i] != main[i] and i % 3 == 0 else [])
+        items.append({
+            "id": f"i{i}",
+            "title": f"{w[0].title()} {w[1]}",
+            "description": f"A {genres[0]} story of {w[2]} and {w[3]}: " + " ".join(w[4:]) + ".",
+            "attributes": {"genres": genres, "year": int(years[i])},
+        })
+    return items, pop / pop.sum(), main
+
+
+def event_log(n_users: int, n_events: int, pop: np.ndarray, main: np.ndarray, seed: int = 1) -> list[dict]:
+    """Sessions of events: users favour one or two genres; items drawn by popularity."""
+    rng = np.random.default_rng(seed)
+    n = len(pop)
+    by_genre = [np.flatnonzero(main == g) for g in range(len(GENRES))]
+    genre_p = [pop[ix] / pop[ix].sum() for ix in by_genre]
+    per_user = rng.geometric(1.0 / max(2.0, n_events / n_users), n_users) + 1
+    per_user = np.maximum(2, np.round(per_user * n_events / per_user.sum())).astype(int)
+    events, t0 = [], 1_600_000_000.0
+    glob = rng.choice(n, size=int(per_user.sum()) + 10, p=pop)
+    gi = 0
+    for u in range(n_users):
+        fav = rng.choice(len(GENRES), size=rng.integers(1, 3), replace=False)
+        t = t0 + rng.uniform(0, 3e7)
+        k = int(per_user[u])
+        in_genre = rng.random(k) < 0.7
+        for j in range(k):
+            if rng.random() < 0.2:
+                t += rng.uniform(3700, 5e5)  # a new session
+            else:
+                t += rng.uniform(30, 300)
+            if in_genre[j]:
+                g = int(fav[rng.integers(len(fav))])
+                item = int(by_genre[g][rng.choice(len(by_genre[g]), p=genre_p[g])]) if len(by_genre[g]) else int(glob[gi])
+            else:
+                item = int(glob[gi])
+                gi += 1
+            events.append({"user_id": f"u{u}", "item_id": f"i{item}", "timestamp": t, "rating": float(rng.integers(1, 6))})
+    return events
+
+
+class RandomUnitEncoder:
+    """Random unit vectors of the encoder's dimension, deterministic per text (scale runs where
+    the real encoder would take too long; said so in the output)."""
+
+    modality = "text"
+    vector_name = "text"
+
+    def __init__(self, dim: int = 384) -> None:
+        self.dim = dim
+        self.fingerprint = f"random-unit:{dim}"
+
+    def encode(self, inputs) -> np.ndarray:
+        out = np.empty((len(inputs), self.dim), np.float32)
+        for i, s in enumerate(inputs):
+            seed = int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
+            out[i] = np.random.default_rng(seed).standard_normal(self.dim)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+# -- one size (child process) --------------------------------------------------------------------
+
+
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return round(float(np.percentile(xs, q)), 3)
+
+
+def minilm_sample(items: list[dict], root: str) -> dict:
+    """Ingest vs the raw packaged MiniLM encoder on the same sample of the catalog (own store)."""
+    from engine import Engine
+    from indexers.ingest import item_text
+
+    eng = Engine.open(Path(root) / "minilm-sample", {"llm": {"backend": "none"}, "clip": {"enabled": False}})
+    enc = eng.text_encoder  # loaded outside both timings
+    texts = [item_text(_as_item(it)) for it in items]
+    bs = eng.settings.text.batch_size
+    enc.encode(texts[:bs])
+
+    def raw() -> float:
+        t0 = time.perf_counter()
+        for i in range(0, len(texts), bs):
+            enc.encode(texts[i : i + bs])
+        return len(texts) / (time.perf_counter() - t0)
+
+    before = raw()
+    t0 = time.perf_counter()
+    rep = eng.add_items(items, progress=False)
+    ips = len(items) / (time.perf_counter() - t0)
+    assert rep.added == len(items), rep
+    raw_ips = max(before, raw())  # the ceiling: the faster of two raw runs around the pipeline
+    eng.close()
+    return {"items": len(items), "items_per_s": round(ips, 1), "raw_encoder_items_per_s": round(raw_ips, 1), "ratio_to_raw_encoder": round(ips / raw_ips, 3)}
+
+
+def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bool, sample: int = 0) -> dict:
+    from engine import Engine
+    from engine.components import Components
+    from engine.store import VectorQuery
+    from indexers.ingest import item_text
+
+    load0 = os.getloadavg()[0]
+    t_gen = time.perf_counter()
+    items, pop, main = catalog(n)
+    log = event_log(users, events, pop, main)
+    gen_s = time.perf_counter() - t_gen
+    out: dict = {"items": n, "users": users, "events": len(log), "encoder": encoder, "generate_s": round(gen_s, 1)}
+    cfg = {"llm": {"backend": "none"}, "clip": {"enabled": False}, "profile": {"use_llm": False}}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("PERSONA_SCALE_TMP")) as d:
+        if sample and encoder == "random":
+            out["ingest_minilm_sample"] = minilm_sample(items[:sample], d)
+        comps = Components(text_encoder=RandomUnitEncoder()) if encoder == "random" else Components()
+        eng = Engine.open(d, cfg, components=comps)
+        enc = eng.text_encoder
+        texts = [item_text(_as_item(it)) for it in items[: min(n, 2_000)]]  # throughput is flat in count
+        bs = eng.settings.text.batch_size
+        enc.encode(texts[:bs])  # warm-up, outside both timings
+
+        def raw() -> float:
+            t0 = time.perf_counter()
+            for i in range(0, len(texts), bs):
+                enc.encode(texts[i : i + bs])
+            return len(texts) / (time.perf_counter() - t0)
+
+        raw_before = raw()
+        t0 = time.perf_counter()
+        rep = eng.add_items(items, progress=False)
+        ingest_s = time.perf_counter() - t0
+        assert rep.added == n, rep
+        raw_ips = max(raw_before, raw())  # the ceiling: the faster of two raw runs around the pipeline
+        out["ingest"] = {
+            "items_per_s": round(n / ingest_s, 1), "seconds": round(ingest_s, 1),
+            "raw_encoder_items_per_s": round(raw_ips, 1), "raw_measured_on": len(texts),
+            "ratio_to_raw_encoder": round(n / ingest_s / raw_ips, 3),
+        }
+        fits = []
+        steps = [len(log) // 4, len(log) // 2, len(log)]
+        done, ev_s = 0, 0.0
+        for upto in steps:
+            t0 = time.perf_counter()
+            er = eng.add_events(log[done:upto])
+            ev_s += time.perf_counter() - t0
+            assert not er.errors, er.errors[:3]
+            done = upto
+            if fit:
+                t0 = time.perf_counter()
+                eng.fit()
+                fits.append({"events": upto, "fit_s": round(time.perf_counter() - t0, 2)})
+        out["add_events_per_s"] = round(len(log) / ev_s, 1)
+        out["fit"] = fits
+        if len(fits) >= 2:
+            b, _ = np.polyfit(np.log([f["events"] for f in fits]), np.log([f["fit_s"] for f in fits]), 1)
+            out["fit_exponent"] = round(float(b), 2)
+        else:
+            out["fit_skipped"] = f"fit() not run above {FIT_MAX_ITEMS} items: it loads all item vectors as Python lists (~{n * 384 * 32 / 1e9:.0f} GB here)"
+
+        # Latency: the same users for every variant; a raw query = k=10 neighbours of an item's text vector.
+        uids = [f"u{u}" for u in range(min(users, probes))]
+        last = {e["user_id"]: e["item_id"] for e in log if e["user_id"] in set(uids)}
+        hits = eng.catalog.hits([last[u] for u in uids], with_vectors=True)
+        probe = [hits[last[u]].vectors["text"] for u in uids]
+
+        def timed(fn) -> list[float]:
+            fn(0)
+            ms = []
+            for i in range(len(uids)):
+                t0 = time.perf_counter()
+                fn(i)
+                ms.append((time.perf_counter() - t0) * 1000)
+            return ms
+
+        rawq = timed(lambda i: eng.store.query(eng.items_col, [VectorQuery("text", vector=probe[i], limit=10)], limit=10))
+        lat = {"raw_qdrant_query_ms": {"p50": _pct(rawq, 50), "p95": _pct(rawq, 95)}}
+        for name in ("fitted", "fusion") if fit else ("fusion",):
+            if name == "fusion" and fit:  # the same store, reopened without the fitted model
+                eng.close()
+                eng = Engine.open(d, cfg | {"fit": {"use_model": False}}, components=comps)
+            ms = timed(lambda i, e=eng: e.recommend(uids[i], k=10))
+            strategy = eng.recommend(uids[0], k=10).strategy
+            lat[f"recommend_{name}_ms"] = {"p50": _pct(ms, 50), "p95": _pct(ms, 95), "strategy": strategy,
+                                           "p95_ratio_to_raw_query": round(_pct(ms, 95) / _pct(rawq, 95), 2)}
+        out["latency"] = lat
+        out["probes"] = len(uids)
+        eng.store.flush()
+        eng.close()
+        disk = _du(Path(d))
+        out["disk_bytes_per_item"] = round(disk / n)
+        out["disk_mb"] = round(disk / 1e6, 1)
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["load_avg_1m"] = [round(load0, 1), round(os.getloadavg()[0], 1)]  # machine load at start and end (shared cores)
+    return out
+
+
+def _as_item(d: dict):
+    from engine.types import Item
+
+    return Item(**d)
+
+
+# -- driver --------------------------------------------------------------------------------------
+
+
+def plan(n: int, quick: bool, max_events: int = 200_000) -> dict:
+    """Users and events per size; large sizes get a cut-down log (printed)."""
+    events = min(n * 2, max_events)
+    users = min(max(n // 10, 500), 10_000, max(500, events // 20))  # ~20 events per user whatever the cap
+    return {"users": users, "events": events, "probes": 100 if quick else 200, "fit": n <= FIT_MAX_ITEMS}
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| items | encoder | events | MiniLM sample: ingest / raw items/s (ratio) | ingest items/s | raw encoder items/s | ingest/raw | add_events ev/s | fit s (at events) | fit exponent "
+            "| raw query p50/p95 ms | recommend fitted p50/p95 ms (x raw p95) | recommend fusion p50/p95 ms (x raw p95) | peak RSS MB | disk B/item |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lat = r["latency"]
+        fitted = lat.get("recommend_fitted_ms")
+        fus = lat["recommend_fusion_ms"]
+        fit_s = ", ".join(f"{f['fit_s']} ({f['events']})" for f in r["fit"]) or "skipped"
+        lines.append(
+            f"| {r['items']:,} | {r['encoder']} | {r['events']:,} | {_sample(r)} | {r['ingest']['items_per_s']} | {r['ingest']['raw_encoder_items_per_s']} "
+            f"| {r['ingest']['ratio_to_raw_encoder']} | {r['add_events_per_s']} | {fit_s} | {r.get('fit_exponent', '-')} "
+            f"| {lat['raw_qdrant_query_ms']['p50']}/{lat['raw_qdrant_query_ms']['p95']} "
+            + (f"| {fitted['p50']}/{fitted['p95']} ({fitted['p95_ratio_to_raw_query']}x) " if fitted else "| - ")
+            + f"| {fus['p50']}/{fus['p95']} ({fus['p95_ratio_to_raw_query']}x) | {r['peak_rss_mb']} | {r['disk_bytes_per_item']} |"
+        )
+    return "\n".join(lines)
+
+
+def _sample(r: dict) -> str:
+    m = r.get("ingest_minilm_sample")
+    return f"{m['items_per_s']} / {m['raw_encoder_items_per_s']} ({m['ratio_to_raw_encoder']})" if m else "-"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [r["items"] for r in rows]
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    ax[0].plot(n, [r["ingest"]["items_per_s"] for r in rows], "o-", label="ingest (add_items)")
+    ax[0].plot(n, [r["ingest"]["raw_encoder_items_per_s"] for r in rows], "s--", label="raw encoder")
+    ax[0].set(xscale="log", yscale="log", xlabel="items", ylabel="items/s", title="Ingest throughput")
+    for r in rows:
+        ax[0].annotate(r["encoder"] + " vectors", (r["items"], r["ingest"]["items_per_s"]), fontsize=8)
+    sm = [r for r in rows if r.get("ingest_minilm_sample")]
+    if sm:
+        ax[0].plot([r["items"] for r in sm], [r["ingest_minilm_sample"]["items_per_s"] for r in sm], "^-", label="ingest, MiniLM sample")
+        ax[0].plot([r["items"] for r in sm], [r["ingest_minilm_sample"]["raw_encoder_items_per_s"] for r in sm], "v--", label="raw MiniLM, same sample")
+    lat = lambda r, k, q: (r["latency"].get(k) or {}).get(q, np.nan)  # noqa: E731
+    for key, label in (("raw_qdrant_query_ms", "raw Qdrant query"), ("recommend_fitted_ms", "recommend (fitted)"), ("recommend_fusion_ms", "recommend (fusion)")):
+        ax[1].plot(n, [lat(r, key, "p95") for r in rows], "o-", label=f"{label} p95")
+    ax[1].set(xscale="log", yscale="log", xlabel="items", ylabel="ms", title="Latency, k=10, no LLM")
+    for r in rows:
+        if r["fit"]:
+            ax[2].plot([f["events"] for f in r["fit"]], [f["fit_s"] for f in r["fit"]], "o-", label=f"fit, {r['items']:,} items (b={r.get('fit_exponent')})")
+    ax2 = ax[2].twinx()
+    ax2.plot([r["events"] for r in rows], [r["peak_rss_mb"] for r in rows], "k:", marker="x", label="peak RSS (MB)")
+    ax2.set_ylabel("peak RSS MB")
+    ax[2].set(xscale="log", yscale="log", xlabel="events", ylabel="fit seconds", title="fit() time vs events; memory")
+    for a in (*ax, ax2):
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7, loc="upper left" if a is not ax2 else "lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="10k items only (a couple of minutes)")
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--encoder", choices=["auto", "minilm", "random"], default="auto", help="auto: random vectors + a MiniLM sample")
+    ap.add_argument("--sample", type=int, default=1000, help="catalog items ingested with MiniLM for the ingest/raw-encoder ratio")
+    ap.add_argument("--out", default=None, help="folder for scale.json/.md/.png (default: docs/scale, or none with --quick)")
+    ap.add_argument("--max-events", type=int, default=200_000, help="cap on the event log per size (default 200k)")
+    ap.add_argument("--merge", action="store_true", help="keep the other sizes' rows already in --out/scale.json (a size run separately)")
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-args", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child is not None:
+        print(json.dumps(run_size(args.child, **json.loads(args.child_args))))
+        return
+    sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    out_dir = Path(args.out) if args.out else (None if args.quick else ROOT / "docs" / "scale")
+    rows = []
+    for n in sizes:
+        p = plan(n, args.quick, args.max_events)
+        enc = "minilm" if args.encoder == "minilm" else "random"
+        note = [f"{n:,} items: vectors from the packaged MiniLM encoder" if enc == "minilm" else
+                f"{n:,} items: RANDOM unit vectors (384-d) for the catalog, not the encoder; MiniLM measured on a {args.sample:,}-item sample of it"]
+        if n * 2 > p["events"]:
+            note.append(f"event log cut down to {p['events']:,} events ({p['users']:,} users)")
+        if not p["fit"]:
+            note.append("fit() skipped (memory, see above)")
+        print("# " + "; ".join(note), flush=True)
+        child_args = json.dumps({"encoder": enc, "users": p["users"], "events": p["events"], "probes": p["probes"], "fit": p["fit"], "sample": args.sample})
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, __file__, "--child", str(n), "--child-args", child_args], cwd=ROOT, capture_output=True, text=True)
+        if res.returncode != 0:
+            print(res.stderr[-3000:], file=sys.stderr)
+            print(f"# {n:,} items FAILED (exit {res.returncode}); continuing", flush=True)
+            continue
+        row = json.loads(res.stdout.strip().splitlines()[-1])
+        row["wall_s"] = round(time.perf_counter() - t0, 1)
+        row["notes"] = note
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if not rows:
+        sys.exit(1)
+    cmd = "nice -n 10 .venv/bin/python bench/scale.py " + " ".join(sys.argv[1:])
+    for r in rows:
+        r["command"] = cmd
+    if args.merge and out_dir is not None and (out_dir / "scale.json").exists():
+        mine = {r["items"] for r in rows}
+        rows = sorted([r for r in json.loads((out_dir / "scale.json").read_text())["rows"] if r["items"] not in mine] + rows, key=lambda r: r["items"])
+    md = table(rows)
+    print(md)
+    for r in rows:
+        lat = r["latency"]
+        best = lat.get("recommend_fitted_ms") or lat["recommend_fusion_ms"]
+        m = r.get("ingest_minilm_sample")
+        real = f"MiniLM sample ingest/raw encoder = {m['ratio_to_raw_encoder']}; " if m else ""
+        print(f"ratios @ {r['items']:,} items: {real}ingest/raw encoder = {r['ingest']['ratio_to_raw_encoder']} ({r['encoder']}); "
+              f"recommend p95 / raw query p95 = {best['p95_ratio_to_raw_query']} ({best['strategy']}); "
+              f"fit exponent = {r.get('fit_exponent', 'n/a')}")
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        md = table(rows)
+        cmds = sorted({r.get("command", cmd) for r in rows})
+        (out_dir / "scale.json").write_text(json.dumps({"commands": cmds, "machine": f"{os.cpu_count()} CPUs (shared)", "rows": rows}, indent=2))
+        (out_dir / "scale.md").write_text("Commands:\n" + "".join(f"- `{c}`\n" for c in cmds) + f"\n{md}\n\nNotes:\n"
+                                          + "\n".join(f"- {n}" for r in rows for n in r["notes"]) + "\n")
+        plot(rows, out_dir / "scale.png")
+        print(f"wrote {out_dir}/scale.json, scale.md, scale.png")
+
+
+if __name__ == "__main__":
+    main()
