@@ -15,6 +15,14 @@ YES_WORDS = ("yes",)
 NO_WORDS = ("no",)
 
 
+# Magic bytes -> MIME type for image data URIs (vLLM decodes any PIL format, but says what it got).
+_IMAGE_MAGIC = ((b"\x89PNG", "image/png"), (b"GIF8", "image/gif"), (b"RIFF", "image/webp"), (b"BM", "image/bmp"))
+
+
+def image_mime(data: bytes) -> str:
+    return next((mime for magic, mime in _IMAGE_MAGIC if data.startswith(magic)), "image/jpeg")
+
+
 def _norm(tok: str) -> str:
     return re.sub(r"[^a-z]", "", tok.lower())
 

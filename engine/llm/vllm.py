@@ -24,40 +24,19 @@ from typing import Any
 from ..cancel import CancelScope, check_cancelled, current_scope
 from ..config import LLMConfig
 from ..errors import BackendUnavailableError, CancelledRequestError, missing
-from .base import LLM, yes_probability
+from .base import LLM, image_mime, yes_probability
 from .models import is_packaged
+from .replicas import Replica
 
 logger = logging.getLogger(__name__)
 
 CHAT_MARK = "PERSONA_USER_TURN_7f3a"
 """Placeholder user message whose rendering splits the chat template into the text before and after a turn."""
 
-# Magic bytes -> MIME type for the data URI (vLLM decodes any PIL format, but says what it got).
-_IMAGE_MAGIC = ((b"\x89PNG", "image/png"), (b"GIF8", "image/gif"), (b"RIFF", "image/webp"), (b"BM", "image/bmp"))
 
 
 class _Refused(BackendUnavailableError):
     """The server answered, but not with a usable result for this request (others may still work)."""
-
-
-def _image_mime(data: bytes) -> str:
-    return next((mime for magic, mime in _IMAGE_MAGIC if data.startswith(magic)), "image/jpeg")
-
-
-class Replica:
-    """One vLLM server: its base URL, requests in flight, and when it may be tried again."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.root = re.sub(r"/v1$", "", base)
-        self.inflight = 0
-        self.down_until = 0.0
-        self.requests = 0
-        self.failures = 0
-
-    def status(self) -> dict[str, Any]:
-        return {"url": self.base, "up": self.down_until <= time.monotonic(), "inflight": self.inflight,
-                "requests": self.requests, "failures": self.failures}
 
 
 class VLLMClient(LLM):
@@ -281,7 +260,7 @@ class VLLMClient(LLM):
         for i, (prompt, img) in enumerate(zip(prompts, images)):
             content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
             if img:
-                uri = f"data:{_image_mime(img)};base64," + base64.b64encode(img).decode()
+                uri = f"data:{image_mime(img)};base64," + base64.b64encode(img).decode()
                 content.insert(0, {"type": "image_url", "image_url": {"url": uri}})
             body = {"model": self.model, "messages": [{"role": "user", "content": content}], "max_tokens": max_new_tokens, "temperature": 0.0}
             try:
