@@ -42,6 +42,12 @@ MIN_SUPPORT = 2
 PEOPLE = (("director", "directed by"), ("cast", "starring"))
 """Payload keys holding people, and how their attribute label reads."""
 PEOPLE_PREFIXES = tuple(label + " " for _, label in PEOPLE)
+COMMON_GENRES = (
+    "Action", "Adventure", "Animation", "Biography", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Family",
+    "Fantasy", "Film-Noir", "History", "Horror", "Musical", "Music", "Mystery", "Romance", "Sci-Fi", "Science Fiction",
+    "Sport", "Thriller", "War", "Western",
+)
+"""Genre words a summary's free-text note is checked for even when the user's history has none of them."""
 
 
 def attributes_of(payload: dict[str, Any], cast_limit: int = 3) -> list[str]:
@@ -146,11 +152,13 @@ def validate_summary(text: str, facts: Facts) -> tuple[dict[str, Any] | None, di
     obj = first_json_object(text or "")
     if obj is None:
         return None, dropped
-    vocab = set(facts.vocabulary)
+    # A claim must be backed the way the faithfulness metric checks it: liked by positively rated
+    # items, disliked by low-rated ones (being in the vocabulary is not enough).
+    backed = {"liked": {a for a, n in facts.pos.items() if n >= MIN_SUPPORT}, "disliked": {a for a, n in facts.neg.items() if n >= MIN_SUPPORT}}
     out: dict[str, Any] = {}
     for key, cap in (("liked", MAX_LIKED), ("disliked", MAX_DISLIKED)):
         vals = list(dict.fromkeys(_strings(obj.get(key))))
-        keep = [v for v in vals if v in vocab]
+        keep = [v for v in vals if v in backed[key]]
         dropped["attributes"] += len(vals) - len(keep)
         out[key] = keep[:cap]
     out["disliked"] = [a for a in out["disliked"] if a not in out["liked"]]
@@ -158,7 +166,12 @@ def validate_summary(text: str, facts: Facts) -> tuple[dict[str, Any] | None, di
     keep_ids = [i for i in ids if i in facts.positive_ids]
     dropped["items"] = len(ids) - len(keep_ids)
     out["liked_items"] = keep_ids[:MAX_ITEMS]
-    out["note"] = clean_note(obj.get("note"))
+    note = clean_note(obj.get("note"))
+    words = set(COMMON_GENRES) | {a for a in facts.seen if not a.startswith(PEOPLE_PREFIXES)}
+    if any(not (facts.pos[a] >= MIN_SUPPORT or facts.neg[a] >= MIN_SUPPORT) for a in note_claims(note, sorted(words))):
+        dropped["note"] = 1  # the free text names a genre or decade the history does not back: drop it
+        note = ""
+    out["note"] = note
     if not out["liked"] and not out["disliked"]:
         return None, dropped
     return out, dropped

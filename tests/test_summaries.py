@@ -44,11 +44,14 @@ def test_validator_drops_foreign_attributes_and_items(ml):
                       "liked_items": ["50", "9999", "172", "1"], "note": "likes <<<space>>> operas"})
     obj, dropped = validate_summary("Sure! Here it is:\n```json\n" + raw + "\n```", f)
     assert obj["liked"] == ["Sci-Fi", "Action"]  # unknown genre dropped, fence marks stripped, no duplicates
-    assert obj["disliked"] == []  # Film-Noir is outside the vocabulary; Action is already liked
+    assert obj["disliked"] == []  # Film-Noir is outside the vocabulary; no low-rated items back Action
     assert obj["liked_items"] == ["50", "1"]  # 9999 is not in the history, 172 was rated 2
-    assert "<<<" not in obj["note"] and dropped == {"attributes": 2, "items": 2}
+    assert "<<<" not in obj["note"] and dropped == {"attributes": 3, "items": 2}
     text = render_summary(obj, f.titles)
     assert text.startswith("Likes Sci-Fi and Action.") and "Star Wars (1977)" in text
+    # a note naming a genre the history does not back is dropped (the structured claims stay)
+    obj, dropped = validate_summary(json.dumps({"liked": ["Sci-Fi"], "disliked": [], "liked_items": [], "note": "a big fan of Westerns"}), f)
+    assert obj["liked"] == ["Sci-Fi"] and obj["note"] == "" and dropped["note"] == 1
 
 
 @pytest.mark.parametrize("garbage", ["", "no json here", '{"liked": ["Sci-Fi"', "[1, 2]", '{"liked": ["Horror"], "disliked": []}'])
