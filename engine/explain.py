@@ -11,6 +11,7 @@ flagged in ``fallback``.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 
@@ -21,6 +22,8 @@ from .prompts import PromptRegistry
 from .store import Hit
 from .store.base import cosine
 from .types import Explanation
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["check_grounded", "explain", "explain_all", "facts", "history_reason", "looks_injected", "reason", "title_key", "title_variants"]
 
@@ -172,7 +175,8 @@ def explain(target: Hit, ctx: UserContext, prompts: PromptRegistry, llm: Callabl
         if problem is None:
             return Explanation(user_id=user_id, item_id=item_id, text=text[:500], grounded_in=because, source="llm")
     except BackendUnavailableError as e:
-        problem = f"LLM unavailable: {e}"
+        logger.warning("explanation for %s: LLM unavailable: %s", item_id, e)
+        problem = "LLM unavailable"  # the details (replica URLs, server text) stay in the log, not in responses
     return Explanation(user_id=user_id, item_id=item_id, text=template or "", grounded_in=because, source="template",
                        fallback=f"LLM sentence rejected: {problem}")
 
@@ -184,7 +188,8 @@ def explain_all(recs: list, make: Callable[[object], Explanation]) -> str | None
         try:
             ex = make(r)
         except BackendUnavailableError as e:
-            notes.append(str(e))
+            logger.warning("explanation: LLM unavailable: %s", e)
+            notes.append("LLM unavailable")
             continue
         r.reason, r.because_of = ex.text, ex.grounded_in
         if ex.fallback:

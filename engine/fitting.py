@@ -25,12 +25,14 @@ were not written (e.g. another store) falls back to the in-memory scan.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["LearnedStage"]
 
 CF_VECTOR = "cf"
-_CF_MARK = "cf_in_store"
+_CF_STATE = "CF_VERSION"
+"""File beside CURRENT naming the version whose cf vectors the store holds; absent while they are
+rewritten. Every process checks it before a cf query, so a model never meets another fit's factors
+(a fit in another process, a crash mid-write, or CURRENT pointed back at an older version)."""
 _SCORE_ALL_LIMIT = 20_000
 """With a payload filter, score every matching item up to this many (exact); beyond, filter the pool."""
 
@@ -67,7 +72,7 @@ class LearnedStage:
         self._lock = threading.Lock()
         self._loaded: tuple[str, object] | None = None
         self._pointer: tuple[int, str] | None = None  # (CURRENT's mtime_ns, version): CURRENT is re-read only when it changes
-        self._cf_in_store: str | None = None  # the version whose cf vectors are in the store
+        self._cf_state: tuple[tuple[int, int], str | None] | None = None  # (inode, mtime) of CF_VERSION, its content
 
     # -- fitting ---------------------------------------------------------------------------------
 
@@ -98,19 +103,17 @@ class LearnedStage:
         tmp = self.root / f".tmp-{version}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save(tmp)
-        with self._lock:
-            self._cf_in_store = None  # the live model's cf vectors are being overwritten: scan in memory until the switch
-        if self.write_vectors(model, ids_in_store, events):
-            (tmp / _CF_MARK).write_text(self.items_col)
-        final = self.root / version
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        cur = self.root / ".CURRENT.tmp"
-        cur.write_text(version)
-        os.replace(cur, self.root / "CURRENT")  # atomic switch to the new version
+        with _fit_lock(self.root):  # two fits (API and CLI) must not interleave their cf writes
+            (self.root / _CF_STATE).unlink(missing_ok=True)  # every process scans in memory until the new vectors are complete
+            cf_written = self.write_vectors(model, ids_in_store, events)
+            final = self.root / version
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            if cf_written:
+                _write_atomic(self.root / _CF_STATE, version)
+            _write_atomic(self.root / "CURRENT", version)  # atomic switch to the new version
         with self._lock:
             self._loaded = (version, model)
-            self._cf_in_store = version if (final / _CF_MARK).exists() else None
         self._prune(version)
         info = {k: v for k, v in model.info.items() if k != "version"}
         return FitReport(version=version, path=str(final), users=info["n_users"], items=info["n_items"], events=info["n_events"],
@@ -169,7 +172,8 @@ class LearnedStage:
             return None
         pointer = self.root / "CURRENT"
         try:
-            mtime = pointer.stat().st_mtime_ns
+            st = pointer.stat()
+            mtime = (st.st_ino, st.st_mtime_ns)  # os.replace gives a new inode: coarse mtimes cannot hide a switch
             if self._pointer is not None and self._pointer[0] == mtime:
                 version = self._pointer[1]
             else:
@@ -186,13 +190,25 @@ class LearnedStage:
                 raise DependencyMissingError(f"a fitted model exists but its dependencies are missing: {e}") from e
             model = PersonaModel.load(self.root / version)
             self._loaded = (version, model)
-            self._cf_in_store = version if (self.root / version / _CF_MARK).exists() else None
             logger.info("loaded fitted model %s", version)
             return model
 
+    def cf_version(self) -> str | None:
+        """The fitted version whose cf vectors the store holds now (None: absent or being rewritten)."""
+        path = self.root / _CF_STATE
+        try:
+            st = path.stat()
+            key = (st.st_ino, st.st_mtime_ns)
+            if self._cf_state is not None and self._cf_state[0] == key:
+                return self._cf_state[1]
+            self._cf_state = (key, path.read_text().strip() or None)
+            return self._cf_state[1]
+        except FileNotFoundError:
+            return None
+
     def cf_search(self, model, flt: Filter):
         """The Qdrant query on the ``cf`` vectors for ``model`` (None when its vectors are not in the store)."""
-        if self._cf_in_store is None or self._cf_in_store != model.info.get("version"):
+        if self.cf_version() != model.info.get("version"):
             return None
         plain = Filter(exclude_ids=set(flt.exclude_ids))
 
@@ -249,3 +265,25 @@ class LearnedStage:
     def rank(self, model, events: list[Event], item_ids: list[str]) -> list[tuple[str, float]]:
         """``item_ids`` best first, by exactly the scores :meth:`recommend` gives them."""
         return model.rank(events, item_ids)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _fit_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on ``<root>/.fit.lock`` for the write-and-switch part of a fit (fcntl; a no-op where missing)."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: one fitting process per store is the documented rule there
+        yield
+        return
+    with open(root / ".fit.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

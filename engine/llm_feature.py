@@ -163,7 +163,9 @@ def train_stage(model: Any, histories: dict[str, list], context: Any, rows: Any,
         if not len(top) or y.sum() == 0:
             continue  # no ranking signal inside this list
         found = rows([i for i, _, _ in top])
-        ctx = context(u, hist)
+        # The stored summary was written from the whole history, label included: leave it out here
+        # (serving sees a summary, so the stage learns from slightly weaker prompts; documented skew).
+        ctx = context(u, hist).without_summary()
         probs = yes_scores(llm, prompts, [found[i] for i, _, _ in top if i in found], ctx.summary, ctx.history_rows())
         if len(probs) != len(top):
             continue

@@ -188,7 +188,7 @@ class ProfileBuilder:
             structured=st.structured if st else None,
             versions=[SummaryVersion(**v) for v in (st.versions if st else [])],
             recent_items=[e.item_id for e in pos[-20:]][::-1],
-            has_taste_vectors={k: True for k in (st.vectors if st else {})},
+            has_taste_vectors={k: True for k in (st.vectors if st else {}) if k not in NOT_TASTE},
         )
 
     def load_state(self, user_id: str, with_vectors: bool = False) -> UserState | None:

@@ -9,6 +9,7 @@ retrieval order is kept then); prompt builders shared with evaluation and traini
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +22,8 @@ from .llm_feature import rerank_order, yes_scores
 from .profiles import UserContext
 from .prompts import PromptRegistry
 from .store import Hit
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "LABELS", "RERANK_MODES", "LLMReranker", "listwise_failure", "listwise_order", "listwise_prompt", "listwise_rerank", "mmr", "pointwise_prompts",
@@ -164,4 +167,5 @@ class LLMReranker:
             out, note, _ = listwise_rerank(self.prompts, llm, hits, ctx)
             return out, note
         except BackendUnavailableError as e:
-            return hits, f"LLM unavailable, retrieval order kept: {e}"
+            logger.warning("rerank %s: LLM unavailable, retrieval order kept: %s", mode, e)
+            return hits, "LLM unavailable, retrieval order kept"  # details in the log, not in responses

@@ -90,17 +90,19 @@ class Facts:
 
     @classmethod
     def of(cls, history: Iterable[Rated], positive: float, negative: float) -> Facts:
+        # Counted in the payload's attribute order (not a set's hash order): equal counts then rank
+        # the same way in every process.
         f = cls()
         for r in history:
             f.history_ids.add(r.item_id)
             f.titles[r.item_id] = r.title
-            f.seen.update(set(r.attributes))
+            f.seen.update(dict.fromkeys(r.attributes).keys())
             if r.rating is None or r.rating >= positive:
-                f.pos.update(set(r.attributes))
+                f.pos.update(dict.fromkeys(r.attributes).keys())
                 if r.item_id not in f.positive_ids:
                     f.positive_ids.append(r.item_id)
             elif r.rating <= negative:
-                f.neg.update(set(r.attributes))
+                f.neg.update(dict.fromkeys(r.attributes).keys())
         return f
 
     @property

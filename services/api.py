@@ -162,6 +162,8 @@ def check_keys(keys: dict[str, str], allow_weak: bool = False, what: str = "API 
             raise ValueError(f"API key scope {scope!r} is not one of {SCOPES}")
         if not k or not k.strip():
             raise ValueError(f"an {what} is empty")
+        if k.startswith(TOKEN_PREFIX):  # such a key would be read as a user token and never work
+            raise ValueError(f"an {what} must not start with {TOKEN_PREFIX!r} (the user-token prefix)")
         if allow_weak:
             continue
         rest = re.sub(r"[^a-z0-9]+", "", k.lower())
@@ -328,7 +330,7 @@ def create_app(
         if token_secret is None:
             secret = st0.api_token_secret or ""
     check_keys(keys, weak_ok)
-    if secret or token_secret is not None:
+    if secret:  # empty: user tokens are off
         check_keys({secret: "admin"}, weak_ok, what="token secret")
         if secret in keys:
             raise ValueError("PERSONA_API_TOKEN_SECRET must differ from every API key")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections import Counter
 
 import pytest
@@ -162,3 +164,19 @@ def test_small_store_fit_then_profiles_and_cf_from_qdrant(make_engine, ml):
     assert eng.learned.cf_search(model, Filter(exclude_ids=seen)) is not None
     assert eng.learned.recommend(model, events, 10, Filter(exclude_ids=seen)) == model.recommend(events, 10)
     assert eng.recommend("1", k=5).strategy == "learned"
+    # the cf vectors belong to one version: while another fit rewrites them (state file gone), or with CURRENT
+    # pointed back at an older version, the model scans in memory instead of meeting another fit's factors
+    old_version = model.info["version"]
+    root = eng.learned.root
+    assert (root / "CF_VERSION").read_text() == old_version
+    (root / "CF_VERSION").unlink()
+    assert eng.learned.cf_search(model, Filter(exclude_ids=seen)) is None
+    assert eng.learned.recommend(model, events, 10, Filter(exclude_ids=seen)) == model.recommend(events, 10)
+    time.sleep(1.1)  # versions carry the fit's second: a distinct one for the same data
+    eng.fit()
+    new_version = eng.learned.current().info["version"]
+    assert new_version != old_version and (root / "CF_VERSION").read_text() == new_version
+    (root / ".CURRENT.back").write_text(old_version)
+    os.replace(root / ".CURRENT.back", root / "CURRENT")  # a rollback to the older version
+    rolled = eng.learned.current()
+    assert rolled.info["version"] == old_version and eng.learned.cf_search(rolled, Filter(exclude_ids=seen)) is None

@@ -103,8 +103,7 @@ class VLLMClient(LLM):
         return [r.status() for r in self.replicas]
 
     def _post(self, path: str, body: dict[str, Any], root: bool = False) -> dict[str, Any]:
-        scope = current_scope()
-        errors = []
+        scope, errors = current_scope(), []
         candidates = [r for r in self._order() if self._healthy(r)] or self._order()  # all down: try anyway
         for rep in candidates:
             url = (rep.root if root else rep.base) + path
@@ -113,10 +112,12 @@ class VLLMClient(LLM):
                 rep.requests += 1
             try:
                 r = self.http.post(url, json=body) if scope is None else self._post_cancellable(url, body, scope)
-            except self._httpx.HTTPError as e:
-                self._mark_down(rep, f"{type(e).__name__}: {e}")
+            except (self._httpx.ConnectError, self._httpx.ConnectTimeout, self._httpx.PoolTimeout) as e:
+                self._mark_down(rep, f"{type(e).__name__}: {e}")  # never reached: another replica may take it
                 errors.append(f"{rep.base}: {type(e).__name__}: {e}")
                 continue
+            except self._httpx.HTTPError as e:  # a read timeout on a busy replica: retrying elsewhere would double the work
+                raise BackendUnavailableError(f"vLLM request failed: {type(e).__name__}: {e}") from e
             finally:
                 with self._lock:
                     rep.inflight -= 1

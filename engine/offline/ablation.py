@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConflictError
 from .metrics import paired_bootstrap, summarize
 from .protocol import evaluate_scorer
 from .split import Split
@@ -53,7 +54,7 @@ def run_ablations(store_path: Any, split: Split, users: list[str], seed: int = 0
         base = eng.learned.config()
     held = {(t.user_id, t.item_id, t.timestamp) for t in (split.target(u, "valid") for u in split.users)}
     if any((e.user_id, e.item_id, e.timestamp) in held for e in events):
-        raise RuntimeError("a held-out valid event is in the ablation store")
+        raise ConflictError("a held-out valid event is in the ablation store")
     variants = {"full": {}} | _variants(base, [g for g in GROUPS if g != "extra"])
     if only:
         variants = {k: v for k, v in variants.items() if k == "full" or k in only}
