@@ -24,7 +24,7 @@ from .events import EventLog
 from .fitting import LearnedStage
 from .items import ItemCatalog
 from .llm import LLM
-from .llm_feature import fit_and_save, load_stage
+from .llm_feature import fit_and_save, load_stage, yes_scores
 from .profiles import ProfileBuilder, UserContext
 from .prompts import PromptRegistry
 from .ranking import RERANK_MODES, LLMReranker, mmr, pointwise_prompts
@@ -267,9 +267,10 @@ class Engine:
         """P(user likes item) from the LLM's Yes/No logprobs, one batched request for all items."""
         if not item_ids:
             return []
-        prompts = self.yes_no_prompts(str(user_id), [str(i) for i in item_ids], prompt=prompt)
-        probs = self.llm().yes_probabilities(prompts)
-        if len(probs) != len(prompts):
+        # The same shared-prefix prompts as the pointwise / llm_feature rerank: one P(Yes) per item everywhere.
+        ctx, rows = self.user_context(str(user_id)), self.catalog.require_rows([str(i) for i in item_ids])
+        probs = yes_scores(self.llm(), self.prompts, rows, ctx.summary, ctx.history_rows(), prompt)
+        if len(probs) != len(rows):
             raise BackendUnavailableError("LLM returned a wrong number of scores")
         return [ItemScore(item_id=str(i), probability=0.5 if p is None else float(p)) for i, p in zip(item_ids, probs)]
 

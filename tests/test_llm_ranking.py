@@ -101,7 +101,7 @@ def test_llm_feature_stage_serves_through_recommend(small_fitted, make_engine, l
     recommend(rerank="llm_feature") reorders the top-N by it with real P(Yes) scores."""
     import numpy as np
 
-    from engine.llm_feature import LLMStage, list_features
+    from engine.llm_feature import LLMStage, list_features, rerank_order
 
     eng = make_engine(small_fitted, llm_obj=local_llm, retrieval={"rerank_candidates": 5})
     base = eng.recommend("7", k=5)
@@ -114,12 +114,17 @@ def test_llm_feature_stage_serves_through_recommend(small_fitted, make_engine, l
         p = rng.uniform(0.1, 0.9, 5)
         lists.append(list_features(rng.normal(size=5), p.tolist()))
         labels.append((np.arange(5) == p.argmax()).astype(float))
-    LLMStage.train(lists, labels).save(eng.learned.root / base.model_version)
+    stage = LLMStage.train(lists, labels)
+    stage.save(eng.learned.root / base.model_version)
     got = eng.recommend("7", k=5, rerank="llm_feature")
     assert got.fallback is None and got.strategy == "learned+llm-llm_feature"
-    assert sorted(r.item_id for r in got.items) == sorted(r.item_id for r in base.items)
-    probs = dict(zip([r.item_id for r in base.items], [s.probability for s in eng.score("7", [r.item_id for r in base.items])]))
-    assert got.items[0].item_id == max(probs, key=probs.get)
+    ids = [r.item_id for r in base.items]
+    assert sorted(r.item_id for r in got.items) == sorted(ids)
+    # the served order is the stage's order over the ranker's scores and the real P(Yes) that score() gives
+    probs = [s.probability for s in eng.score("7", ids)]
+    order, _ = rerank_order(stage, [r.score for r in base.items], probs)
+    assert [r.item_id for r in got.items] == [ids[i] for i in order]
+    assert len(set(probs)) > 1  # real, distinct model scores
 
 
 @pytest.mark.full
