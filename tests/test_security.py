@@ -241,9 +241,10 @@ def test_every_template_fences_every_untrusted_field():
     from engine.prompts import PromptRegistry
 
     reg = PromptRegistry()
-    ctx = {"summary": HOSTILE, "previous": HOSTILE, "block_index": 0, "history": [_row(), _row()],
-           "items": [_row(), _row(liked=False)], "candidate": _row(), "candidates": [_row(label="A"), _row(label="B")],
-           "item": _row()}
+    ctx = {"summary": HOSTILE, "previous": {"liked": [HOSTILE], "disliked": [HOSTILE], "note": HOSTILE}, "block_index": 0,
+           "history": [_row(), _row()], "items": [_row(rating=4.0, attributes=[HOSTILE]), _row(liked=False, rating=1.0, attributes=[HOSTILE])], "candidate": _row(), "candidates": [_row(label="A"), _row(label="B")],
+           "item": _row(rating=4.0), "source": HOSTILE, "verb": "liked", "shared": [HOSTILE],
+           "facts": [{"attribute": HOSTILE, "liked": 2, "disliked": 0, "seen": 2}]}
     assert len(reg.list()) >= 6
     for tpl in reg.list():
         if tpl.name == "image_prompt":
@@ -278,11 +279,14 @@ def _ctx(value: str) -> dict:
     """Every untrusted field of every template set to ``value`` (list shapes fixed, so only text differs)."""
     def row(label: str = "A", liked: bool = True) -> dict:
         return {"id": value, "title": value, "genres": [value, value], "summary": value, "description": value,
-                "attributes_text": value, "rating": value, "liked": liked, "label": label}
+                "attributes_text": value, "attributes": [value, value], "rating": 4.0, "liked": liked, "label": label}
 
-    return {"summary": value, "previous": value, "block_index": 0, "history": [row(), row()], "items": [row(), row(liked=False)],
+    # ratings are validated floats (engine.types.Event), not text; the structured update's previous state is a dict
+    prev = {"liked": [value, value], "disliked": [value], "note": value}
+    return {"summary": value, "previous": prev, "block_index": 0, "history": [row(), row()], "items": [row(), row(liked=False)],
             "candidate": row(), "candidates": [row("A"), row("B")], "item": row(),
-            "user_prompt": value, "genres": ["Horror"], "decade": "1970s", "keywords": ["ghost"], "reference": None}
+            "user_prompt": value, "genres": ["Horror"], "decade": "1970s", "keywords": ["ghost"], "reference": None,
+            "source": value, "verb": "liked", "shared": [value, value], "facts": [{"attribute": value, "liked": 2, "disliked": 0, "seen": 2}]}
 
 
 def test_hostile_values_change_nothing_outside_the_fences():
