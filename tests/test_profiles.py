@@ -17,6 +17,7 @@ def test_split_blocks():
     assert [[e.item_id for e in b] for b in blocks] == [["0", "1", "2"], ["3", "4", "5"], ["6"], ["7"]]
 
 
+@pytest.mark.full  # 19 min in the 2026-11-23 CI run (in-process Qwen, 3 users x 2 updates): make test-full runs it
 @pytest.mark.xfail(strict=False, reason="known gap (issue 21): failed in the 2026-11-23 clean-clone CI run with the in-process Qwen2.5-0.5B "
                    "default; its JSON is often unusable and the step falls back to the computed summary (flagged). "
                    "In-process constrained decoding is the open fix; vLLM constrains decoding already")
