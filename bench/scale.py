@@ -142,6 +142,14 @@ def _pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(xs, q)), 3)
 
 
+def raw_encoder_ips(enc, texts: list[str], bs: int) -> float:
+    """Items per second of the bare encoder over ``texts`` in batches of ``bs`` (the ingest ceiling)."""
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), bs):
+        enc.encode(texts[i : i + bs])
+    return len(texts) / (time.perf_counter() - t0)
+
+
 def minilm_sample(items: list[dict], root: str) -> dict:
     """Ingest vs the raw packaged MiniLM encoder on the same sample of the catalog (own store)."""
     from engine import Engine
@@ -152,19 +160,12 @@ def minilm_sample(items: list[dict], root: str) -> dict:
     texts = [item_text(_as_item(it)) for it in items]
     bs = eng.settings.text.batch_size
     enc.encode(texts[:bs])
-
-    def raw() -> float:
-        t0 = time.perf_counter()
-        for i in range(0, len(texts), bs):
-            enc.encode(texts[i : i + bs])
-        return len(texts) / (time.perf_counter() - t0)
-
-    before = raw()
+    before = raw_encoder_ips(enc, texts, bs)
     t0 = time.perf_counter()
     rep = eng.add_items(items, progress=False)
     ips = len(items) / (time.perf_counter() - t0)
     assert rep.added == len(items), rep
-    raw_ips = max(before, raw())  # the ceiling: the faster of two raw runs around the pipeline
+    raw_ips = max(before, raw_encoder_ips(enc, texts, bs))  # the ceiling: the faster of two raw runs around the pipeline
     eng.close()
     return {"items": len(items), "items_per_s": round(ips, 1), "raw_encoder_items_per_s": round(raw_ips, 1), "ratio_to_raw_encoder": round(ips / raw_ips, 3)}
 
@@ -191,19 +192,12 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bo
         texts = [item_text(_as_item(it)) for it in items[: min(n, 2_000)]]  # throughput is flat in count
         bs = eng.settings.text.batch_size
         enc.encode(texts[:bs])  # warm-up, outside both timings
-
-        def raw() -> float:
-            t0 = time.perf_counter()
-            for i in range(0, len(texts), bs):
-                enc.encode(texts[i : i + bs])
-            return len(texts) / (time.perf_counter() - t0)
-
-        raw_before = raw()
+        raw_before = raw_encoder_ips(enc, texts, bs)
         t0 = time.perf_counter()
         rep = eng.add_items(items, progress=False)
         ingest_s = time.perf_counter() - t0
         assert rep.added == n, rep
-        raw_ips = max(raw_before, raw())  # the ceiling: the faster of two raw runs around the pipeline
+        raw_ips = max(raw_before, raw_encoder_ips(enc, texts, bs))  # the ceiling: the faster of two raw runs around the pipeline
         out["ingest"] = {
             "items_per_s": round(n / ingest_s, 1), "seconds": round(ingest_s, 1),
             "raw_encoder_items_per_s": round(raw_ips, 1), "raw_measured_on": len(texts),
