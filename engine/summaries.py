@@ -110,8 +110,14 @@ class Facts:
         return [a for a, n in self.seen.most_common() if n >= MIN_SUPPORT]
 
     def table(self, limit: int = 16) -> list[dict[str, Any]]:
-        """The vocabulary with its counts, most seen first (prompt rows)."""
-        return [{"attribute": a, "liked": self.pos[a], "disliked": self.neg[a], "seen": self.seen[a]} for a in self.vocabulary[:limit]]
+        """The vocabulary with its counts (prompt rows): genres and keywords first, then decades,
+        then people, each most seen first. A small model copies the first rows it reads; every
+        movie has a decade, so by count alone decades would crowd out what the history is about."""
+        def kind(a: str) -> int:
+            return 2 if a.startswith(PEOPLE_PREFIXES) else 1 if re.fullmatch(r"\d{4}s", a) else 0
+
+        rows = sorted(self.vocabulary, key=lambda a: (kind(a), -self.seen[a]))  # stable: ties keep payload order
+        return [{"attribute": a, "liked": self.pos[a], "disliked": self.neg[a], "seen": self.seen[a]} for a in rows[:limit]]
 
 
 def summary_schema(vocabulary: Sequence[str], item_ids: Sequence[str]) -> dict[str, Any]:

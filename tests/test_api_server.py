@@ -41,7 +41,7 @@ def _start(path: Path, port: int, log: Path) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_kill9_during_batch_upsert_loses_no_acknowledged_item(tmp_path, ml):
-    items = [i.model_dump() for i in ml.items]
+    items = [i.model_dump() for i in ml.items[:500]]  # 10 batches: enough to kill one mid-flight, and CI time
     batches = [items[i : i + 50] for i in range(0, len(items), 50)]
     port, log = _free_port(), tmp_path / "server.log"
     proc = _start(tmp_path / "store", port, log)
@@ -60,14 +60,14 @@ def test_kill9_during_batch_upsert_loses_no_acknowledged_item(tmp_path, ml):
 
     t = threading.Thread(target=client)
     t.start()
-    while len(acked) < 6 * 50 and t.is_alive():
+    while len(acked) < 3 * 50 and t.is_alive():
         time.sleep(0.05)
     time.sleep(0.3)  # well inside the next batch's encoding/upsert
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     t.join()
     n_acked = len(acked)
-    assert 300 <= n_acked < len(items)
+    assert 150 <= n_acked < len(items)
 
     proc = _start(tmp_path / "store", port, log)
     try:

@@ -12,7 +12,7 @@ from typing import Any
 from ..cancel import check_cancelled, current_scope
 from ..config import LLMConfig
 from ..errors import BackendUnavailableError, InvalidInputError, missing
-from .base import LLM, first_json_object, json_matches
+from .base import LLM
 from .models import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class TransformersLLM(LLM):
         self._yes_ids = self._word_ids(["Yes", " Yes", "yes", " yes"])
         self._no_ids = self._word_ids(["No", " No", "no", " no"])
         self.max_len = min(int(getattr(self.model.config, "max_position_embeddings", 8192) or 8192), 8192)
+        self._xgr: Any = None  # (xgrammar, GrammarCompiler) once built; False without xgrammar
 
     def _word_ids(self, words: list[str]) -> list[int]:
         ids = set()
@@ -216,72 +217,54 @@ class TransformersLLM(LLM):
         return str(self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True))
 
     def generate_json(self, prompts: Sequence[str], schema: dict | Sequence[dict], max_new_tokens: int) -> list[str]:
-        """Validated parsing, not constrained decoding: the answer is prefilled with ``{`` (so base
-        models start the object too), generation stops once the object closes, and answers that do
-        not parse as a JSON object with the schema's required keys are retried once with the first
-        key prefilled. Callers still validate values (enums)."""
+        """Constrained decoding with xgrammar (the grammar engine vLLM uses for structured outputs):
+        each prompt's schema (e.g. its user's enums) is compiled to a token mask, so the answer is a
+        JSON object of that schema unless ``max_new_tokens`` cuts it. Without xgrammar installed (it
+        is in the ``llm`` extra) the model generates freely, with a warning. Callers validate the
+        result either way (and fall back where it does not parse)."""
         schemas = [schema] * len(prompts) if isinstance(schema, dict) else list(schema)
-        outs = self._json_pass(prompts, "{", max_new_tokens)
-        retry = [i for i, (o, s) in enumerate(zip(outs, schemas)) if not json_matches(o, s)]
-        if retry:
-            logger.info("generate_json: %d of %d answers unusable, retrying with the first key prefilled", len(retry), len(prompts))
-            again = self._json_pass(
-                [prompts[i] for i in retry], "{" + json.dumps(_first_key(schemas[retry[0]])) + ":", max_new_tokens, schemas=[schemas[i] for i in retry]
-            )
-            for i, o in zip(retry, again):
-                if json_matches(o, schemas[i]):
-                    outs[i] = o
-        return outs
+        if self._grammar_compiler() is None:
+            return super().generate_json(prompts, schemas, max_new_tokens)
+        return self._constrained(prompts, schemas, max_new_tokens)
 
-    def _json_pass(self, prompts: Sequence[str], prefill: str, max_new_tokens: int, schemas: Sequence[dict] | None = None) -> list[str]:
-        from transformers import StoppingCriteria, StoppingCriteriaList
+    def _grammar_compiler(self) -> Any:
+        """xgrammar's compiler for this tokenizer (built once; it caches compiled schemas), or None
+        when xgrammar is not installed."""
+        if self._xgr is None:
+            try:
+                import xgrammar as xgr
+            except ImportError:
+                logger.warning("xgrammar is not installed: generate_json falls back to validated parsing (pip install 'persona-engine[llm]')")
+                self._xgr = False
+                return None
+            # The model's vocabulary can be larger than the tokenizer's (padding rows): masks must cover it.
+            info = xgr.TokenizerInfo.from_huggingface(self.tok, vocab_size=int(self.model.config.vocab_size))
+            self._xgr = (xgr, xgr.GrammarCompiler(info))
+        return self._xgr[1] if self._xgr else None
 
+    def _constrained(self, prompts: Sequence[str], schemas: list[dict], max_new_tokens: int) -> list[str]:
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        compiler = self._grammar_compiler()
+        # Compact JSON: with free whitespace a small model can spend its whole budget on newlines.
+        grammars = [compiler.compile_json_schema(json.dumps(s, sort_keys=True), any_whitespace=False) for s in schemas]
         torch = self._torch
-        if schemas is not None:  # the retry prefills each prompt's own first key
-            fills = ["{" + json.dumps(_first_key(s)) + ":" for s in schemas]
-        else:
-            fills = [prefill] * len(prompts)
-        tok = self.tok
-        scope = current_scope()
         out: list[str] = []
-
-        class _Closed(StoppingCriteria):
-            """Per row: stop once the prefilled object has closed (base models would ramble on)."""
-
-            def __init__(self, start: int, heads: list[str]) -> None:
-                self.start, self.heads = start, heads
-
-            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
-                done = [first_json_object(h + tok.decode(row[self.start :], skip_special_tokens=True)) is not None
-                        for h, row in zip(self.heads, input_ids)]
-                if scope is not None and scope.cancelled:
-                    done = [True] * len(done)
-                return torch.tensor(done, device=input_ids.device)
-
+        bs = self.config.batch_size
         with self._lock, torch.inference_mode():
-            bs = self.config.batch_size
             for b0 in range(0, len(prompts), bs):
                 check_cancelled()
                 self.batches_run += 1
-                heads = fills[b0 : b0 + bs]
-                batch = [p + h for p, h in zip(prompts[b0 : b0 + bs], heads)]
-                enc = self._encode(batch, max_new_tokens)
-                start = enc["input_ids"].shape[1]
+                enc = self._encode(list(prompts[b0 : b0 + bs]), max_new_tokens)
                 gen = self.model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                    stopping_criteria=StoppingCriteriaList([_Closed(start, heads)]),
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tok.pad_token_id,
+                    logits_processor=[LogitsProcessor(grammars[b0 : b0 + bs])],  # one per generate() call
+                    stopping_criteria=self._stop_on_cancel(),
                 )
                 check_cancelled()
-                for h, row in zip(heads, gen[:, start:]):
-                    text = h + tok.decode(row, skip_special_tokens=True)
-                    obj = first_json_object(text)
-                    out.append(json.dumps(obj) if obj is not None else text.strip())
+                out += [self.tok.decode(row, skip_special_tokens=True).strip() for row in gen[:, enc["input_ids"].shape[1] :]]
         return out
 
-
-def _first_key(schema: dict) -> str:
-    req = schema.get("required") or list(schema.get("properties") or {}) or ["answer"]
-    return str(req[0])
 
 def _common_prefix_len(rows: list[list[int]]) -> int:
     first = rows[0]
