@@ -110,20 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Packaged LLMs compared", "",
         f"Command: `{cmd}` (one run; 2 shared CPU cores, load average at the end {os.getloadavg()[0]:.1f}: speeds are this machine's, noisy).", "",
-        "| model | weights | summary claims supported (mean over users, 95% CI) | users | fallbacks | P(Yes) AUC, sampled 1:20 (95% CI) | users | prompt tok/s | generated tok/s (batch 8) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Faithfulness is the share of the model's own claims (every recurrent step, before the validator drops unsupported",
+        "ones) that the user's history supports; the stored summaries are fully supported by construction.", "",
+        "| model | weights | summary claims supported (mean over users, 95% CI) | liked / disliked / note (pooled) | users | unparsed / fallbacks | P(Yes) AUC, sampled 1:20 (95% CI) | users | prompt tok/s | generated tok/s (batch 8) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         s, a, sp = r["summaries"], r["auc"], r["speed"]
         lines.append(
-            f"| `{r['model']}` | {DISCLOSURE.get(r['model'], '')} | {s['supported_mean']:.3f} [{s['supported_lo']:.3f}, {s['supported_hi']:.3f}] | {s['users']} | "
-            f"{s['fallbacks']} | {a['auc']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] | {a['users']} | {sp['prompt_tok_s']:.0f} | {sp['gen_tok_s']:.1f} |"
+            f"| `{r['model']}` | {DISCLOSURE.get(r['model'], '')} | {s['raw_supported_mean']:.3f} [{s['raw_supported_lo']:.3f}, {s['raw_supported_hi']:.3f}] | "
+            + " / ".join("-" if s["raw_pooled"][k] is None else f"{s['raw_pooled'][k]:.2f} ({s['raw_claims'][k]})" for k in ("liked", "disliked", "note"))
+            + f" | {s['users']} | {s['raw_unparsed']} / {s['fallbacks']} | {a['auc']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] | {a['users']} | {sp['prompt_tok_s']:.0f} | {sp['gen_tok_s']:.1f} |"
         )
     lines += ["", "Raw results:", "", "```json", json.dumps(results, indent=1, default=str), "```"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:8 + len(results)]))
+    print("\n".join(lines[:10 + len(results)]))
     return 0
 
 

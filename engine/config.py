@@ -4,6 +4,7 @@ environment as ``PERSONA_<FIELD>`` or, for nested sections, ``PERSONA_<SECTION>_
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Literal
@@ -231,7 +232,9 @@ class ClusterConfig(_Section):
     replication_factor: int | None = Field(None, ge=1, le=16)
     """Copies of each shard (>= 2 survives the loss of a node); at most the number of nodes."""
     write_consistency_factor: int | None = Field(None, ge=1, le=16)
-    """Replicas that must acknowledge a write before it succeeds; at most ``replication_factor``."""
+    """Replicas that must acknowledge a write before it succeeds; at most ``replication_factor``.
+    Set it equal to ``replication_factor`` for exact popularity counts: the recount reads counts
+    with Qdrant's ``count``, which takes no read-consistency option and may read any replica."""
     on_disk_payload: bool | None = None
     """Keep payloads on disk (read through the page cache) instead of in RAM."""
     on_disk_vectors: bool | None = None
@@ -241,6 +244,11 @@ class ClusterConfig(_Section):
     def _consistency(self) -> ClusterConfig:
         if self.write_consistency_factor and self.write_consistency_factor > (self.replication_factor or 1):
             raise ValueError("cluster.write_consistency_factor must not exceed cluster.replication_factor")
+        if (self.replication_factor or 1) > 1 and (self.write_consistency_factor or 1) < self.replication_factor:
+            logging.getLogger(__name__).warning(
+                "cluster.write_consistency_factor (%s) < replication_factor (%s): a popularity recount may read a replica "
+                "that has not applied the latest events yet; set them equal for exact counts",
+                self.write_consistency_factor or 1, self.replication_factor)
         return self
 
     def collection_options(self) -> dict[str, int | bool]:

@@ -30,6 +30,15 @@ class _Refused(Exception):
     """A fetch refused for a reason safe to show the caller."""
 
 
+def _ascii_host(host: str) -> str:
+    """A host name as it is resolved (IDNA ASCII, lower case), so ``bücher.example`` in the allow
+    list matches the ``xn--bcher-kva.example`` that the URL parser hands on."""
+    try:
+        return host.strip().lower().encode("idna").decode("ascii")
+    except UnicodeError:
+        return host.strip().lower()
+
+
 def _pinned_address(host: str, port: int, allowed_hosts: Collection[str]) -> str:
     """Resolve ``host`` once and return the address to connect to. Every address the name resolves to
     must be public (not private, loopback, link-local, multicast or reserved) unless the host is
@@ -42,7 +51,7 @@ def _pinned_address(host: str, port: int, allowed_hosts: Collection[str]) -> str
     addrs = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     if not addrs:
         raise _Refused("host does not resolve")
-    if host.lower() not in {h.lower() for h in allowed_hosts}:
+    if _ascii_host(host) not in {_ascii_host(h) for h in allowed_hosts}:
         for ip in addrs:
             if not ip.is_global or ip.is_multicast:
                 raise _Refused("host resolves to a private, loopback or link-local address")
@@ -63,43 +72,45 @@ def fetch_url(
     deadline = time.monotonic() + timeout_s
     host = urlparse(url).hostname or "?"
     try:
-        with httpx.Client(follow_redirects=False, trust_env=False) as client:
-            for _ in range(max_redirects + 1):
-                parsed = urlparse(url)
-                host = parsed.hostname or "?"
-                if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                    raise _Refused("only http(s) URLs are fetched")
-                try:
-                    target = httpx.URL(url)
-                except httpx.InvalidURL as e:
-                    raise _Refused("malformed URL") from e
-                ip = _pinned_address(target.host, target.port or (443 if parsed.scheme == "https" else 80), allowed_hosts)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _Refused("timed out")
-                headers = {"Host": target.netloc.decode("ascii")}
-                extensions = {"sni_hostname": target.host} if parsed.scheme == "https" else {}
-                with client.stream("GET", target.copy_with(host=ip), headers=headers, extensions=extensions, timeout=httpx.Timeout(left)) as r:
-                    if r.is_redirect:
-                        loc = r.headers.get("location")
-                        if not loc:
-                            raise _Refused(f"HTTP {r.status_code} without a location")
-                        url = urljoin(url, loc)
-                        continue
-                    if r.status_code >= 400:
-                        raise _Refused(f"HTTP {r.status_code}")
-                    declared = r.headers.get("content-length")
-                    if declared and declared.isdigit() and int(declared) > max_bytes:
+        # A fresh client per hop: a pooled TLS connection checked for one host is never reused for another at the same address.
+        for _ in range(max_redirects + 1):
+            parsed = urlparse(url)
+            host = parsed.hostname or "?"
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise _Refused("only http(s) URLs are fetched")
+            try:
+                target = httpx.URL(url)
+            except httpx.InvalidURL as e:
+                raise _Refused("malformed URL") from e
+            name = target.raw_host.decode("ascii")  # the IDNA form (xn--...): what DNS and TLS see
+            ip = _pinned_address(name, target.port or (443 if parsed.scheme == "https" else 80), allowed_hosts)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Refused("timed out")
+            headers = {"Host": target.netloc.decode("ascii")}
+            extensions = {"sni_hostname": name} if parsed.scheme == "https" else {}
+            with httpx.Client(follow_redirects=False, trust_env=False) as client, \
+                    client.stream("GET", target.copy_with(host=ip), headers=headers, extensions=extensions, timeout=httpx.Timeout(left)) as r:
+                if r.is_redirect:
+                    loc = r.headers.get("location")
+                    if not loc:
+                        raise _Refused(f"HTTP {r.status_code} without a location")
+                    url = urljoin(url, loc)
+                    continue
+                if r.status_code >= 400:
+                    raise _Refused(f"HTTP {r.status_code}")
+                declared = r.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise _Refused(f"larger than {max_bytes} bytes")
+                buf = bytearray()
+                for chunk in r.iter_bytes():
+                    buf += chunk
+                    if len(buf) > max_bytes:
                         raise _Refused(f"larger than {max_bytes} bytes")
-                    buf = bytearray()
-                    for chunk in r.iter_bytes():
-                        buf += chunk
-                        if len(buf) > max_bytes:
-                            raise _Refused(f"larger than {max_bytes} bytes")
-                        if time.monotonic() > deadline:
-                            raise _Refused("timed out")
-                    return bytes(buf)
-            raise _Refused("too many redirects")
+                    if time.monotonic() > deadline:
+                        raise _Refused("timed out")
+                return bytes(buf)
+        raise _Refused("too many redirects")
     except _Refused as e:
         raise InvalidInputError(f"cannot fetch image from {host}: {e}") from None
     except httpx.TimeoutException:

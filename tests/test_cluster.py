@@ -63,6 +63,19 @@ def test_write_consistency_above_replication_is_refused():
         Engine.open(config={"cluster": {"shard_number": 0}})
 
 
+def test_replicas_without_full_write_consistency_warn_about_counts(caplog):
+    """Popularity counts are read with Qdrant's count, which takes no read consistency: with
+    replicas, only writes acknowledged by every replica make them exact, and the settings say so."""
+    with caplog.at_level(logging.WARNING, logger="engine.config"):
+        Settings(cluster={"replication_factor": 3, "write_consistency_factor": 2})
+    assert any("popularity recount" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="engine.config"):
+        Settings(cluster={"replication_factor": 3, "write_consistency_factor": 3})
+        Settings(cluster={"shard_number": 4})
+    assert not caplog.records
+
+
 def test_edge_store_ignores_the_layout_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="engine.store"):
         store = open_store(tmp_path, None, collection_options={"shard_number": 3})

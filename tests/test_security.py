@@ -489,6 +489,21 @@ def test_url_fetch_pins_the_checked_address_against_dns_rebinding(local_http, mo
     assert local_http.seen == [], "the fetch reached the loopback server"
 
 
+def test_url_fetch_allow_list_matches_international_names(local_http, monkeypatch):
+    """An allow-listed internal host written in Unicode matches the IDNA (xn--) name the URL parser
+    resolves; the same host not on the list is refused as internal."""
+    import socket
+
+    from engine.errors import InvalidInputError
+    from indexers.images import fetch_url
+
+    port, real = local_http.server_address[1], socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **kw: real("127.0.0.1" if host == "xn--bcher-kva.example" else host, *a, **kw))
+    assert fetch_url(f"http://bücher.example:{port}/img", 1000, timeout_s=5, allowed_hosts={"Bücher.Example"}) == b"img"
+    with pytest.raises(InvalidInputError, match="private"):
+        fetch_url(f"http://bücher.example:{port}/img", 1000, timeout_s=5)
+
+
 def test_vllm_client_sends_its_api_key():
     """Persona authenticates to a vLLM started with --api-key (PERSONA_LLM__API_KEY)."""
     import http.server

@@ -120,3 +120,6 @@ def test_added_dot_vector_keeps_other_vectors_and_payload(tmp_path):
             s.ensure_vector("items", "cf", 6, "dot")  # another size: dropped and re-created
             s.update_vectors("items", [Point(point_id("item", "0"), {"cf": [1.0] * 6}, {})])
             assert len(s.retrieve("items", [point_id("item", "0")], with_vectors=True)[0].vectors["cf"]) == 6
+            s.ensure_vector("items", "cf", 6, "cosine")  # same size, another distance: re-created too
+            s.update_vectors("items", [Point(point_id("item", "0"), {"cf": [2.0] * 6}, {})])
+            assert np.allclose(s.retrieve("items", [point_id("item", "0")], with_vectors=True)[0].vectors["cf"], 6 ** -0.5, atol=1e-5)  # cosine stores unit vectors

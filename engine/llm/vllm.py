@@ -69,13 +69,13 @@ class VLLMClient(LLM):
 
     def _healthy(self, rep: Replica) -> bool:
         """A replica in its down time is skipped; after it, one ``/health`` call decides."""
-        now = time.monotonic()
-        if rep.down_until == 0.0:
-            return True
-        if rep.down_until > now:
-            return False
+        now, probe_s = time.monotonic(), min(5.0, self.config.timeout_s)
+        with self._lock:  # single flight: while one request probes, the others skip the replica
+            if rep.down_until == 0.0 or rep.down_until > now:
+                return rep.down_until == 0.0
+            rep.down_until = now + probe_s
         try:
-            ok = self.http.get(rep.root + "/health", timeout=min(5.0, self.config.timeout_s)).status_code == 200
+            ok = self.http.get(rep.root + "/health", timeout=probe_s).status_code == 200
         except self._httpx.HTTPError:
             ok = False
         with self._lock:

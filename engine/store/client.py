@@ -139,11 +139,11 @@ class QdrantClientStore(VectorStore):
         with self._lock:
             info = self._call(self.client.get_collection, name)
             have = info.config.params.vectors or {}
-            if vector in have and have[vector].size == int(size):
-                return
-            if vector in have:
-                self._call(self.client.delete_vector_name, name, vector, wait=True)
             dist = {"cosine": qm.Distance.COSINE, "dot": qm.Distance.DOT}[distance]
+            if vector in have and have[vector].size == int(size) and have[vector].distance == dist:
+                return
+            if vector in have:  # a derived vector (cf) of another shape: refit rewrites it
+                self._call(self.client.delete_vector_name, name, vector, wait=True)
             self._call(self.client.create_vector_name, name, vector, qm.DenseVectorNameConfig(dense=qm.DenseVectorConfig(size=int(size), distance=dist)), wait=True)
 
     def update_vectors(self, name: str, points: Sequence[Point]) -> None:

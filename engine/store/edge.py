@@ -130,12 +130,14 @@ class EdgeStore(VectorStore):
             shard = self._shard(name)
             meta_path = self.root / f"{name}.vectors.json"
             have = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-            if have.get(vector) == int(size):
+            # Same size and distance: keep (older stores recorded the size alone, as an int: cosine).
+            want = {"size": int(size), "distance": distance}
+            if have.get(vector) == want or (distance == "cosine" and have.get(vector) == int(size)):
                 return
-            if vector in have:
+            if vector in have:  # a derived vector (cf) of another shape: refit rewrites it
                 shard.update(qe.UpdateOperation.delete_vector_name(vector))
             shard.update(qe.UpdateOperation.create_dense_vector(vector, int(size), _DISTANCE[distance]))
-            have[vector] = int(size)
+            have[vector] = want
             _atomic_write(meta_path, json.dumps(have))
 
     def update_vectors(self, name: str, points: Sequence[Point]) -> None:
