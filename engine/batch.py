@@ -7,10 +7,14 @@ Out: the same results as the in-process path, computed by Ray Data pipelines:
 - :meth:`RayBatch.encode`: texts through an actor pool of encoders (each actor loads the model
   once; ``batch_size`` texts per call; ``actors`` actors), vectors returned in input order;
 - :meth:`RayBatch.map_chunks`: a pure function over chunks of work (e.g. the ranker's training
-  rows for chunks of users), with large shared state put once in Ray's object store.
+  rows for chunks of users), with large shared state put once in Ray's object store;
+- :meth:`RayBatch.llm_pool`: ``actors`` Ray actors each holding one LLM (built once from an
+  ``LLMConfig``), kept for a whole profile update: each recurrent summary step's prompts are split
+  across them (``generate_json``), in input order.
 
 Ingestion (``Engine.add_items(..., ray=...)``) encodes the catalog here and writes from the
-driver; ``Engine.fit(ray=...)`` computes the ranker's features for chunks of users here. The
+driver; ``Engine.fit(ray=...)`` computes the ranker's features for chunks of users here;
+``Engine.update_profiles(..., ray=...)`` runs the summary steps' LLM calls on the pool. The
 store writes stay on the driver: Qdrant's own sharding spreads them (see ``Settings.cluster``).
 """
 
@@ -26,7 +30,7 @@ from .errors import missing
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RayBatch"]
+__all__ = ["LLMPool", "RayBatch"]
 
 
 class _EncodeActor:
@@ -53,6 +57,52 @@ class _ChunkFn:
 
         out = [pickle.dumps(self.fn(pickle.loads(c), self.shared)) for c in batch["chunk"]]
         return {"k": batch["k"], "out": np.array(out, dtype=object)}
+
+
+class _LLMActor:
+    """One LLM per actor (``open_llm(config)``, loaded once); prompts arrive without the chat template."""
+
+    def __init__(self, config: Any) -> None:
+        from .llm import open_llm
+
+        self.llm = open_llm(config)
+
+    def generate_json(self, prompts: list[str], schemas: list[dict], max_new_tokens: int) -> list[str]:
+        if self.llm is None:
+            raise RuntimeError("llm.backend is none")
+        return list(self.llm.generate_json([self.llm.chat_prompt(p) for p in prompts], schemas, max_new_tokens))
+
+
+class LLMPool:
+    """Ray actors holding one LLM each (see :meth:`RayBatch.llm_pool`); ``close()`` ends them."""
+
+    def __init__(self, config: Any, actors: int) -> None:
+        import ray
+
+        self._ray = ray
+        remote = ray.remote(num_cpus=1)(_LLMActor)
+        self.actors = [remote.remote(config) for _ in range(max(1, actors))]
+
+    def generate_json(self, prompts: Sequence[str], schemas: Sequence[dict], max_new_tokens: int) -> list[str]:
+        """Like ``LLM.generate_json`` over raw prompts (each actor applies its model's chat template),
+        split in contiguous parts across the actors; any actor failure raises BackendUnavailableError."""
+        from .errors import BackendUnavailableError
+
+        n = len(prompts)
+        if not n:
+            return []
+        per = -(-n // len(self.actors))
+        refs = [a.generate_json.remote(list(prompts[i : i + per]), list(schemas[i : i + per]), max_new_tokens)
+                for a, i in zip(self.actors, range(0, n, per))]
+        try:
+            return [o for part in self._ray.get(refs) for o in part]
+        except Exception as e:  # an actor that could not load its model, or died
+            raise BackendUnavailableError(f"LLM on Ray failed: {type(e).__name__}: {str(e)[:300]}") from e
+
+    def close(self) -> None:
+        for a in self.actors:
+            self._ray.kill(a)
+        self.actors = []
 
 
 class RayBatch:
@@ -111,6 +161,10 @@ class RayBatch:
             for k, o in zip(b["k"], b["out"]):
                 res[int(k)] = pickle.loads(o)
         return res
+
+    def llm_pool(self, config: Any) -> LLMPool:
+        """``actors`` Ray actors, each with one LLM built from ``config`` (an ``LLMConfig``)."""
+        return LLMPool(config, self.actors)
 
     def close(self) -> None:
         import ray

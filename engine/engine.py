@@ -166,15 +166,17 @@ class Engine:
 
     # -- user modeling -------------------------------------------------------------------------
 
-    def update_profiles(self, user_ids: Iterable[str] | None = None, use_llm: bool | None = None, progress: bool = False, before: float | None = None) -> dict[str, Any]:
+    def update_profiles(self, user_ids: Iterable[str] | None = None, use_llm: bool | None = None, progress: bool = False, before: float | None = None,
+                        ray: Any = None) -> dict[str, Any]:
         """Summarize new session blocks (batched across users) and refresh taste vectors.
-        ``before`` limits histories to events earlier than that timestamp (evaluation)."""
+        ``before`` limits histories to events earlier than that timestamp (evaluation); ``ray`` (a
+        RayBatch) runs the LLM steps on its actor pool."""
         self._ready()
         histories = {}
         for uid in self.event_log.user_ids() if user_ids is None else user_ids:
             evs = self._require_user(str(uid))
             histories[str(uid)] = [e for e in evs if before is None or e.timestamp < before]
-        return self.profiles.update(histories, use_llm=use_llm, progress=progress)
+        return self.profiles.update(histories, use_llm=use_llm, progress=progress, ray=ray)
 
     def profile(self, user_id: str) -> Profile:
         return self.profiles.profile(str(user_id), self._require_user(user_id))

@@ -208,10 +208,11 @@ class ProfileBuilder:
             vectors=hits[0].vectors or {},
         )
 
-    def update(self, histories: dict[str, list[Event]], use_llm: bool | None = None, progress: bool = True) -> dict[str, Any]:
+    def update(self, histories: dict[str, list[Event]], use_llm: bool | None = None, progress: bool = True, ray: Any = None) -> dict[str, Any]:
         """Bring the given users' profiles up to date with their (time-sorted) histories.
         Only blocks after what was already summarized cost LLM calls; blocks of all users at the
-        same depth go to the LLM as one batch."""
+        same depth go to the LLM as one batch (with ``ray``, a :class:`engine.batch.RayBatch`,
+        split across its pool of LLM actors)."""
         use_llm = self.s.profile.use_llm if use_llm is None else use_llm
         thr = self.s.profile.positive_rating
         states: dict[str, UserState] = {}
@@ -225,10 +226,14 @@ class ProfileBuilder:
         items = self.catalog.hits(sorted({e.item_id for evs in histories.values() for e in evs}), with_vectors=True)
 
         llm: LLM | None = None
+        pool: Any = None
         llm_error = None
         if use_llm and any(pending.values()):
             try:
-                llm = self._llm_getter()
+                if ray is not None:
+                    pool = ray.llm_pool(self.s.llm)
+                else:
+                    llm = self._llm_getter()
             except Exception as e:  # documented fallback: extractive summaries
                 llm_error = f"{type(e).__name__}: {e}"
                 logger.warning("LLM unavailable, using extractive summaries: %s", llm_error)
@@ -247,19 +252,23 @@ class ProfileBuilder:
                 shown = sorted((e for e in block if e.item_id in items), key=lambda e: (not is_positive(e, thr), -e.timestamp))
                 rows.append((uid, block, facts, shown[: pr.summary_items_per_block]))
             outs: list[str | None] = [None] * len(rows)
-            if llm is not None:
-                prompts = [
-                    llm.chat_prompt(step_prompt(self.prompts, tpl.ref, facts, states[uid].structured, states[uid].n_blocks, shown, rated, thr))
-                    for uid, _, facts, shown in rows
-                ]
+            if llm is not None or pool is not None:
+                prompts = [step_prompt(self.prompts, tpl.ref, facts, states[uid].structured, states[uid].n_blocks, shown, rated, thr)
+                           for uid, _, facts, shown in rows]
                 schemas = [summary_schema(facts.vocabulary, facts.positive_ids) for _, _, facts, _ in rows]
                 try:
-                    outs = list(llm.generate_json(prompts, schemas, pr.summary_max_new_tokens))
+                    if pool is not None:  # the actors apply their model's chat template
+                        outs = pool.generate_json(prompts, schemas, pr.summary_max_new_tokens)
+                    else:
+                        outs = list(llm.generate_json([llm.chat_prompt(p) for p in prompts], schemas, pr.summary_max_new_tokens))
                     n_calls += 1
                 except BackendUnavailableError as e:
                     llm_error = str(e)
                     logger.warning("LLM failed, using computed summaries: %s", e)
                     llm = None
+                    if pool is not None:
+                        pool.close()
+                        pool = None
             for (uid, block, facts, _), out in zip(rows, outs):
                 st = states[uid]
                 obj, src = settle(out, facts, "LLM disabled" if not use_llm else "LLM unavailable")
@@ -281,6 +290,8 @@ class ProfileBuilder:
                 st.summarized_until = max(st.summarized_until, block[-1].timestamp)
             bar.update(len(rows))
         bar.close()
+        if pool is not None:
+            pool.close()
         self._write(states, histories, items)
         return {"users": len(states), "blocks": sum(len(b) for b in pending.values()), "llm_batches": n_calls, "llm_error": llm_error}
 

@@ -277,6 +277,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profiles(args: argparse.Namespace) -> int:
+    ray = _ray(args)
+    try:
+        with _open(args) as eng:
+            users = [u for u in args.users.split(",") if u] if args.users else None
+            st = eng.update_profiles(users, use_llm=not args.no_llm, progress=True, ray=ray)
+            print(json.dumps(st, indent=2))
+    finally:
+        if ray is not None:
+            ray.close()
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -426,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="train the learned recommender from the stored events (Engine.fit)")
     _ray_args(f, "compute the ranker's training features for chunks of users on Ray Data")
     f.set_defaults(fn=cmd_fit)
+
+    pf = sub.add_parser("profiles", help="summarize new session blocks and refresh taste vectors (Engine.update_profiles)")
+    pf.add_argument("--users", help="comma-separated user ids (default: every user with events)")
+    pf.add_argument("--no-llm", action="store_true", help="computed summaries only")
+    _ray_args(pf, "run the summary steps' LLM calls on a pool of Ray actors (one model each)")
+    pf.set_defaults(fn=cmd_profiles)
 
     sv = sub.add_parser("serve", help="run the HTTP API")
     sv.add_argument("--host", default="127.0.0.1")

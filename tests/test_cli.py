@@ -1,5 +1,6 @@
 """`persona demo` as a user runs it: real data, progress, reuse of the index on the second run."""
 
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,12 @@ def test_demo_on_an_indexed_catalog(tmp_path, ml_items_path):
     assert "0 added, 0 updated, 1682 unchanged (reused)" in run.stdout and "indexing items" in run.stderr
     assert "events: 100000 added" in run.stdout and "fit: model " in run.stdout
     assert run.stdout.count("(learned):") == 2 and run.stdout.count("  -  Because you ") == 20
+    # `persona profiles` after the demo: the two users are up to date, a third gets its blocks summarized
+    cmd = [sys.executable, "-m", "services.cli", "--path", str(tmp_path / "demo"), "profiles", "--users", "1,7,13", "--no-llm"]
+    prof = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PERSONA_CLIP__ENABLED": "false"}, timeout=600)
+    assert prof.returncode == 0, prof.stderr[-2000:]
+    st = json.loads(prof.stdout)
+    assert st["users"] == 3 and st["blocks"] > 0 and st["llm_batches"] == 0
 
 
 @pytest.mark.slow

@@ -68,3 +68,30 @@ def test_fit_features_on_ray_match_in_process(ray_batch, make_engine, ml, ml_ite
 
 def events_of(events, user):
     return [e for e in events if e.user_id == user]
+
+
+@pytest.mark.full  # 339 s on 2 busy cores (three model copies generate): make test-full runs it
+@pytest.mark.slow
+def test_profile_summaries_on_ray_actors_match_in_process(ray_batch, make_engine, ml, tmp_path, local_llm):
+    """The recurrent summary steps' LLM calls on a pool of two Ray actors (each loads the packaged
+    Gemma itself) give the same stored summaries as the in-process model, one prompt per call on
+    both sides so padding cannot change the numbers."""
+    users = ["1", "2"]
+    ids = {e.item_id for u in users for e in ml.user_events(u)[:12]}
+    items = [i for i in ml.items if i.id in ids]
+    events = [e for u in users for e in ml.user_events(u)[:12]]
+    from engine.config import PACKAGED_GEMMA
+
+    cfg = {"profile": {"max_blocks_per_update": 1}, "llm": {"model": PACKAGED_GEMMA, "batch_size": 1}}
+    local, on_ray = make_engine(tmp_path / "local", llm_obj=local_llm, **cfg), make_engine(tmp_path / "ray", llm_obj=local_llm, **cfg)
+    for eng in (local, on_ray):
+        eng.add_items(items)
+        eng.add_events(events)
+    for u in users:  # one prompt per generate call, as each actor gets one
+        assert local.update_profiles([u])["llm_error"] is None
+    st = on_ray.update_profiles(users, ray=ray_batch)
+    assert st["llm_error"] is None and st["llm_batches"] == 1 and st["blocks"] == 2
+    for u in users:
+        a, b = local.profile(u), on_ray.profile(u)
+        assert b.versions[-1].prompt == "preference_update@v2"  # the model answered: not the computed fallback
+        assert (a.summary, a.structured, a.summary_source) == (b.summary, b.structured, b.summary_source)
