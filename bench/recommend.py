@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import numpy as np
 
 from engine import Engine
 from engine.offline.datasets import load_movielens
+from engine.offline.metrics import latencies_ms
 from engine.ranking import listwise_prompt
 from engine.store import VectorQuery
 
@@ -55,13 +55,7 @@ def main() -> None:
     probe = [vecs[eng.history(u)[-1].item_id] for u in users]
 
     def timed(fn) -> list[float]:
-        fn(0)  # warm-up
-        out = []
-        for i in range(len(users)):
-            t0 = time.perf_counter()
-            fn(i)
-            out.append((time.perf_counter() - t0) * 1000)
-        return out
+        return latencies_ms(fn, len(users))
 
     raw = timed(lambda i: eng.store.query(eng.items_col, [VectorQuery("text", vector=probe[i], limit=10)], limit=10))
     lat = timed(lambda i: eng.recommend(users[i], k=10))

@@ -173,6 +173,7 @@ def minilm_sample(items: list[dict], root: str) -> dict:
 def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bool, sample: int = 0) -> dict:
     from engine import Engine
     from engine.components import Components
+    from engine.offline.metrics import latencies_ms
     from engine.store import VectorQuery
     from indexers.ingest import item_text
 
@@ -231,13 +232,7 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bo
         probe = [hits[last[u]].vectors["text"] for u in uids]
 
         def timed(fn) -> list[float]:
-            fn(0)
-            ms = []
-            for i in range(len(uids)):
-                t0 = time.perf_counter()
-                fn(i)
-                ms.append((time.perf_counter() - t0) * 1000)
-            return ms
+            return latencies_ms(fn, len(uids))
 
         rawq = timed(lambda i: eng.store.query(eng.items_col, [VectorQuery("text", vector=probe[i], limit=10)], limit=10))
         lat = {"raw_qdrant_query_ms": {"p50": _pct(rawq, 50), "p95": _pct(rawq, 95)}}

@@ -13,11 +13,13 @@ HR@5, NDCG@5 and MRR@10 (= 1 / (rank + 1) when rank < 10) from the rank among th
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 __all__ = [
+    "latencies_ms",
     "FULL_METRICS",
     "SAMPLED_METRICS",
     "METRICS",
@@ -174,3 +176,16 @@ def summarize(per_user: Mapping[str, Sequence[float]], n_boot: int = 1000, seed:
         mean, lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
         out[k] = {"mean": mean, "lo": lo, "hi": hi}
     return out
+
+
+def latencies_ms(fn: Callable[[int], object], n: int) -> list[float]:
+    """Milliseconds of ``fn(i)`` for ``i`` in ``range(n)``, after one untimed warm-up call ``fn(0)``
+    (benches time a raw store query and ``recommend()`` with it, in the same run)."""
+    fn(0)
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
