@@ -245,10 +245,8 @@ class ClusterConfig(_Section):
         if self.write_consistency_factor and self.write_consistency_factor > (self.replication_factor or 1):
             raise ValueError("cluster.write_consistency_factor must not exceed cluster.replication_factor")
         if (self.replication_factor or 1) > 1 and (self.write_consistency_factor or 1) < self.replication_factor:
-            logging.getLogger(__name__).warning(
-                "cluster.write_consistency_factor (%s) < replication_factor (%s): a popularity recount may read a replica "
-                "that has not applied the latest events yet; set them equal for exact counts",
-                self.write_consistency_factor or 1, self.replication_factor)
+            logging.getLogger(__name__).warning("cluster.write_consistency_factor (%s) < replication_factor (%s): a popularity recount may read "
+                                                "a replica behind the latest events; set them equal for exact counts", self.write_consistency_factor or 1, self.replication_factor)
         return self
 
     def collection_options(self) -> dict[str, int | bool]:
