@@ -1,7 +1,7 @@
 """Model choice table: packaged LLMs on summary faithfulness, pointwise P(Yes) AUC on the sampled
 1:20 protocol, and tokens/s on this machine, in one run.
 
-    python -m bench.llm_models --summary-users 200 --auc-users 50 --out docs/llm-models.md
+    python -m bench.llm_models --summary-users 200 --auc-users 50 --out docs/llm-models/results.md
 
 Per model: (1) ``engine.offline.summary_eval`` (the structured recurrent summaries, at most
 ``--max-blocks`` steps per user) for a seeded sample of users; (2) for a seeded sample of users of
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--auc-users", type=int, default=50)
     ap.add_argument("--max-blocks", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="docs/llm-models.md")
+    ap.add_argument("--out", default="docs/llm-models/results.md")
     args = ap.parse_args(argv)
     ml = load_movielens()
     results = []

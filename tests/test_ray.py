@@ -95,3 +95,19 @@ def test_profile_summaries_on_ray_actors_match_in_process(ray_batch, make_engine
         a, b = local.profile(u), on_ray.profile(u)
         assert b.versions[-1].prompt == "preference_update@v2"  # the model answered: not the computed fallback
         assert (a.summary, a.structured, a.summary_source) == (b.summary, b.structured, b.summary_source)
+
+
+def test_profiles_on_ray_fall_back_when_the_actors_cannot_load_the_model(ray_batch, make_engine, ml, tmp_path):
+    """An LLM that cannot load on the actors: the update still stores every user's computed
+    summary, flagged, and reports the error (nothing lost, nothing half-written)."""
+    users = ["1", "2"]
+    events = [e for u in users for e in ml.user_events(u)[:8]]
+    ids = {e.item_id for e in events}
+    eng = make_engine(tmp_path / "s", llm={"backend": "transformers", "model": str(tmp_path / "no-such-model")})
+    eng.add_items([i for i in ml.items if i.id in ids])
+    eng.add_events(events)
+    st = eng.update_profiles(users, ray=ray_batch)
+    assert st["llm_error"] and "Ray" in st["llm_error"]
+    for u in users:
+        p = eng.profile(u)
+        assert p.summary_source == "extractive" and p.structured["fallback"] == "LLM unavailable" and p.summary.startswith("Likes ")
