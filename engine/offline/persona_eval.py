@@ -50,7 +50,9 @@ def data_fingerprint(events: list[Event]) -> str:
 def _commit() -> str | None:
     try:
         root = Path(__file__).resolve().parents[2]
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip() or None
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        return (head + ("+uncommitted changes" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -133,6 +135,7 @@ def run_report(path: str | Path, data: Any, seed: int = 0, users: int | None = N
                ablate: bool = False, cold_start: bool = False) -> dict[str, Any]:
     """Baselines tuned on valid and refit (``run_baselines``), Persona on valid and test, one report."""
     t_all = time.perf_counter()
+    commit = _commit()  # the code that runs: read at the start (commits made during a long run are not it)
     split = temporal_split(data.events, [i.id for i in data.items], seed=seed)
     eval_users = _sample_users(split, users, seed)
     which = baselines or (("popularity", "itemknn", "ease", "markov") if quick else ("popularity", "itemknn", "ease", "als", "markov", "sasrec", "textknn"))
@@ -165,7 +168,6 @@ def run_report(path: str | Path, data: Any, seed: int = 0, users: int | None = N
         chosen = {k: {**v.get("fixed_params", {}), **v.get("chosen", {})} for k, v in methods.items()}
         extra["cold_start"] = run_cold_start(path, data, split, eval_users, chosen, test_pu, n_boot=n_boot, seed=seed,
                                              components=components, progress=progress)
-    commit = _commit()
     return extra | {
         "protocol": base["protocol"] | {"persona": "Engine.fit() then Engine.recommend(k=50) on the full catalog; sampled metrics from Engine.rank()"},
         "persona": persona,
