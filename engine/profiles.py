@@ -255,7 +255,8 @@ class ProfileBuilder:
             if llm is not None or pool is not None:
                 prompts = [step_prompt(self.prompts, tpl.ref, facts, states[uid].structured, states[uid].n_blocks, shown, rated, thr)
                            for uid, _, facts, shown in rows]
-                schemas = [summary_schema(facts.vocabulary, facts.positive_ids) for _, _, facts, _ in rows]
+                schemas = [summary_schema(facts.vocabulary, facts.positive_ids, facts.claimable("liked"), facts.claimable("disliked"))
+                           for _, _, facts, _ in rows]
                 try:
                     if pool is not None:  # the actors apply their model's chat template
                         outs = pool.generate_json(prompts, schemas, pr.summary_max_new_tokens)

@@ -105,6 +105,21 @@ class Facts:
                 f.neg.update(dict.fromkeys(r.attributes).keys())
         return f
 
+    def backs(self, attr: str, key: str) -> bool:
+        """Whether the history backs claiming ``attr`` as ``liked`` (at least :data:`MIN_SUPPORT`
+        positively rated items carry it, and more of them than low-rated ones) or ``disliked``
+        (the same with low ratings). Stricter than the faithfulness metric's two-item rule: a heavy
+        user with 40 low-rated dramas and 3 liked ones does not "like Drama"."""
+        mine, other = (self.pos, self.neg) if key == "liked" else (self.neg, self.pos)
+        return mine[attr] >= MIN_SUPPORT and mine[attr] > other[attr]
+
+    def claimable(self, key: str, limit: int = 2 * MAX_LIKED) -> list[str]:
+        """The attributes the history backs as ``liked`` (or ``disliked``), most backed first, at
+        most ``limit``: what the schema lets the model choose from, so every claim is true and
+        among the user's main tastes (not a side genre two liked items happen to share)."""
+        counts = self.pos if key == "liked" else self.neg
+        return [a for a, _ in counts.most_common() if self.backs(a, key)][:limit]
+
     @property
     def vocabulary(self) -> list[str]:
         return [a for a, n in self.seen.most_common() if n >= MIN_SUPPORT]
@@ -120,16 +135,22 @@ class Facts:
         return [{"attribute": a, "liked": self.pos[a], "disliked": self.neg[a], "seen": self.seen[a]} for a in rows[:limit]]
 
 
-def summary_schema(vocabulary: Sequence[str], item_ids: Sequence[str]) -> dict[str, Any]:
-    """JSON schema of one summary with this user's closed vocabulary and liked item ids as enums."""
-    attr = {"type": "string", "enum": list(vocabulary)} if vocabulary else {"type": "string", "maxLength": 0}
-    ids = {"type": "string", "enum": list(item_ids)} if item_ids else {"type": "string", "maxLength": 0}
+def summary_schema(vocabulary: Sequence[str], item_ids: Sequence[str], liked: Sequence[str] | None = None,
+                   disliked: Sequence[str] | None = None) -> dict[str, Any]:
+    """JSON schema of one summary: this user's liked item ids as an enum, and the attributes as
+    enums of ``vocabulary`` or, per key, of ``liked`` / ``disliked`` (:meth:`Facts.claimable`:
+    constrained decoding then cannot produce a claim the history does not back)."""
+    def arr(values: Sequence[str], cap: int) -> dict[str, Any]:
+        if not values:
+            return {"type": "array", "items": {"type": "string"}, "maxItems": 0}
+        return {"type": "array", "items": {"type": "string", "enum": list(values)}, "maxItems": cap}
+
     return {
         "type": "object",
         "properties": {
-            "liked": {"type": "array", "items": attr, "maxItems": MAX_LIKED},
-            "disliked": {"type": "array", "items": attr, "maxItems": MAX_DISLIKED},
-            "liked_items": {"type": "array", "items": ids, "maxItems": MAX_ITEMS},
+            "liked": arr(vocabulary if liked is None else liked, MAX_LIKED),
+            "disliked": arr(vocabulary if disliked is None else disliked, MAX_DISLIKED),
+            "liked_items": arr(item_ids, MAX_ITEMS),
             "note": {"type": "string", "maxLength": NOTE_CHARS},
         },
         "required": ["liked", "disliked", "liked_items", "note"],
@@ -152,6 +173,12 @@ def clean_note(text: Any) -> str:
     return text
 
 
+_DECADES = re.compile(r"(?:'|\b(?:1[89]|20))?\d0'?s\b")
+_RATING_TALK = re.compile(r"\d|\brat(?:ed|ing|ings)\b", re.I)
+"""A note is a sentence about taste: numbers (other than decades) and talk of ratings restate, often
+wrongly, the counts the summary is built from ("mostly rated 4-5" of a user who rates low)."""
+
+
 def validate_summary(text: str, facts: Facts) -> tuple[dict[str, Any] | None, dict[str, int]]:
     """Parse and clean a model's JSON summary against the closed world of ``facts``: attributes
     outside the vocabulary and item ids outside the user's positively rated history are dropped.
@@ -160,13 +187,12 @@ def validate_summary(text: str, facts: Facts) -> tuple[dict[str, Any] | None, di
     obj = first_json_object(text or "")
     if obj is None:
         return None, dropped
-    # A claim must be backed the way the faithfulness metric checks it: liked by positively rated
-    # items, disliked by low-rated ones (being in the vocabulary is not enough).
-    backed = {"liked": {a for a, n in facts.pos.items() if n >= MIN_SUPPORT}, "disliked": {a for a, n in facts.neg.items() if n >= MIN_SUPPORT}}
+    # A claim must be backed (Facts.backs: by at least two items, and by more liked than disliked
+    # ones or the reverse); being in the vocabulary is not enough.
     out: dict[str, Any] = {}
     for key, cap in (("liked", MAX_LIKED), ("disliked", MAX_DISLIKED)):
         vals = list(dict.fromkeys(_strings(obj.get(key))))
-        keep = [v for v in vals if v in backed[key]]
+        keep = sorted((v for v in vals if facts.backs(v, key)), key=lambda a: -(facts.pos if key == "liked" else facts.neg)[a])  # most backed first
         dropped["attributes"] += len(vals) - len(keep)
         out[key] = keep[:cap]
     out["disliked"] = [a for a in out["disliked"] if a not in out["liked"]]
@@ -176,8 +202,9 @@ def validate_summary(text: str, facts: Facts) -> tuple[dict[str, Any] | None, di
     out["liked_items"] = keep_ids[:MAX_ITEMS]
     note = clean_note(obj.get("note"))
     words = set(COMMON_GENRES) | {a for a in facts.seen if not a.startswith(PEOPLE_PREFIXES)}
-    if any(not (facts.pos[a] >= MIN_SUPPORT or facts.neg[a] >= MIN_SUPPORT) for a in note_claims(note, sorted(words))):
-        dropped["note"] = 1  # the free text names a genre or decade the history does not back: drop it
+    named = note_claims(note, sorted(words))
+    if any(not (facts.backs(a, "liked") or facts.backs(a, "disliked")) for a in named) or _RATING_TALK.search(_DECADES.sub("", note)):
+        dropped["note"] = 1  # names a genre or decade the history does not back, or restates ratings: drop it
         note = ""
     out["note"] = note
     if not out["liked"] and not out["disliked"]:
@@ -188,8 +215,8 @@ def validate_summary(text: str, facts: Facts) -> tuple[dict[str, Any] | None, di
 def computed_summary(facts: Facts, reason: str) -> dict[str, Any]:
     """The summary from counts alone (no LLM): attributes liked in at least two items, most liked
     first; disliked ones where low ratings outnumber positive ones. Flagged with ``fallback``."""
-    liked = [a for a, n in facts.pos.most_common() if n >= MIN_SUPPORT][:MAX_LIKED]
-    disliked = [a for a, n in facts.neg.most_common() if n >= MIN_SUPPORT and n > facts.pos[a] and a not in liked][:MAX_DISLIKED]
+    liked = [a for a, _ in facts.pos.most_common() if facts.backs(a, "liked")][:MAX_LIKED]
+    disliked = [a for a, _ in facts.neg.most_common() if facts.backs(a, "disliked")][:MAX_DISLIKED]
     return {"liked": liked, "disliked": disliked, "liked_items": facts.positive_ids[-MAX_ITEMS:][::-1], "note": "", "fallback": reason}
 
 

@@ -60,7 +60,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"  taste ({prof.summary_source}{', ' + prof.structured['fallback'] if prof.structured and prof.structured.get('fallback') else ''}): {prof.summary}")
             hist = eng.history(uid)
             liked_rows = eng.catalog.rows([e.item_id for e in hist if e.rating is None or e.rating >= eng.settings.profile.positive_rating])
-            top = Counter(g for r in liked_rows.values() for g in genres_of(r.get("attributes") or {})).most_common(5)
+            top = Counter(g for r in liked_rows.values() for g in genres_of(r)).most_common(5)  # prompt rows carry `genres`
             print("  check: genres of the items rated >= 4: " + ", ".join(f"{g} {n}" for g, n in top))
             recent = hist[-5:][::-1]
             rows = eng.catalog.rows([e.item_id for e in recent])

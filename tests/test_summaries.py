@@ -54,6 +54,25 @@ def test_validator_drops_foreign_attributes_and_items(ml):
     assert obj["liked"] == ["Sci-Fi"] and obj["note"] == "" and dropped["note"] == 1
 
 
+def test_claims_need_more_liked_than_disliked_items_and_notes_do_not_restate_ratings():
+    """A heavy user with many low-rated dramas and three liked ones does not "like Drama" (two
+    liked items alone would pass the faithfulness metric; the validator is stricter), Drama is a
+    fair "dislike", and a note that restates ratings ("mostly rated 4-5") is dropped."""
+    drama = [Rated(str(i), f"D{i}", ("Drama", "1990s"), 1.0) for i in range(8)]
+    liked = [Rated(str(100 + i), f"L{i}", ("Drama", "Comedy", "1990s"), 5.0) for i in range(3)]
+    f = Facts.of(drama + liked, 4.0, 2.0)
+    raw = {"liked": ["Drama", "Comedy"], "disliked": ["Drama", "Comedy"], "liked_items": ["100"], "note": "mostly rated 4-5, with Drama"}
+    obj, dropped = validate_summary(json.dumps(raw), f)
+    assert obj["liked"] == ["Comedy"] and obj["disliked"] == ["Drama"] and obj["note"] == "" and dropped["note"] == 1
+    assert faithfulness({"liked": ["Drama"]}, f, ["Drama"])["liked_supported"] == 1  # the metric's two-item rule
+    ok, _ = validate_summary(json.dumps({**raw, "note": "enjoys 1990s comedies"}), f)
+    assert ok["note"] == "enjoys 1990s comedies"  # decades are not rating talk
+    # constrained decoding offers only what the history backs, per key
+    schema = summary_schema(f.vocabulary, f.positive_ids, f.claimable("liked"), f.claimable("disliked"))
+    assert schema["properties"]["liked"]["items"]["enum"] == ["Comedy"]
+    assert schema["properties"]["disliked"]["items"]["enum"] == ["Drama", "1990s"]
+
+
 @pytest.mark.parametrize("garbage", ["", "no json here", '{"liked": ["Sci-Fi"', "[1, 2]", '{"liked": ["Horror"], "disliked": []}'])
 def test_garbage_falls_back_flagged(make_engine, ml, garbage):
     """Unusable model output -> the computed summary, flagged, through the real ProfileBuilder path."""

@@ -73,7 +73,8 @@ def evaluate_summaries(
                 shown = sorted(blocks[u][d], key=lambda e: (not (e.rating is None or e.rating >= thr), -e.timestamp))
                 texts.append(llm.chat_prompt(step_prompt(prompts, ref, facts[u], state[u][0], d, shown[: s.profile.summary_items_per_block], rated, thr)))
             n_prompt_tokens += sum(llm.count_tokens(t) for t in texts)
-            outs = list(llm.generate_json(texts, [summary_schema(facts[u].vocabulary, facts[u].positive_ids) for u in todo],
+            schemas = [summary_schema(facts[u].vocabulary, facts[u].positive_ids, facts[u].claimable("liked"), facts[u].claimable("disliked")) for u in todo]
+            outs = list(llm.generate_json(texts, schemas,
                                           s.profile.summary_max_new_tokens))
             n_out_tokens += sum(llm.count_tokens(o) for o in outs if o)
             n_calls += len(todo)
