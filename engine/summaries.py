@@ -140,15 +140,15 @@ def summary_schema(vocabulary: Sequence[str], item_ids: Sequence[str], liked: Se
     """JSON schema of one summary: this user's liked item ids as an enum, and the attributes as
     enums of ``vocabulary`` or, per key, of ``liked`` / ``disliked`` (:meth:`Facts.claimable`:
     constrained decoding then cannot produce a claim the history does not back)."""
-    def arr(values: Sequence[str], cap: int) -> dict[str, Any]:
+    def arr(values: Sequence[str], cap: int, least: int = 0) -> dict[str, Any]:
         if not values:
             return {"type": "array", "items": {"type": "string"}, "maxItems": 0}
-        return {"type": "array", "items": {"type": "string", "enum": list(values)}, "maxItems": cap}
+        return {"type": "array", "items": {"type": "string", "enum": list(values)}, "minItems": min(least, len(values)), "maxItems": cap}
 
     return {
         "type": "object",
-        "properties": {
-            "liked": arr(vocabulary if liked is None else liked, MAX_LIKED),
+        "properties": {  # a history that backs a liked attribute gets a summary naming at least one
+            "liked": arr(vocabulary if liked is None else liked, MAX_LIKED, least=1 if liked is not None else 0),
             "disliked": arr(vocabulary if disliked is None else disliked, MAX_DISLIKED),
             "liked_items": arr(item_ids, MAX_ITEMS),
             "note": {"type": "string", "maxLength": NOTE_CHARS},

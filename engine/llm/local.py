@@ -247,7 +247,8 @@ class TransformersLLM(LLM):
 
         compiler = self._grammar_compiler()
         # Compact JSON: with free whitespace a small model can spend its whole budget on newlines.
-        grammars = [compiler.compile_json_schema(json.dumps(s, sort_keys=True), any_whitespace=False) for s in schemas]
+        # Property order as given: the grammar fixes it, and the prompt asks for "liked" first.
+        grammars = [compiler.compile_json_schema(json.dumps(s), any_whitespace=False) for s in schemas]
         torch = self._torch
         out: list[str] = []
         bs = self.config.batch_size
