@@ -234,7 +234,7 @@ class TransformersLLM(LLM):
             try:
                 import xgrammar as xgr
             except ImportError:
-                logger.warning("xgrammar is not installed: generate_json falls back to validated parsing (pip install 'persona-engine[llm]')")
+                logger.warning("xgrammar is not installed: generate_json generates freely, callers still validate (pip install 'persona-engine[llm]')")
                 self._xgr = False
                 return None
             # The model's vocabulary can be larger than the tokenizer's (padding rows): masks must cover it.
