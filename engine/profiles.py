@@ -31,7 +31,7 @@ from .llm import LLM
 from .prompts import PromptRegistry
 from .sessions import fold_blocks, split_blocks
 from .store import Hit, Point, VectorStore, point_id
-from .summaries import Facts, Rated, attributes_of, render_summary, settle, step_prompt, summary_schema
+from .summaries import Facts, Rated, attributes_of, render_summary, settle, step_prompt
 from .types import Event, Profile, SummaryVersion
 
 logger = logging.getLogger(__name__)
@@ -255,8 +255,7 @@ class ProfileBuilder:
             if llm is not None or pool is not None:
                 prompts = [step_prompt(self.prompts, tpl.ref, facts, states[uid].structured, states[uid].n_blocks, shown, rated, thr)
                            for uid, _, facts, shown in rows]
-                schemas = [summary_schema(facts.vocabulary, facts.positive_ids, facts.claimable("liked"), facts.claimable("disliked"))
-                           for _, _, facts, _ in rows]
+                schemas = [facts.schema() for _, _, facts, _ in rows]
                 try:
                     if pool is not None:  # the actors apply their model's chat template
                         outs = pool.generate_json(prompts, schemas, pr.summary_max_new_tokens)

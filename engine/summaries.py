@@ -120,6 +120,11 @@ class Facts:
         counts = self.pos if key == "liked" else self.neg
         return [a for a, _ in counts.most_common() if self.backs(a, key)][:limit]
 
+    def schema(self) -> dict[str, Any]:
+        """The JSON schema a recurrent step's answer is constrained to (:func:`summary_schema` with
+        this history's claimable attributes per key and its positively rated ids)."""
+        return summary_schema(self.vocabulary, self.positive_ids, self.claimable("liked"), self.claimable("disliked"))
+
     @property
     def vocabulary(self) -> list[str]:
         return [a for a, n in self.seen.most_common() if n >= MIN_SUPPORT]

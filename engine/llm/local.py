@@ -51,7 +51,7 @@ class TransformersLLM(LLM):
         self._yes_ids = self._word_ids(["Yes", " Yes", "yes", " yes"])
         self._no_ids = self._word_ids(["No", " No", "no", " no"])
         self.max_len = min(int(getattr(self.model.config, "max_position_embeddings", 8192) or 8192), 8192)
-        self._xgr: Any = None  # (xgrammar, GrammarCompiler) once built; False without xgrammar
+        self._grammar: Any = None  # xgrammar's GrammarCompiler once built; False without xgrammar
 
     def _word_ids(self, words: list[str]) -> list[int]:
         ids = set()
@@ -230,17 +230,17 @@ class TransformersLLM(LLM):
     def _grammar_compiler(self) -> Any:
         """xgrammar's compiler for this tokenizer (built once; it caches compiled schemas), or None
         when xgrammar is not installed."""
-        if self._xgr is None:
+        if self._grammar is None:
             try:
                 import xgrammar as xgr
             except ImportError:
                 logger.warning("xgrammar is not installed: generate_json generates freely, callers still validate (pip install 'persona-engine[llm]')")
-                self._xgr = False
+                self._grammar = False
                 return None
             # The model's vocabulary can be larger than the tokenizer's (padding rows): masks must cover it.
             info = xgr.TokenizerInfo.from_huggingface(self.tok, vocab_size=int(self.model.config.vocab_size))
-            self._xgr = (xgr, xgr.GrammarCompiler(info))
-        return self._xgr[1] if self._xgr else None
+            self._grammar = xgr.GrammarCompiler(info)
+        return self._grammar or None
 
     def _constrained(self, prompts: Sequence[str], schemas: list[dict], max_new_tokens: int) -> list[str]:
         from xgrammar.contrib.hf import LogitsProcessor

@@ -28,7 +28,7 @@ from ..llm import LLM
 from ..llm.base import first_json_object
 from ..prompts import PromptRegistry
 from ..sessions import fold_blocks, split_blocks
-from ..summaries import Facts, Rated, attributes_of, faithfulness, render_summary, settle, step_prompt, summary_schema
+from ..summaries import Facts, Rated, attributes_of, faithfulness, render_summary, settle, step_prompt
 from .datasets import MovieLens
 from .metrics import bootstrap_ci
 
@@ -73,9 +73,7 @@ def evaluate_summaries(
                 shown = sorted(blocks[u][d], key=lambda e: (not (e.rating is None or e.rating >= thr), -e.timestamp))
                 texts.append(llm.chat_prompt(step_prompt(prompts, ref, facts[u], state[u][0], d, shown[: s.profile.summary_items_per_block], rated, thr)))
             n_prompt_tokens += sum(llm.count_tokens(t) for t in texts)
-            schemas = [summary_schema(facts[u].vocabulary, facts[u].positive_ids, facts[u].claimable("liked"), facts[u].claimable("disliked")) for u in todo]
-            outs = list(llm.generate_json(texts, schemas,
-                                          s.profile.summary_max_new_tokens))
+            outs = list(llm.generate_json(texts, [facts[u].schema() for u in todo], s.profile.summary_max_new_tokens))
             n_out_tokens += sum(llm.count_tokens(o) for o in outs if o)
             n_calls += len(todo)
         for u, out in zip(todo, outs):
