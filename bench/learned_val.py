@@ -8,6 +8,11 @@ chain fitted on the same train events, plus the pool's recall per source and for
     python -m bench.learned_val                      # main table
     python -m bench.learned_val --ablate             # + each source / feature group removed in turn
     python -m bench.learned_val --set pool_size=200 --set objective=binary
+    python -m bench.learned_val --cold-items 0.1 --set cold_frac=0.2   # + new items: 10% of items lose their train events
+
+``--cold-items F`` also fits on train without every event of a seeded share F of the items and scores the users whose
+valid item is one of them (reachable only through content): NDCG@10 / HR@10 on the full catalog, pool recall, and
+sampled 1:20 AUC (20 items the user never touched in train or valid) through ``PersonaModel.rank``.
 """
 
 from __future__ import annotations
@@ -96,10 +101,20 @@ def baselines(train, valid_users, idx, seed=0, lam=300.0):
     return out
 
 
+def sampled_auc(model: PersonaModel, hist, target: str, all_ids, touched, key: int, n_neg: int = 20, seed: int = 0) -> float:
+    """AUC of ``target`` against ``n_neg`` seeded random items the user never touched, through ``PersonaModel.rank``."""
+    r = np.random.default_rng([seed, key])
+    negs = [i for i in r.permutation(all_ids)[:200] if i not in touched and i != target][:n_neg]
+    sc = dict(model.rank(hist, [target, *negs]))
+    return float(np.mean([sc[target] > sc[x] for x in negs]) + 0.5 * np.mean([sc[target] == sc[x] for x in negs]))
+
+
 def evaluate(model: PersonaModel, train_by_user, valid, with_pool=True):
     hr, nd, rec_src, rec_pool = [], [], {s: [] for s in model.config.sources}, []
-    times = []
+    times, aucs = [], []
+    all_ids = model.index.ids
     for u, vid in sorted(valid.items()):
+        aucs.append(sampled_auc(model, train_by_user[u], vid, all_ids, {e.item_id for e in train_by_user[u]}, int(u)))
         v = model.index.get(vid)
         t = time.perf_counter()
         recs = model.recommend(train_by_user[u], k=10)
@@ -112,8 +127,37 @@ def evaluate(model: PersonaModel, train_by_user, valid, with_pool=True):
             rec_pool.append(v in set(pool(st, model.config).tolist()))
             for s in model.config.sources:
                 rec_src[s].append(v in set(source_top(st, s, model.config.pool_size).tolist()))
-    return {"HR@10": np.mean(hr), "NDCG@10": np.mean(nd), "pool_recall": np.mean(rec_pool) if rec_pool else np.nan,
+    return {"HR@10": np.mean(hr), "NDCG@10": np.mean(nd), "AUC": np.mean(aucs), "pool_recall": np.mean(rec_pool) if rec_pool else np.nan,
             "source_recall": {s: float(np.mean(v)) for s, v in rec_src.items() if v}, "ms_per_user": 1000 * np.median(times)}
+
+
+def cold_items(ml, train, valid, E, eids, cfg, frac, seed=0):
+    """The new-item setting on the validation split (see the module doc)."""
+    rng = np.random.default_rng([seed, 29])
+    with_events = sorted({e.item_id for e in train} | set(valid.values()))
+    cold = set(rng.choice(with_events, size=int(round(frac * len(with_events))), replace=False).tolist())
+    tr = [e for e in train if e.item_id not in cold]
+    by_user: dict = {}
+    for e in tr:
+        by_user.setdefault(e.user_id, []).append(e)
+    users = sorted(u for u, v in valid.items() if v in cold and by_user.get(u))
+    model = PersonaModel.fit(tr, ml.items, E, cfg, embedding_ids=eids, progress=False)
+    all_ids = [it.id for it in ml.items]
+    touched: dict = {}
+    for e in train:
+        touched.setdefault(e.user_id, set()).add(e.item_id)
+    hr, nd, rec, aucs, pos = [], [], [], [], []
+    for u in users:
+        v = model.index.get(valid[u])
+        rows = model.index.rows([r[0] for r in model.recommend(by_user[u], k=model.config.pool_size)])
+        h, n = metrics(rows, v)
+        hr.append(h), nd.append(n)
+        rec.append(v in set(pool(model.state(by_user[u]), model.config).tolist()))
+        if v in rows:
+            pos.append(int(np.flatnonzero(rows == v)[0]) + 1)
+        aucs.append(sampled_auc(model, by_user[u], valid[u], all_ids, touched[u], int(u), seed=seed))
+    return {"users": len(users), "cold_items": len(cold), "NDCG@10": float(np.mean(nd)), "HR@10": float(np.mean(hr)),
+            "pool_recall": float(np.mean(rec)), "AUC": float(np.mean(aucs)), "median_rank_in_list": float(np.median(pos)) if pos else None}
 
 
 def parse_set(pairs):
@@ -133,6 +177,7 @@ def main(argv=None):
     ap.add_argument("--ablate", action="store_true")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--json", type=Path, help="write results here")
+    ap.add_argument("--cold-items", type=float, default=0.0, help="share of items that lose their train events (new items)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     ml = load_movielens()
@@ -156,11 +201,15 @@ def main(argv=None):
             m = [metrics(tops[u], idx.get(v)) for u, v in valid.items()]
             rows[name] = {"HR@10": np.mean([x[0] for x in m]), "NDCG@10": np.mean([x[1] for x in m])}
     print(f"\nvalid, {len(valid)} users, full catalog, seen excluded; pool_size={base.pool_size}")
-    print(f"{'model':28s} {'NDCG@10':>8s} {'HR@10':>7s} {'pool rec':>8s}")
+    print(f"{'model':28s} {'NDCG@10':>8s} {'HR@10':>7s} {'pool rec':>8s} {'AUC 1:20':>8s}")
     for name, r in rows.items():
-        print(f"{name:28s} {r['NDCG@10']:8.4f} {r['HR@10']:7.4f} {r.get('pool_recall', float('nan')):8.3f}")
+        print(f"{name:28s} {r['NDCG@10']:8.4f} {r['HR@10']:7.4f} {r.get('pool_recall', float('nan')):8.3f} {r.get('AUC', float('nan')):8.4f}")
     print("pool recall per source (top pool_size each):", {s: round(v, 3) for s, v in res["source_recall"].items()})
     print(f"serving median {res['ms_per_user']:.2f} ms/user (recommend, k=10)")
+    if a.cold_items:
+        rows["cold_items"] = c = cold_items(ml, train, valid, E, eids, base, a.cold_items)
+        print(f"new items ({c['cold_items']} items, {c['users']} users whose valid item is new): NDCG@10 {c['NDCG@10']:.4f} "
+              f"HR@10 {c['HR@10']:.4f} pool recall {c['pool_recall']:.3f} (median rank there {c['median_rank_in_list']}) AUC 1:20 {c['AUC']:.4f}", flush=True)
     if a.ablate:
         print("\nablations (NDCG@10 / HR@10 / pool recall; delta NDCG vs full)")
         variants = {f"-source {s}": dict(sources=tuple(x for x in base.sources if x != s)) for s in base.sources}
@@ -172,7 +221,7 @@ def main(argv=None):
             m = PersonaModel.fit(train, ml.items, E, cfg, embedding_ids=eids, progress=False)
             r = evaluate(m, train_by_user, valid, with_pool=name.startswith("-source"))
             rows[name] = r
-            print(f"{name:28s} {r['NDCG@10']:8.4f} {r['HR@10']:7.4f} {r['pool_recall']:8.3f}  {r['NDCG@10'] - res['NDCG@10']:+.4f}", flush=True)
+            print(f"{name:28s} {r['NDCG@10']:8.4f} {r['HR@10']:7.4f} {r['pool_recall']:8.3f} {r['AUC']:8.4f}  {r['NDCG@10'] - res['NDCG@10']:+.4f}", flush=True)
     if a.json:
         a.json.write_text(json.dumps({"config": base.to_dict(), "fit_s": fit_s, "rows": rows}, indent=2, default=float))
 

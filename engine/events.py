@@ -127,7 +127,8 @@ class EventLog:
     def history(self, user_id: str) -> list[Event]:
         """A user's events, oldest first (empty for an unknown user)."""
         hits = self.store.scroll(self.events_col, Filter(match={"user_id": str(user_id)}))
-        return sorted((Event.model_validate(h.payload) for h in hits), key=lambda e: event_sort_key(e.user_id, e.item_id, e.timestamp))
+        # stored payloads were validated on the way in: construct without re-validating (a third of recommend's time)
+        return sorted((Event.model_construct(**h.payload) for h in hits), key=lambda e: event_sort_key(e.user_id, e.item_id, e.timestamp))
 
     def require_user(self, user_id: str) -> list[Event]:
         """The user's history; NotFoundError when the user has neither events nor a profile."""

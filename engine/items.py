@@ -47,11 +47,13 @@ class ItemCatalog:
             raise NotFoundError(f"unknown item {item_id!r}")
         return hits[0].payload
 
-    def hits(self, item_ids: Sequence[str], with_vectors: bool = False) -> dict[str, Hit]:
-        """Known items among ``item_ids`` as ``{item_id: Hit}`` (unknown ids are left out)."""
+    def hits(self, item_ids: Sequence[str], with_vectors: bool = False, fields: Sequence[str] | None = None) -> dict[str, Hit]:
+        """Known items among ``item_ids`` as ``{item_id: Hit}`` (unknown ids are left out); ``fields``: only these
+        payload keys (``item_id`` is always included)."""
         out = {}
+        fields = None if fields is None else ["item_id", *fields]
         for b in chunks(list(item_ids), 1000):
-            for h in self.store.retrieve(self.collection, [point_id("item", i) for i in b], with_vectors=with_vectors):
+            for h in self.store.retrieve(self.collection, [point_id("item", i) for i in b], with_vectors=with_vectors, fields=fields):
                 out[h.payload["item_id"]] = h
         return out
 

@@ -44,6 +44,9 @@ def test_count_and_retrieve(stores):
     assert a.count("items") == b.count("items") == N
     ids = [point_id("item", str(i)) for i in (5, 1, 999, 7)]
     assert _ids(a.retrieve("items", ids)) == _ids(b.retrieve("items", ids)) == ["5", "1", "7"]
+    assert [h.payload for h in a.retrieve("items", ids, fields=["item_id", "popularity"])] == [
+        h.payload for h in b.retrieve("items", ids, fields=["item_id", "popularity"])] == [
+        {"item_id": i, "popularity": float((int(i) * 7919) % 1009)} for i in ("5", "1", "7")]
     f = parse_filter({"genres": "Drama"})
     assert a.count("items", f) == b.count("items", f) > 0
 
@@ -60,6 +63,15 @@ def test_nearest_with_filters(stores, spec):
     ra, rb = a.query("items", q, 10, f), b.query("items", q, 10, f)
     assert _ids(ra) == _ids(rb) and len(ra) == 10 and "3" not in _ids(ra)
     assert np.allclose([h.score for h in ra], [h.score for h in rb], atol=1e-4)
+
+
+def test_query_without_payload_returns_the_same_ids_and_scores(stores):
+    (a, b), vecs, _ = stores
+    q = [VectorQuery("text", vector=vecs[8].tolist())]
+    for s in (a, b):
+        full, bare = s.query("items", q, 20), s.query("items", q, 20, with_payload=False)
+        assert [h.id for h in bare] == [h.id for h in full] and all(h.payload == {} for h in bare)
+        assert np.allclose([h.score for h in bare], [h.score for h in full])
 
 
 def test_recommend_query(stores):

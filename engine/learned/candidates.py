@@ -6,8 +6,8 @@ Out: ``Stage1`` (ALS factors, sequence statistics, item rating/time stats), ``Us
      interleaved from the sources' rankings (seen items excluded), with every source's score and full-catalog rank.
 
 Sources: ``cf`` (fold-in user vector . item factors), ``trans`` (transitions from the last items), ``cooc``
-(co-occurrence with recent items), ``content`` (text-embedding similarity to recent liked items; the only source that
-reaches items with no events), ``pop`` (all-time), ``trend`` (last ``trend_days`` of the data), ``pop_at`` (popularity
+(co-occurrence with recent items), ``content`` (text-embedding similarity to recent liked items; it reaches items
+with no events too), ``fresh`` (the same similarity among items with no events only), ``pop`` (all-time), ``trend`` (last ``trend_days`` of the data), ``pop_at`` (popularity
 around the user's last event time).
 """
 
@@ -92,6 +92,7 @@ class Stage1:
         rs = np.bincount(items[ok], weights=r[ok], minlength=n_items)
         gmean = float(r[ok].mean()) if ok.any() else np.nan
         item_rating = ((rs + 5 * gmean) / (rc + 5)).astype(np.float32)  # shrunk to the global mean
+        item_rating[rc == 0] = np.nan  # no rating yet: unknown, as ``features.cold_item`` shows it in training
         first = np.full(n_items, np.nan)
         np.fmin.at(first, items, ts)
         mean_ts = np.where(cnt > 0, np.bincount(items, weights=ts, minlength=n_items) / np.maximum(cnt, 1), np.nan)
@@ -158,6 +159,8 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig) ->
         src["content"] = meta.emb @ (cw @ meta.emb[liked])
     else:
         src["content"] = np.zeros(n, np.float32)
+    # new items (no events in the fitted data) by content alone, so a few pool slots always go to them
+    src["fresh"] = np.where(np.isnan(s1.item_first_ts), src["content"], -np.inf).astype(np.float32)
     src["pop"] = s1.seq.pop
     src["trend"] = s1.seq.trend
     last_ts = float(seq.ts[-1]) if len(seq.ts) else s1.seq.t_max

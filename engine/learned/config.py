@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-__all__ = ["LearnedConfig", "SOURCES"]
+__all__ = ["LearnedConfig", "SOURCES", "POOL_SOURCES"]
 
 SOURCES = ("cf", "trans", "cooc", "content", "pop", "trend", "pop_at")
+"""Sources with feature columns (score and rank each)."""
+POOL_SOURCES = (*SOURCES, "fresh")
+"""Sources that fill the candidate pool; ``fresh`` (content similarity among items with no events yet) only guarantees
+new items a few slots -- its score is ``content_score``, so it has no columns of its own."""
 
 
 @dataclass
@@ -28,22 +32,39 @@ class LearnedConfig:
     recent: int = 10  # recent items used for co-occurrence / content / reasons
     like_threshold: float = 4.0
     # candidates
-    sources: tuple = SOURCES
+    sources: tuple = POOL_SOURCES
     # >1 gives a source more of the pool. Valid pool recall at 300: equal 0.825, these 0.878 (cooc alone 0.860)
-    source_weights: dict = field(default_factory=lambda: {"cooc": 6.0, "cf": 2.0, "trans": 2.0, "content": 0.5})
+    source_weights: dict = field(default_factory=lambda: {"cooc": 6.0, "cf": 2.0, "trans": 2.0, "content": 0.5, "fresh": 0.5})
     pool_size: int = 300
     # ranker
     objective: str = "binary"  # or "lambdarank" (binary won on valid: 0.1443 vs 0.1338 NDCG@10 at 100 trees)
     num_leaves: int = 15
     learning_rate: float = 0.05
     n_estimators: int = 300
+    # share of training candidates shown as if they had no events (collaborative, sequential, popularity and item-stat
+    # columns set to a new item's values, DropoutNet-style), so the ranker learns to order new items by content.
+    # Valid, 10% of items made new (bench/learned_val.py --cold-items 0.1): their AUC 1:20 0.13 -> 0.86 at 0.1 (0.885
+    # at 0.25), NDCG@10 of the others 0.1423 -> 0.1451 (0.1362 at 0.25)
+    cold_frac: float = 0.1
+    # added to the ranker's score (log-odds) of items with no events at serving: the prior that a new item is as likely
+    # as an established one with the same content match, which training on masked warm items cannot learn. Off: on
+    # ml-100k's valid split +1 lifts new items from median rank 221 to 112 in their users' lists but none into the top
+    # 10, and +2 costs the others 0.145 -> 0.125 NDCG@10 (items without events there are obscure ones)
+    fresh_boost: float = 0.0
+    # random catalog items (not in the pool, unseen) added per training user as negatives, so the ranker also learns
+    # the low end of the catalog that rank() scores (sampled AUC), not only the pool's strong candidates. Valid
+    # (bench/learned_val.py, seeds 0/1): AUC 1:20 0.9209/0.9194 -> 0.9262 (50) / 0.9264/0.9268 (100); NDCG@10 within
+    # seed noise (0.1451/0.1369 -> 0.1430 (50), 0.1346/0.1432 (100))
+    rand_neg: int = 50
     neg_sample: int = 100  # negatives kept per training user (0: the whole pool)
     min_child_samples: int = 20
     feature_fraction: float = 0.8
     bagging_fraction: float = 0.8
     lambda_l2: float = 1.0
     early_stopping: int = 40
-    valid_frac: float = 0.1
+    # users held out of training for early stopping (0: all train, n_estimators trees). Early stopping on 10% stopped
+    # at 9-28 trees: valid NDCG@10 0.1378 vs 0.1451 with 300 trees (bench/learned_val.py --set valid_frac=...)
+    valid_frac: float = 0.0
     label_folds: int = 2  # 2: also train on each user's second-to-last event (stage 1 refitted without it)
     # feature names or group names left out. "attributes" (genre overlap, year gap, item year): valid NDCG@10 0.1508
     # without vs 0.1423 with (bench/learned_val.py --ablate), so the genre/year columns are off by default

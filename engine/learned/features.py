@@ -6,6 +6,9 @@ Out: a float32 matrix (candidates x ``FEATURE_NAMES``). Every value of a row dep
      candidate -- never on which other items are in the pool -- so ``rank()`` and ``recommend()`` agree exactly.
 
 ``GROUPS`` names the feature groups used for ablations (``LearnedConfig.drop_features`` takes names or groups).
+``cold_item(F, state, rows)`` rewrites rows to the values the same candidates would have with no events at all; the
+ranker's training shows a share of its candidates that way (``LearnedConfig.cold_frac``), so new items are ranked by
+their content instead of last.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from .candidates import ItemMeta, Stage1, UserState, source_ranks
 from .config import SOURCES
 from .sequence import dense_rows
 
-__all__ = ["FEATURE_NAMES", "GROUPS", "features", "resolve_drop"]
+__all__ = ["FEATURE_NAMES", "GROUPS", "features", "cold_item", "resolve_drop"]
 
 log = logging.getLogger(__name__)
 
@@ -95,4 +98,26 @@ def features(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, extra:
     put("item_mean_ts_gap_days", (st.last_ts - s1.item_mean_ts[cand]) / DAY)
     if extra is not None:
         put("extra", np.asarray(extra, np.float32))
+    return F
+
+
+_COLD_ZERO = [_COL[f] for f in ("trans_l1", "trans_l2", "trans_l3", "trans_l1_count", "cooc_max", "cf_sim_max")]
+_COLD_NAN = [_COL[f] for f in ("item_rating", "item_age_days", "item_mean_ts_gap_days")]
+
+
+def cold_item(F: np.ndarray, st: UserState, rows: np.ndarray) -> np.ndarray:
+    """``F`` with ``rows`` (bool mask or indices) set to a never-interacted item's values: every event-based source
+    scores 0 (zero ALS factors, no transitions, co-occurrence or popularity) at the full-catalog rank that 0 has for this
+    user; no rating or event times. Content, attribute and user columns are left as they are."""
+    F = F.copy()
+    unseen = ~st.seen
+    for name in SOURCES:
+        if name == "content":
+            continue
+        F[rows, _COL[f"{name}_score"]] = 0.0
+        F[rows, _COL[f"{name}_rank"]] = float((st.sources[name][unseen] > 0).sum())
+    for c in _COLD_ZERO:
+        F[rows, c] = 0.0
+    for c in _COLD_NAN:
+        F[rows, c] = np.nan
     return F

@@ -150,7 +150,15 @@ class PersonaModel:
 
     def _score(self, st, cand: np.ndarray, extra_feature=None) -> np.ndarray:
         F = features(self.stage1, self.meta, st, cand, self._extra(extra_feature, cand))
-        return self.ranker.predict(F)
+        scores = self.ranker.predict(F)
+        if self.config.fresh_boost:
+            new = np.isnan(self.stage1.item_first_ts[cand])
+            if self.config.objective == "binary":  # probabilities: add the boost to their log-odds
+                p = np.clip(scores[new], 1e-12, 1 - 1e-12)
+                scores[new] = 1.0 / (1.0 + (1 - p) / p * np.exp(-self.config.fresh_boost))
+            else:
+                scores[new] += self.config.fresh_boost
+        return scores
 
     def state(self, history):
         return user_state(self.stage1, self.meta, self.sequence(history), self.config)

@@ -3,7 +3,8 @@
 Training rows (``build_training``): for each user the LAST event is the label and the earlier events the history.
 The stage-1 models that compute the features for those rows (``Stage1`` given here) must be fitted on the histories
 only -- all events but each user's last -- so no feature has seen the label. The negatives are the other items of the
-user's pool; users whose label is not in the pool are left out (no ranking signal). ``PersonaModel.fit`` then refits
+user's pool; users whose label is not in the pool are left out (no ranking signal). A seeded ``cold_frac`` of each
+user's candidates is shown as new items (``features.cold_item``). ``PersonaModel.fit`` then refits
 stage 1 on all events for serving.
 
 In:  ``Stage1``, ``ItemMeta``, histories ``{user: Sequence}``, labels ``{user: item row}``, ``LearnedConfig``.
@@ -21,7 +22,7 @@ import numpy as np
 
 from .candidates import ItemMeta, Stage1, pool, user_state
 from .config import LearnedConfig
-from .features import FEATURE_NAMES, features, resolve_drop
+from .features import FEATURE_NAMES, cold_item, features, resolve_drop
 from .index import Sequence, tie_key
 
 __all__ = ["TrainingData", "build_training", "Ranker", "train_ranker", "pessimistic_ndcg"]
@@ -54,8 +55,17 @@ def _user_rows(s1: Stage1, meta: ItemMeta, hist: dict[str, Sequence], labels: di
             neg = np.flatnonzero(y == 0)
             keep = np.sort(np.r_[np.flatnonzero(y > 0), rng.choice(neg, cfg.neg_sample, replace=False)])
             cand, y = cand[keep], y[keep]
+        if cfg.rand_neg:
+            rng = np.random.default_rng([cfg.seed, tie_key(cfg.seed, u, "random negatives")])
+            free = np.flatnonzero(~st.seen)
+            extra_rows = np.setdiff1d(rng.choice(free, min(len(free), cfg.rand_neg), replace=False), cand)
+            cand, y = np.r_[cand, extra_rows], np.r_[y, np.zeros(len(extra_rows), np.float32)]
         extra = extra_fn(u, hist[u], cand) if extra_fn is not None else None
-        out.append((u, features(s1, meta, st, cand, extra), y))
+        F = features(s1, meta, st, cand, extra)
+        if cfg.cold_frac > 0:  # a share of the candidates, label included, as new items (independent of the label)
+            rng = np.random.default_rng([cfg.seed, tie_key(cfg.seed, u, "cold")])
+            F = cold_item(F, st, rng.random(len(cand)) < cfg.cold_frac)
+        out.append((u, F, y))
     return out
 
 

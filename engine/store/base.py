@@ -6,6 +6,7 @@ qdrant-client (``QdrantClientStore``). Congruence tests run the same calls on bo
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import uuid
@@ -21,6 +22,7 @@ __all__ = ["Point", "Hit", "VectorQuery", "Filter", "VectorStore", "point_id", "
 _NS = uuid.UUID("8f5f2b0e-5a0c-4a8e-9a52-7c0d5b1e4f11")
 
 
+@functools.lru_cache(maxsize=1 << 17)  # uuid5 costs ~20 us; recommend() maps every history item on each call
 def point_id(kind: str, key: str) -> str:
     """Deterministic Qdrant point id (a UUID) for a user-facing id, so re-ingestion never duplicates."""
     return str(uuid.uuid5(_NS, f"{kind}:{key}"))
@@ -149,8 +151,8 @@ class VectorStore(ABC):
     def set_payload(self, name: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None: ...
 
     @abstractmethod
-    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
-        """Points by id, in the order asked; unknown ids are left out."""
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False, fields: Sequence[str] | None = None) -> list[Hit]:
+        """Points by id, in the order asked; unknown ids are left out. ``fields``: only these payload keys."""
 
     @abstractmethod
     def scroll(self, name: str, flt: Filter | None = None, with_vectors: bool = False, batch: int = 512) -> Iterator[Hit]: ...
@@ -167,8 +169,10 @@ class VectorStore(ABC):
         flt: Filter | None = None,
         with_vectors: bool = False,
         rrf_k: int = 60,
+        with_payload: bool = True,
     ) -> list[Hit]:
         """Run one query, or several fused with Qdrant's weighted reciprocal rank fusion, under ``flt``.
+        ``with_payload=False`` returns ids and scores only (empty payloads): much less to decode for long lists.
         Qdrant scores position p (0-based) as ``1 / ((p + 1) / weight + k - 1)``: a weight below 1
         stretches that list's ranks, so it separates its candidates more strongly."""
 

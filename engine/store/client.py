@@ -159,10 +159,11 @@ class QdrantClientStore(VectorStore):
     def set_payload(self, name: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None:
         self._call(self.client.set_payload, name, payload=dict(payload), points=list(ids), wait=True)
 
-    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False, fields: Sequence[str] | None = None) -> list[Hit]:
         if not ids:
             return []
-        recs = self._call(self.client.retrieve, name, ids=list(ids), with_payload=True, with_vectors=with_vectors)
+        sel = True if fields is None else list(fields)
+        recs = self._call(self.client.retrieve, name, ids=list(ids), with_payload=sel, with_vectors=with_vectors)
         by_id = {str(r.id): _hit(r) for r in recs}
         return [by_id[i] for i in ids if i in by_id]
 
@@ -188,6 +189,7 @@ class QdrantClientStore(VectorStore):
         flt: Filter | None = None,
         with_vectors: bool = False,
         rrf_k: int = 60,
+        with_payload: bool = True,
     ) -> list[Hit]:
         if not queries:
             return []
@@ -196,14 +198,14 @@ class QdrantClientStore(VectorStore):
             q = queries[0]
             res = self._call(
                 self.client.query_points, name, query=_scoring(q), using=q.using, query_filter=f, limit=limit,
-                with_payload=True, with_vectors=with_vectors,
+                with_payload=with_payload, with_vectors=with_vectors,
             )
         else:
             pre = [qm.Prefetch(query=_scoring(q), using=None if q.order_by else q.using, limit=q.limit, filter=f) for q in queries]
             res = self._call(
                 self.client.query_points, name, prefetch=pre,
                 query=qm.RrfQuery(rrf=qm.Rrf(k=rrf_k, weights=[q.weight for q in queries])),
-                query_filter=f, limit=limit, with_payload=True, with_vectors=with_vectors,
+                query_filter=f, limit=limit, with_payload=with_payload, with_vectors=with_vectors,
             )
         return [_hit(p) for p in res.points]
 

@@ -158,10 +158,11 @@ class EdgeStore(VectorStore):
         with self._lock:
             self._shard(name).update(qe.UpdateOperation.set_payload(list(ids), dict(payload)))
 
-    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False, fields: Sequence[str] | None = None) -> list[Hit]:
         if not ids:
             return []
-        recs = self._shard(name).retrieve(list(ids), with_payload=True, with_vector=with_vectors)
+        sel = True if fields is None else qe.PayloadSelector.Include(list(fields))
+        recs = self._shard(name).retrieve(list(ids), with_payload=sel, with_vector=with_vectors)
         by_id = {str(r.id): _hit(r) for r in recs}
         return [by_id[i] for i in ids if i in by_id]
 
@@ -187,12 +188,13 @@ class EdgeStore(VectorStore):
         flt: Filter | None = None,
         with_vectors: bool = False,
         rrf_k: int = 60,
+        with_payload: bool = True,
     ) -> list[Hit]:
         if not queries:
             return []
         f = _to_filter(flt)
         if len(queries) == 1:
-            req = qe.QueryRequest(query=_scoring(queries[0]), filter=f, limit=limit, with_payload=True, with_vector=with_vectors)
+            req = qe.QueryRequest(query=_scoring(queries[0]), filter=f, limit=limit, with_payload=with_payload, with_vector=with_vectors)
         else:
             pre = [qe.Prefetch(query=_scoring(q), limit=q.limit, filter=f) for q in queries]
             req = qe.QueryRequest(
@@ -200,7 +202,7 @@ class EdgeStore(VectorStore):
                 query=qe.Fusion.Rrf(k=rrf_k, weights=[q.weight for q in queries]),
                 filter=f,
                 limit=limit,
-                with_payload=True,
+                with_payload=with_payload,
                 with_vector=with_vectors,
             )
         return [_hit(p) for p in self._shard(name).query(req)]
