@@ -23,7 +23,7 @@ from .config import LearnedConfig
 from .index import ItemIndex, Sequence, user_item_matrix
 from .sequence import SequenceStats
 
-__all__ = ["ItemMeta", "Stage1", "UserState", "user_state", "pool", "source_ranks"]
+__all__ = ["ItemMeta", "Stage1", "UserState", "user_state", "pool", "source_ranks", "source_top"]
 
 log = logging.getLogger(__name__)
 

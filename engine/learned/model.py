@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .candidates import ItemMeta, Stage1, pool, user_state
+from .candidates import ItemMeta, Stage1, pool, source_top, user_state
 from .config import LearnedConfig
 from .features import features
 from .index import ItemIndex, Sequence, build_sequences, order_events, split_last
@@ -173,7 +173,11 @@ class PersonaModel:
         st = self.state(history)
         tops = None
         if cf_search is not None and "cf" in self.config.sources and np.any(st.user_vec):
-            ids = cf_search(np.asarray(st.user_vec, np.float32), self.config.pool_size)
+            # ask the index only as deep as the pool reaches into the collaborative ranking (~60 of 300 here), plus slack
+            used = pool(st, self.config, exclude_seen=exclude_seen)
+            top = source_top(st, "cf", self.config.pool_size, exclude_seen)
+            depth = int(np.flatnonzero(np.isin(top, used))[-1]) + 1 if np.isin(top, used).any() else 0
+            ids = cf_search(np.asarray(st.user_vec, np.float32), min(self.config.pool_size, depth + 20))
             tops = {"cf": self.index.rows(list(ids))}
         cand = pool(st, self.config, exclude_seen=exclude_seen, tops=tops)
         scores = self._score(st, cand, extra_feature)
