@@ -242,56 +242,58 @@ class ProfileBuilder:
         n_calls = 0
         pr = self.s.profile
         rated = {i: Rated(i, h.payload.get("title", ""), tuple(attributes_of(h.payload)), None) for i, h in items.items()}
-        bar = tqdm(total=sum(len(b) for b in pending.values()), desc="summarizing blocks", unit="block", disable=not progress)
-        for d in range(depth):
-            batch = [(uid, blocks[d]) for uid, blocks in pending.items() if d < len(blocks)]
-            rows = []
-            for uid, block in batch:
-                seen = [replace(rated[e.item_id], rating=e.rating) for e in histories[uid] if e.timestamp <= block[-1].timestamp and e.item_id in rated]
-                facts = Facts.of(seen, thr, pr.negative_rating)
-                shown = sorted((e for e in block if e.item_id in items), key=lambda e: (not is_positive(e, thr), -e.timestamp))
-                rows.append((uid, block, facts, shown[: pr.summary_items_per_block]))
-            outs: list[str | None] = [None] * len(rows)
-            if llm is not None or pool is not None:
-                prompts = [step_prompt(self.prompts, tpl.ref, facts, states[uid].structured, states[uid].n_blocks, shown, rated, thr)
-                           for uid, _, facts, shown in rows]
-                schemas = [facts.schema() for _, _, facts, _ in rows]
-                try:
-                    if pool is not None:  # the actors apply their model's chat template
-                        outs = pool.generate_json(prompts, schemas, pr.summary_max_new_tokens)
-                    else:
-                        outs = list(llm.generate_json([llm.chat_prompt(p) for p in prompts], schemas, pr.summary_max_new_tokens))
-                    n_calls += 1
-                except BackendUnavailableError as e:
-                    llm_error = str(e)
-                    logger.warning("LLM failed, using computed summaries: %s", e)
-                    llm = None
-                    if pool is not None:
-                        pool.close()
-                        pool = None
-            for (uid, block, facts, _), out in zip(rows, outs):
-                st = states[uid]
-                obj, src = settle(out, facts, "LLM disabled" if not use_llm else "LLM unavailable")
-                text = render_summary(obj, facts.titles)
-                st.summary, st.summary_source, st.structured = text, src, obj
-                st.versions.append(
-                    {
-                        "version": len(st.versions) + 1,
-                        "block_index": st.n_blocks,
-                        "summary": text,
-                        "structured": obj,
-                        "source": src,
-                        "prompt": tpl.ref if out is not None else "computed",
-                        "created_at": time.time(),
-                        "block_end": block[-1].timestamp,
-                    }
-                )
-                st.n_blocks += 1
-                st.summarized_until = max(st.summarized_until, block[-1].timestamp)
-            bar.update(len(rows))
-        bar.close()
-        if pool is not None:
-            pool.close()
+        try:  # the Ray actors hold a model each: release them whatever stops the loop
+            bar = tqdm(total=sum(len(b) for b in pending.values()), desc="summarizing blocks", unit="block", disable=not progress)
+            for d in range(depth):
+                batch = [(uid, blocks[d]) for uid, blocks in pending.items() if d < len(blocks)]
+                rows = []
+                for uid, block in batch:
+                    seen = [replace(rated[e.item_id], rating=e.rating) for e in histories[uid] if e.timestamp <= block[-1].timestamp and e.item_id in rated]
+                    facts = Facts.of(seen, thr, pr.negative_rating)
+                    shown = sorted((e for e in block if e.item_id in items), key=lambda e: (not is_positive(e, thr), -e.timestamp))
+                    rows.append((uid, block, facts, shown[: pr.summary_items_per_block]))
+                outs: list[str | None] = [None] * len(rows)
+                if llm is not None or pool is not None:
+                    prompts = [step_prompt(self.prompts, tpl.ref, facts, states[uid].structured, states[uid].n_blocks, shown, rated, thr)
+                               for uid, _, facts, shown in rows]
+                    schemas = [facts.schema() for _, _, facts, _ in rows]
+                    try:
+                        if pool is not None:  # the actors apply their model's chat template
+                            outs = pool.generate_json(prompts, schemas, pr.summary_max_new_tokens)
+                        else:
+                            outs = list(llm.generate_json([llm.chat_prompt(p) for p in prompts], schemas, pr.summary_max_new_tokens))
+                        n_calls += 1
+                    except BackendUnavailableError as e:
+                        llm_error = str(e)
+                        logger.warning("LLM failed, using computed summaries: %s", e)
+                        llm = None
+                        if pool is not None:
+                            pool.close()
+                            pool = None
+                for (uid, block, facts, _), out in zip(rows, outs):
+                    st = states[uid]
+                    obj, src = settle(out, facts, "LLM disabled" if not use_llm else "LLM unavailable")
+                    text = render_summary(obj, facts.titles)
+                    st.summary, st.summary_source, st.structured = text, src, obj
+                    st.versions.append(
+                        {
+                            "version": len(st.versions) + 1,
+                            "block_index": st.n_blocks,
+                            "summary": text,
+                            "structured": obj,
+                            "source": src,
+                            "prompt": tpl.ref if out is not None else "computed",
+                            "created_at": time.time(),
+                            "block_end": block[-1].timestamp,
+                        }
+                    )
+                    st.n_blocks += 1
+                    st.summarized_until = max(st.summarized_until, block[-1].timestamp)
+                bar.update(len(rows))
+            bar.close()
+        finally:
+            if pool is not None:
+                pool.close()
         self._write(states, histories, items)
         return {"users": len(states), "blocks": sum(len(b) for b in pending.values()), "llm_batches": n_calls, "llm_error": llm_error}
 

@@ -135,3 +135,30 @@ def test_llm_item_summaries_marked_text_only(make_engine, ml, local_llm):
     down = make_engine(eng.settings.path.parent / "down", ingest={"summarizer": "llm"})  # llm backend none
     rep = down.add_items(items[:2])
     assert rep.added == 2 and down.item(items[0].id)["summary_source"] == "extractive"
+
+
+def test_the_llm_actor_pool_is_released_when_an_update_fails(make_engine, ml, tmp_path):
+    """Ray actors each hold a model: an error that is not a backend outage (here a stand-in pool whose
+    generation raises) propagates, and the pool is still closed; nothing is written half-way."""
+
+    class Pool:
+        closed = False
+
+        def generate_json(self, *a, **k):
+            raise RuntimeError("boom")
+
+        def close(self):
+            Pool.closed = True
+
+    class Batch:
+        def llm_pool(self, cfg):
+            return Pool()
+
+    events = ml.user_events("1")[:8]
+    eng = make_engine(tmp_path / "s")
+    eng.add_items([i for i in ml.items if i.id in {e.item_id for e in events}])
+    eng.add_events(events)
+    with pytest.raises(RuntimeError, match="boom"):
+        eng.update_profiles(["1"], use_llm=True, ray=Batch())
+    assert Pool.closed
+    assert eng.profile("1").versions == []
