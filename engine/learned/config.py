@@ -65,6 +65,8 @@ class LearnedConfig:
     # users held out of training for early stopping (0: all train, n_estimators trees). Early stopping on 10% stopped
     # at 9-28 trees: valid NDCG@10 0.1378 vs 0.1451 with 300 trees (bench/learned_val.py --set valid_frac=...)
     valid_frac: float = 0.0
+    # labels rated below this are not used as training targets (None: every next event is a target)
+    label_min_rating: float | None = None
     label_folds: int = 2  # 2: also train on each user's second-to-last event (stage 1 refitted without it)
     # feature names or group names left out. "attributes" (genre overlap, year gap, item year): valid NDCG@10 0.1508
     # without vs 0.1423 with (bench/learned_val.py --ablate), so the genre/year columns are off by default

@@ -85,6 +85,8 @@ class PersonaModel:
         train_stage1 = []
         for fold in range(cfg.label_folds):
             hist, labels = split_last(cur)
+            if cfg.label_min_rating is not None:  # learn the next item the user LIKES (unrated events count as liked)
+                labels = {u: j for u, j in labels.items() if not cur[u].ratings[-1] < cfg.label_min_rating}
             t = time.perf_counter()
             s1 = Stage1.fit(hist, len(index), cfg)
             train_stage1.append(s1)
@@ -197,7 +199,8 @@ class PersonaModel:
         return [(str(item_ids[o]), float(scores[o])) for o in order]
 
     def reasons(self, st, top: np.ndarray) -> list[str | None]:
-        """For each item, the recent history item with the strongest combined transition / co-occurrence / cf / content tie."""
+        """For each item, the recent history item with the strongest combined transition / co-occurrence / cf / content tie
+        (a liked item's ties count double, so a film the user rated low is the reason only when it clearly dominates)."""
         rec = st.recent
         if not len(rec) or not len(top):
             return [None] * len(top)
@@ -211,6 +214,7 @@ class PersonaModel:
             m = P.max()
             if m > 0:
                 A += P / m
+        A *= np.where(np.isin(rec, st.liked), 1.0, 0.5)[:, None]  # "because you liked X" over a film rated low, at equal ties
         A += 1e-3 * np.linspace(0, 1, len(rec))[:, None]  # ties go to the most recent
         return [self.index.ids[rec[i]] for i in A.argmax(0)]
 
