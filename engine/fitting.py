@@ -231,9 +231,9 @@ class LearnedStage:
         """Top ``k`` (item id, score, reason item id) for a history under ``flt`` (items in ``flt.exclude_ids``
         are left out; the history's items too when ``exclude_seen``). With payload conditions, every matching item
         is scored (exact) when there are at most ``_SCORE_ALL_LIMIT``; otherwise the pool is filtered."""
-        cf = self.cf_search(model, flt)
+        seen = {point_id("item", e.item_id) for e in events} if exclude_seen else set()
+        cf = self.cf_search(model, Filter(exclude_ids=flt.exclude_ids | seen))  # the model asks only as deep as its pool needs
         if not (flt.match or flt.ranges or flt.include_ids is not None):
-            seen = {point_id("item", e.item_id) for e in events} if exclude_seen else set()
             out = model.recommend(events, k=k + len(flt.exclude_ids - seen), exclude_seen=exclude_seen, cf_search=cf)
             return [r for r in out if point_id("item", r[0]) not in flt.exclude_ids][:k]
         allowed = [h.payload["item_id"] for h in itertools.islice(self.store.scroll(self.items_col, flt), _SCORE_ALL_LIMIT + 1)]

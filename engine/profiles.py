@@ -237,12 +237,12 @@ class ProfileBuilder:
             except Exception as e:  # documented fallback: extractive summaries
                 llm_error = f"{type(e).__name__}: {e}"
                 logger.warning("LLM unavailable, using extractive summaries: %s", llm_error)
-        tpl = self.prompts.get(SUMMARY_PROMPT)
-        depth = max((len(b) for b in pending.values()), default=0)
-        n_calls = 0
-        pr = self.s.profile
-        rated = {i: Rated(i, h.payload.get("title", ""), tuple(attributes_of(h.payload)), None) for i, h in items.items()}
-        try:  # the Ray actors hold a model each: release them whatever stops the loop
+        try:  # the Ray actors hold a model each: release them whatever stops the update
+            tpl = self.prompts.get(SUMMARY_PROMPT)
+            depth = max((len(b) for b in pending.values()), default=0)
+            n_calls = 0
+            pr = self.s.profile
+            rated = {i: Rated(i, h.payload.get("title", ""), tuple(attributes_of(h.payload)), None) for i, h in items.items()}
             bar = tqdm(total=sum(len(b) for b in pending.values()), desc="summarizing blocks", unit="block", disable=not progress)
             for d in range(depth):
                 batch = [(uid, blocks[d]) for uid, blocks in pending.items() if d < len(blocks)]

@@ -136,5 +136,24 @@ def test_training_shows_candidates_as_new_items_exactly_as_serving_sees_a_new_it
     same = [k for k, f in enumerate(FEATURE_NAMES) if not f.startswith(("content_", "genre_", "year_", "item_year"))]
     assert np.array_equal(cold[1, same], F[0, same], equal_nan=True)
     assert not np.array_equal(cold[1], F[1], equal_nan=True)
-    # the new item is in the pool through the ``fresh`` source even with a tiny pool
-    assert new in source_top(st, "fresh", 3).tolist()
+    # the new item is in a small pool through the ``fresh`` source, not otherwise
+    from dataclasses import replace
+
+    from engine.learned.candidates import pool
+
+    small = replace(CFG, pool_size=20)
+    assert new in pool(st, small).tolist()
+    assert new not in pool(st, replace(small, sources=tuple(x for x in small.sources if x != "fresh"))).tolist()
+
+
+def test_fresh_boost_raises_new_items_in_rank_and_recommend_alike(fitted):
+    from dataclasses import replace
+
+    model, _, events = fitted
+    h = _hist(events, "u0")[:3] + [Event(user_id="u0", item_id="i7", timestamp=9e6, rating=5.0)]
+    base = dict(model.rank(h, ["new", "i20"]))
+    boosted = PersonaModel(model.index, model.meta, model.stage1, model.ranker, replace(model.config, fresh_boost=3.0), model.info)
+    up = dict(boosted.rank(h, ["new", "i20"]))
+    assert up["new"] > base["new"] and up["i20"] == base["i20"]
+    recs = boosted.recommend(h, k=CFG.pool_size)
+    assert [r[0] for r in boosted.rank(h, [r[0] for r in recs])] == [r[0] for r in recs]

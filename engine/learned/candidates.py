@@ -160,7 +160,8 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig) ->
     else:
         src["content"] = np.zeros(n, np.float32)
     # new items (no events in the fitted data) by content alone, so a few pool slots always go to them
-    src["fresh"] = np.where(np.isnan(s1.item_first_ts), src["content"], -np.inf).astype(np.float32)
+    has_content = bool(np.any(src["content"]))  # without text vectors or a liked item, no new item is preferred
+    src["fresh"] = np.where(np.isnan(s1.item_first_ts) & has_content, src["content"], -np.inf).astype(np.float32)
     src["pop"] = s1.seq.pop
     src["trend"] = s1.seq.trend
     last_ts = float(seq.ts[-1]) if len(seq.ts) else s1.seq.t_max

@@ -51,7 +51,7 @@ class LearnedConfig:
     # ml-100k's valid split +1 lifts new items from median rank 221 to 112 in their users' lists but none into the top
     # 10, and +2 costs the others 0.145 -> 0.125 NDCG@10 (items without events there are obscure ones)
     fresh_boost: float = 0.0
-    # random catalog items (not in the pool, unseen) added per training user as negatives, so the ranker also learns
+    # random unseen catalog items (not among the kept candidates) added per training user as negatives, so the ranker learns
     # the low end of the catalog that rank() scores (sampled AUC), not only the pool's strong candidates. Valid
     # (bench/learned_val.py, seeds 0/1): AUC 1:20 0.9209/0.9194 -> 0.9262 (50) / 0.9264/0.9268 (100); NDCG@10 within
     # seed noise (0.1451/0.1369 -> 0.1430 (50), 0.1346/0.1432 (100))

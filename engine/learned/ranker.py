@@ -2,14 +2,15 @@
 
 Training rows (``build_training``): for each user the LAST event is the label and the earlier events the history.
 The stage-1 models that compute the features for those rows (``Stage1`` given here) must be fitted on the histories
-only -- all events but each user's last -- so no feature has seen the label. The negatives are the other items of the
-user's pool; users whose label is not in the pool are left out (no ranking signal). A seeded ``cold_frac`` of each
-user's candidates is shown as new items (``features.cold_item``). ``PersonaModel.fit`` then refits
-stage 1 on all events for serving.
+only -- all events but each user's last -- so no feature has seen the label. The negatives are a sample of the other
+items of the user's pool plus ``rand_neg`` random unseen catalog items; users whose label is not in the pool are left
+out (no ranking signal). A seeded ``cold_frac`` of each user's candidates is shown as new items
+(``features.cold_item``). ``PersonaModel.fit`` then refits stage 1 on all events for serving.
 
 In:  ``Stage1``, ``ItemMeta``, histories ``{user: Sequence}``, labels ``{user: item row}``, ``LearnedConfig``.
 Out: ``Ranker`` (a LightGBM booster plus the feature columns it uses): ``predict(F) -> scores``, ``to_text`` /
-     ``from_text``. Early stopping on a held-out ``valid_frac`` of users (NDCG@10 within the pool).
+     ``from_text``. With ``valid_frac`` > 0, early stopping on that share of users held out (NDCG@10 within the
+     pool); the default (0) trains ``n_estimators`` trees on every user.
 """
 
 from __future__ import annotations
