@@ -106,7 +106,7 @@ def test_ablations_and_pool_recall_on_valid(tmp_path, ml, text_encoder, ml_items
     d = v["minus_full"]["ndcg@10"]
     assert d["diff"] == pytest.approx(v["valid"]["ndcg@10"]["mean"] - full["ndcg@10"]["mean"], abs=1e-9)
     rec = ab["pool_recall"]
-    assert set(rec) == {"pool", "cf", "trans", "cooc", "content", "pop", "trend", "pop_at"}
+    assert set(rec) == {"pool", "cf", "trans", "cooc", "content", "pop", "trend", "pop_at", "fresh"}
     assert rec["pool"]["mean"] > rec["pop"]["mean"] and rec["pool"]["mean"] > rec["content"]["mean"]
     text = write_ablations(ab, tmp_path / "rep").read_text()
     assert "| -source cooc |" in text and "| cooc alone |" in text and (tmp_path / "rep" / "ablations.json").exists()

@@ -52,6 +52,12 @@ def resolve_drop(drop) -> list[str]:
     return out
 
 
+def _dot(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``A @ B.T`` in float64, rounded to float32: a float32 GEMM's last bit depends on the BLAS thread count (Ray
+    workers run with one thread), and one ulp at a tree's split threshold changes the fitted model."""
+    return (A.astype(np.float64) @ B.astype(np.float64).T).astype(np.float32)
+
+
 def features(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
     cand = np.asarray(cand, np.int64)
     F = np.full((len(cand), len(FEATURE_NAMES)), np.nan, np.float32)
@@ -73,9 +79,9 @@ def features(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, extra:
     rec = st.recent
     if len(rec):
         put("cooc_max", st.cooc_rec[:, cand].max(0))
-        put("cf_sim_max", (s1.cf_unit[cand] @ s1.cf_unit[rec].T).max(1))
+        put("cf_sim_max", _dot(s1.cf_unit[cand], s1.cf_unit[rec]).max(1))
     if len(st.liked) and meta.emb.shape[1] > 1:
-        sims = meta.emb[cand] @ meta.emb[st.liked].T
+        sims = _dot(meta.emb[cand], meta.emb[st.liked])
         put("content_max", sims.max(1))
         put("content_mean", sims.mean(1))
     # attributes
