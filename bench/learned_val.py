@@ -31,6 +31,7 @@ from engine.learned.candidates import pool, source_top
 from engine.learned.features import GROUPS
 from engine.learned.index import ItemIndex, build_sequences, user_item_matrix
 from engine.offline.datasets import load_movielens
+from engine.offline.evaluate import auc
 
 EMB_CACHE = Path(os.environ.get("PERSONA_EMB_CACHE", "/tmp/persona_learn/ml100k_minilm.npz"))
 log = logging.getLogger("learned_val")
@@ -106,7 +107,7 @@ def sampled_auc(model: PersonaModel, hist, target: str, all_ids, touched, key: i
     r = np.random.default_rng([seed, key])
     negs = [i for i in r.permutation(all_ids)[:200] if i not in touched and i != target][:n_neg]
     sc = dict(model.rank(hist, [target, *negs]))
-    return float(np.mean([sc[target] > sc[x] for x in negs]) + 0.5 * np.mean([sc[target] == sc[x] for x in negs]))
+    return auc([sc[target], *(sc[x] for x in negs)])
 
 
 def evaluate(model: PersonaModel, train_by_user, valid, with_pool=True, liked=None):
@@ -135,7 +136,7 @@ def evaluate(model: PersonaModel, train_by_user, valid, with_pool=True, liked=No
             "source_recall": {s: float(np.mean(v)) for s, v in rec_src.items() if v}, "ms_per_user": 1000 * np.median(times)}
 
 
-def cold_items(ml, train, valid, E, eids, cfg, frac, seed=0):
+def cold_items(ml, train, train_by_user, valid, E, eids, cfg, frac, seed=0):
     """The new-item setting on the validation split (see the module doc)."""
     rng = np.random.default_rng([seed, 29])
     with_events = sorted({e.item_id for e in train} | set(valid.values()))
@@ -147,9 +148,7 @@ def cold_items(ml, train, valid, E, eids, cfg, frac, seed=0):
     users = sorted(u for u, v in valid.items() if v in cold and by_user.get(u))
     model = PersonaModel.fit(tr, ml.items, E, cfg, embedding_ids=eids, progress=False)
     all_ids = [it.id for it in ml.items]
-    touched: dict = {}
-    for e in train:
-        touched.setdefault(e.user_id, set()).add(e.item_id)
+    touched = {u: {e.item_id for e in evs} for u, evs in train_by_user.items()}
     hr, nd, rec, aucs, pos = [], [], [], [], []
     for u in users:
         v = model.index.get(valid[u])
@@ -214,7 +213,7 @@ def main(argv=None):
     print("pool recall per source (top pool_size each):", {s: round(v, 3) for s, v in res["source_recall"].items()})
     print(f"serving median {res['ms_per_user']:.2f} ms/user (recommend, k=10)")
     if a.cold_items:
-        rows["cold_items"] = c = cold_items(ml, train, valid, E, eids, base, a.cold_items)
+        rows["cold_items"] = c = cold_items(ml, train, train_by_user, valid, E, eids, base, a.cold_items)
         print(f"new items ({c['cold_items']} items, {c['users']} users whose valid item is new): NDCG@10 {c['NDCG@10']:.4f} "
               f"HR@10 {c['HR@10']:.4f} pool recall {c['pool_recall']:.3f} (median rank there {c['median_rank_in_list']}) AUC 1:20 {c['AUC']:.4f}", flush=True)
     if a.ablate:

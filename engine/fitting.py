@@ -73,6 +73,7 @@ class LearnedStage:
         self._loaded: tuple[str, object] | None = None
         self._pointer: tuple[int, str] | None = None  # (CURRENT's mtime_ns, version): CURRENT is re-read only when it changes
         self._cf_state: tuple[tuple[int, int], str | None] | None = None  # (inode, mtime) of CF_VERSION, its content
+        self._pid_items: tuple[object, dict[str, str]] | None = None  # (model, {point id: item id}) for the cf query
 
     # -- fitting ---------------------------------------------------------------------------------
 
@@ -208,7 +209,7 @@ class LearnedStage:
 
     def _point_items(self, model) -> dict[str, str]:
         """``{point id: item id}`` for the model's items (the cf query skips payloads: ~10x less to decode)."""
-        cached = getattr(self, "_pid_items", None)
+        cached = self._pid_items
         if cached is None or cached[0] is not model:
             cached = self._pid_items = (model, {point_id("item", i): i for i in model.item_ids})
         return cached[1]

@@ -110,15 +110,18 @@ class Facts:
         positively rated items carry it, and more of them than low-rated ones) or ``disliked``
         (the same with low ratings). Stricter than the faithfulness metric's two-item rule: a heavy
         user with 40 low-rated dramas and 3 liked ones does not "like Drama"."""
-        mine, other = (self.pos, self.neg) if key == "liked" else (self.neg, self.pos)
+        mine, other = self.support(key), self.support("disliked" if key == "liked" else "liked")
         return mine[attr] >= MIN_SUPPORT and mine[attr] > other[attr]
+
+    def support(self, key: str) -> Counter:
+        """Per attribute, how many positively (``liked``) or low-rated (``disliked``) items carry it."""
+        return self.pos if key == "liked" else self.neg
 
     def claimable(self, key: str, limit: int = 2 * MAX_LIKED) -> list[str]:
         """The attributes the history backs as ``liked`` (or ``disliked``), most backed first, at
         most ``limit``: what the schema lets the model choose from, so every claim is true and
         among the user's main tastes (not a side genre two liked items happen to share)."""
-        counts = self.pos if key == "liked" else self.neg
-        return [a for a, _ in counts.most_common() if self.backs(a, key)][:limit]
+        return [a for a, _ in self.support(key).most_common() if self.backs(a, key)][:limit]
 
     def schema(self) -> dict[str, Any]:
         """The JSON schema a recurrent step's answer is constrained to (:func:`summary_schema` with
@@ -197,7 +200,7 @@ def validate_summary(text: str, facts: Facts) -> tuple[dict[str, Any] | None, di
     out: dict[str, Any] = {}
     for key, cap in (("liked", MAX_LIKED), ("disliked", MAX_DISLIKED)):
         vals = list(dict.fromkeys(_strings(obj.get(key))))
-        keep = sorted((v for v in vals if facts.backs(v, key)), key=lambda a: -(facts.pos if key == "liked" else facts.neg)[a])  # most backed first
+        keep = sorted((v for v in vals if facts.backs(v, key)), key=lambda a: -facts.support(key)[a])  # most backed first
         dropped["attributes"] += len(vals) - len(keep)
         out[key] = keep[:cap]
     out["disliked"] = [a for a in out["disliked"] if a not in out["liked"]]
