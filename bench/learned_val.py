@@ -9,6 +9,7 @@ chain fitted on the same train events, plus the pool's recall per source and for
     python -m bench.learned_val --ablate             # + each source / feature group removed in turn
     python -m bench.learned_val --set pool_size=200 --set objective=binary
     python -m bench.learned_val --cold-items 0.1 --set cold_frac=0.2   # + new items: 10% of items lose their train events
+    python -m bench.learned_val --no-baselines --sweep dislike_penalty=0,1,2   # serving-time knobs on one fitted model
 
 ``--cold-items F`` also fits on train without every event of a seeded share F of the items and scores the users whose
 valid item is one of them (reachable only through content): NDCG@10 / HR@10 on the full catalog, pool recall, and
@@ -22,6 +23,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +115,7 @@ def sampled_auc(model: PersonaModel, hist, target: str, all_ids, touched, key: i
 def evaluate(model: PersonaModel, train_by_user, valid, with_pool=True, liked=None):
     """``liked``: users whose valid event is rated >= 4; their NDCG@10 is reported apart (``NDCG@10 liked``)."""
     hr, nd, rec_src, rec_pool = [], [], {s: [] for s in model.config.sources}, []
-    nd_liked = []
+    nd_liked, dis_top = [], []
     times, aucs = [], []
     all_ids = model.index.ids
     for u, vid in sorted(valid.items()):
@@ -123,16 +125,19 @@ def evaluate(model: PersonaModel, train_by_user, valid, with_pool=True, liked=No
         recs = model.recommend(train_by_user[u], k=10)
         times.append(time.perf_counter() - t)
         rows = model.index.rows([r[0] for r in recs])
+        st = model.state(train_by_user[u])
+        # share of the top 10 tied mostly to films the user rated low ("because you watched X (2*)")
+        dis_top.append(float(np.mean(model.dislike_share(st, rows) > 0.5)) if len(rows) else 0.0)
         h, n = metrics(rows, v)
         hr.append(h), nd.append(n)
         if liked is not None and u in liked:
             nd_liked.append(n)
         if with_pool:
-            st = model.state(train_by_user[u])
             rec_pool.append(v in set(pool(st, model.config).tolist()))
             for s in model.config.sources:
                 rec_src[s].append(v in set(source_top(st, s, model.config.pool_size).tolist()))
-    return {"HR@10": np.mean(hr), "NDCG@10": np.mean(nd), "AUC": np.mean(aucs), "NDCG@10 liked": np.mean(nd_liked) if nd_liked else np.nan, "pool_recall": np.mean(rec_pool) if rec_pool else np.nan,
+    return {"HR@10": np.mean(hr), "NDCG@10": np.mean(nd), "AUC": np.mean(aucs), "NDCG@10 liked": np.mean(nd_liked) if nd_liked else np.nan,
+            "top10_disliked_ties": float(np.mean(dis_top)), "pool_recall": np.mean(rec_pool) if rec_pool else np.nan,
             "source_recall": {s: float(np.mean(v)) for s, v in rec_src.items() if v}, "ms_per_user": 1000 * np.median(times)}
 
 
@@ -181,6 +186,7 @@ def main(argv=None):
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--json", type=Path, help="write results here")
     ap.add_argument("--cold-items", type=float, default=0.0, help="share of items that lose their train events (new items)")
+    ap.add_argument("--sweep", action="append", help="serving-time LearnedConfig field=v1,v2,...: the fitted model re-scored with each")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     ml = load_movielens()
@@ -210,6 +216,14 @@ def main(argv=None):
     print(f"{'model':28s} {'NDCG@10':>8s} {'HR@10':>7s} {'pool rec':>8s} {'AUC 1:20':>8s}")
     for name, r in rows.items():
         print(f"{name:28s} {r['NDCG@10']:8.4f} {r['HR@10']:7.4f} {r.get('pool_recall', float('nan')):8.3f} {r.get('AUC', float('nan')):8.4f}")
+    print(f"top-10 items tied mostly to low-rated films (dislike share > 0.5): {res['top10_disliked_ties']:.4f}")
+    for spec in a.sweep or []:
+        key, vals = spec.split("=", 1)
+        for v in vals.split(","):
+            m = PersonaModel(model.index, model.meta, model.stage1, model.ranker, replace(model.config, **{key: json.loads(v)}), model.info)
+            r = rows[f"{key}={v}"] = evaluate(m, train_by_user, valid, with_pool=False, liked=liked)
+            print(f"{key}={v:<10s} NDCG@10 {r['NDCG@10']:.4f} HR@10 {r['HR@10']:.4f} AUC {r['AUC']:.4f} "
+                  f"NDCG@10 liked {r['NDCG@10 liked']:.4f} top-10 disliked ties {r['top10_disliked_ties']:.4f}", flush=True)
     print("pool recall per source (top pool_size each):", {s: round(v, 3) for s, v in res["source_recall"].items()})
     print(f"serving median {res['ms_per_user']:.2f} ms/user (recommend, k=10)")
     if a.cold_items:

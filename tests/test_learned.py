@@ -157,3 +157,22 @@ def test_fresh_boost_raises_new_items_in_rank_and_recommend_alike(fitted):
     assert up["new"] > base["new"] and up["i20"] == base["i20"]
     recs = boosted.recommend(h, k=CFG.pool_size)
     assert [r[0] for r in boosted.rank(h, [r[0] for r in recs])] == [r[0] for r in recs]
+
+
+def test_dislike_penalty_lowers_items_tied_to_a_low_rated_film_in_rank_and_recommend_alike(fitted):
+    from dataclasses import replace
+
+    model, _, events = fitted
+    h = [Event(user_id="x", item_id=f"i{j}", timestamp=9e6 + k, rating=5.0) for k, j in enumerate([40, 41, 42])]
+    h.append(Event(user_id="x", item_id="i10", timestamp=9e6 + 10, rating=1.0))  # the latest film, rated 1*
+    st = model.state(h)
+    share = model.dislike_share(st, model.index.rows(["i11", "i43", "i12"]))
+    assert share[0] > share[1] and share[0] > 0.5 > share[1]  # i11 follows i10; i43 follows the liked i42
+    penal = PersonaModel(model.index, model.meta, model.stage1, model.ranker, replace(model.config, dislike_penalty=4.0), model.info)
+    base, low = dict(model.rank(h, ["i11", "i43"])), dict(penal.rank(h, ["i11", "i43"]))
+    assert low["i11"] < base["i11"] and low["i43"] / base["i43"] > low["i11"] / base["i11"]
+    recs = penal.recommend(h, k=CFG.pool_size)
+    assert [r[0] for r in penal.rank(h, [r[0] for r in recs])] == [r[0] for r in recs]
+    liked_only = [e for e in h if e.rating > 2]
+    assert not model.state(liked_only).disliked.any()
+    assert dict(penal.rank(liked_only, ["i11"])) == dict(model.rank(liked_only, ["i11"]))  # no dislikes: no change

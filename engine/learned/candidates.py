@@ -126,6 +126,7 @@ class UserState:
     trans3: np.ndarray  # 3 x n: P(c | last_k) for k = 1, 2, 3 (row 0 = most recent; zero rows when shorter)
     recent: np.ndarray  # the last ``recent`` item rows, most recent last
     liked: np.ndarray  # recent liked item rows (rating >= threshold; all recent when no ratings)
+    disliked: np.ndarray  # bool mask over ``recent``: rated at most ``dislike_rating``
     user_vec: np.ndarray
     sources: dict  # name -> dense score vector
     last_ts: float
@@ -146,6 +147,7 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig) ->
     recent = items[-cfg.recent :]
     r = seq.ratings[(seq.items >= 0) & (seq.items < n)][-cfg.recent :]
     liked = recent[~(r < cfg.like_threshold)]  # nan ratings count as liked
+    disliked = r <= cfg.dislike_rating  # nan ratings are not dislikes
     if not len(liked):
         liked = recent
     uvec = s1.cf.user_vector(items)
@@ -169,7 +171,7 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig) ->
     src["pop_at"] = s1.cached(("pop_at", b), lambda: s1.seq.pop_at(last_ts))
     orders = {name: s1.cached(("order", name, b if name == "pop_at" else None), lambda v=src[name]: np.lexsort((np.arange(n), -v)))
               for name in ("pop", "trend", "pop_at")}
-    return UserState(seq, seen, last3, trans3, recent, liked, uvec, src, last_ts, cooc_rec, orders)
+    return UserState(seq, seen, last3, trans3, recent, liked, disliked, uvec, src, last_ts, cooc_rec, orders)
 
 
 def source_ranks(state: UserState, names, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -51,6 +51,14 @@ class LearnedConfig:
     # ml-100k's valid split +1 / +2 lift new items from median rank 191 to 107 / 38 in their users' lists but none into
     # the top 10, and +2 costs the others 0.1430 -> 0.1364 NDCG@10 (items without events there are obscure ones)
     fresh_boost: float = 0.0
+    # subtracted from the score (log-odds) in proportion to the share of a candidate's ties to the recent history
+    # (transitions, co-occurrence, cf and content similarity) that come from items the user rated at most
+    # ``dislike_rating``: explicit negative feedback, so "because you watched a film you rated 2*" stops filling a list.
+    # Valid (bench/learned_val.py --sweep dislike_penalty=...), top-10 items tied mostly to low-rated films / NDCG@10 /
+    # AUC 1:20: 0 12.5% / 0.1438 / 0.9253; 2 10.2% / 0.1442 / 0.9238; 4 8.6% / 0.1415 / 0.9213; 8 6.0% / 0.1295 / 0.9104.
+    # 2 is the largest that costs no NDCG@10 (the held-out next film is often one the user rates low, too)
+    dislike_penalty: float = 2.0
+    dislike_rating: float = 2.0
     # random unseen catalog items (not among the kept candidates) added per training user as negatives, so the ranker learns
     # the low end of the catalog that rank() scores (sampled AUC), not only the pool's strong candidates. Valid
     # (bench/learned_val.py, seeds 0/1): AUC 1:20 0.9209/0.9194 -> 0.9262 (50) / 0.9264/0.9268 (100); NDCG@10 within

@@ -153,14 +153,41 @@ class PersonaModel:
     def _score(self, st, cand: np.ndarray, extra_feature=None) -> np.ndarray:
         F = features(self.stage1, self.meta, st, cand, self._extra(extra_feature, cand))
         scores = self.ranker.predict(F)
+        shift = np.zeros(len(cand))  # serving-time adjustments, in log-odds (binary objective) or score units
         if self.config.fresh_boost:
-            new = np.isnan(self.stage1.item_first_ts[cand])
-            if self.config.objective == "binary":  # probabilities: add the boost to their log-odds
-                p = np.clip(scores[new], 1e-12, 1 - 1e-12)
-                scores[new] = 1.0 / (1.0 + (1 - p) / p * np.exp(-self.config.fresh_boost))
-            else:
-                scores[new] += self.config.fresh_boost
-        return scores
+            shift[np.isnan(self.stage1.item_first_ts[cand])] += self.config.fresh_boost
+        if self.config.dislike_penalty and st.disliked.any():
+            shift -= self.config.dislike_penalty * self.dislike_share(st, cand)
+        if not shift.any():
+            return scores
+        if self.config.objective == "binary":  # probabilities: shift their log-odds
+            p = np.clip(scores, 1e-12, 1 - 1e-12)
+            return 1.0 / (1.0 + (1 - p) / p * np.exp(-shift))
+        return scores + shift
+
+    def _ties(self, st, cand: np.ndarray) -> list[np.ndarray]:
+        """Non-negative ties (recent history x ``cand``): transitions, co-occurrence, cf and content similarity."""
+        s1, rec = self.stage1, st.recent
+        def sim(E):  # float64: a float32 product's last bit depends on the matrix shape, and rank() must match recommend()
+            return np.clip(E[rec].astype(np.float64) @ E[cand].astype(np.float64).T, 0, None)
+
+        parts = [dense_rows(s1.seq.trans, rec, cand), st.cooc_rec[:, cand], sim(s1.cf_unit)]
+        if self.meta.emb.shape[1] > 1:
+            parts.append(sim(self.meta.emb))
+        return parts
+
+    def dislike_share(self, st, cand: np.ndarray) -> np.ndarray:
+        """Per candidate, the share of its ties to the recent history that come from items the user disliked (mean over
+        the tie kinds it has any of; 0 without ties). Depends only on the user and that candidate, like the features."""
+        if not len(st.recent) or not len(cand):
+            return np.zeros(len(cand))
+        num, den = np.zeros(len(cand)), np.zeros(len(cand))
+        for P in self._ties(st, cand):
+            tot = P.sum(0, dtype=np.float64)
+            has = tot > 0
+            num[has] += P[st.disliked].sum(0, dtype=np.float64)[has] / tot[has]
+            den += has
+        return num / np.maximum(den, 1)
 
     def state(self, history):
         return user_state(self.stage1, self.meta, self.sequence(history), self.config)
@@ -204,13 +231,8 @@ class PersonaModel:
         rec = st.recent
         if not len(rec) or not len(top):
             return [None] * len(top)
-        s1 = self.stage1
-        parts = [dense_rows(s1.seq.trans, rec, top), st.cooc_rec[:, top],
-                 np.clip(s1.cf_unit[rec] @ s1.cf_unit[top].T, 0, None)]
-        if self.meta.emb.shape[1] > 1:
-            parts.append(np.clip(self.meta.emb[rec] @ self.meta.emb[top].T, 0, None))
         A = np.zeros((len(rec), len(top)))
-        for P in parts:
+        for P in self._ties(st, top):
             m = P.max()
             if m > 0:
                 A += P / m

@@ -118,15 +118,20 @@ def evaluate_persona(path: str | Path, data: Any, split: Split, stage: str, user
         fit = eng.fit(progress=progress)
         t0 = time.perf_counter()
 
+        low_reasons: list[float] = []  # per user: share of the top 10 explained by a film the user rated <= 2
+
         def scorer(u: str, hist: list[Event], cands: list[str]):
-            ranked = [r.item_id for r in eng.recommend(u, k=50).items]
+            recs = eng.recommend(u, k=50).items
+            low = {e.item_id for e in hist if e.rating is not None and e.rating <= 2}
+            low_reasons.append(float(np.mean([bool(set(r.because_of or ()) & low) for r in recs[:10]])) if recs else 0.0)
             scores = {r.item_id: r.score for r in eng.rank(u, cands)}
-            return ranked, [scores[c] for c in cands]
+            return [r.item_id for r in recs], [scores[c] for c in cands]
 
         per_user = evaluate_scorer(scorer, split, stage, users, progress=progress)
         serve_s = time.perf_counter() - t0
     info = {"fit_seconds": fit.seconds, "model_version": fit.version, "fit_info": fit.info,
-            "serve_ms_per_user": round(1000 * serve_s / max(1, len(users)), 2)}
+            "serve_ms_per_user": round(1000 * serve_s / max(1, len(users)), 2),
+            "top10_low_rated_reasons": round(float(np.mean(low_reasons)), 4) if low_reasons else None}
     return per_user, info
 
 
@@ -211,6 +216,10 @@ def write_report(rep: dict[str, Any], out: str | Path) -> Path:
               "| metric | difference | 95% CI | p |", "|---|---|---|---|"]
     for m, p in rep["persona_vs_best"].items():
         lines.append(f"| {m} | {p['diff']:+.4f} | [{p['lo']:+.4f}, {p['hi']:+.4f}] | {p['p']:.3f} |")
+    low = rep["persona"].get("info", {}).get("test", {}).get("top10_low_rated_reasons")
+    if low is not None:
+        lines += ["", f"Persona's test top 10s: {100 * low:.1f}% of the items are explained by a film the user rated 2 or less "
+                      "(\"because you watched X\"; `LearnedConfig.dislike_penalty` lowers items tied to such films)."]
     lines += ["", "Test NDCG@10 by training-history length:", "", "| method | " + " | ".join(f"{g} (n={n})" for g, n in rep["groups_n"].items()) + " |",
               "|---|" + "---|" * len(rep["groups_n"])]
     for name, r in rows:
