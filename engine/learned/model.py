@@ -38,6 +38,7 @@ __all__ = ["PersonaModel", "FORMAT_VERSION", "data_hash"]
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+_REASON_CAP = 3  # a history item explains at most this many better-ranked items when another strong tie exists
 
 
 def data_hash(events, items=()) -> str:
@@ -238,7 +239,20 @@ class PersonaModel:
                 A += P / m
         A *= np.where(np.isin(rec, st.liked), 1.0, 0.5)[:, None]  # "because you liked X" over a film rated low, at equal ties
         A += 1e-3 * np.linspace(0, 1, len(rec))[:, None]  # ties go to the most recent
-        return [self.index.ids[rec[i]] for i in A.argmax(0)]
+        # Variety without fiction: once a history item explains _REASON_CAP better-ranked items, a candidate takes its
+        # next-strongest tie instead, but only one at least half as strong (else the dominant tie stays the reason).
+        used: dict[int, int] = {}
+        out = []
+        for j in range(len(top)):
+            col = A[:, j]
+            best = int(col.argmax())
+            if used.get(best, 0) >= _REASON_CAP and len(rec) > 1:
+                alt = max((i for i in np.argsort(-col)[:8] if used.get(int(i), 0) < _REASON_CAP), key=lambda i: col[i], default=None)
+                if alt is not None and col[alt] >= 0.5 * col[best]:
+                    best = int(alt)
+            used[best] = used.get(best, 0) + 1
+            out.append(self.index.ids[rec[best]])
+        return out
 
     # --- persistence ---------------------------------------------------------------------------------------------
     def save(self, directory) -> Path:
