@@ -137,7 +137,10 @@ class Engine:
             items = self.components.read_catalog(items, image_dir, self.settings.ingest.allow_image_paths_outside_catalog)
         items = list(items) if ray is not None else items  # encoded on Ray first, then written
         indexer = self.components.indexer(self.store, self.items_col, self.prompts, recount_popularity=self.event_log.recount, ray=ray, records=items)
-        return indexer.ingest(items, progress=progress, on_batch=on_batch, local_images=local_images)
+        try:
+            return indexer.ingest(items, progress=progress, on_batch=on_batch, local_images=local_images)
+        finally:
+            self.catalog.forget()
 
     def add_events(self, events: Iterable[Event | Mapping[str, Any]]) -> EventReport:
         """Store interactions durably. The same event twice counts once; events naming unknown

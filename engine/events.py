@@ -34,7 +34,7 @@ from .errors import NotFoundError
 from .items import ItemCatalog
 from .store import Filter, Point, VectorStore, point_id
 from .store.base import chunks
-from .types import Event, EventReport, event_sort_key
+from .types import Event, EventReport, sort_events
 
 __all__ = ["EventLog", "validate_events"]
 
@@ -128,7 +128,7 @@ class EventLog:
         """A user's events, oldest first (empty for an unknown user)."""
         hits = self.store.scroll(self.events_col, Filter(match={"user_id": str(user_id)}))
         # stored payloads were validated on the way in: construct without re-validating (a third of recommend's time)
-        return sorted((Event.model_construct(**h.payload) for h in hits), key=lambda e: event_sort_key(e.user_id, e.item_id, e.timestamp))
+        return sort_events([Event.model_construct(**h.payload) for h in hits])
 
     def require_user(self, user_id: str) -> list[Event]:
         """The user's history; NotFoundError when the user has neither events nor a profile."""

@@ -41,7 +41,7 @@ import numpy as np
 from . import explain as explaining
 from .config import Settings
 from .errors import DependencyMissingError, InvalidInputError, missing
-from .items import ItemCatalog
+from .items import ItemCatalog, folded_title
 from .profiles import is_positive
 from .store import Filter, Hit, Point, VectorQuery, VectorStore, point_id
 from .types import Event, FitReport, Item
@@ -57,10 +57,6 @@ rewritten. Every process checks it before a cf query, so a model never meets ano
 (a fit in another process, a crash mid-write, or CURRENT pointed back at an older version)."""
 _SCORE_ALL_LIMIT = 20_000
 """With a payload filter, score every matching item up to this many (exact); beyond, filter the pool."""
-
-
-def _title_key(payload: dict) -> str:
-    return " ".join(str(payload.get("title") or "").lower().split())
 
 
 class LearnedStage:
@@ -259,14 +255,13 @@ class LearnedStage:
         found = self.catalog.hits([i for i, _, _ in picks] + [w for _, _, w in picks if w], with_vectors=with_vectors)
         thr = self.settings.profile.positive_rating
         liked = {e.item_id: is_positive(e, thr) for e in events}
-        seen = self.catalog.hits([e.item_id for e in events], fields=["title"]) if exclude_seen else {}
-        titles = {_title_key(h.payload) for h in seen.values()}
+        titles = set(self.catalog.folded_titles([e.item_id for e in events]).values()) if exclude_seen else set()
         titles.discard("")
         hits, reasons = [], {}
         for iid, score, why in picks:
             if iid in found and len(hits) < limit:
                 h = found[iid]
-                key = _title_key(h.payload)
+                key = folded_title(h.payload)
                 if key and key in titles:
                     continue
                 titles.add(key)

@@ -14,7 +14,7 @@ from .errors import NotFoundError
 from .store import Hit, VectorStore, point_id
 from .store.base import chunks
 
-__all__ = ["ITEM_INDEXES", "ItemCatalog", "genres_of", "prompt_row"]
+__all__ = ["ITEM_INDEXES", "ItemCatalog", "genres_of", "prompt_row", "folded_title"]
 
 # Payload indexes of the items collection (filters, popularity order, cold-start genres).
 ITEM_INDEXES = {"item_id": "keyword", "popularity": "float", "attributes.genres": "keyword", "attributes.year": "float"}
@@ -34,11 +34,35 @@ def prompt_row(hit: Hit) -> dict[str, Any]:
     return {"id": p["item_id"], "title": p.get("title", ""), "genres": genres_of(p.get("attributes") or {}), "summary": p.get("summary") or ""}
 
 
+def folded_title(payload: dict[str, Any]) -> str:
+    """An item's title, case- and space-folded: two ids with one key are the same film to a user."""
+    return " ".join(str(payload.get("title") or "").lower().split())
+
+
 class ItemCatalog:
     """Reads items by id from the items collection."""
 
+    _TITLE_CACHE_MAX = 500_000
+
     def __init__(self, store: VectorStore, collection: str) -> None:
         self.store, self.collection = store, collection
+        self._titles: dict[str, str] = {}  # item id -> folded_title; cleared by forget() (Engine.add_items calls it)
+
+    def folded_titles(self, item_ids: Sequence[str]) -> dict[str, str]:
+        """``{item_id: folded_title}`` of the known items among ``item_ids``. Cached per process, because the served list
+        is de-duplicated against every seen title on each call (a heavy user's ~700 payloads); the cache is cleared
+        by :meth:`forget`, so a title changed by another process is seen after its next ingest here or a restart."""
+        t = self._titles  # one dict for this call, whatever forget() does meanwhile
+        missing = [i for i in dict.fromkeys(item_ids) if i not in t]
+        if missing:
+            if len(t) + len(missing) > self._TITLE_CACHE_MAX:
+                t = self._titles = {}
+            t.update({i: folded_title(h.payload) for i, h in self.hits(missing, fields=["title"]).items()})
+        return {i: t[i] for i in item_ids if i in t}
+
+    def forget(self) -> None:
+        """Drop cached titles (after items were written)."""
+        self._titles = {}
 
     def get(self, item_id: str) -> dict[str, Any]:
         """The stored payload of one item; NotFoundError when unknown."""

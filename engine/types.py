@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 from typing import Any, Literal
 
@@ -22,6 +24,7 @@ __all__ = [
     "ItemScore",
     "FitReport",
     "event_sort_key",
+    "sort_events",
 ]
 
 # No control characters. Written with the characters themselves (not ``\x`` escapes) because some
@@ -82,10 +85,29 @@ def event_sort_key(user_id: str, item_id: str, timestamp: float, seed: int = 0) 
     equal timestamps (44% of ml-100k users rated their last two movies in the same second) by a
     seeded hash of ``(seed, user_id, item_id)``. The hash is a deterministic pseudo-random shuffle
     inside a tie group; sorting ties by item id would leak the id order into sequential models."""
-    import hashlib
+    return (float(timestamp), _tie_hash(str(user_id), str(item_id), seed))
 
+
+@functools.lru_cache(maxsize=1 << 17)  # serving re-sorts the same histories on every call
+def _tie_hash(user_id: str, item_id: str, seed: int) -> int:
     h = hashlib.blake2b(f"{seed}\x1f{user_id}\x1f{item_id}".encode(), digest_size=8)
-    return (float(timestamp), int.from_bytes(h.digest(), "big"))
+    return int.from_bytes(h.digest(), "big")
+
+
+def sort_events(events: list, seed: int = 0) -> list:
+    """One user's events sorted by :func:`event_sort_key`, hashing only events whose timestamp is
+    shared (the same order as ``sorted(events, key=...)``, several times faster on long histories)."""
+    import numpy as np
+
+    if len(events) < 2:
+        return list(events)
+    ts = np.array([float(e.timestamp) for e in events])
+    _, inv, cnt = np.unique(ts, return_inverse=True, return_counts=True)
+    h = np.zeros(len(events), dtype=np.uint64)
+    for k in np.flatnonzero(cnt[inv] > 1):
+        e = events[k]
+        h[k] = _tie_hash(str(e.user_id), str(e.item_id), seed)
+    return [events[k] for k in np.lexsort((h, ts))]
 
 
 class ItemError(BaseModel):

@@ -106,8 +106,10 @@ def test_formats_and_rerun_skips_unchanged(make_engine, tmp_path, ml):
     assert rep.added == 40 and rep.failed == 1 and "invalid JSON" in rep.errors[-1].error
     again = eng.add_items(jsonl)
     assert again.added == 0 and again.unchanged == 40 and again.updated == 0
-    changed = eng.add_items([dict(items[0].model_dump(), title="New title")])
-    assert changed.updated == 1 and eng.item(items[0].id)["title"] == "New title"
+    assert eng.catalog.folded_titles([items[0].id, "no-such-id"]) == {items[0].id: " ".join(items[0].title.lower().split())}
+    changed = eng.add_items([dict(items[0].model_dump(), title="New  Title")])
+    assert changed.updated == 1 and eng.item(items[0].id)["title"] == "New  Title"
+    assert eng.catalog.folded_titles([items[0].id]) == {items[0].id: "new title"}  # the served list's de-dup cache forgot the old one
     assert eng.stats()["items"] == 40
     assert make_engine(tmp_path / "csv").add_items(csvp).added == 40
     e3 = make_engine(tmp_path / "pq")

@@ -245,3 +245,14 @@ def test_cold_splits_keep_the_main_targets_and_hide_cold_items(split):
     fit = ci.fit_events("test")
     assert not {e.item_id for e in fit} & items and len(fit) < len(split.fit_events("test"))
     assert all(e.item_id not in items for u in users for e in ci.history(u, "test"))
+
+
+def test_sort_events_is_sorted_by_event_sort_key(ml):
+    """The fast order (hashing only tied timestamps) that serving and fitting use equals the defining key's."""
+    from engine.types import sort_events
+
+    for uid in ("1", "13", "405"):
+        evs = ml.user_events(uid)[::-1]  # any input order
+        for seed in (0, 7):
+            want = sorted(evs, key=lambda e: event_sort_key(e.user_id, e.item_id, e.timestamp, seed))
+            assert [e.item_id for e in sort_events(evs, seed)] == [e.item_id for e in want]

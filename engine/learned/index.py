@@ -21,6 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..types import event_sort_key as _types_key
+from ..types import sort_events
 
 __all__ = ["tie_key", "event_sort_key", "order_events", "ItemIndex", "Sequence", "build_sequences", "split_last", "user_item_matrix"]
 
@@ -39,16 +40,7 @@ def event_sort_key(event, seed: int = 0) -> tuple[float, int]:
 
 def order_events(events: list, seed: int = 0) -> list:
     """``sorted(events, key=event_sort_key)``, hashing only events whose timestamp is shared (same order, faster)."""
-    if len(events) < 2:
-        return list(events)
-    ts = np.array([float(e.timestamp) for e in events])
-    _, inv, cnt = np.unique(ts, return_inverse=True, return_counts=True)
-    tied = cnt[inv] > 1
-    h = np.zeros(len(events), dtype=np.uint64)
-    for k in np.flatnonzero(tied):
-        e = events[k]
-        h[k] = tie_key(seed, str(e.user_id), str(e.item_id))
-    return [events[k] for k in np.lexsort((h, ts))]
+    return sort_events(events, seed)
 
 
 class ItemIndex:
