@@ -246,8 +246,9 @@ class PersonaModel:
         for j in range(len(top)):
             col = A[:, j]
             best = int(col.argmax())
-            if used.get(best, 0) >= _REASON_CAP and len(rec) > 1:
-                alt = max((i for i in np.argsort(-col)[:8] if used.get(int(i), 0) < _REASON_CAP), key=lambda i: col[i], default=None)
+            if used.get(best, 0) >= _REASON_CAP and len(rec) > 1:  # the alternative is no film rated low unless the best is
+                ok = [int(i) for i in np.argsort(-col)[:8] if used.get(int(i), 0) < _REASON_CAP and (st.disliked[best] or not st.disliked[i])]
+                alt = max(ok, key=lambda i: col[i], default=None)
                 if alt is not None and col[alt] >= 0.5 * col[best]:
                     best = int(alt)
             used[best] = used.get(best, 0) + 1
