@@ -176,3 +176,23 @@ def test_dislike_penalty_lowers_items_tied_to_a_low_rated_film_in_rank_and_recom
     liked_only = [e for e in h if e.rating > 2]
     assert not model.state(liked_only).disliked.any()
     assert dict(penal.rank(liked_only, ["i11"])) == dict(model.rank(liked_only, ["i11"]))  # no dislikes: no change
+
+
+def test_capped_source_ranks_equal_exact_ranks_up_to_the_cap():
+    """rank_cap: the O(n) partition gives the exact rank below the cap and the cap beyond (ties and -inf included)."""
+    from types import SimpleNamespace
+
+    from engine.learned.candidates import source_ranks
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.integers(5, 2000))
+        v = rng.integers(0, 30, n).astype(np.float32) if trial % 2 else rng.standard_normal(n).astype(np.float32)
+        if trial % 5 == 0:
+            v[rng.random(n) < 0.5] = -np.inf
+        seen = rng.random(n) < 0.2
+        cand = rng.choice(n, min(n, 300), replace=False)
+        cap = int(rng.integers(1, int((~seen).sum())))
+        S0, R0 = source_ranks(SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=0), ["a"], cand)
+        S1, R1 = source_ranks(SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=cap), ["a"], cand)
+        assert np.array_equal(S0, S1) and np.array_equal(np.minimum(R0, cap), R1)

@@ -27,7 +27,7 @@ __all__ = ["ItemMeta", "Stage1", "UserState", "user_state", "pool", "source_rank
 
 log = logging.getLogger(__name__)
 
-_EMB64_CACHE_BYTES = 256 << 20  # above this the per-call cast stays (the scan is memory-bound there anyway)
+_EMB64_CACHE_BYTES = 640 << 20  # float64 copy kept up to ~200k items at 384-d; above, the per-call cast stays
 
 
 @dataclass
@@ -142,6 +142,7 @@ class UserState:
     last_ts: float
     cooc_rec: np.ndarray  # len(recent) x n cosine co-occurrence rows
     orders: dict  # name -> cached full-catalog order for sources that do not depend on the history
+    rank_cap: int = 0  # source_ranks: exact ranks up to this, this value beyond (0: exact)
 
 
 def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig) -> UserState:
@@ -181,19 +182,28 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig) ->
     src["pop_at"] = s1.cached(("pop_at", b), lambda: s1.seq.pop_at(last_ts))
     orders = {name: s1.cached(("order", name, b if name == "pop_at" else None), lambda v=src[name]: np.lexsort((np.arange(n), -v)))
               for name in ("pop", "trend", "pop_at")}
-    return UserState(seq, seen, last3, trans3, recent, liked, disliked, uvec, src, last_ts, cooc_rec, orders)
+    return UserState(seq, seen, last3, trans3, recent, liked, disliked, uvec, src, last_ts, cooc_rec, orders, cfg.rank_cap)
 
 
 def source_ranks(state: UserState, names, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and full-catalog ranks (0 = best, among unseen items) of ``cand`` for each source (k x len(names))."""
+    """Scores and full-catalog ranks (0 = best, among unseen items) of ``cand`` for each source (k x len(names)).
+    Ranks are exact below ``state.rank_cap`` and equal to it beyond (when set)."""
     S = np.zeros((len(cand), len(names)), np.float32)
     R = np.zeros((len(cand), len(names)), np.float32)
     unseen = ~state.seen
+    cap = state.rank_cap
     for j, name in enumerate(names):
         v = state.sources[name]
-        srt = np.sort(v[unseen])
-        S[:, j] = v[cand]
-        R[:, j] = len(srt) - np.searchsorted(srt, v[cand], side="right")
+        vu, vc = v[unseen], v[cand]
+        S[:, j] = vc
+        if 0 < cap < len(vu):
+            top = np.partition(vu, len(vu) - cap)[len(vu) - cap:]  # the cap largest values
+            top.sort()
+            # x >= the cap-th largest: every larger unseen value is in ``top``, so the count is exact
+            R[:, j] = np.where(vc >= top[0], cap - np.searchsorted(top, vc, side="right"), cap)
+        else:
+            srt = np.sort(vu)
+            R[:, j] = len(srt) - np.searchsorted(srt, vc, side="right")
     return S, R
 
 
