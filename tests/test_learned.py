@@ -123,19 +123,24 @@ def test_new_item_reaches_users_through_content(fitted):
 
 
 def test_training_shows_candidates_as_new_items_exactly_as_serving_sees_a_new_item(fitted):
+    from dataclasses import replace as dc_replace
+
     from engine.learned.features import FEATURE_NAMES, cold_item, features
 
     model, _, events = fitted
-    st = model.state(_hist(events, "u5"))
+    st0 = model.state(_hist(events, "u5"))
     new, warm = model.index.get("new"), model.index.get("i20")
-    F = features(model.stage1, model.meta, st, np.array([new, warm]))
-    cold = cold_item(F, st, np.array([True, True]))
-    # a real new item already has the cold values: the training-time rewrite is the identity on it ...
-    assert np.array_equal(cold[0], F[0], equal_nan=True)
-    # ... and turns a warm item into one that differs from the new item only in content / attribute / user columns
-    same = [k for k, f in enumerate(FEATURE_NAMES) if not f.startswith(("content_", "genre_", "year_", "item_year"))]
-    assert np.array_equal(cold[1, same], F[0, same], equal_nan=True)
-    assert not np.array_equal(cold[1], F[1], equal_nan=True)
+    for cap in (0, 3):  # exact ranks, and ranks capped below where a new item's 0 lands (the cap must apply here too)
+        st = dc_replace(st0, rank_cap=cap)
+        F = features(model.stage1, model.meta, st, np.array([new, warm]))
+        cold = cold_item(F, st, np.array([True, True]))
+        # a real new item already has the cold values: the training-time rewrite is the identity on it ...
+        assert np.array_equal(cold[0], F[0], equal_nan=True)
+        # ... and turns a warm item into one that differs from the new item only in content / attribute / user columns
+        same = [k for k, f in enumerate(FEATURE_NAMES) if not f.startswith(("content_", "genre_", "year_", "item_year"))]
+        assert np.array_equal(cold[1, same], F[0, same], equal_nan=True)
+        assert not np.array_equal(cold[1], F[1], equal_nan=True)
+    st = st0
     # the new item is in a small pool through the ``fresh`` source, not otherwise
     from dataclasses import replace
 

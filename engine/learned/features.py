@@ -117,11 +117,13 @@ def cold_item(F: np.ndarray, st: UserState, rows: np.ndarray) -> np.ndarray:
     user; no rating or event times. Content, attribute and user columns are left as they are."""
     F = F.copy()
     unseen = ~st.seen
+    cap = st.rank_cap if 0 < st.rank_cap < int(unseen.sum()) else None  # as source_ranks computes it
     for name in SOURCES:
         if name == "content":
             continue
         F[rows, _COL[f"{name}_score"]] = 0.0
-        F[rows, _COL[f"{name}_rank"]] = float((st.sources[name][unseen] > 0).sum())
+        r = float((st.sources[name][unseen] > 0).sum())
+        F[rows, _COL[f"{name}_rank"]] = r if cap is None else min(r, cap)
     for c in _COLD_ZERO:
         F[rows, c] = 0.0
     for c in _COLD_NAN:
