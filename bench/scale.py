@@ -373,7 +373,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     if not rows:
         sys.exit(1)
-    cmd = "nice -n 10 .venv/bin/python bench/scale.py " + " ".join(sys.argv[1:])
+    cmd = ".venv/bin/python bench/scale.py " + " ".join(sys.argv[1:])
     for r in rows:
         r["command"] = cmd
     if args.merge and out_dir is not None and (out_dir / "scale.json").exists():
