@@ -178,6 +178,10 @@ def test_dislike_penalty_lowers_items_tied_to_a_low_rated_film_in_rank_and_recom
     assert low["i11"] < base["i11"] and low["i43"] / base["i43"] > low["i11"] / base["i11"]
     recs = penal.recommend(h, k=CFG.pool_size)
     assert [r[0] for r in penal.rank(h, [r[0] for r in recs])] == [r[0] for r in recs]
+    for i, score, _ in recs[:: max(1, len(recs) // 15)]:  # alone or in the whole pool: the very same score
+        assert dict(penal.rank(h, [i]))[i] == score
+    all_low = [e.model_copy(update={"rating": 1.0}) for e in h]  # every film rated low: no contrast, no penalty
+    assert dict(penal.rank(all_low, ["i11", "i43"])) == dict(model.rank(all_low, ["i11", "i43"]))
     liked_only = [e for e in h if e.rating > 2]
     assert not model.state(liked_only).disliked.any()
     assert dict(penal.rank(liked_only, ["i11"])) == dict(model.rank(liked_only, ["i11"]))  # no dislikes: no change

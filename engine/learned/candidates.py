@@ -69,6 +69,11 @@ class ItemMeta:
             emb = emb / np.where(norm > 0, norm, 1.0)
         return cls(emb, genres, names, year)
 
+    def __getstate__(self) -> dict:  # Ray ships the model to workers: not the float64 copy (each builds its own)
+        d = dict(self.__dict__)
+        d.pop("_emb64", None)
+        return d
+
     def content_scores(self, q: np.ndarray) -> np.ndarray:
         """``emb @ q`` for a float64 query: the float64 product the features were fitted with, without re-casting the
         whole matrix on every call (the cast was most of a request's time at 10k items) while a float64 copy is small."""

@@ -157,20 +157,25 @@ class PersonaModel:
         shift = np.zeros(len(cand))  # serving-time adjustments, in log-odds (binary objective) or score units
         if self.config.fresh_boost:
             shift[np.isnan(self.stage1.item_first_ts[cand])] += self.config.fresh_boost
-        if self.config.dislike_penalty and st.disliked.any():
+        if self.config.dislike_penalty and st.disliked.any() and not st.disliked.all():  # all low: no contrast to use
             shift -= self.config.dislike_penalty * self.dislike_share(st, cand)
-        if not shift.any():
+        m = shift != 0  # only shifted items change: the others keep the ranker's exact score, whatever the batch
+        if not m.any():
             return scores
+        scores = scores.copy()
         if self.config.objective == "binary":  # probabilities: shift their log-odds
-            p = np.clip(scores, 1e-12, 1 - 1e-12)
-            return 1.0 / (1.0 + (1 - p) / p * np.exp(-shift))
-        return scores + shift
+            p = np.clip(scores[m], 1e-12, 1 - 1e-12)
+            scores[m] = 1.0 / (1.0 + (1 - p) / p * np.exp(-shift[m]))
+        else:
+            scores[m] += shift[m]
+        return scores
 
     def _ties(self, st, cand: np.ndarray) -> list[np.ndarray]:
         """Non-negative ties (recent history x ``cand``): transitions, co-occurrence, cf and content similarity."""
         s1, rec = self.stage1, st.recent
-        def sim(E):  # float64: a float32 product's last bit depends on the matrix shape, and rank() must match recommend()
-            return np.clip(E[rec].astype(np.float64) @ E[cand].astype(np.float64).T, 0, None)
+        def sim(E):  # float64 rounded to float32: a product's last bit depends on the matrix shape (how many candidates
+            # are scored together), and rank() must match recommend() exactly
+            return np.clip((E[rec].astype(np.float64) @ E[cand].astype(np.float64).T).astype(np.float32), 0, None)
 
         parts = [dense_rows(s1.seq.trans, rec, cand), st.cooc_rec[:, cand], sim(s1.cf_unit)]
         if self.meta.emb.shape[1] > 1:
@@ -238,6 +243,7 @@ class PersonaModel:
             if m > 0:
                 A += P / m
         A *= np.where(np.isin(rec, st.liked), 1.0, 0.5)[:, None]  # "because you liked X" over a film rated low, at equal ties
+        tied = A > 0  # an alternative reason must have a real tie, not only the recency epsilon below
         A += 1e-3 * np.linspace(0, 1, len(rec))[:, None]  # ties go to the most recent
         # Variety without fiction: once a history item explains _REASON_CAP better-ranked items, a candidate takes its
         # next-strongest tie instead, but only one at least half as strong (else the dominant tie stays the reason).
@@ -247,7 +253,8 @@ class PersonaModel:
             col = A[:, j]
             best = int(col.argmax())
             if used.get(best, 0) >= _REASON_CAP and len(rec) > 1:  # the alternative is no film rated low unless the best is
-                ok = [int(i) for i in np.argsort(-col)[:8] if used.get(int(i), 0) < _REASON_CAP and (st.disliked[best] or not st.disliked[i])]
+                ok = [int(i) for i in np.argsort(-col)[:8]
+                      if tied[i, j] and used.get(int(i), 0) < _REASON_CAP and (st.disliked[best] or not st.disliked[i])]
                 alt = max(ok, key=lambda i: col[i], default=None)
                 if alt is not None and col[alt] >= 0.5 * col[best]:
                     best = int(alt)
