@@ -83,7 +83,8 @@ def test_listwise_with_shuffled_labels_real_llm(small_fitted, make_engine, local
     from engine.ranking import listwise_rerank
 
     eng = make_engine(small_fitted, llm_obj=local_llm)
-    recs = eng.recommend("13", k=6).items
+    # the very list recommend(rerank="listwise") re-ranks: the top rerank_candidates, whatever k is asked for
+    recs = eng.recommend("13", k=eng.settings.retrieval.rerank_candidates).items
     hits = eng.catalog.hits([r.item_id for r in recs])
     ordered = [hits[r.item_id] for r in recs]
     out, note, info = listwise_rerank(eng.prompts, local_llm, ordered, eng.user_context("13"))
