@@ -27,7 +27,7 @@ import numpy as np
 
 from .llm import LLM
 from .prompts import PromptRegistry
-from .types import event_sort_key
+from .types import sort_events
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def train_stage(model: Any, histories: dict[str, list], context: Any, rows: Any,
     picked = sorted(rng.choice(eligible, size=min(users, len(eligible)), replace=False).tolist()) if eligible else []
     feats, labels = [], []
     for u in picked:
-        evs = sorted(histories[u], key=lambda e: event_sort_key(e.user_id, e.item_id, e.timestamp, model.config.seed))
+        evs = sort_events(list(histories[u]), model.config.seed)
         hist, label = evs[:-1], evs[-1].item_id
         top = label_free.recommend(hist, k=top_n, exclude_seen=True)
         y = np.array([1.0 if i == label else 0.0 for i, _, _ in top])

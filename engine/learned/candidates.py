@@ -23,7 +23,7 @@ from .config import LearnedConfig
 from .index import ItemIndex, Sequence, user_item_matrix
 from .sequence import SequenceStats
 
-__all__ = ["ItemMeta", "Stage1", "UserState", "user_state", "pool", "source_ranks", "source_top"]
+__all__ = ["ItemMeta", "Stage1", "UserState", "user_state", "pool", "rank_cap_of", "source_ranks", "source_top"]
 
 log = logging.getLogger(__name__)
 
@@ -190,18 +190,23 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig) ->
     return UserState(seq, seen, last3, trans3, recent, liked, disliked, uvec, src, last_ts, cooc_rec, orders, cfg.rank_cap)
 
 
+def rank_cap_of(state: UserState, n_unseen: int) -> int | None:
+    """The cap ``source_ranks`` applies for this state (None: exact ranks, e.g. fewer unseen items than the cap)."""
+    return state.rank_cap if 0 < state.rank_cap < n_unseen else None
+
+
 def source_ranks(state: UserState, names, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scores and full-catalog ranks (0 = best, among unseen items) of ``cand`` for each source (k x len(names)).
     Ranks are exact below ``state.rank_cap`` and equal to it beyond (when set)."""
     S = np.zeros((len(cand), len(names)), np.float32)
     R = np.zeros((len(cand), len(names)), np.float32)
     unseen = ~state.seen
-    cap = state.rank_cap
+    cap = rank_cap_of(state, int(unseen.sum()))
     for j, name in enumerate(names):
         v = state.sources[name]
         vu, vc = v[unseen], v[cand]
         S[:, j] = vc
-        if 0 < cap < len(vu):
+        if cap is not None:
             top = np.partition(vu, len(vu) - cap)[len(vu) - cap:]  # the cap largest values
             top.sort()
             # x >= the cap-th largest: every larger unseen value is in ``top``, so the count is exact

@@ -17,11 +17,11 @@ import logging
 
 import numpy as np
 
-from .candidates import ItemMeta, Stage1, UserState, source_ranks
+from .candidates import ItemMeta, Stage1, UserState, rank_cap_of, source_ranks
 from .config import SOURCES
 from .sequence import dense_rows
 
-__all__ = ["FEATURE_NAMES", "GROUPS", "features", "cold_item", "resolve_drop"]
+__all__ = ["FEATURE_NAMES", "GROUPS", "features", "cold_item", "dot64", "resolve_drop"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def resolve_drop(drop) -> list[str]:
     return out
 
 
-def _dot(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+def dot64(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """``A @ B.T`` in float64, rounded to float32: a float32 GEMM's last bit depends on the BLAS thread count (Ray
     workers run with one thread), and one ulp at a tree's split threshold changes the fitted model."""
     return (A.astype(np.float64) @ B.astype(np.float64).T).astype(np.float32)
@@ -79,9 +79,9 @@ def features(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, extra:
     rec = st.recent
     if len(rec):
         put("cooc_max", st.cooc_rec[:, cand].max(0))
-        put("cf_sim_max", _dot(s1.cf_unit[cand], s1.cf_unit[rec]).max(1))
+        put("cf_sim_max", dot64(s1.cf_unit[cand], s1.cf_unit[rec]).max(1))
     if len(st.liked) and meta.emb.shape[1] > 1:
-        sims = _dot(meta.emb[cand], meta.emb[st.liked])
+        sims = dot64(meta.emb[cand], meta.emb[st.liked])
         put("content_max", sims.max(1))
         put("content_mean", sims.mean(1))
     # attributes
@@ -117,7 +117,7 @@ def cold_item(F: np.ndarray, st: UserState, rows: np.ndarray) -> np.ndarray:
     user; no rating or event times. Content, attribute and user columns are left as they are."""
     F = F.copy()
     unseen = ~st.seen
-    cap = st.rank_cap if 0 < st.rank_cap < int(unseen.sum()) else None  # as source_ranks computes it
+    cap = rank_cap_of(st, int(unseen.sum()))  # as source_ranks computes it
     for name in SOURCES:
         if name == "content":
             continue

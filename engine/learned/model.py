@@ -28,7 +28,7 @@ import numpy as np
 
 from .candidates import ItemMeta, Stage1, pool, source_top, user_state
 from .config import LearnedConfig
-from .features import features
+from .features import dot64, features
 from .index import ItemIndex, Sequence, build_sequences, order_events, split_last
 from .ranker import Ranker, TrainingData, build_training, train_ranker
 from .sequence import dense_rows
@@ -173,9 +173,8 @@ class PersonaModel:
     def _ties(self, st, cand: np.ndarray) -> list[np.ndarray]:
         """Non-negative ties (recent history x ``cand``): transitions, co-occurrence, cf and content similarity."""
         s1, rec = self.stage1, st.recent
-        def sim(E):  # float64 rounded to float32: a product's last bit depends on the matrix shape (how many candidates
-            # are scored together), and rank() must match recommend() exactly
-            return np.clip((E[rec].astype(np.float64) @ E[cand].astype(np.float64).T).astype(np.float32), 0, None)
+        def sim(E):  # dot64: a product's last bit depends on how many candidates are scored together; rank() must match
+            return np.clip(dot64(E[rec], E[cand]), 0, None)
 
         parts = [dense_rows(s1.seq.trans, rec, cand), st.cooc_rec[:, cand], sim(s1.cf_unit)]
         if self.meta.emb.shape[1] > 1:

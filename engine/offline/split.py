@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..types import Event, event_sort_key
+from ..types import Event, event_sort_key, sort_events
 
 __all__ = ["event_sort_key", "order_history", "temporal_split", "Split", "STAGES"]
 
@@ -46,8 +46,8 @@ def _hash64(*parts: object) -> int:
 
 
 def order_history(events: Iterable[Event], seed: int = 0) -> list[Event]:
-    """``events`` sorted by :func:`event_sort_key`."""
-    return sorted(events, key=lambda e: event_sort_key(e.user_id, e.item_id, e.timestamp, seed))
+    """``events`` sorted by :func:`event_sort_key` (:func:`engine.types.sort_events`)."""
+    return sort_events(list(events), seed)
 
 
 @dataclass
