@@ -31,7 +31,7 @@ from .llm import LLM
 from .prompts import PromptRegistry
 from .sessions import fold_blocks, split_blocks
 from .store import Hit, Point, VectorStore, point_id
-from .summaries import Facts, Rated, attributes_of, render_summary, settle, step_prompt
+from .summaries import Facts, Rated, attributes_of, claims_backed, render_summary, settle, step_prompt
 from .types import Event, Profile, SummaryVersion
 
 logger = logging.getLogger(__name__)
@@ -217,13 +217,19 @@ class ProfileBuilder:
         thr = self.s.profile.positive_rating
         states: dict[str, UserState] = {}
         pending: dict[str, list[list[Event]]] = {}
+        items = self.catalog.hits(sorted({e.item_id for evs in histories.values() for e in evs}), with_vectors=True)
+        rated = {i: Rated(i, h.payload.get("title", ""), tuple(attributes_of(h.payload)), None) for i, h in items.items()}
         for uid, events in histories.items():
             st = self.load_state(uid) or UserState(user_id=uid)
+            if st.structured and not claims_backed(st.structured, self._facts(events, st.summarized_until, rated)):
+                # written by older code with claims today's rules reject: summarize again from the first block (the old
+                # versions stay in the history)
+                logger.info("user %s: stored summary claims unbacked attributes; re-summarizing", uid)
+                st = UserState(user_id=uid, versions=st.versions, vectors=st.vectors)
             states[uid] = st
             new = [e for e in events if e.timestamp > st.summarized_until]
             blocks = fold_blocks(split_blocks(new, self.s.sessions.gap_s, self.s.sessions.max_block_items), self.s.profile.max_blocks_per_update)
             pending[uid] = blocks  # type: ignore[assignment]
-        items = self.catalog.hits(sorted({e.item_id for evs in histories.values() for e in evs}), with_vectors=True)
 
         llm: LLM | None = None
         pool: Any = None
@@ -242,14 +248,12 @@ class ProfileBuilder:
             depth = max((len(b) for b in pending.values()), default=0)
             n_calls = 0
             pr = self.s.profile
-            rated = {i: Rated(i, h.payload.get("title", ""), tuple(attributes_of(h.payload)), None) for i, h in items.items()}
             bar = tqdm(total=sum(len(b) for b in pending.values()), desc="summarizing blocks", unit="block", disable=not progress)
             for d in range(depth):
                 batch = [(uid, blocks[d]) for uid, blocks in pending.items() if d < len(blocks)]
                 rows = []
                 for uid, block in batch:
-                    seen = [replace(rated[e.item_id], rating=e.rating) for e in histories[uid] if e.timestamp <= block[-1].timestamp and e.item_id in rated]
-                    facts = Facts.of(seen, thr, pr.negative_rating)
+                    facts = self._facts(histories[uid], block[-1].timestamp, rated)
                     shown = sorted((e for e in block if e.item_id in items), key=lambda e: (not is_positive(e, thr), -e.timestamp))
                     rows.append((uid, block, facts, shown[: pr.summary_items_per_block]))
                 outs: list[str | None] = [None] * len(rows)
@@ -296,6 +300,11 @@ class ProfileBuilder:
                 pool.close()
         self._write(states, histories, items)
         return {"users": len(states), "blocks": sum(len(b) for b in pending.values()), "llm_batches": n_calls, "llm_error": llm_error}
+
+    def _facts(self, events: list[Event], until: float, rated: dict[str, Rated]) -> Facts:
+        """What the history up to ``until`` backs (the closed world a summary step is checked against)."""
+        seen = [replace(rated[e.item_id], rating=e.rating) for e in events if e.timestamp <= until and e.item_id in rated]
+        return Facts.of(seen, self.s.profile.positive_rating, self.s.profile.negative_rating)
 
     def _write(self, states: dict[str, UserState], histories: dict[str, list[Event]], items: dict[str, Any]) -> None:
         thr = self.s.profile.positive_rating

@@ -26,6 +26,7 @@ __all__ = [
     "Facts",
     "Rated",
     "attributes_of",
+    "claims_backed",
     "computed_summary",
     "faithfulness",
     "note_claims",
@@ -185,6 +186,12 @@ _DECADES = re.compile(r"(?:'|\b(?:1[89]|20))?\d0'?s\b")
 _RATING_TALK = re.compile(r"\d|\brat(?:ed|ing|ings)\b", re.I)
 """A note is a sentence about taste: numbers (other than decades) and talk of ratings restate, often
 wrongly, the counts the summary is built from ("mostly rated 4-5" of a user who rates low)."""
+
+
+def claims_backed(summary: dict[str, Any], facts: Facts) -> bool:
+    """Whether every liked / disliked attribute a stored summary claims is backed by today's rules
+    (:meth:`Facts.backs`): a summary kept from older code that fails is re-made, not shown."""
+    return all(facts.backs(a, key) for key in ("liked", "disliked") for a in _strings(summary.get(key)))
 
 
 def validate_summary(text: str, facts: Facts) -> tuple[dict[str, Any] | None, dict[str, int]]:

@@ -69,6 +69,19 @@ def test_no_llm_fallback_is_extractive(make_engine, ml):
     assert st["llm_error"] and p.summary_source == "extractive" and p.summary.startswith("Likes ")
     assert eng.recommend("2", k=5).items  # retrieval works without any LLM
 
+    # a summary stored by older code whose claims today's rules reject is made again, not kept; a good one is kept
+    from engine.store import point_id
+
+    assert eng.update_profiles(["2"])["blocks"] == 0  # up to date: nothing to do
+    top = p.structured["liked"][0]
+    stale = {"liked": ["Film-Noir"], "disliked": [top], "liked_items": [], "note": ""}  # the user's favourite genre as a dislike
+    eng.store.set_payload(eng.users_col, [point_id("user", "2")], {"summary_structured": stale, "summary": "Dislikes " + top})
+    again = eng.update_profiles(["2"])
+    q = eng.profile("2")
+    assert again["blocks"] == st["blocks"] > 0 and q.structured["liked"][0] == top and q.summary == p.summary
+    assert len(q.versions) == 2 * len(p.versions)  # the old versions stay in the history
+    assert eng.update_profiles(["2"])["blocks"] == 0
+
 
 def test_users_do_not_leak(make_engine, ml):
     """Two users with disjoint histories: neither profile nor retrieval mentions the other's items."""
