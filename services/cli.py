@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="reports/prompts-compare")
     pr.set_defaults(fn=cmd_prompts)
 
-    ev = sub.add_parser("eval", help="Persona (fit + recommend, full catalog) against tuned baselines on ml-100k, with 95% intervals")
+    ev = sub.add_parser("eval", help="Persona (fit + recommend, full catalog) against tuned baselines on ml-100k, with 95%% intervals")
     ev.add_argument("--data", default=None)
     ev.add_argument("--users", type=int, default=None, help="evaluate a seeded sample of users (default: all 943)")
     ev.add_argument("--seed", type=int, default=0)

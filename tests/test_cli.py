@@ -96,3 +96,21 @@ def test_prompts_compare_side_by_side(tmp_path, capsys, ml_items_path):
     # v2 is the compact variant: fewer prompt tokens for the same 21 candidates
     assert rows["preference_yes_no@v2"]["prompt_tokens_per_user"] < rows["preference_yes_no@v1"]["prompt_tokens_per_user"]
     assert (out / next(out.glob("*.md")).name).read_text().count("| preference_yes_no@v") == 2
+
+
+def test_help_of_every_command_renders():
+    """`persona --help` and each subcommand's --help print their text (a bare '%' in a help string made argparse
+    raise TypeError in the top-level help, which lists every subcommand's help)."""
+    import argparse
+    import contextlib
+    import io
+
+    from services.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for argv in (["--help"], *([name, "--help"] for name in subs.choices)):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
+            parser.parse_args(argv)
+        assert done.value.code == 0 and "usage:" in out.getvalue(), argv

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -66,16 +68,45 @@ def _scoring(q: VectorQuery) -> Any:
 
 
 class EdgeStore(VectorStore):
-    """Each collection is an edge shard under ``<root>/<name>``; writes go through the shard's WAL."""
+    """Each collection is an edge shard under ``<root>/<name>``; writes go through the shard's WAL.
+
+    One ``EdgeStore`` per root at a time, in any process: an exclusive ``flock`` on ``<root>/.lock``
+    is taken before the first shard is opened and held until :meth:`close`. Qdrant's own lock covers
+    one shard's WAL only, and a second process loading a shard that another holds rewrote that
+    shard's payload-index journal before its WAL lock failed (CI: "Tracker journal ... is shorter
+    than expected" in the first process's next flush). The kernel drops the lock when a process dies.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._shards: dict[str, qe.EdgeShard] = {}
         self._lock = threading.RLock()
+        self._lock_fd: int | None = None
 
     def _dir(self, name: str) -> Path:
         return self.root / name
+
+    def _hold_root(self) -> None:
+        """Take the store-wide lock (idempotent); a clear ConflictError when another holder has it."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ConflictError(
+                    f"the store at {self.root} is already open in another Engine or process (one writer per path)"
+                ) from e
+            raise
+        self._lock_fd = fd
+
+    def _release_root(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
 
     def _shard(self, name: str) -> qe.EdgeShard:
         shard = self._shards.get(name)
@@ -85,6 +116,7 @@ class EdgeStore(VectorStore):
             if name not in self._shards:
                 if not self._dir(name).exists():
                     raise NotFoundError(f"collection {name!r} does not exist")
+                self._hold_root()
                 try:
                     self._shards[name] = qe.EdgeShard.load(str(self._dir(name)))
                 except Exception as e:
@@ -117,6 +149,7 @@ class EdgeStore(VectorStore):
                     or None,
                     sparse_vectors=None if vectors else {_PLACEHOLDER_SPARSE: qe.EdgeSparseVectorParams()},
                 )
+                self._hold_root()
                 _atomic_write(meta_path, json.dumps({k: int(v) for k, v in vectors.items()}))
                 self._shards[name] = qe.EdgeShard.create(str(self._dir(name)), cfg)
                 shard = self._shards[name]
@@ -220,6 +253,9 @@ class EdgeStore(VectorStore):
 
     def close(self) -> None:
         with self._lock:
-            for shard in self._shards.values():
-                shard.close()
-            self._shards.clear()
+            try:
+                for shard in self._shards.values():
+                    shard.close()
+            finally:
+                self._shards.clear()
+                self._release_root()
