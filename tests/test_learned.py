@@ -205,3 +205,32 @@ def test_capped_source_ranks_equal_exact_ranks_up_to_the_cap():
         S0, R0 = source_ranks(SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=0), ["a"], cand)
         S1, R1 = source_ranks(SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=cap), ["a"], cand)
         assert np.array_equal(S0, S1) and np.array_equal(np.minimum(R0, cap), R1)
+
+
+def test_bagged_ranker_is_the_mean_of_its_boosters_and_survives_save_load(tmp_path):
+    """``ranker_bags=3``: three boosters on the same rows (seeds seed..seed+2); the served probability is their mean,
+    rank() still orders exactly as recommend(), and a saved model loads with all three. One bag is LightGBM's own text."""
+    from dataclasses import replace
+
+    import lightgbm as lgb
+
+    from engine.learned.features import FEATURE_NAMES, features
+
+    items, events, emb = _data()
+    model = PersonaModel.fit(events, items, emb, replace(CFG, ranker_bags=3), progress=False)
+    boosters = model.ranker.boosters
+    assert len(boosters) == 3 and len({b.model_to_string() for b in boosters}) == 3
+    h = _hist(events, "u10")
+    st = model.state(h)
+    cand = np.arange(N_ITEMS)
+    F = features(model.stage1, model.meta, st, cand)
+    X = F[:, [FEATURE_NAMES.index(c) for c in model.ranker.columns]]
+    assert np.allclose(model.ranker.predict(F),
+                       np.mean([b.predict(X) for b in boosters], axis=0), rtol=0, atol=1e-12)
+    recs = model.recommend(h, k=10)
+    assert [r[0] for r in model.rank(h, [r[0] for r in recs][::-1])] == [r[0] for r in recs]
+    loaded = PersonaModel.load(model.save(tmp_path / "bagged"))
+    assert len(loaded.ranker.boosters) == 3 and loaded.recommend(h, k=10) == recs
+    single = PersonaModel.fit(events, items, emb, CFG, progress=False)
+    text = (single.save(tmp_path / "single") / "ranker.txt").read_text()
+    assert lgb.Booster(model_str=text).num_trees() == single.ranker.booster.num_trees()

@@ -99,29 +99,40 @@ def build_training(s1: Stage1, meta: ItemMeta, hist: dict[str, Sequence], labels
     return TrainingData(X, y, np.array([len(r[2]) for r in rows], np.int64), [r[0] for r in rows], hit / max(1, len(labels)))
 
 
+_BAG_SEP = "\n### persona ranker bag ###\n"  # between boosters in ranker.txt (one booster: LightGBM's own text)
+
+
 class Ranker:
-    def __init__(self, booster, columns: list[str]):
+    """One or more LightGBM boosters over the same columns; ``predict`` is their mean (``LearnedConfig.ranker_bags``)."""
+
+    def __init__(self, booster, columns: list[str], more: list | None = None):
         self.booster = booster
+        self.boosters = [booster, *(more or [])]
         self.columns = list(columns)
         self._idx = np.array([FEATURE_NAMES.index(c) for c in self.columns])
 
     def predict(self, F: np.ndarray) -> np.ndarray:
         if not len(F):
             return np.zeros(0)
-        return self.booster.predict(F[:, self._idx], num_threads=1)
+        X = F[:, self._idx]
+        out = self.booster.predict(X, num_threads=1)
+        for b in self.boosters[1:]:
+            out = out + b.predict(X, num_threads=1)
+        return out / len(self.boosters) if len(self.boosters) > 1 else out
 
     def importance(self) -> dict:
-        gain = self.booster.feature_importance("gain")
+        gain = sum(b.feature_importance("gain") for b in self.boosters)
         return dict(sorted(zip(self.columns, gain.tolist()), key=lambda kv: -kv[1]))
 
     def to_text(self) -> str:
-        return self.booster.model_to_string()
+        return _BAG_SEP.join(b.model_to_string() for b in self.boosters)
 
     @classmethod
     def from_text(cls, text: str, columns: list[str]) -> Ranker:
         import lightgbm as lgb
 
-        return cls(lgb.Booster(model_str=text), columns)
+        boosters = [lgb.Booster(model_str=t) for t in text.split(_BAG_SEP)]
+        return cls(boosters[0], columns, boosters[1:])
 
 
 def _slice(data: TrainingData, users_mask: np.ndarray):
@@ -173,12 +184,17 @@ def train_ranker(data: TrainingData, cfg: LearnedConfig) -> Ranker:
         def feval(preds, ds):
             return "ndcg10_pessimistic", pessimistic_ndcg(preds, yva, gva), True
 
-    booster = lgb.train(params, dtr, num_boost_round=cfg.n_estimators, valid_sets=valid_sets, feval=feval, callbacks=callbacks)
-    if valid_sets:
-        booster = booster if booster.best_iteration <= 0 else _trim(booster)
-    log.info("ranker %s: %d users (%d held out), %d rows, %d trees, best valid %s, %.1fs", cfg.objective, len(data.users),
-             int(hold.sum()), len(data.y), booster.num_trees(), dict(booster.best_score.get("valid_0", {})), time.perf_counter() - t)
-    return Ranker(booster, cols)
+    boosters = []
+    for bag in range(max(1, cfg.ranker_bags)):
+        booster = lgb.train({**params, "seed": cfg.seed + bag}, dtr, num_boost_round=cfg.n_estimators, valid_sets=valid_sets,
+                            feval=feval, callbacks=callbacks)
+        if valid_sets:
+            booster = booster if booster.best_iteration <= 0 else _trim(booster)
+        boosters.append(booster)
+    log.info("ranker %s: %d users (%d held out), %d rows, %d booster(s), %d trees, best valid %s, %.1fs", cfg.objective,
+             len(data.users), int(hold.sum()), len(data.y), len(boosters), booster.num_trees(),
+             dict(booster.best_score.get("valid_0", {})), time.perf_counter() - t)
+    return Ranker(boosters[0], cols, boosters[1:])
 
 
 def _trim(booster):
