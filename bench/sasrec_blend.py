@@ -3,9 +3,10 @@
 Fits ``PersonaModel`` and the offline SASRec baseline (its tuned settings: dropout 0.5, maxlen 50, batch 32, lr 0.002,
 ``--epochs`` fixed, no early stopping) on the same train events (``bench.learned_val.split``), then scores, per user,
 the ranker's 300-item pool (``recommend(k=300)``) and the sampled 1:20 items (``rank``) by
-``ranker score + w * z(SASRec logit)`` (the logit z-scored over the catalog per user) for each ``w``:
+``logit(ranker probability) + w * z(SASRec logit)`` (the ranker's binary objective gives probabilities: blended in
+log-odds; the SASRec logit z-scored over the catalog per user) for each ``w``:
 
-    python -m bench.sasrec_blend [--epochs 39] [--weights 0,0.05,0.1,0.2,0.5,1]
+    python -m bench.sasrec_blend [--epochs 39] [--weights 0,0.01,0.03,0.1,0.3,1]
 
 ``w = 0`` is the ranker alone. A post-hoc blend is the cheap test of whether a SASRec feature is worth building.
 """
@@ -25,10 +26,15 @@ from engine.offline.seqmodels import SASRec
 from engine.types import sort_events
 
 
+def log_odds(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p / (1 - p))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=39, help="SASRec epochs (39: the baseline's best on valid)")
-    ap.add_argument("--weights", default="0,0.05,0.1,0.2,0.3,0.5,1,2")
+    ap.add_argument("--weights", default="0,0.01,0.03,0.1,0.2,0.3,0.5,1,2")
     a = ap.parse_args(argv)
     ml = load_movielens()
     train, valid = split(ml.events)
@@ -55,8 +61,8 @@ def main(argv=None) -> None:
         rs = dict(model.rank(hist, sampled))
         pool = model.recommend(hist, k=300)
         z = (logits[r] - logits[r].mean()) / (logits[r].std() + 1e-9)
-        per_user.append((np.array([rs[i] for i in sampled]), z[model.index.rows(sampled)],
-                         np.array([p[1] for p in pool]), z[model.index.rows([p[0] for p in pool])], [p[0] for p in pool], valid[u]))
+        per_user.append((log_odds([rs[i] for i in sampled]), z[model.index.rows(sampled)],
+                         log_odds([p[1] for p in pool]), z[model.index.rows([p[0] for p in pool])], [p[0] for p in pool], valid[u]))
     print(f"\nvalid, {len(users)} users; SASRec alone AUC 1:20 {np.mean([auc(list(zs)) for _, zs, *_ in per_user]):.4f}")
     print(f"{'w':>6s} {'NDCG@10 (pool)':>15s} {'AUC 1:20':>9s}")
     for w in [float(x) for x in a.weights.split(",")]:

@@ -90,8 +90,10 @@ class Engine:
 
     def close(self) -> None:
         with self._lock:
-            self.components.close()
-            self.store.close()
+            try:
+                self.components.close()
+            finally:  # the store's lock must go even when a component fails to close
+                self.store.close()
 
     def __enter__(self) -> Engine:
         return self

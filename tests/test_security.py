@@ -205,10 +205,21 @@ def test_popularity_exact_with_two_processes_writing_one_store(make_engine, tmp_
 
 
 _PROBER = """
-import sys, time
+import sys, time, types
 from pathlib import Path
 from engine.errors import ConflictError
+import engine.store.edge as edge
 from engine.store.edge import EdgeStore
+
+loads = [0]  # shard loads attempted here: the store-wide lock must refuse before any (Qdrant's refusal comes after)
+real = edge.qe
+class CountingShard:
+    @staticmethod
+    def load(path):
+        loads[0] += 1
+        return real.EdgeShard.load(path)
+edge.qe = types.SimpleNamespace(**{k: getattr(real, k) for k in dir(real) if not k.startswith("__")})
+edge.qe.EdgeShard = CountingShard
 root, until, refused, opened = Path(sys.argv[1]), time.time() + float(sys.argv[2]), 0, 0
 while time.time() < until:
     st = EdgeStore(root)
@@ -219,7 +230,7 @@ while time.time() < until:
         refused += 1
     finally:
         st.close()
-print(refused, opened)
+print(refused, opened, loads[0])
 """
 
 
@@ -250,15 +261,21 @@ def test_a_second_process_is_refused_before_it_touches_a_held_store(tmp_path):
         k += 1
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
-    refused, opened = map(int, out.split())
-    assert refused > 0 and opened == 0 and k > 0
+    refused, opened, loads = map(int, out.split())
+    assert refused > 0 and opened == 0 and loads == 0 and k > 0
     want = {ids[j % 3]: float(j) for j in range(k)}
     st.close()
     again = EdgeStore(root)  # the lock is released on close: a fresh open works and sees every write
+    assert {h.id: h.payload["popularity"] for h in again.retrieve("items", ids)} == want
+    del again  # dropped without close(): garbage collection closes its shards and frees the path
+    import gc
+
+    gc.collect()
+    third = EdgeStore(root)
     try:
-        assert {h.id: h.payload["popularity"] for h in again.retrieve("items", ids)} == want
+        assert {h.id: h.payload["popularity"] for h in third.retrieve("items", ids)} == want
     finally:
-        again.close()
+        third.close()
 
 # -- prompts: every untrusted string is fenced ---------------------------------------------------
 

@@ -109,7 +109,7 @@ class PersonaModel:
         fit_s = time.perf_counter() - t0
         info = {"fit_seconds": round(fit_s, 2), "stage_seconds": {k: round(v, 2) for k, v in stage_times.items()},
                 "train_pool_recall": round(data.recall, 4), "train_users": len(data.users), "train_rows": int(len(data.y)),
-                "trees": ranker.booster.num_trees(), "data_hash": data_hash(events, items), "fitted_at": time.time(),
+                "trees": ranker.booster.num_trees(), "ranker_bags": len(ranker.boosters), "data_hash": data_hash(events, items), "fitted_at": time.time(),
                 "n_items": len(index), "n_users": len(seqs), "n_events": len(events)}
         info["version"] = f"{FORMAT_VERSION}-{info['data_hash'][:12]}-{int(info['fitted_at'])}"
         log.info("PersonaModel fitted in %.1fs (%s)", fit_s, info["stage_seconds"])

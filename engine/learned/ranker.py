@@ -191,9 +191,9 @@ def train_ranker(data: TrainingData, cfg: LearnedConfig) -> Ranker:
         if valid_sets:
             booster = booster if booster.best_iteration <= 0 else _trim(booster)
         boosters.append(booster)
-    log.info("ranker %s: %d users (%d held out), %d rows, %d booster(s), %d trees, best valid %s, %.1fs", cfg.objective,
-             len(data.users), int(hold.sum()), len(data.y), len(boosters), booster.num_trees(),
-             dict(booster.best_score.get("valid_0", {})), time.perf_counter() - t)
+    log.info("ranker %s: %d users (%d held out), %d rows, %d booster(s) of %s trees, best valid %s, %.1fs", cfg.objective,
+             len(data.users), int(hold.sum()), len(data.y), len(boosters), [b.num_trees() for b in boosters],
+             [dict(b.best_score.get("valid_0", {})) for b in boosters], time.perf_counter() - t)
     return Ranker(boosters[0], cols, boosters[1:])
 
 

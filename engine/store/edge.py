@@ -9,13 +9,14 @@ import logging
 import os
 import threading
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import qdrant_edge as qe
 
-from ..errors import ConflictError, NotFoundError
+from ..errors import BackendUnavailableError, ConflictError, NotFoundError
 from .base import Filter, Hit, Point, VectorQuery, VectorStore
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,16 @@ def _scoring(q: VectorQuery) -> Any:
     return qe.Query.RecommendBestScore(rq, using=q.using)
 
 
+def _drop_store(shards: dict, fd: int) -> None:
+    for shard in list(shards.values()):
+        try:
+            shard.close()
+        except Exception:  # noqa: BLE001 - garbage collection: nothing to report to
+            logger.warning("an edge shard of a store dropped without close() failed to close", exc_info=True)
+    shards.clear()
+    os.close(fd)
+
+
 class EdgeStore(VectorStore):
     """Each collection is an edge shard under ``<root>/<name>``; writes go through the shard's WAL.
 
@@ -83,6 +94,7 @@ class EdgeStore(VectorStore):
         self._shards: dict[str, qe.EdgeShard] = {}
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
+        self._lock_finalizer: weakref.finalize | None = None
 
     def _dir(self, name: str) -> Path:
         return self.root / name
@@ -91,22 +103,34 @@ class EdgeStore(VectorStore):
         """Take the store-wide lock (idempotent); a clear ConflictError when another holder has it."""
         if self._lock_fd is not None:
             return
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # read-only or foreign-owned folder: say which file, not a bare errno
+            raise BackendUnavailableError(f"cannot open the store's lock file {self.root / '.lock'}: {e.strerror}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise ConflictError(
                     f"the store at {self.root} is already open in another Engine or process (one writer per path)"
                 ) from e
-            raise
+            raise BackendUnavailableError(f"cannot lock the store at {self.root}: {e.strerror}") from e
         self._lock_fd = fd
+        # a store dropped without close() must not keep the path locked for the rest of the process: its shards are
+        # closed first, then the lock goes (the finalizer holds the shard dict, not the store)
+        self._lock_finalizer = weakref.finalize(self, _drop_store, self._shards, fd)
 
     def _release_root(self) -> None:
         if self._lock_fd is not None:
+            self._lock_finalizer.detach()
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
+
+    def _release_if_idle(self) -> None:
+        """After a failed first open: no shard is open, so nothing needs the lock."""
+        if not self._shards:
+            self._release_root()
 
     def _shard(self, name: str) -> qe.EdgeShard:
         shard = self._shards.get(name)
@@ -120,6 +144,7 @@ class EdgeStore(VectorStore):
                 try:
                     self._shards[name] = qe.EdgeShard.load(str(self._dir(name)))
                 except Exception as e:
+                    self._release_if_idle()
                     if "WouldBlock" in str(e):
                         raise ConflictError(
                             f"the store at {self.root} is already open in another Engine or process (one writer per path)"
@@ -150,8 +175,12 @@ class EdgeStore(VectorStore):
                     sparse_vectors=None if vectors else {_PLACEHOLDER_SPARSE: qe.EdgeSparseVectorParams()},
                 )
                 self._hold_root()
-                _atomic_write(meta_path, json.dumps({k: int(v) for k, v in vectors.items()}))
-                self._shards[name] = qe.EdgeShard.create(str(self._dir(name)), cfg)
+                try:
+                    _atomic_write(meta_path, json.dumps({k: int(v) for k, v in vectors.items()}))
+                    self._shards[name] = qe.EdgeShard.create(str(self._dir(name)), cfg)
+                except Exception:
+                    self._release_if_idle()
+                    raise
                 shard = self._shards[name]
             schema = shard.info().payload_schema
             for fname, kind in (indexes or {}).items():
@@ -253,9 +282,13 @@ class EdgeStore(VectorStore):
 
     def close(self) -> None:
         with self._lock:
-            try:
-                for shard in self._shards.values():
+            failed = []
+            for name, shard in list(self._shards.items()):
+                try:
                     shard.close()
-            finally:
-                self._shards.clear()
-                self._release_root()
+                    del self._shards[name]
+                except Exception as e:  # keep it (and the lock): another process must not load a shard still open here
+                    failed.append((name, e))
+            if failed:
+                raise BackendUnavailableError(f"could not close {[n for n, _ in failed]}: {failed[0][1]}") from failed[0][1]
+            self._release_root()
