@@ -115,10 +115,7 @@ class Ranker:
         if not len(F):
             return np.zeros(0)
         X = F[:, self._idx]
-        out = self.booster.predict(X, num_threads=1)
-        for b in self.boosters[1:]:
-            out = out + b.predict(X, num_threads=1)
-        return out / len(self.boosters) if len(self.boosters) > 1 else out
+        return np.mean([b.predict(X, num_threads=1) for b in self.boosters], axis=0)
 
     def importance(self) -> dict:
         gain = sum(b.feature_importance("gain") for b in self.boosters)

@@ -99,6 +99,9 @@ class EdgeStore(VectorStore):
     def _dir(self, name: str) -> Path:
         return self.root / name
 
+    def _already_open(self) -> ConflictError:
+        return ConflictError(f"the store at {self.root} is already open in another Engine or process (one writer per path)")
+
     def _hold_root(self) -> None:
         """Take the store-wide lock (idempotent); a clear ConflictError when another holder has it."""
         if self._lock_fd is not None:
@@ -112,9 +115,7 @@ class EdgeStore(VectorStore):
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise ConflictError(
-                    f"the store at {self.root} is already open in another Engine or process (one writer per path)"
-                ) from e
+                raise self._already_open() from e
             raise BackendUnavailableError(f"cannot lock the store at {self.root}: {e.strerror}") from e
         self._lock_fd = fd
         # a store dropped without close() must not keep the path locked for the rest of the process: its shards are
@@ -146,9 +147,7 @@ class EdgeStore(VectorStore):
                 except Exception as e:
                     self._release_if_idle()
                     if "WouldBlock" in str(e):
-                        raise ConflictError(
-                            f"the store at {self.root} is already open in another Engine or process (one writer per path)"
-                        ) from e
+                        raise self._already_open() from e
                     raise
             return self._shards[name]
 
