@@ -79,7 +79,7 @@ class LearnedStage:
 
         f = self.settings.fit
         return LearnedConfig(seed=self.settings.seed, pool_size=f.pool_size, cf_factors=f.cf_factors, label_folds=f.label_folds, threads=f.threads,
-                             dislike_penalty=f.dislike_penalty)
+                             dislike_penalty=f.dislike_penalty, sas_epochs=f.sequence_epochs, sas_device=f.device)
 
     def fit(self, progress: bool = False, ray: Any = None) -> FitReport:
         """Train on every stored event; save a new version and make it current. ``ray`` (an

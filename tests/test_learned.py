@@ -235,3 +235,78 @@ def test_bagged_ranker_is_the_mean_of_its_boosters_and_survives_save_load(tmp_pa
     single = PersonaModel.fit(events, items, emb, CFG, progress=False)
     text = (single.save(tmp_path / "single") / "ranker.txt").read_text()
     assert lgb.Booster(model_str=text).num_trees() == single.ranker.booster.num_trees()
+
+
+def test_sequence_model_numpy_forward_equals_torch():
+    """``SeqNet.probs`` (numpy, float64, what serving runs) is the torch network's softmax after the same history, for
+    one and two heads and histories shorter and longer than ``maxlen``."""
+    import torch
+
+    from engine.learned.index import Sequence
+    from engine.learned.seqnet import SeqNet, build_net
+
+    rng = np.random.default_rng(0)
+    seqs = {f"u{u}": Sequence(rng.integers(0, 30, int(rng.integers(2, 40))), np.zeros(0), np.zeros(0)) for u in range(20)}
+    for heads in (1, 2):
+        m = SeqNet.fit(seqs, 30, dim=8, maxlen=12, heads=heads, epochs=2, threads=1)
+        net = build_net(30, 8, 12, 2, heads, 0.5).double()
+        net.load_state_dict({**{k: torch.from_numpy(v) for k, v in m.w.items()}, "causal": net.causal})
+        net.eval()
+        for h in (np.array([3]), np.arange(7), rng.integers(0, 30, 25)):
+            x = h[-12:]
+            with torch.no_grad():
+                out = net(torch.from_numpy(x[None] + 1), torch.tensor([len(x)]))[0, -1]
+                p = torch.softmax(net.logits(out)[1:], 0).numpy()
+            assert np.allclose(m.probs(h), p, rtol=0, atol=1e-12)
+        assert SeqNet.from_arrays(m.arrays()).probs(np.arange(5)).tolist() == m.probs(np.arange(5)).tolist()
+
+
+def test_sequence_source_trained_without_labels_fills_the_pool_and_survives_save_load(tmp_path):
+    """``sas_epochs`` > 0: the network never saw a label fold's event as a target (its training sequences are every user's
+    events but the last ``label_folds``), its columns reach the ranker, it fills pool slots when named a pool source,
+    items without events score 0 as ``cold_item`` shows them in training, and a saved model serves the same lists.
+    Without it the columns stay out and the source fills nothing."""
+    from dataclasses import replace
+
+    from engine.learned.candidates import pool
+
+    items, events, emb = _data()
+    cfg = replace(CFG, sas_epochs=3, sas_dim=16, sas_maxlen=20, sources=(*CFG.sources, "sas"))
+    model = PersonaModel.fit(events, items, emb, cfg, progress=False)
+    sas = model.stage1.sas
+    assert sas is not None and model.train_stage1[0].sas is sas  # one model, shared by training and serving
+    n_seq = sum(1 for s in split_last(build_sequences(events, model.index, CFG.seed), CFG.label_folds)[0].values() if len(s) >= 2)
+    assert sas.info["sequences"] == n_seq
+    assert {"sas_score", "sas_rank"} <= set(model.ranker.columns)
+    h = _hist(events, "u4")
+    st = model.state(h)
+    p = st.sources["sas"]
+    assert p[model.index.get("new")] == 0 and 0.99 < p.sum() <= 1 + 1e-6
+    top = set(source_top(st, "sas", 5).tolist())
+    assert top & set(pool(st, model.config).tolist()) == top
+    loaded = PersonaModel.load(model.save(tmp_path / "sas"))
+    assert loaded.recommend(h, k=10) == model.recommend(h, k=10)
+    off = PersonaModel.fit(events, items, emb, replace(CFG, sas_epochs=0), progress=False)
+    assert off.stage1.sas is None and not {"sas_score", "sas_rank"} & set(off.ranker.columns)
+    assert "sas" in off.state(h).off and not set(pool(off.state(h), replace(off.config, sources=("sas",))).tolist())
+    assert "sas" not in CFG.sources  # a feature only by default
+
+
+def test_sequence_model_learns_the_next_item_with_the_full_and_the_sampled_softmax():
+    """On sequences that step j -> j + 1 or j + 2, the trained network ranks the true next item far above chance, with
+    the full softmax and with the sampled one that catalogs above ``full_softmax_items`` use."""
+    from engine.learned.seqnet import SeqNet
+
+    items, events, _ = _data()
+    from engine.learned.index import ItemIndex
+
+    seqs = build_sequences(events, ItemIndex.build(items, events), 0)
+    hist, labels = split_last(seqs)
+    for limit in (10**6, 10):
+        m = SeqNet.fit(hist, N_ITEMS + 1, dim=16, maxlen=20, epochs=30, threads=1, full_softmax_items=limit, negatives=16)
+        assert m.info["sampled_softmax"] == (limit == 10)
+        ranks = []
+        for u, j in labels.items():
+            p = m.probs(hist[u].items)
+            ranks.append(int((p > p[j]).sum()))
+        assert np.median(ranks) <= 3, (limit, np.median(ranks))  # chance: ~30 of 61

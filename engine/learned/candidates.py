@@ -6,7 +6,7 @@ Out: ``Stage1`` (ALS factors, sequence statistics, item rating/time stats), ``Us
      interleaved from the sources' rankings (seen items excluded), with every source's score and full-catalog rank.
 
 Sources: ``cf`` (fold-in user vector . item factors), ``trans`` (transitions from the last items), ``cooc``
-(co-occurrence with recent items), ``content`` (text-embedding similarity to recent liked items; it reaches items
+(co-occurrence with recent items), ``sas`` (the sequence model's next-item probability), ``content`` (text-embedding similarity to recent liked items; it reaches items
 with no events too), ``fresh`` (the same similarity among items with no events only), ``pop`` (all-time), ``trend`` (last ``trend_days`` of the data), ``pop_at`` (popularity
 around the user's last event time).
 """
@@ -21,6 +21,7 @@ import numpy as np
 from .cf import CF
 from .config import LearnedConfig
 from .index import ItemIndex, Sequence, user_item_matrix
+from .seqnet import SeqNet
 from .sequence import SequenceStats
 
 __all__ = ["ItemMeta", "Stage1", "UserState", "user_state", "pool", "rank_cap_of", "source_ranks", "source_top"]
@@ -86,15 +87,17 @@ class ItemMeta:
 class Stage1:
     """Everything fitted from events that the pool and the features read. Fit twice: without labels, then on all."""
 
-    def __init__(self, cf: CF, seq: SequenceStats, item_rating: np.ndarray, item_first_ts: np.ndarray, item_mean_ts: np.ndarray):
-        self.cf, self.seq = cf, seq
+    def __init__(self, cf: CF, seq: SequenceStats, item_rating: np.ndarray, item_first_ts: np.ndarray, item_mean_ts: np.ndarray,
+                 sas: SeqNet | None = None):
+        self.cf, self.seq, self.sas = cf, seq, sas
         self.item_rating, self.item_first_ts, self.item_mean_ts = item_rating, item_first_ts, item_mean_ts
         V = cf.item_factors
         n = np.linalg.norm(V, axis=1, keepdims=True)
         self.cf_unit = V / np.where(n > 0, n, 1.0)
 
     @classmethod
-    def fit(cls, seqs: dict[str, Sequence], n_items: int, cfg: LearnedConfig) -> Stage1:
+    def fit(cls, seqs: dict[str, Sequence], n_items: int, cfg: LearnedConfig, sas: SeqNet | None = None) -> Stage1:
+        """``sas``: a sequence model trained elsewhere (``PersonaModel.fit`` trains one and shares it), kept as is."""
         X = user_item_matrix(seqs, n_items)
         cf = CF.fit(X, cfg.cf_factors, cfg.cf_reg, cfg.cf_alpha, cfg.cf_iterations, cfg.seed)
         seq = SequenceStats.fit(seqs, n_items, cfg.max_gap, cfg.gap_decay, cfg.cooc_window, cfg.trend_days, cfg.bucket_days)
@@ -111,7 +114,7 @@ class Stage1:
         first = np.full(n_items, np.nan)
         np.fmin.at(first, items, ts)
         mean_ts = np.where(cnt > 0, np.bincount(items, weights=ts, minlength=n_items) / np.maximum(cnt, 1), np.nan)
-        return cls(cf, seq, item_rating, first.astype(np.float64), mean_ts.astype(np.float64))
+        return cls(cf, seq, item_rating, first.astype(np.float64), mean_ts.astype(np.float64), sas)
 
     def cached(self, key, make):
         """Per-model memo for history-independent vectors (popularity orders, per-time-bucket popularity)."""
@@ -122,13 +125,13 @@ class Stage1:
 
     def arrays(self) -> dict:
         return {"cf_item_factors": self.cf.item_factors, "item_rating": self.item_rating, "item_first_ts": self.item_first_ts,
-                "item_mean_ts": self.item_mean_ts, **self.seq.arrays()}
+                "item_mean_ts": self.item_mean_ts, **self.seq.arrays(), **(self.sas.arrays() if self.sas is not None else {})}
 
     @classmethod
     def from_arrays(cls, a: dict, cfg: LearnedConfig) -> Stage1:
         cf = CF(a["cf_item_factors"], cfg.cf_reg, cfg.cf_alpha)
         seq = SequenceStats.from_arrays(a, dict(max_gap=cfg.max_gap, gap_decay=cfg.gap_decay, window=cfg.cooc_window))
-        return cls(cf, seq, a["item_rating"], a["item_first_ts"], a["item_mean_ts"])
+        return cls(cf, seq, a["item_rating"], a["item_first_ts"], a["item_mean_ts"], SeqNet.from_arrays(a))
 
 
 @dataclass
@@ -148,6 +151,7 @@ class UserState:
     cooc_rec: np.ndarray  # len(recent) x n cosine co-occurrence rows
     orders: dict  # name -> cached full-catalog order for sources that do not depend on the history
     rank_cap: int = 0  # source_ranks: exact ranks up to this, this value beyond (0: exact)
+    off: frozenset = frozenset()  # sources without a fitted model (zero scores): they fill no pool slots
 
 
 def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig) -> UserState:
@@ -180,6 +184,12 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig) ->
     # new items (no events in the fitted data) by content alone, so a few pool slots always go to them
     has_content = bool(np.any(src["content"]))  # without text vectors or a liked item, no new item is preferred
     src["fresh"] = np.where(np.isnan(s1.item_first_ts) & has_content, src["content"], -np.inf).astype(np.float32)
+    if s1.sas is not None:
+        p = s1.sas.probs(items)
+        p[np.isnan(s1.item_first_ts)] = 0.0  # an item without events scores as features.cold_item shows new items in training
+        src["sas"] = p.astype(np.float32)
+    else:
+        src["sas"] = np.zeros(n, np.float32)
     src["pop"] = s1.seq.pop
     src["trend"] = s1.seq.trend
     last_ts = float(seq.ts[-1]) if len(seq.ts) else s1.seq.t_max
@@ -187,7 +197,8 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig) ->
     src["pop_at"] = s1.cached(("pop_at", b), lambda: s1.seq.pop_at(last_ts))
     orders = {name: s1.cached(("order", name, b if name == "pop_at" else None), lambda v=src[name]: np.lexsort((np.arange(n), -v)))
               for name in ("pop", "trend", "pop_at")}
-    return UserState(seq, seen, last3, trans3, recent, liked, disliked, uvec, src, last_ts, cooc_rec, orders, cfg.rank_cap)
+    off = frozenset() if s1.sas is not None else frozenset({"sas"})
+    return UserState(seq, seen, last3, trans3, recent, liked, disliked, uvec, src, last_ts, cooc_rec, orders, cfg.rank_cap, off)
 
 
 def rank_cap_of(state: UserState, n_unseen: int) -> int | None:
@@ -241,6 +252,8 @@ def pool(state: UserState, cfg: LearnedConfig, size: int | None = None, sources=
     sources = tuple(sources or cfg.sources)
     rows, keys = [], []
     for j, name in enumerate(sources):
+        if name in state.off:
+            continue
         if tops is not None and name in tops:
             top = np.asarray(tops[name], np.int64)
             top = top[(top >= 0) & ~(state.seen[np.clip(top, 0, None)] & exclude_seen)][:size]

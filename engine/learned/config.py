@@ -6,11 +6,13 @@ from dataclasses import asdict, dataclass, field, fields
 
 __all__ = ["LearnedConfig", "SOURCES", "POOL_SOURCES"]
 
-SOURCES = ("cf", "trans", "cooc", "content", "pop", "trend", "pop_at")
+SOURCES = ("cf", "trans", "cooc", "content", "pop", "trend", "pop_at", "sas")
 """Sources with feature columns (score and rank each)."""
-POOL_SOURCES = (*SOURCES, "fresh")
-"""Sources that fill the candidate pool; ``fresh`` (content similarity among items with no events yet) only guarantees
-new items a few slots -- its score is ``content_score``, so it has no columns of its own."""
+POOL_SOURCES = ("cf", "trans", "cooc", "content", "pop", "trend", "pop_at", "fresh")
+"""Sources that fill the candidate pool by default; ``fresh`` (content similarity among items with no events yet) only
+guarantees new items a few slots -- its score is ``content_score``, so it has no columns of its own. ``sas`` (the
+sequence model's next-item probability, ``seqnet.py``) is a feature only: as a pool source too (``sources``) it gave the
+same pool recall (0.883) and a lower NDCG@10 (seeds 0-2: 0.1367 vs 0.1402); it fills nothing when no model is fitted."""
 
 
 @dataclass
@@ -31,6 +33,22 @@ class LearnedConfig:
     trans_pos_decay: float = 0.6
     recent: int = 10  # recent items used for co-occurrence / content / reasons
     like_threshold: float = 4.0
+    # stage 1: the SASRec-style sequence model (``seqnet.py``), trained once on every user's events but the last
+    # ``label_folds`` (so neither fold's labels were ever its targets) and kept for serving; its next-item probability
+    # and rank are ranker features. 0 epochs: none. Valid, seeds 0-4 (bench/learned_val.py --no-baselines --set seed=S
+    # [--set sas_epochs=0]): NDCG@10 0.1364 -> 0.1403 (4 of 5 seeds better), HR@10 0.2556 -> 0.2590, AUC 1:20
+    # 0.9236 -> 0.9279 (5 of 5); dropout 0.2 over 0.5 (seeds 0-2, as a pool source: AUC 0.9288 vs 0.9267); +38 s of fit
+    # on ml-100k (2 cores). Epochs, maxlen, batch and lr are the offline SASRec baseline's tuned settings
+    sas_epochs: int = 39
+    sas_dim: int = 64
+    sas_maxlen: int = 50
+    sas_dropout: float = 0.2
+    sas_lr: float = 0.002
+    sas_batch: int = 32
+    # True: retrained on all events for serving, like the rest of stage 1 (twice the training time). Valid, seeds 0-2,
+    # as a pool source: NDCG@10 0.1352 vs 0.1367 without, AUC 0.9269 vs 0.9267: no gain, so the label-free model serves
+    sas_refit: bool = False
+    sas_device: str = "cpu"  # torch device for the sequence model's training ("cuda" on a GPU); serving runs in numpy
     # candidates
     sources: tuple = POOL_SOURCES
     # >1 gives a source more of the pool. Valid pool recall at 300: equal 0.825, these 0.878 (cooc alone 0.860)

@@ -33,6 +33,7 @@ GROUPS: dict[str, list[str]] = {
     "src_cooc": ["cooc_score", "cooc_rank", "cooc_max"],
     "src_content": ["content_score", "content_rank", "content_max", "content_mean"],
     "src_pop": ["pop_score", "pop_rank", "trend_score", "trend_rank", "pop_at_score", "pop_at_rank"],
+    "src_sas": ["sas_score", "sas_rank"],
     "attributes": ["genre_overlap", "year_gap", "item_year"],
     "user": ["hist_len", "user_mean_rating", "days_to_data_end"],
     "item": ["item_rating", "item_age_days", "item_mean_ts_gap_days"],

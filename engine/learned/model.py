@@ -11,7 +11,8 @@ Out:        a model whose ``recommend(history, k)`` returns ``[(item_id, score, 
 Fit protocol (no label leakage): stage 1 (ALS, transitions, co-occurrence, popularity, item stats) is fitted on every
 user's events but the last; the ranker learns to find each user's last event in the pool built from those models; then
 stage 1 is refitted on ALL events for serving (the ranker is kept). ``label_folds=2`` adds a second round with the
-second-to-last events as labels (stage 1 fitted without the last two).
+second-to-last events as labels (stage 1 fitted without the last two). The sequence model (``sas_epochs`` > 0) is
+trained once, on every user's events but the last ``label_folds``, and serves as it is (it never saw a label as a target).
 
 ``item_factors`` (the ``cf`` named vector) and ``item_ids`` are exposed for storage in Qdrant.
 """
@@ -31,6 +32,7 @@ from .config import LearnedConfig
 from .features import dot64, features
 from .index import ItemIndex, Sequence, build_sequences, order_events, split_last
 from .ranker import Ranker, TrainingData, build_training, train_ranker
+from .seqnet import SeqNet
 from .sequence import dense_rows
 
 __all__ = ["PersonaModel", "FORMAT_VERSION", "data_hash"]
@@ -81,6 +83,13 @@ class PersonaModel:
         seqs = build_sequences(events, index, cfg.seed)
         meta = ItemMeta.build(items, index, item_embeddings, embedding_ids)
         parts, stage_times = [], {}
+        sas = None
+        sas_args = dict(dim=cfg.sas_dim, maxlen=cfg.sas_maxlen, dropout=cfg.sas_dropout, lr=cfg.sas_lr, batch=cfg.sas_batch,
+                        epochs=cfg.sas_epochs, seed=cfg.seed, threads=cfg.threads, device=cfg.sas_device, progress=progress)
+        if cfg.sas_epochs > 0:  # once, without every fold's labels; shared by the training and the serving stage 1
+            t = time.perf_counter()
+            sas = SeqNet.fit(split_last(seqs, cfg.label_folds)[0], len(index), **sas_args)
+            stage_times["sequence_model"] = time.perf_counter() - t
         bar = tqdm(total=len(seqs) * cfg.label_folds, desc="ranker rows", disable=not progress, leave=False)
         cur = seqs
         train_stage1 = []
@@ -89,7 +98,7 @@ class PersonaModel:
             if cfg.label_min_rating is not None:  # learn the next item the user LIKES (unrated events count as liked)
                 labels = {u: j for u, j in labels.items() if not cur[u].ratings[-1] < cfg.label_min_rating}
             t = time.perf_counter()
-            s1 = Stage1.fit(hist, len(index), cfg)
+            s1 = Stage1.fit(hist, len(index), cfg, sas)
             train_stage1.append(s1)
             stage_times[f"stage1_train_{fold}"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -103,8 +112,12 @@ class PersonaModel:
         t = time.perf_counter()
         ranker = train_ranker(data, cfg)
         stage_times["ranker"] = time.perf_counter() - t
+        if sas is not None and cfg.sas_refit:  # serve from a model that has seen every event, as the rest of stage 1
+            t = time.perf_counter()
+            sas = SeqNet.fit(seqs, len(index), **sas_args)
+            stage_times["sequence_model_serve"] = time.perf_counter() - t
         t = time.perf_counter()
-        s1 = Stage1.fit(seqs, len(index), cfg)
+        s1 = Stage1.fit(seqs, len(index), cfg, sas)
         stage_times["stage1_serve"] = time.perf_counter() - t
         fit_s = time.perf_counter() - t0
         info = {"fit_seconds": round(fit_s, 2), "stage_seconds": {k: round(v, 2) for k, v in stage_times.items()},

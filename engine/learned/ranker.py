@@ -23,7 +23,7 @@ import numpy as np
 
 from .candidates import ItemMeta, Stage1, pool, user_state
 from .config import LearnedConfig
-from .features import FEATURE_NAMES, cold_item, features, resolve_drop
+from .features import FEATURE_NAMES, GROUPS, cold_item, features, resolve_drop
 from .index import Sequence, tie_key
 
 __all__ = ["TrainingData", "build_training", "Ranker", "train_ranker", "pessimistic_ndcg"]
@@ -160,6 +160,8 @@ def train_ranker(data: TrainingData, cfg: LearnedConfig) -> Ranker:
     cols = [c for c in FEATURE_NAMES if c not in drop]
     if np.isnan(data.X[:, FEATURE_NAMES.index("extra")]).all() and "extra" in cols:
         cols.remove("extra")
+    if cfg.sas_epochs <= 0:  # no sequence model: its columns are constant zeros
+        cols = [c for c in cols if c not in GROUPS["src_sas"]]
     idx = np.array([FEATURE_NAMES.index(c) for c in cols])
     hold = np.array([(tie_key(cfg.seed + 101, u, "") % 1000) < cfg.valid_frac * 1000 for u in data.users])
     if hold.all() or not hold.any():

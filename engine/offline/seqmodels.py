@@ -26,37 +26,9 @@ __all__ = ["SASRec"]
 
 
 def _net(n_items: int, dim: int, maxlen: int, blocks: int, heads: int, dropout: float):
-    import torch
-    from torch import nn
+    from ..learned.seqnet import build_net  # the same module the learned recommender's sequence source trains
 
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.item = nn.Embedding(n_items + 1, dim, padding_idx=0)
-            self.pos = nn.Embedding(maxlen, dim)
-            layer = nn.TransformerEncoderLayer(dim, heads, dim * 2, dropout=dropout, batch_first=True, norm_first=True, activation="gelu")
-            self.enc = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
-            self.norm = nn.LayerNorm(dim)
-            self.drop = nn.Dropout(dropout)
-            self.out_bias = nn.Parameter(torch.zeros(n_items + 1))
-            # Item vectors of norm ~1 (so initial logits have unit scale against the ~sqrt(dim)-norm
-            # LayerNorm output); the sqrt(dim) input scaling then gives inputs of the pos scale.
-            nn.init.normal_(self.item.weight, std=dim**-0.5)
-            with torch.no_grad():
-                self.item.weight[0].zero_()
-            self.register_buffer("causal", torch.triu(torch.full((maxlen, maxlen), float("-inf")), diagonal=1))
-
-        def forward(self, seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-            L = seq.shape[1]
-            pos = (lengths[:, None] - 1 - torch.arange(L)[None, :]).clamp(min=0)
-            x = self.item(seq) * math.sqrt(dim) + self.pos(pos)
-            x = self.drop(x)
-            return self.norm(self.enc(x, mask=self.causal[:L, :L]))
-
-        def logits(self, h: torch.Tensor) -> torch.Tensor:
-            return h @ self.item.weight.T + self.out_bias
-
-    return Net()
+    return build_net(n_items, dim, maxlen, blocks, heads, dropout)
 
 
 class SASRec(Baseline):

@@ -1,0 +1,212 @@
+"""A SASRec-style next-item network (Kang & McAuley, 2018) as a stage-1 source of the learned recommender.
+
+In (``SeqNet.fit``): ordered item-row sequences (``{user: Sequence}``), the catalog size, the settings below. Trained in
+torch (the ``learn`` extra) with full-softmax cross-entropy at every position, a random window of
+``maxlen + 1`` items of longer histories each epoch, for a fixed number of epochs (deterministic for a seed and thread
+count; no early stopping, so no held-out events are read).
+Out: ``SeqNet.probs(items)``: P(next item = j) over the whole catalog after a history (float64, sums to 1), computed in
+numpy from the stored weights, so serving needs no torch and the value does not depend on the BLAS thread count (Ray
+workers compute training rows with one thread). ``arrays()`` / ``from_arrays()`` for ``PersonaModel.save``.
+
+``build_net`` is the torch module, shared with the offline SASRec baseline (``engine.offline.seqmodels``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+
+from ..errors import missing
+from .index import Sequence
+
+__all__ = ["SeqNet", "build_net"]
+
+log = logging.getLogger(__name__)
+
+_PREFIX = "sas_"
+_EPS = 1e-5  # torch LayerNorm's default
+
+
+def build_net(n_items: int, dim: int, maxlen: int, blocks: int, heads: int, dropout: float):
+    """Item embeddings (row 0 = padding) + learned positions counted back from the last item + pre-norm transformer
+    blocks with a causal mask + a final LayerNorm; ``logits(h)`` ties the output to the item embeddings plus a bias."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.item = nn.Embedding(n_items + 1, dim, padding_idx=0)
+            self.pos = nn.Embedding(maxlen, dim)
+            layer = nn.TransformerEncoderLayer(dim, heads, dim * 2, dropout=dropout, batch_first=True, norm_first=True, activation="gelu")
+            self.enc = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(dim)
+            self.drop = nn.Dropout(dropout)
+            self.out_bias = nn.Parameter(torch.zeros(n_items + 1))
+            # Item vectors of norm ~1 (so initial logits have unit scale against the ~sqrt(dim)-norm
+            # LayerNorm output); the sqrt(dim) input scaling then gives inputs of the pos scale.
+            nn.init.normal_(self.item.weight, std=dim**-0.5)
+            with torch.no_grad():
+                self.item.weight[0].zero_()
+            self.register_buffer("causal", torch.triu(torch.full((maxlen, maxlen), float("-inf")), diagonal=1))
+
+        def forward(self, seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            L = seq.shape[1]
+            pos = (lengths[:, None] - 1 - torch.arange(L, device=seq.device)[None, :]).clamp(min=0)
+            x = self.item(seq) * math.sqrt(dim) + self.pos(pos)
+            x = self.drop(x)
+            return self.norm(self.enc(x, mask=self.causal[:L, :L]))
+
+        def logits(self, h: torch.Tensor) -> torch.Tensor:
+            return h @ self.item.weight.T + self.out_bias
+
+    return Net()
+
+
+def _ln(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + _EPS) * w + b
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+class SeqNet:
+    """The trained network's weights as float64 arrays, and the numpy forward pass over one history."""
+
+    def __init__(self, weights: dict[str, np.ndarray], dim: int, maxlen: int, blocks: int, heads: int, info: dict | None = None):
+        self.w = {k: np.asarray(v, np.float64) for k, v in weights.items()}
+        self.dim, self.maxlen, self.blocks, self.heads = int(dim), int(maxlen), int(blocks), int(heads)
+        self.info = dict(info or {})
+
+    @property
+    def n_items(self) -> int:
+        return len(self.w["item.weight"]) - 1
+
+    @classmethod
+    def fit(cls, seqs: dict[str, Sequence], n_items: int, *, dim: int = 64, maxlen: int = 50, blocks: int = 2, heads: int = 1,
+            dropout: float = 0.5, lr: float = 0.002, batch: int = 32, epochs: int = 39, seed: int = 0, threads: int = 2,
+            full_softmax_items: int = 20000, negatives: int = 2048, device: str = "cpu", progress: bool = False) -> SeqNet:
+        """Train on every sequence of at least two items (sorted by user id, so the result depends on the data only).
+
+        Catalogs above ``full_softmax_items`` train with a sampled softmax: each batch scores its own targets plus
+        ``negatives`` uniformly drawn items instead of the whole catalog (a full softmax at 100k items is ~1 s per batch
+        on two cores); uniform draws need no log-Q correction, and serving still normalises over the whole catalog.
+        ``device``: a torch device for training ("cuda" on a GPU machine; the same seed gives another network there,
+        as the float arithmetic differs)."""
+        try:
+            import torch
+        except ImportError as e:  # pragma: no cover - torch comes with the learn extra
+            raise missing("learn", "torch (or fit with sequence_epochs=0)") from e
+        from tqdm.auto import tqdm
+
+        data = [np.asarray(seqs[u].items, np.int64) + 1 for u in sorted(seqs) if len(seqs[u]) >= 2]
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, int(threads)))
+        t0 = time.perf_counter()
+        try:
+            torch.manual_seed(seed)
+            rng = np.random.default_rng(seed)
+            dev = torch.device(device)
+            net = build_net(n_items, dim, maxlen, blocks, heads, dropout).to(dev)
+            opt = torch.optim.Adam(net.parameters(), lr=lr)
+            ce = torch.nn.CrossEntropyLoss()
+            loss = None
+            for _ in tqdm(range(epochs if data else 0), desc="sequence model", disable=not progress, leave=False):
+                net.train()
+                perm = rng.permutation(len(data))
+                for b in range(0, len(perm), batch):
+                    crops = []
+                    for i in perm[b : b + batch]:
+                        s = data[i]
+                        if len(s) > maxlen + 1:  # a random window of maxlen + 1 items
+                            end = int(rng.integers(maxlen + 1, len(s) + 1))
+                            s = s[end - maxlen - 1 : end]
+                        crops.append(s)
+                    L = max(len(s) for s in crops) - 1
+                    inp = np.zeros((len(crops), L), np.int64)
+                    tgt = np.zeros((len(crops), L), np.int64)
+                    lens = np.empty(len(crops), np.int64)
+                    for r, s in enumerate(crops):  # right padding: positions count back from the last item
+                        inp[r, : len(s) - 1] = s[:-1]
+                        tgt[r, : len(s) - 1] = s[1:]
+                        lens[r] = len(s) - 1
+                    tgt_t = torch.from_numpy(tgt).to(dev)
+                    h = net(torch.from_numpy(inp).to(dev), torch.from_numpy(lens).to(dev))
+                    m = tgt_t > 0
+                    if n_items <= full_softmax_items:
+                        logits = net.logits(h[m])
+                        logits[:, 0] = float("-inf")  # never predict padding
+                        loss = ce(logits, tgt_t[m])
+                    else:
+                        pos = tgt_t[m]
+                        cand = torch.unique(torch.cat([pos, torch.from_numpy(rng.integers(1, n_items + 1, negatives)).to(dev)]))
+                        logits = h[m] @ net.item.weight[cand].T + net.out_bias[cand]
+                        loss = ce(logits, torch.searchsorted(cand, pos))
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            net.eval()
+            weights = {k: v.detach().double().cpu().numpy().copy() for k, v in net.state_dict().items() if k != "causal"}
+        finally:
+            torch.set_num_threads(old_threads)
+        info = {"epochs": epochs, "sequences": len(data), "device": str(device), "sampled_softmax": n_items > full_softmax_items, "seconds": round(time.perf_counter() - t0, 1),
+                "final_loss": None if loss is None else round(float(loss.detach()), 4)}
+        log.info("sequence model: %d sequences, %d epochs in %.0fs (last batch loss %s)", len(data), epochs, info["seconds"], info["final_loss"])
+        return cls(weights, dim, maxlen, blocks, heads, info)
+
+    def hidden(self, items: np.ndarray) -> np.ndarray:
+        """The last position's output vector after ``items`` (rows, oldest first; the last ``maxlen`` are read)."""
+        w, d = self.w, self.dim
+        s = np.asarray(items, np.int64)[-self.maxlen :] + 1
+        L = len(s)
+        pos = (L - 1) - np.arange(L)
+        x = w["item.weight"][s] * math.sqrt(d) + w["pos.weight"][pos]
+        mask = np.triu(np.full((L, L), -np.inf), 1)
+        hd = d // self.heads
+        for b in range(self.blocks):
+            p = f"enc.layers.{b}."
+            h = _ln(x, w[p + "norm1.weight"], w[p + "norm1.bias"])
+            qkv = h @ w[p + "self_attn.in_proj_weight"].T + w[p + "self_attn.in_proj_bias"]
+            q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
+            heads = []
+            for j in range(self.heads):
+                sl = slice(j * hd, (j + 1) * hd)
+                a = q[:, sl] @ k[:, sl].T / math.sqrt(hd) + mask
+                a = np.exp(a - a.max(1, keepdims=True))
+                heads.append((a / a.sum(1, keepdims=True)) @ v[:, sl])
+            x = x + np.concatenate(heads, 1) @ w[p + "self_attn.out_proj.weight"].T + w[p + "self_attn.out_proj.bias"]
+            h = _ln(x, w[p + "norm2.weight"], w[p + "norm2.bias"])
+            x = x + _gelu(h @ w[p + "linear1.weight"].T + w[p + "linear1.bias"]) @ w[p + "linear2.weight"].T + w[p + "linear2.bias"]
+        return _ln(x[-1], w["norm.weight"], w["norm.bias"])
+
+    def probs(self, items: np.ndarray) -> np.ndarray:
+        """P(next = j) for every catalog row j (length ``n_items``); uniform after an empty history."""
+        n = self.n_items
+        items = np.asarray(items, np.int64)
+        items = items[(items >= 0) & (items < n)]
+        if not len(items):
+            return np.full(n, 1.0 / max(1, n))
+        z = self.w["item.weight"][1:] @ self.hidden(items) + self.w["out_bias"][1:]
+        z = np.exp(z - z.max())
+        return z / z.sum()
+
+    def arrays(self) -> dict:
+        meta = np.array([self.dim, self.maxlen, self.blocks, self.heads], np.int64)
+        return {_PREFIX + "shape": meta, **{_PREFIX + k: v for k, v in self.w.items()}}
+
+    @classmethod
+    def from_arrays(cls, a: dict) -> SeqNet | None:
+        """The network saved by ``arrays`` (None when the arrays hold none: a model fitted without it)."""
+        if _PREFIX + "shape" not in a:
+            return None
+        dim, maxlen, blocks, heads = (int(x) for x in a[_PREFIX + "shape"])
+        w = {k[len(_PREFIX) :]: a[k] for k in a if k.startswith(_PREFIX) and k != _PREFIX + "shape"}
+        return cls(w, dim, maxlen, blocks, heads)
