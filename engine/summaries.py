@@ -88,6 +88,7 @@ class Facts:
     positive_ids: list[str] = field(default_factory=list)
     history_ids: set[str] = field(default_factory=set)
     titles: dict[str, str] = field(default_factory=dict)
+    low_ids: set[str] = field(default_factory=set)
 
     @classmethod
     def of(cls, history: Iterable[Rated], positive: float, negative: float) -> Facts:
@@ -104,15 +105,23 @@ class Facts:
                     f.positive_ids.append(r.item_id)
             elif r.rating <= negative:
                 f.neg.update(dict.fromkeys(r.attributes).keys())
+                f.low_ids.add(r.item_id)
         return f
 
     def backs(self, attr: str, key: str) -> bool:
         """Whether the history backs claiming ``attr`` as ``liked`` (at least :data:`MIN_SUPPORT`
-        positively rated items carry it, and more of them than low-rated ones) or ``disliked``
-        (the same with low ratings). Stricter than the faithfulness metric's two-item rule: a heavy
-        user with 40 low-rated dramas and 3 liked ones does not "like Drama"."""
+        positively rated items carry it, and more of them than low-rated ones) or ``disliked`` (at
+        least :data:`MIN_SUPPORT` low-rated items carry it, at least twice as many as liked ones, and
+        its low-rated share is at least the user's share over all their rated items). Stricter than
+        the faithfulness metric's two-item rule: a heavy user with 40 low-rated dramas and 3 liked
+        ones does not "like Drama"; one who rates 83% of everything low but liked 52 dramas (82% of
+        theirs low) does not "dislike Drama" either -- that is how they rate, not what they avoid."""
         mine, other = self.support(key), self.support("disliked" if key == "liked" else "liked")
-        return mine[attr] >= MIN_SUPPORT and mine[attr] > other[attr]
+        if key == "liked":
+            return mine[attr] >= MIN_SUPPORT and mine[attr] > other[attr]
+        low, rated = len(self.low_ids), len(self.low_ids) + len(self.positive_ids)
+        return (mine[attr] >= MIN_SUPPORT and mine[attr] >= 2 * other[attr]
+                and mine[attr] * rated >= low * (mine[attr] + other[attr]))
 
     def support(self, key: str) -> Counter:
         """Per attribute, how many positively (``liked``) or low-rated (``disliked``) items carry it."""

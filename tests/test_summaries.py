@@ -73,6 +73,21 @@ def test_claims_need_more_liked_than_disliked_items_and_notes_do_not_restate_rat
     assert schema["properties"]["disliked"]["items"]["enum"] == ["Drama", "1990s"]
 
 
+def test_a_dislike_is_claimed_only_where_it_stands_out_from_how_the_user_rates_everything():
+    """ml-100k's user 405 rates 83% of their films low: 232 low-rated and 52 liked dramas is their usual rate, not a
+    dislike of Drama; Horror, low far more often than their average, is. Nor is a near tie (user 13's 42 low-rated and
+    40 liked thrillers) a dislike."""
+    def films(n, genre, rating, start):
+        return [Rated(str(start + i), f"{genre}{i}", (genre,), rating) for i in range(n)]
+
+    heavy = films(232, "Drama", 1.0, 0) + films(52, "Drama", 5.0, 1000) + films(40, "Horror", 1.0, 2000) + films(2, "Horror", 5.0, 3000)
+    heavy += films(300, "Comedy", 2.0, 4000) + films(70, "Comedy", 4.0, 5000)
+    f = Facts.of(heavy, 4.0, 2.0)
+    assert f.claimable("disliked") == ["Horror"] and not f.backs("Drama", "disliked") and not f.backs("Comedy", "disliked")
+    tie = Facts.of(films(42, "Thriller", 1.0, 0) + films(40, "Thriller", 5.0, 100) + films(30, "Drama", 5.0, 200), 4.0, 2.0)
+    assert not tie.backs("Thriller", "disliked") and tie.backs("Thriller", "liked") is False and tie.backs("Drama", "liked")
+
+
 @pytest.mark.parametrize("garbage", ["", "no json here", '{"liked": ["Sci-Fi"', "[1, 2]", '{"liked": ["Horror"], "disliked": []}'])
 def test_garbage_falls_back_flagged(make_engine, ml, garbage):
     """Unusable model output -> the computed summary, flagged, through the real ProfileBuilder path."""
