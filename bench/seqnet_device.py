@@ -76,7 +76,7 @@ def synthetic(n_items: int, n_users: int, length: int, seed: int = 0) -> dict[st
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k")
-    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--device", default=None, help="torch device for the device rows (default: cuda when present)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for the CPU rows")
     ap.add_argument("--users", type=int, default=20000, help="synthetic users (50 events each)")
     ap.add_argument("--sizes", default="100000,1000000")
@@ -84,6 +84,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     import torch
 
+    a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     devices = ["cpu"] + ([a.device] if a.device != "cpu" else [])
     cfg = LearnedConfig()
     kw = dict(dim=cfg.sas_dim, maxlen=cfg.sas_maxlen, dropout=cfg.sas_dropout, lr=cfg.sas_lr, batch=cfg.sas_batch, threads=a.threads)

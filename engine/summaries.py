@@ -95,7 +95,11 @@ class Facts:
         # Counted in the payload's attribute order (not a set's hash order): equal counts then rank
         # the same way in every process.
         f = cls()
-        for r in history:
+        latest: dict[str, Rated] = {}
+        for r in history:  # a film rated twice counts once, with its latest rating (the history is in time order)
+            latest.pop(r.item_id, None)
+            latest[r.item_id] = r
+        for r in latest.values():
             f.history_ids.add(r.item_id)
             f.titles[r.item_id] = r.title
             f.seen.update(dict.fromkeys(r.attributes).keys())
@@ -112,7 +116,8 @@ class Facts:
         """Whether the history backs claiming ``attr`` as ``liked`` (at least :data:`MIN_SUPPORT`
         positively rated items carry it, and more of them than low-rated ones) or ``disliked`` (at
         least :data:`MIN_SUPPORT` low-rated items carry it, at least twice as many as liked ones, and
-        its low-rated share is at least the user's share over all their rated items). Stricter than
+        its low-rated share of the liked-or-low items carrying it is at least the user's share over all
+        their liked-or-low items; unrated items count as liked, middling ratings not at all). Stricter than
         the faithfulness metric's two-item rule: a heavy user with 40 low-rated dramas and 3 liked
         ones does not "like Drama"; one who rates 83% of everything low but liked 52 dramas (82% of
         theirs low) does not "dislike Drama" either -- that is how they rate, not what they avoid."""

@@ -86,6 +86,11 @@ def test_a_dislike_is_claimed_only_where_it_stands_out_from_how_the_user_rates_e
     assert f.claimable("disliked") == ["Horror"] and not f.backs("Drama", "disliked") and not f.backs("Comedy", "disliked")
     tie = Facts.of(films(42, "Thriller", 1.0, 0) + films(40, "Thriller", 5.0, 100) + films(30, "Drama", 5.0, 200), 4.0, 2.0)
     assert not tie.backs("Thriller", "disliked") and tie.backs("Thriller", "liked") is False and tie.backs("Drama", "liked")
+    # a film rated twice counts once, with its latest rating: one film is no support, a changed mind is the new rating
+    twice = Facts.of([Rated("1", "A", ("Drama",), 1.0), Rated("1", "A", ("Drama",), 1.0), Rated("2", "B", ("Comedy",), 5.0)], 4.0, 2.0)
+    assert not twice.backs("Drama", "disliked") and twice.neg["Drama"] == 1
+    changed = Facts.of([Rated(str(i), f"D{i}", ("Drama",), 1.0) for i in range(3)] + [Rated(str(i), f"D{i}", ("Drama",), 5.0) for i in range(3)], 4.0, 2.0)
+    assert changed.pos["Drama"] == 3 and changed.neg["Drama"] == 0 and changed.backs("Drama", "liked")
 
 
 @pytest.mark.parametrize("garbage", ["", "no json here", '{"liked": ["Sci-Fi"', "[1, 2]", '{"liked": ["Horror"], "disliked": []}'])

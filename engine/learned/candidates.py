@@ -186,7 +186,9 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig) ->
     src["fresh"] = np.where(np.isnan(s1.item_first_ts) & has_content, src["content"], -np.inf).astype(np.float32)
     if s1.sas is not None:
         p = s1.sas.probs(items)
-        p[np.isnan(s1.item_first_ts)] = 0.0  # an item without events scores as features.cold_item shows new items in training
+        # an item without events, or one the sequence model never read (its events all came after its training
+        # data), scores as features.cold_item shows new items in training, not with its vector's random init
+        p[np.isnan(s1.item_first_ts) | ~s1.sas.known] = 0.0
         src["sas"] = p.astype(np.float32)
     else:
         src["sas"] = np.zeros(n, np.float32)

@@ -122,6 +122,7 @@ class LearnedConfig:
         names = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
         d.setdefault("rank_cap", 0)  # saved before rank_cap existed: exact ranks, as it was fitted
+        d.setdefault("sas_epochs", 0)  # saved before the sequence model existed: fitted without one
         # serving-time knobs missing from an older model (dislike_penalty) take today's default on purpose: the ranker
         # itself is unchanged by them, and a refit is not needed to get them
         for k in ("sources", "drop_features"):

@@ -27,6 +27,7 @@ __all__ = ["SeqNet", "build_net"]
 log = logging.getLogger(__name__)
 
 _PREFIX = "sas_"
+_W = "sas_w."  # weight arrays: _W + the torch state-dict name
 _EPS = 1e-5  # torch LayerNorm's default
 
 
@@ -81,9 +82,11 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 class SeqNet:
     """The trained network's weights as float64 arrays, and the numpy forward pass over one history."""
 
-    def __init__(self, weights: dict[str, np.ndarray], dim: int, maxlen: int, blocks: int, heads: int, info: dict | None = None):
+    def __init__(self, weights: dict[str, np.ndarray], dim: int, maxlen: int, blocks: int, heads: int, known: np.ndarray,
+                 info: dict | None = None):
         self.w = {k: np.asarray(v, np.float64) for k, v in weights.items()}
         self.dim, self.maxlen, self.blocks, self.heads = int(dim), int(maxlen), int(blocks), int(heads)
+        self.known = np.asarray(known, bool)  # per item row: in the training sequences (else its vector is its random init)
         self.info = dict(info or {})
 
     @property
@@ -98,9 +101,10 @@ class SeqNet:
 
         Catalogs above ``full_softmax_items`` train with a sampled softmax: each batch scores its own targets plus
         ``negatives`` uniformly drawn items instead of the whole catalog (a full softmax at 100k items is ~1 s per batch
-        on two cores); uniform draws need no log-Q correction, and serving still normalises over the whole catalog.
-        ``device``: a torch device for training ("cuda" on a GPU machine; the same seed gives another network there,
-        as the float arithmetic differs)."""
+        on two cores). The candidates also hold the batch's other targets, which follow popularity, so the uniform
+        draws' missing log-Q correction is only approximate; serving still normalises over the whole catalog.
+        ``device``: a torch device for training. On CPU a seed and thread count give the same network bit for bit; on
+        CUDA not (atomic adds in the embedding gradient). Torch's global RNG is left as it was."""
         try:
             import torch
         except ImportError as e:  # pragma: no cover - torch comes with the learn extra
@@ -108,59 +112,64 @@ class SeqNet:
         from tqdm.auto import tqdm
 
         data = [np.asarray(seqs[u].items, np.int64) + 1 for u in sorted(seqs) if len(seqs[u]) >= 2]
+        known = np.zeros(n_items, bool)
+        for x in data:
+            known[x - 1] = True
         old_threads = torch.get_num_threads()
         torch.set_num_threads(max(1, int(threads)))
         t0 = time.perf_counter()
         try:
-            torch.manual_seed(seed)
-            rng = np.random.default_rng(seed)
-            dev = torch.device(device)
-            net = build_net(n_items, dim, maxlen, blocks, heads, dropout).to(dev)
-            opt = torch.optim.Adam(net.parameters(), lr=lr)
-            ce = torch.nn.CrossEntropyLoss()
-            loss = None
-            for _ in tqdm(range(epochs if data else 0), desc="sequence model", disable=not progress, leave=False):
-                net.train()
-                perm = rng.permutation(len(data))
-                for b in range(0, len(perm), batch):
-                    crops = []
-                    for i in perm[b : b + batch]:
-                        s = data[i]
-                        if len(s) > maxlen + 1:  # a random window of maxlen + 1 items
-                            end = int(rng.integers(maxlen + 1, len(s) + 1))
-                            s = s[end - maxlen - 1 : end]
-                        crops.append(s)
-                    L = max(len(s) for s in crops) - 1
-                    inp = np.zeros((len(crops), L), np.int64)
-                    tgt = np.zeros((len(crops), L), np.int64)
-                    lens = np.empty(len(crops), np.int64)
-                    for r, s in enumerate(crops):  # right padding: positions count back from the last item
-                        inp[r, : len(s) - 1] = s[:-1]
-                        tgt[r, : len(s) - 1] = s[1:]
-                        lens[r] = len(s) - 1
-                    tgt_t = torch.from_numpy(tgt).to(dev)
-                    h = net(torch.from_numpy(inp).to(dev), torch.from_numpy(lens).to(dev))
-                    m = tgt_t > 0
-                    if n_items <= full_softmax_items:
-                        logits = net.logits(h[m])
-                        logits[:, 0] = float("-inf")  # never predict padding
-                        loss = ce(logits, tgt_t[m])
-                    else:
-                        pos = tgt_t[m]
-                        cand = torch.unique(torch.cat([pos, torch.from_numpy(rng.integers(1, n_items + 1, negatives)).to(dev)]))
-                        logits = h[m] @ net.item.weight[cand].T + net.out_bias[cand]
-                        loss = ce(logits, torch.searchsorted(cand, pos))
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-            net.eval()
-            weights = {k: v.detach().double().cpu().numpy().copy() for k, v in net.state_dict().items() if k != "causal"}
+            # the caller's torch RNG (an in-process LLM's sampling, say) is left as it was
+            with torch.random.fork_rng(devices=[] if torch.device(device).type == "cpu" else None):
+                torch.manual_seed(seed)
+                rng = np.random.default_rng(seed)
+                dev = torch.device(device)
+                net = build_net(n_items, dim, maxlen, blocks, heads, dropout).to(dev)
+                opt = torch.optim.Adam(net.parameters(), lr=lr)
+                ce = torch.nn.CrossEntropyLoss()
+                loss = None
+                for _ in tqdm(range(epochs if data else 0), desc="sequence model", disable=not progress, leave=False):
+                    net.train()
+                    perm = rng.permutation(len(data))
+                    for b in range(0, len(perm), batch):
+                        crops = []
+                        for i in perm[b : b + batch]:
+                            s = data[i]
+                            if len(s) > maxlen + 1:  # a random window of maxlen + 1 items
+                                end = int(rng.integers(maxlen + 1, len(s) + 1))
+                                s = s[end - maxlen - 1 : end]
+                            crops.append(s)
+                        L = max(len(s) for s in crops) - 1
+                        inp = np.zeros((len(crops), L), np.int64)
+                        tgt = np.zeros((len(crops), L), np.int64)
+                        lens = np.empty(len(crops), np.int64)
+                        for r, s in enumerate(crops):  # right padding: positions count back from the last item
+                            inp[r, : len(s) - 1] = s[:-1]
+                            tgt[r, : len(s) - 1] = s[1:]
+                            lens[r] = len(s) - 1
+                        tgt_t = torch.from_numpy(tgt).to(dev)
+                        h = net(torch.from_numpy(inp).to(dev), torch.from_numpy(lens).to(dev))
+                        m = tgt_t > 0
+                        if n_items <= full_softmax_items:
+                            logits = net.logits(h[m])
+                            logits[:, 0] = float("-inf")  # never predict padding
+                            loss = ce(logits, tgt_t[m])
+                        else:
+                            pos = tgt_t[m]
+                            cand = torch.unique(torch.cat([pos, torch.from_numpy(rng.integers(1, n_items + 1, negatives)).to(dev)]))
+                            logits = h[m] @ net.item.weight[cand].T + net.out_bias[cand]
+                            loss = ce(logits, torch.searchsorted(cand, pos))
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
+                net.eval()
+                weights = {k: v.detach().double().cpu().numpy().copy() for k, v in net.state_dict().items() if k != "causal"}
         finally:
             torch.set_num_threads(old_threads)
         info = {"epochs": epochs, "sequences": len(data), "device": str(device), "sampled_softmax": n_items > full_softmax_items, "seconds": round(time.perf_counter() - t0, 1),
                 "final_loss": None if loss is None else round(float(loss.detach()), 4)}
         log.info("sequence model: %d sequences, %d epochs in %.0fs (last batch loss %s)", len(data), epochs, info["seconds"], info["final_loss"])
-        return cls(weights, dim, maxlen, blocks, heads, info)
+        return cls(weights, dim, maxlen, blocks, heads, known, info)
 
     def hidden(self, items: np.ndarray) -> np.ndarray:
         """The last position's output vector after ``items`` (rows, oldest first; the last ``maxlen`` are read)."""
@@ -199,8 +208,11 @@ class SeqNet:
         return z / z.sum()
 
     def arrays(self) -> dict:
+        """``{name: array}`` for ``PersonaModel.save``: the shape, the known-item mask and the weights, stored as float32
+        (torch trained them in float32, so that is exact; they are float64 again in memory)."""
         meta = np.array([self.dim, self.maxlen, self.blocks, self.heads], np.int64)
-        return {_PREFIX + "shape": meta, **{_PREFIX + k: v for k, v in self.w.items()}}
+        return {_PREFIX + "shape": meta, _PREFIX + "known": self.known,
+                **{_W + k: v.astype(np.float32) for k, v in self.w.items()}}
 
     @classmethod
     def from_arrays(cls, a: dict) -> SeqNet | None:
@@ -208,5 +220,5 @@ class SeqNet:
         if _PREFIX + "shape" not in a:
             return None
         dim, maxlen, blocks, heads = (int(x) for x in a[_PREFIX + "shape"])
-        w = {k[len(_PREFIX) :]: a[k] for k in a if k.startswith(_PREFIX) and k != _PREFIX + "shape"}
-        return cls(w, dim, maxlen, blocks, heads)
+        w = {k[len(_W) :]: a[k] for k in a if k.startswith(_W)}
+        return cls(w, dim, maxlen, blocks, heads, a[_PREFIX + "known"])
