@@ -36,8 +36,8 @@ class LearnedConfig:
     # stage 1: the SASRec-style sequence model (``seqnet.py``), trained once on every user's events but the last
     # ``label_folds`` (so neither fold's labels were ever its targets) and kept for serving; its next-item probability
     # and rank are ranker features. 0 epochs: none. Valid, seeds 0-4 (bench/learned_val.py --no-baselines --set seed=S
-    # [--set sas_epochs=0]): NDCG@10 0.1364 -> 0.1403 (4 of 5 seeds better), HR@10 0.2556 -> 0.2590, AUC 1:20
-    # 0.9236 -> 0.9279 (5 of 5); dropout 0.2 over 0.5 (seeds 0-2, as a pool source: AUC 0.9288 vs 0.9267); +38 s of fit
+    # [--set sas_epochs=0]): NDCG@10 0.1364 -> 0.1392 (4 of 5 seeds better), HR@10 0.2556 -> 0.2607, AUC 1:20
+    # 0.9236 -> 0.9276 (5 of 5); dropout 0.2 over 0.5 (seeds 0-2, as a pool source: AUC 0.9288 vs 0.9267); +38 s of fit
     # on ml-100k (2 cores). Epochs, maxlen, batch and lr are the offline SASRec baseline's tuned settings
     sas_epochs: int = 39
     sas_dim: int = 64
