@@ -148,7 +148,7 @@ class FitConfig(_Section):
     threads: int = Field(2, ge=1, le=256)
     """CPU threads for ALS, the sequence model and LightGBM."""
     sequence_epochs: int = Field(39, ge=0, le=1000)
-    """Training epochs of the SASRec-style sequence model whose next-item probability is a ranker feature (0: none). Valid, 5 fit seeds: NDCG@10 0.1364 -> 0.1392, AUC 1:20 0.9236 -> 0.9276; about 40 s of a 2-core fit on ml-100k. Catalogs above 20k items train it with a sampled softmax."""
+    """Training epochs of the SASRec-style sequence model whose next-item probability is a ranker feature (0: none). Valid, 5 fit seeds: NDCG@10 0.1364 -> 0.1392, AUC 1:20 0.9236 -> 0.9276; about 40 s of a 2-core fit on ml-100k. Catalogs above 5k items train it with a sampled softmax (2048 items per batch)."""
     device: str = "cpu"
     """Torch device that trains the sequence model (``cuda`` on a GPU machine); serving computes it in numpy."""
     dislike_penalty: float = Field(2.0, ge=0.0, le=50.0)

@@ -45,6 +45,12 @@ class LearnedConfig:
     sas_dropout: float = 0.2
     sas_lr: float = 0.002
     sas_batch: int = 32
+    # catalogs above this train with a sampled softmax of ``sas_negatives`` uniform items per batch (``seqnet.py``): the
+    # full softmax made fit() 11 -> 56 s at 10k items and 20k events (bench/scale.py). Valid on ml-100k with 256 sampled
+    # of 1,682 (--set sas_full_softmax_items=0 --set sas_negatives=256), seeds 0 / 1: NDCG@10 0.1322 / 0.1372 vs
+    # 0.1367 / 0.1361 full, AUC 1:20 0.9275 / 0.9287 vs 0.9267 / 0.9278: the same within seed noise
+    sas_full_softmax_items: int = 5000
+    sas_negatives: int = 2048
     # True: retrained on all events for serving, like the rest of stage 1 (twice the training time). Valid, seeds 0-2,
     # as a pool source: NDCG@10 0.1352 vs 0.1367 without, AUC 0.9269 vs 0.9267: no gain, so the label-free model serves
     sas_refit: bool = False

@@ -85,6 +85,7 @@ class PersonaModel:
         parts, stage_times = [], {}
         sas = None
         sas_args = dict(dim=cfg.sas_dim, maxlen=cfg.sas_maxlen, dropout=cfg.sas_dropout, lr=cfg.sas_lr, batch=cfg.sas_batch,
+                        full_softmax_items=cfg.sas_full_softmax_items, negatives=cfg.sas_negatives,
                         epochs=cfg.sas_epochs, seed=cfg.seed, threads=cfg.threads, device=cfg.sas_device, progress=progress)
         if cfg.sas_epochs > 0:  # once, without every fold's labels; shared by the training and the serving stage 1
             t = time.perf_counter()

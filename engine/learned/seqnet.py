@@ -96,7 +96,7 @@ class SeqNet:
     @classmethod
     def fit(cls, seqs: dict[str, Sequence], n_items: int, *, dim: int = 64, maxlen: int = 50, blocks: int = 2, heads: int = 1,
             dropout: float = 0.5, lr: float = 0.002, batch: int = 32, epochs: int = 39, seed: int = 0, threads: int = 2,
-            full_softmax_items: int = 20000, negatives: int = 2048, device: str = "cpu", progress: bool = False) -> SeqNet:
+            full_softmax_items: int = 5000, negatives: int = 2048, device: str = "cpu", progress: bool = False) -> SeqNet:
         """Train on every sequence of at least two items (sorted by user id, so the result depends on the data only).
 
         Catalogs above ``full_softmax_items`` train with a sampled softmax: each batch scores its own targets plus
