@@ -39,7 +39,8 @@ __all__ = ["PersonaModel", "FORMAT_VERSION", "data_hash"]
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the sequence model's arrays and feature columns (older code would fail on them, so it refuses)
+_READS = (1, 2)  # format 1 (no sequence model) loads and serves as it was fitted
 _REASON_CAP = 3  # a history item explains at most this many better-ranked items when another strong tie exists
 
 
@@ -293,8 +294,8 @@ class PersonaModel:
     def load(cls, directory) -> PersonaModel:
         d = Path(directory)
         meta = json.loads((d / "meta.json").read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{d}: model format {meta.get('format_version')}, this code reads {FORMAT_VERSION}")
+        if meta.get("format_version") not in _READS:
+            raise ValueError(f"{d}: model format {meta.get('format_version')}, this code reads {list(_READS)}")
         cfg = LearnedConfig.from_dict(meta["config"])
         with np.load(d / "arrays.npz", allow_pickle=False) as z:
             a = {k: z[k] for k in z.files}
