@@ -1,5 +1,6 @@
-"""Learned two-stage recommender: stage-1 candidate models (ALS, transitions, co-occurrence, content, popularity)
-and a LightGBM ranker over their pool. Pure numpy / scipy / implicit / lightgbm; no store access.
+"""Learned two-stage recommender: stage-1 candidate models (ALS, transitions, co-occurrence, content, popularity, a
+SASRec-style sequence model) and a LightGBM ranker over their pool. numpy / scipy / implicit / lightgbm, and torch to
+train the sequence model (serving it is numpy); no store access.
 
 Entry point: ``PersonaModel.fit(events, items, item_embeddings, LearnedConfig())`` then ``recommend`` / ``rank`` /
 ``save`` / ``load``. See ``model.py`` for the fit protocol.
