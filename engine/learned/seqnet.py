@@ -8,7 +8,8 @@ Out: ``SeqNet.probs(items)``: P(next item = j) over the whole catalog after a hi
 numpy from the stored weights, so serving needs no torch and the value does not depend on the BLAS thread count (Ray
 workers compute training rows with one thread). ``arrays()`` / ``from_arrays()`` for ``PersonaModel.save``.
 
-``build_net`` is the torch module, shared with the offline SASRec baseline (``engine.offline.seqmodels``).
+``build_net`` (the torch module) and ``training_batch`` (crops and padding) are shared with the offline SASRec baseline
+(``engine.offline.seqmodels``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from ..errors import missing
 from .index import Sequence
 
-__all__ = ["SeqNet", "build_net"]
+__all__ = ["SeqNet", "build_net", "training_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,26 @@ def build_net(n_items: int, dim: int, maxlen: int, blocks: int, heads: int, drop
             return h @ self.item.weight.T + self.out_bias
 
     return Net()
+
+
+def training_batch(seqs: list[np.ndarray], maxlen: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, next-item targets and lengths for sequences of 1-based item ids (0 = padding): a random window of
+    ``maxlen + 1`` items of each longer sequence, right padding (positions count back from the last item)."""
+    crops = []
+    for s in seqs:
+        if len(s) > maxlen + 1:
+            end = int(rng.integers(maxlen + 1, len(s) + 1))
+            s = s[end - maxlen - 1 : end]
+        crops.append(s)
+    L = max(len(s) for s in crops) - 1
+    inp = np.zeros((len(crops), L), np.int64)
+    tgt = np.zeros((len(crops), L), np.int64)
+    lens = np.empty(len(crops), np.int64)
+    for r, s in enumerate(crops):
+        inp[r, : len(s) - 1] = s[:-1]
+        tgt[r, : len(s) - 1] = s[1:]
+        lens[r] = len(s) - 1
+    return inp, tgt, lens
 
 
 def _ln(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -132,21 +153,7 @@ class SeqNet:
                     net.train()
                     perm = rng.permutation(len(data))
                     for b in range(0, len(perm), batch):
-                        crops = []
-                        for i in perm[b : b + batch]:
-                            s = data[i]
-                            if len(s) > maxlen + 1:  # a random window of maxlen + 1 items
-                                end = int(rng.integers(maxlen + 1, len(s) + 1))
-                                s = s[end - maxlen - 1 : end]
-                            crops.append(s)
-                        L = max(len(s) for s in crops) - 1
-                        inp = np.zeros((len(crops), L), np.int64)
-                        tgt = np.zeros((len(crops), L), np.int64)
-                        lens = np.empty(len(crops), np.int64)
-                        for r, s in enumerate(crops):  # right padding: positions count back from the last item
-                            inp[r, : len(s) - 1] = s[:-1]
-                            tgt[r, : len(s) - 1] = s[1:]
-                            lens[r] = len(s) - 1
+                        inp, tgt, lens = training_batch([data[i] for i in perm[b : b + batch]], maxlen, rng)
                         tgt_t = torch.from_numpy(tgt).to(dev)
                         h = net(torch.from_numpy(inp).to(dev), torch.from_numpy(lens).to(dev))
                         m = tgt_t > 0

@@ -19,16 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import missing
+from ..learned.seqnet import build_net, training_batch  # shared with the learned recommender's sequence model
 from ..types import Event
 from .baselines import Baseline, grid
 
 __all__ = ["SASRec"]
-
-
-def _net(n_items: int, dim: int, maxlen: int, blocks: int, heads: int, dropout: float):
-    from ..learned.seqnet import build_net  # the same module the learned recommender's sequence source trains
-
-    return build_net(n_items, dim, maxlen, blocks, heads, dropout)
 
 
 class SASRec(Baseline):
@@ -85,7 +80,7 @@ class SASRec(Baseline):
             s = [self.index[e.item_id] + 1 for e in order_history(by_user[u], seed) if e.item_id in self.index]
             if len(s) >= 2:
                 seqs.append(np.asarray(s, np.int64))
-        self.net = net = _net(self.n, int(self._p("dim", 64)), maxlen, int(self._p("blocks", 2)), int(self._p("heads", 1)), float(self._p("dropout", 0.3)))
+        self.net = net = build_net(self.n, int(self._p("dim", 64)), maxlen, int(self._p("blocks", 2)), int(self._p("heads", 1)), float(self._p("dropout", 0.3)))
         opt = torch.optim.Adam(net.parameters(), lr=float(self._p("lr", 1e-3)), weight_decay=float(self._p("weight_decay", 0.0)))
         max_epochs = int(self._p("epochs", 200))
         eval_every = int(self._p("eval_every", 5))
@@ -102,21 +97,7 @@ class SASRec(Baseline):
             net.train()
             perm = rng.permutation(len(seqs))
             for b in range(0, len(perm), batch):
-                crops = []
-                for i in perm[b : b + batch]:
-                    s = seqs[i]
-                    if len(s) > maxlen + 1:  # random window of maxlen + 1 items
-                        end = int(rng.integers(maxlen + 1, len(s) + 1))
-                        s = s[end - maxlen - 1 : end]
-                    crops.append(s)
-                L = max(len(s) for s in crops) - 1
-                inp = np.zeros((len(crops), L), np.int64)
-                tgt = np.zeros((len(crops), L), np.int64)
-                lens = np.empty(len(crops), np.int64)
-                for r, s in enumerate(crops):
-                    inp[r, : len(s) - 1] = s[:-1]
-                    tgt[r, : len(s) - 1] = s[1:]
-                    lens[r] = len(s) - 1
+                inp, tgt, lens = training_batch([seqs[i] for i in perm[b : b + batch]], maxlen, rng)
                 inp_t, tgt_t = torch.from_numpy(inp), torch.from_numpy(tgt)
                 h = net(inp_t, torch.from_numpy(lens))
                 m = tgt_t > 0
