@@ -108,13 +108,14 @@ def main(argv=None) -> None:
         for dev in devices:
             for full in ([False, True] if dev != "cpu" and size <= 100_000 else [False]):
                 t = time.perf_counter()
-                m = SeqNet.fit(seqs, size, epochs=1, seed=0, device=dev, full_softmax_items=size if full else 20000, **kw)
+                m = SeqNet.fit(seqs, size, epochs=1, seed=0, device=dev, full_softmax_items=size if full else cfg.sas_full_softmax_items,
+                                 negatives=cfg.sas_negatives, **kw)
                 secs = time.perf_counter() - t
                 hist = seqs["s0"].items
                 t = time.perf_counter()
                 for _ in range(5):
                     m.probs(hist)
-                row(data="synthetic", items=size, users=a.users, device=dev, softmax="full" if full else "sampled 2048",
+                row(data="synthetic", items=size, users=a.users, device=dev, softmax="full" if full else f"sampled {cfg.sas_negatives}",
                     epoch_s=round(secs, 1), serve_ms=round((time.perf_counter() - t) / 5 * 1e3, 2))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

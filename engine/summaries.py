@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .items import genres_of
@@ -97,7 +97,9 @@ class Facts:
         f = cls()
         latest: dict[str, Rated] = {}
         for r in history:  # a film rated twice counts once, with its latest rating (the history is in time order)
-            latest.pop(r.item_id, None)
+            prev = latest.pop(r.item_id, None)
+            if r.rating is None and prev is not None and prev.rating is not None:
+                r = replace(r, rating=prev.rating)  # a later unrated event (a view) does not erase a rating
             latest[r.item_id] = r
         for r in latest.values():
             f.history_ids.add(r.item_id)

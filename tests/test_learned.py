@@ -259,6 +259,9 @@ def test_sequence_model_numpy_forward_equals_torch():
                 p = torch.softmax(net.logits(out)[1:], 0).numpy()
             assert np.allclose(m.probs(h), p, rtol=0, atol=1e-12)
         assert SeqNet.from_arrays(m.arrays()).probs(np.arange(5)).tolist() == m.probs(np.arange(5)).tolist()
+    legacy = {k.replace("sas_w.", "sas_"): v for k, v in m.arrays().items() if k != "sas_known"}  # a pre-release layout
+    with pytest.raises(ValueError, match="refit"):
+        SeqNet.from_arrays(legacy)
 
 
 def test_sequence_source_trained_without_labels_fills_the_pool_and_survives_save_load(tmp_path):

@@ -91,6 +91,8 @@ def test_a_dislike_is_claimed_only_where_it_stands_out_from_how_the_user_rates_e
     assert not twice.backs("Drama", "disliked") and twice.neg["Drama"] == 1
     changed = Facts.of([Rated(str(i), f"D{i}", ("Drama",), 1.0) for i in range(3)] + [Rated(str(i), f"D{i}", ("Drama",), 5.0) for i in range(3)], 4.0, 2.0)
     assert changed.pos["Drama"] == 3 and changed.neg["Drama"] == 0 and changed.backs("Drama", "liked")
+    viewed = Facts.of([Rated(str(i), f"D{i}", ("Drama",), 1.0) for i in range(3)] + [Rated(str(i), f"D{i}", ("Drama",), None) for i in range(3)], 4.0, 2.0)
+    assert viewed.neg["Drama"] == 3 and viewed.pos["Drama"] == 0  # a later unrated event keeps the 1-star rating
 
 
 @pytest.mark.parametrize("garbage", ["", "no json here", '{"liked": ["Sci-Fi"', "[1, 2]", '{"liked": ["Horror"], "disliked": []}'])

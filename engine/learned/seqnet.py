@@ -14,6 +14,7 @@ workers compute training rows with one thread). ``arrays()`` / ``from_arrays()``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -139,12 +140,17 @@ class SeqNet:
         old_threads = torch.get_num_threads()
         torch.set_num_threads(max(1, int(threads)))
         t0 = time.perf_counter()
+        dev = torch.device(device)
+        cuda = dev.type == "cuda"
+        gpu = [dev.index if dev.index is not None else torch.cuda.current_device()] if cuda else []
         try:
-            # the caller's torch RNG (an in-process LLM's sampling, say) is left as it was
-            with torch.random.fork_rng(devices=[] if torch.device(device).type == "cpu" else None):
-                torch.manual_seed(seed)
+            # only the generators training uses are seeded, inside a fork: the caller's torch RNG (an in-process LLM's
+            # sampling, say, on this or another device) is left as it was
+            with torch.random.fork_rng(devices=gpu), (torch.cuda.device(gpu[0]) if cuda else contextlib.nullcontext()):
+                torch.default_generator.manual_seed(seed)
+                if cuda:
+                    torch.cuda.manual_seed(seed)
                 rng = np.random.default_rng(seed)
-                dev = torch.device(device)
                 net = build_net(n_items, dim, maxlen, blocks, heads, dropout).to(dev)
                 opt = torch.optim.Adam(net.parameters(), lr=lr)
                 ce = torch.nn.CrossEntropyLoss()
@@ -226,6 +232,8 @@ class SeqNet:
         """The network saved by ``arrays`` (None when the arrays hold none: a model fitted without it)."""
         if _PREFIX + "shape" not in a:
             return None
+        if _PREFIX + "known" not in a:  # the layout of development builds between 2026-12-04's c27c576 and 5a1c336
+            raise ValueError("this model's sequence model was saved in a pre-release layout: refit it (persona fit)")
         dim, maxlen, blocks, heads = (int(x) for x in a[_PREFIX + "shape"])
         w = {k[len(_W) :]: a[k] for k in a if k.startswith(_W)}
         return cls(w, dim, maxlen, blocks, heads, a[_PREFIX + "known"])
