@@ -92,37 +92,30 @@ class Facts:
 
     @classmethod
     def of(cls, history: Iterable[Rated], positive: float, negative: float) -> Facts:
-        # Counted in the payload's attribute order (not a set's hash order): equal counts then rank
-        # the same way in every process.
-        f = cls()
-        latest: dict[str, Rated] = {}
-        for r in history:  # a film rated twice counts once, with its latest rating (the history is in time order)
+        # One entry per film, with its latest rating (a later unrated view keeps it; the history is in time order),
+        # counted in the payload's attribute order, not a set's hash order: equal counts rank alike in every process.
+        f, latest = cls(), {}
+        for r in history:
             prev = latest.pop(r.item_id, None)
-            if r.rating is None and prev is not None and prev.rating is not None:
-                r = replace(r, rating=prev.rating)  # a later unrated event (a view) does not erase a rating
-            latest[r.item_id] = r
+            latest[r.item_id] = replace(r, rating=prev.rating) if r.rating is None and prev and prev.rating is not None else r
         for r in latest.values():
             f.history_ids.add(r.item_id)
             f.titles[r.item_id] = r.title
             f.seen.update(dict.fromkeys(r.attributes).keys())
             if r.rating is None or r.rating >= positive:
                 f.pos.update(dict.fromkeys(r.attributes).keys())
-                if r.item_id not in f.positive_ids:
-                    f.positive_ids.append(r.item_id)
+                f.positive_ids.append(r.item_id)
             elif r.rating <= negative:
                 f.neg.update(dict.fromkeys(r.attributes).keys())
                 f.low_ids.add(r.item_id)
         return f
 
     def backs(self, attr: str, key: str) -> bool:
-        """Whether the history backs claiming ``attr`` as ``liked`` (at least :data:`MIN_SUPPORT`
-        positively rated items carry it, and more of them than low-rated ones) or ``disliked`` (at
-        least :data:`MIN_SUPPORT` low-rated items carry it, at least twice as many as liked ones, and
-        its low-rated share of the liked-or-low items carrying it is at least the user's share over all
-        their liked-or-low items; unrated items count as liked, middling ratings not at all). Stricter than
-        the faithfulness metric's two-item rule: a heavy user with 40 low-rated dramas and 3 liked
-        ones does not "like Drama"; one who rates 83% of everything low but liked 52 dramas (82% of
-        theirs low) does not "dislike Drama" either -- that is how they rate, not what they avoid."""
+        """Whether the history backs ``attr`` as ``liked`` (>= :data:`MIN_SUPPORT` liked items carry it, more than
+        low-rated ones) or ``disliked`` (>= MIN_SUPPORT low-rated, at least twice the liked, and a low share among its
+        liked-or-low items at least the user's overall one; unrated items count as liked). Stricter than the metric's
+        two-item rule: 40 low-rated dramas and 3 liked are no "likes Drama"; rating 83% of everything low while liking
+        52 dramas (82% of them low) is how the user rates, not a "dislikes Drama"."""
         mine, other = self.support(key), self.support("disliked" if key == "liked" else "liked")
         if key == "liked":
             return mine[attr] >= MIN_SUPPORT and mine[attr] > other[attr]
