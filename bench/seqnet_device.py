@@ -4,10 +4,11 @@
    train on every user's events but the last two, score the second-to-last (VALID) over the whole catalog (seen items
    excluded) with the numpy forward pass that serving runs: NDCG@10 / HR@10 and training seconds per device.
 2. Synthetic catalogs of 100k and 1M items (sequences that drift through neighbouring item ids with popular jumps):
-   seconds per epoch with the sampled softmax (the default above 20k items) and, on the device, the full softmax;
+   seconds per epoch with the sampled softmax (the default above ``LearnedConfig.sas_full_softmax_items``) and, on
+   the device, the full softmax;
    the numpy serving cost of one history's probabilities over the catalog.
 
-    python -m bench.seqnet_device [--data ../shared/data/ml-100k] [--device cuda] [--out FILE.json]
+    python -m bench.seqnet_device [--data DIR] [--device cuda] [--out FILE.json]   # DIR: PERSONA_ML100K's default
 
 Without a GPU it runs the CPU rows only (``--device cpu`` skips the device rows).
 """
@@ -25,21 +26,16 @@ import numpy as np
 from engine.learned import LearnedConfig
 from engine.learned.index import ItemIndex, Sequence, build_sequences, split_last
 from engine.learned.seqnet import SeqNet
-from engine.types import Event
+from engine.offline.datasets import load_movielens
 
 
-def movielens(path: Path) -> tuple[dict[str, Sequence], dict[str, Sequence], dict[str, int], int]:
-    events = []
-    with open(path / "ml-100k.inter") as f:
-        next(f)
-        for line in f:
-            u, i, r, t = line.rstrip("\n").split("\t")
-            events.append(Event(user_id=u, item_id=i, rating=float(r), timestamp=float(t)))
+def movielens(path: Path | None) -> tuple[dict[str, Sequence], dict[str, int], int]:
+    """Train histories (all but each user's last two events, in the product's order), valid labels, catalog size."""
+    events = load_movielens(path).events
     index = ItemIndex.build((), events)
-    seqs = build_sequences(events, index, 0)
-    train_plus_valid, _test = split_last(seqs)  # the test event is dropped unread
+    train_plus_valid, _test = split_last(build_sequences(events, index, 0))  # the test event is dropped unread
     train, valid = split_last(train_plus_valid)
-    return seqs, train, valid, len(index)
+    return train, valid, len(index)
 
 
 def valid_scores(m: SeqNet, train: dict[str, Sequence], valid: dict[str, int]) -> tuple[float, float, float]:
@@ -75,7 +71,7 @@ def synthetic(n_items: int, n_users: int, length: int, seed: int = 0) -> dict[st
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k")
+    ap.add_argument("--data", type=Path, default=None, help="ml-100k folder (default: engine.offline.datasets' own)")
     ap.add_argument("--device", default=None, help="torch device for the device rows (default: cuda when present)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for the CPU rows")
     ap.add_argument("--users", type=int, default=20000, help="synthetic users (50 events each)")
@@ -95,7 +91,7 @@ def main(argv=None) -> None:
         print(json.dumps(r), flush=True)
 
     print(f"torch {torch.__version__}; device {a.device}: {torch.cuda.get_device_name(0) if a.device.startswith('cuda') else '-'}", flush=True)
-    _seqs, train, valid, n = movielens(a.data)
+    train, valid, n = movielens(a.data)
     for dev in devices:
         t = time.perf_counter()
         m = SeqNet.fit(train, n, epochs=cfg.sas_epochs, seed=0, device=dev, **kw)

@@ -188,7 +188,7 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig) ->
         p = s1.sas.probs(items)
         # an item without events, or one the sequence model never read (its events all came after its training
         # data), scores as features.cold_item shows new items in training, not with its vector's random init
-        p[np.isnan(s1.item_first_ts) | ~s1.sas.known] = 0.0
+        p[s1.cached("sas_unread", lambda: np.isnan(s1.item_first_ts) | ~s1.sas.known)] = 0.0
         src["sas"] = p.astype(np.float32)
     else:
         src["sas"] = np.zeros(n, np.float32)
