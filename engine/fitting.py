@@ -17,8 +17,10 @@ Collaborative vectors live in Qdrant: each fit writes the ALS item factors as th
 users collection, and marks the version (``<version>/cf_in_store``). Serving then takes the
 collaborative source's candidates from a Qdrant query on ``cf`` with a query vector folded in from
 the user's CURRENT history at request time (so events after the fit count; the stored user vector
-is the fit-time snapshot, overwritten when the profile is rebuilt). The other sources and the
-features are computed in memory (fine to ~10^5 items). Re-ingesting an item drops its ``cf`` vector
+is the fit-time snapshot, overwritten when the profile is rebuilt). On large catalogs (index mode,
+``LearnedConfig.index_items``) the content source's top list comes from a Qdrant query on the items'
+``text`` vectors too, and the fit builds the collection's HNSW indexes. The other sources and the
+features are computed in memory. Re-ingesting an item drops its ``cf`` vector
 until the next fit (the item is still reached through the other sources); a model whose vectors
 were not written (e.g. another store) falls back to the in-memory scan.
 """
@@ -51,6 +53,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["LearnedStage"]
 
 CF_VECTOR = "cf"
+TEXT_VECTOR = "text"
 _CF_STATE = "CF_VERSION"
 """File beside CURRENT naming the version whose cf vectors the store holds; absent while they are
 rewritten. Every process checks it before a cf query, so a model never meets another fit's factors
@@ -79,7 +82,8 @@ class LearnedStage:
 
         f = self.settings.fit
         return LearnedConfig(seed=self.settings.seed, pool_size=f.pool_size, cf_factors=f.cf_factors, label_folds=f.label_folds, threads=f.threads,
-                             dislike_penalty=f.dislike_penalty, sas_epochs=f.sequence_epochs, sas_device=f.device)
+                             dislike_penalty=f.dislike_penalty, sas_epochs=f.sequence_epochs, sas_device=f.device,
+                             index_items=f.index_items)
 
     def fit(self, progress: bool = False, ray: Any = None) -> FitReport:
         """Train on every stored event; save a new version and make it current. ``ray`` (an
@@ -109,6 +113,10 @@ class LearnedStage:
             os.replace(tmp, final)
             if cf_written:
                 _write_atomic(self.root / _CF_STATE, version)
+            if model.indexed:  # served from the vector index: build it now (the embedded engine has no background optimizer)
+                t = time.perf_counter()
+                if self.store.optimize(self.items_col):
+                    logger.info("built the items' vector indexes in %.1fs", time.perf_counter() - t)
             _write_atomic(self.root / "CURRENT", version)  # atomic switch to the new version
         with self._lock:
             self._loaded = (version, model)
@@ -225,22 +233,38 @@ class LearnedStage:
 
         return search
 
+    def content_search(self, model, events: list[Event]):
+        """Index mode (large catalogs): the content source's top list from a Qdrant query on the items' ``text`` vectors,
+        the history's items excluded (and nothing else, so an item's score never depends on the caller's filter)."""
+        if not model.indexed:
+            return None
+        ids = self._point_items(model)
+        plain = Filter(exclude_ids={point_id("item", e.item_id) for e in events})
+
+        def search(vec: np.ndarray, limit: int) -> list[str]:
+            hits = self.store.query(self.items_col, [VectorQuery(TEXT_VECTOR, vector=vec.tolist(), limit=limit)], limit, plain,
+                                    with_payload=False)
+            return [ids[h.id] for h in hits if h.id in ids]
+
+        return search
+
     def recommend(self, model, events: list[Event], k: int, flt: Filter, exclude_seen: bool = True) -> list[tuple[str, float, str | None]]:
         """Top ``k`` (item id, score, reason item id) for a history under ``flt`` (items in ``flt.exclude_ids``
         are left out; the history's items too when ``exclude_seen``). With payload conditions, every matching item
         is scored (exact) when there are at most ``_SCORE_ALL_LIMIT``; otherwise the pool is filtered."""
         seen = {point_id("item", e.item_id) for e in events} if exclude_seen else set()
         cf = self.cf_search(model, Filter(exclude_ids=flt.exclude_ids | seen))  # the model asks only as deep as its pool needs
+        cs = self.content_search(model, events)
         if not (flt.match or flt.ranges or flt.include_ids is not None):
-            out = model.recommend(events, k=k + len(flt.exclude_ids - seen), exclude_seen=exclude_seen, cf_search=cf)
+            out = model.recommend(events, k=k + len(flt.exclude_ids - seen), exclude_seen=exclude_seen, cf_search=cf, content_search=cs)
             return [r for r in out if point_id("item", r[0]) not in flt.exclude_ids][:k]
         allowed = [h.payload["item_id"] for h in itertools.islice(self.store.scroll(self.items_col, flt), _SCORE_ALL_LIMIT + 1)]
         if len(allowed) > _SCORE_ALL_LIMIT:  # too many to score: keep the pool's items that match
-            pool = model.recommend(events, k=model.config.pool_size, exclude_seen=exclude_seen, cf_search=cf)
+            pool = model.recommend(events, k=model.config.pool_size, exclude_seen=exclude_seen, cf_search=cf, content_search=cs)
             inside = Filter(match=flt.match, ranges=flt.ranges, exclude_ids=flt.exclude_ids, include_ids={point_id("item", r[0]) for r in pool})
             ok = {h.payload["item_id"] for h in self.store.scroll(self.items_col, inside)}
             return [r for r in pool if r[0] in ok][:k]
-        ranked = [r for r in model.rank(events, allowed) if np.isfinite(r[1])][:k]
+        ranked = [r for r in model.rank(events, allowed, content_search=cs) if np.isfinite(r[1])][:k]
         reasons = model.reasons(model.state(events), model.index.rows([i for i, _ in ranked])) if ranked else []
         return [(i, s, why) for (i, s), why in zip(ranked, reasons)]
 
@@ -271,7 +295,7 @@ class LearnedStage:
 
     def rank(self, model, events: list[Event], item_ids: list[str]) -> list[tuple[str, float]]:
         """``item_ids`` best first, by exactly the scores :meth:`recommend` gives them."""
-        return model.rank(events, item_ids)
+        return model.rank(events, item_ids, content_search=self.content_search(model, events))
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -180,3 +180,44 @@ def test_small_store_fit_then_profiles_and_cf_from_qdrant(make_engine, ml):
     os.replace(root / ".CURRENT.back", root / "CURRENT")  # a rollback to the older version
     rolled = eng.learned.current()
     assert rolled.info["version"] == old_version and eng.learned.cf_search(rolled, Filter(exclude_ids=seen)) is None
+
+
+def test_index_mode_takes_content_from_qdrant_and_ranks_as_recommend(make_engine, ml, monkeypatch):
+    """A catalog served in index mode (fit.index_items at or below its size): the fit builds the items' HNSW indexes
+    (the embedded engine has no background optimizer), the content source's list comes from a Qdrant query on the
+    ``text`` vectors, the served list equals the model's own with the exact list (an 80-item HNSW is exact), and
+    rank() gives recommend()'s scores."""
+    from engine.store import Filter, point_id
+    from engine.store.edge import EdgeStore
+
+    optimized = []
+    real = EdgeStore.optimize
+    monkeypatch.setattr(EdgeStore, "optimize", lambda self, name: optimized.append(name) or real(self, name))
+    eng = make_engine(fit={"index_items": 50, "sequence_epochs": 2})
+    items = ml.items[:80]
+    keep = {it.id for it in items}
+    eng.add_items(items)
+    eng.add_events([e for e in ml.events if e.item_id in keep and int(e.user_id) <= 60])
+    eng.fit()
+    model = eng.learned.current()
+    assert model.indexed and optimized == [eng.items_col]
+    asked, texts = [], []
+    query = eng.store.query
+    monkeypatch.setattr(eng.store, "query", lambda name, qs, *a, **kw: texts.extend(q.using for q in qs) or query(name, qs, *a, **kw))
+    light = sorted(map(str, range(1, 61)), key=lambda u: len(eng.history(u)))
+    for uid in [u for u in light if 5 <= len(eng.history(u)) <= 40][:3]:  # users with many unseen items
+        events = eng.history(uid)
+        search = eng.learned.content_search(model, events)
+        got = search(model.meta.emb[model.state(events).liked[-1]], 20)  # items like the last liked one
+        asked.append(len(got))
+        assert not {e.item_id for e in events} & set(got)
+        seen = {point_id("item", e.item_id) for e in events}
+        served = eng.learned.recommend(model, events, 10, Filter(exclude_ids=seen))
+        assert len(served) == 10 and served == model.recommend(events, 10)
+        texts.clear()
+        recs = eng.recommend(uid, k=10)
+        assert "text" in texts  # the content list came from Qdrant
+        assert recs.strategy == "learned" and len(recs.items) == 10
+        ranked = eng.rank(uid, [r.item_id for r in recs.items][::-1])
+        assert [r.score for r in ranked] == [r.score for r in recs.items]
+    assert asked == [20, 20, 20]

@@ -188,20 +188,24 @@ def test_dislike_penalty_lowers_items_tied_to_a_low_rated_film_in_rank_and_recom
 
 
 def test_capped_source_ranks_equal_exact_ranks_up_to_the_cap():
-    """rank_cap: the O(n) partition gives the exact rank below the cap and the cap beyond (ties and -inf included)."""
+    """rank_cap: the O(n) partition, or on large catalogs the one-pass sampled threshold, gives the exact rank below
+    the cap and the cap beyond (ties, -inf and catalogs sorted by value included)."""
     from types import SimpleNamespace
 
     from engine.learned.candidates import source_ranks
 
     rng = np.random.default_rng(0)
-    for trial in range(60):
-        n = int(rng.integers(5, 2000))
+    for trial in range(90):
+        large = trial >= 60  # the sampled-threshold path (cap * 16 <= n)
+        n = int(rng.integers(20_000, 60_000)) if large else int(rng.integers(5, 2000))
         v = rng.integers(0, 30, n).astype(np.float32) if trial % 2 else rng.standard_normal(n).astype(np.float32)
         if trial % 5 == 0:
             v[rng.random(n) < 0.5] = -np.inf
+        if large and trial % 3 == 0:
+            v = np.sort(v)  # a strided sample of a sorted catalog
         seen = rng.random(n) < 0.2
         cand = rng.choice(n, min(n, 300), replace=False)
-        cap = int(rng.integers(1, int((~seen).sum())))
+        cap = int(rng.integers(1, 1000)) if large else int(rng.integers(1, int((~seen).sum())))
         S0, R0 = source_ranks(SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=0), ["a"], cand)
         S1, R1 = source_ranks(SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=cap), ["a"], cand)
         assert np.array_equal(S0, S1) and np.array_equal(np.minimum(R0, cap), R1)
@@ -342,3 +346,99 @@ def test_a_format_1_model_loads_and_serves_as_fitted_and_an_unknown_format_is_re
     (d / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="model format 99"):
         PersonaModel.load(d)
+
+
+def test_source_top_is_the_best_k_with_ties_by_row():
+    """source_top equals a full sort by (score desc, row asc) over unseen finite scores, on small and large catalogs
+    (the sampled-threshold path), with ties at the cut, -inf and sparse sources (mostly zeros)."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(1)
+    for trial in range(60):
+        n = int(rng.integers(20_000, 50_000)) if trial % 2 else int(rng.integers(3, 3000))
+        kind = trial % 4
+        if kind == 0:
+            v = rng.standard_normal(n).astype(np.float32)
+        elif kind == 1:
+            v = rng.integers(0, 12, n).astype(np.float32)  # many ties
+        elif kind == 2:
+            v = np.where(rng.random(n) < 0.002, rng.random(n), 0).astype(np.float32)  # sparse, like transitions
+        else:
+            v = np.where(rng.random(n) < 0.5, rng.standard_normal(n), -np.inf).astype(np.float32)  # like "fresh"
+        seen = rng.random(n) < 0.1
+        k = int(rng.integers(1, 400))
+        st = SimpleNamespace(orders={}, seen=seen, sources={"a": v})
+        for excl in (True, False):
+            ok = np.isfinite(v) & (~seen if excl else True)
+            rows = np.flatnonzero(ok)
+            want = rows[np.lexsort((rows, -v[rows]))][:k]
+            assert np.array_equal(source_top(st, "a", k, excl), want), (trial, excl)
+
+
+@pytest.fixture(scope="module")
+def indexed():
+    """The same data served in index mode (every catalog size counts as large): content from a top list of 15."""
+    from dataclasses import replace
+
+    items, events, emb = _data()
+    return PersonaModel.fit(events, items, emb, replace(CFG, index_items=10, index_depth=15), progress=False), events, emb
+
+
+def _exact_search(model, emb, history):
+    """A stand-in vector index that answers exactly: item ids by cosine with the query, the history's items excluded."""
+    E = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    ids = [f"i{j}" for j in range(N_ITEMS)] + ["new"]
+    seen = {e.item_id for e in history}
+
+    def search(q, limit):
+        order = np.argsort(-(E @ (q / np.linalg.norm(q))), kind="stable")
+        return [ids[j] for j in order if ids[j] not in seen][:limit]
+    return search
+
+
+def test_index_mode_serves_what_it_was_trained_on(indexed, tmp_path):
+    """Index mode: the content source is a top list (no dense vector), ranks are within the list, the sequence model's
+    score is relative to its best item; an exact index gives the very list training computed, so recommend() and rank()
+    with it equal the model's own (exact) answers; a saved model keeps the mode, an old config loads without it."""
+    from engine.learned.candidates import ListSource
+
+    model, events, emb = indexed
+    assert model.indexed
+    h = _hist(events, "u7")
+    st = model.state(h)
+    assert isinstance(st.sources["content"], ListSource) and len(st.sources["content"].rows) == 15
+    assert not st.seen[st.sources["content"].rows].any()
+    assert np.isclose(st.sources["sas"].max(), 1.0)
+    search = _exact_search(model, emb, h)
+    assert np.array_equal(model.state(h, search).sources["content"].rows, st.sources["content"].rows)
+    recs = model.recommend(h, k=10)
+    assert recs == model.recommend(h, k=10, content_search=search)
+    ranked = dict(model.rank(h, [r[0] for r in recs], content_search=search))
+    assert all(ranked[i] == s for i, s, _ in recs)
+    # a worse index (the list's second half only) changes the content ranks, not the contract
+    half = model.recommend(h, k=10, content_search=lambda q, n: search(q, n)[7:])
+    assert len(half) == 10 and not {e.item_id for e in h} & {r[0] for r in half}
+    loaded = PersonaModel.load(model.save(tmp_path / "m"))
+    assert loaded.indexed and loaded.recommend(h, k=10) == recs
+    old = LearnedConfig.from_dict({k: v for k, v in model.config.to_dict().items() if k != "index_items"})
+    assert old.index_items == 0 and not old.indexed(10**9)
+
+
+def test_index_mode_ranks_match_the_dense_ranks_inside_the_list(indexed):
+    """Within the top list, a candidate's content rank is its dense full-catalog rank (the list is the exact top)."""
+    from engine.learned.candidates import row_dots, source_ranks
+
+    model, events, _ = indexed
+    h = _hist(events, "u9")
+    st = model.state(h)
+    lst = st.sources["content"]
+    dense = np.where(st.seen, -np.inf, 0.0)
+    for j in range(len(st.seen)):
+        if not st.seen[j]:
+            dense[j] = lst.score(np.array([j]))[0]
+    cand = np.flatnonzero(~st.seen)
+    _, R = source_ranks(st, ["content"], cand)
+    want = np.array([(dense[~st.seen] > dense[c]).sum() for c in cand])
+    assert np.array_equal(R[:, 0], np.minimum(want, len(lst.rows)))
+    q = (0.9 ** np.arange(len(st.liked))[::-1]) @ model.meta.emb[st.liked]  # the weighted liked vector
+    assert np.allclose(row_dots(model.meta.emb, lst.rows, q), lst.scores, rtol=0, atol=1e-12)

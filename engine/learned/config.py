@@ -66,6 +66,13 @@ class LearnedConfig:
     # seed=S [--set rank_cap=0]): seed 0 0.1408 / 0.9243 capped vs 0.1442 / 0.9238 exact; seed 1 0.1371 / 0.9251 vs
     # 0.1337 / 0.9252: the same on average (seed noise), so the cheaper one is the default
     rank_cap: int = 1000
+    # catalogs of at least this many items are served without dense per-request vectors over the catalog for content
+    # (the largest cost at 100k items: a float64 product with every item's text vector): its source is a top list of
+    # ``index_depth`` items from the vector index (Qdrant's ``text`` vector, HNSW) with ranks within that list, and the
+    # sequence model scores relative to its best item (no softmax over the catalog). Training computes the same from the
+    # exact top list. 0: never (models saved before this field load with 0). bench/scale.py measures it at 100k
+    index_items: int = 50_000
+    index_depth: int = 400
     # ranker
     objective: str = "binary"  # or "lambdarank" (binary won on valid: 0.1443 vs 0.1338 NDCG@10 at 100 trees)
     num_leaves: int = 15
@@ -117,6 +124,10 @@ class LearnedConfig:
     ranker_bags: int = 1
     threads: int = 2
 
+    def indexed(self, n_items: int) -> bool:
+        """Whether a catalog of ``n_items`` is served in index mode (see ``index_items``)."""
+        return 0 < self.index_items <= n_items
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["sources"] = list(self.sources)
@@ -129,6 +140,7 @@ class LearnedConfig:
         d = {k: v for k, v in d.items() if k in names}
         d.setdefault("rank_cap", 0)  # saved before rank_cap existed: exact ranks, as it was fitted
         d.setdefault("sas_epochs", 0)  # saved before the sequence model existed: fitted without one
+        d.setdefault("index_items", 0)  # saved before the index mode existed: dense sources, as it was fitted
         # serving-time knobs missing from an older model (dislike_penalty) take today's default on purpose: the ranker
         # itself is unchanged by them, and a refit is not needed to get them
         for k in ("sources", "drop_features"):

@@ -220,6 +220,17 @@ class SeqNet:
         z = np.exp(z - z.max())
         return z / z.sum()
 
+    def relative_probs(self, items: np.ndarray) -> np.ndarray:
+        """P(next = j) / P(next = the best item), float32, for every catalog row: the order of ``probs`` without the
+        softmax's exp and sum over the catalog in float64 (the sequence model's largest cost on large catalogs)."""
+        n = self.n_items
+        items = np.asarray(items, np.int64)
+        items = items[(items >= 0) & (items < n)]
+        if not len(items):
+            return np.ones(n, np.float32)
+        z = self.w["item.weight"][1:] @ self.hidden(items) + self.w["out_bias"][1:]
+        return np.exp((z - z.max()).astype(np.float32))
+
     def arrays(self) -> dict:
         """``{name: array}`` for ``PersonaModel.save``: the shape, the known-item mask and the weights, stored as float32
         (torch trained them in float32, so that is exact; they are float64 again in memory)."""

@@ -180,6 +180,11 @@ class VectorStore(ABC):
     def top_by(self, name: str, field: str, limit: int, flt: Filter | None = None) -> list[Hit]:
         """Points with the largest values of a numeric payload field (needs a float/integer index)."""
 
+    def optimize(self, name: str) -> bool:
+        """Build the collection's vector indexes (HNSW) now, so queries stop scanning every point; True when done here.
+        A Qdrant server builds them by itself past its indexing threshold (False: nothing to do)."""
+        return False
+
     @abstractmethod
     def flush(self) -> None: ...
 
