@@ -18,8 +18,9 @@ users collection, and marks the version (``<version>/cf_in_store``). Serving the
 collaborative source's candidates from a Qdrant query on ``cf`` with a query vector folded in from
 the user's CURRENT history at request time (so events after the fit count; the stored user vector
 is the fit-time snapshot, overwritten when the profile is rebuilt). On large catalogs (index mode,
-``LearnedConfig.index_items``) the content source's top list comes from a Qdrant query on the items'
-``text`` vectors too, and the fit builds the collection's HNSW indexes. The other sources and the
+``LearnedConfig.index_items``) the collaborative and content sources are top lists from Qdrant queries
+on the ``cf`` and ``text`` vectors (features included: ranks within those lists), and the fit builds
+the collection's HNSW indexes. The other sources and the
 features are computed in memory. Re-ingesting an item drops its ``cf`` vector
 until the next fit (the item is still reached through the other sources); a model whose vectors
 were not written (e.g. another store) falls back to the in-memory scan.
@@ -248,13 +249,21 @@ class LearnedStage:
 
         return search
 
+    def searches(self, model, events: list[Event], flt: Filter, exclude_seen: bool = True) -> tuple[Any, Any]:
+        """The (cf, content) searches a request passes to the model. In index mode both lists are features, so they
+        exclude the history only (never the caller's filter: an item's score must not depend on it)."""
+        history = {point_id("item", e.item_id) for e in events}
+        if model.indexed:
+            return self.cf_search(model, Filter(exclude_ids=history)), self.content_search(model, events)
+        seen = history if exclude_seen else set()
+        return self.cf_search(model, Filter(exclude_ids=flt.exclude_ids | seen)), None  # asked only as deep as the pool needs
+
     def recommend(self, model, events: list[Event], k: int, flt: Filter, exclude_seen: bool = True) -> list[tuple[str, float, str | None]]:
         """Top ``k`` (item id, score, reason item id) for a history under ``flt`` (items in ``flt.exclude_ids``
         are left out; the history's items too when ``exclude_seen``). With payload conditions, every matching item
         is scored (exact) when there are at most ``_SCORE_ALL_LIMIT``; otherwise the pool is filtered."""
         seen = {point_id("item", e.item_id) for e in events} if exclude_seen else set()
-        cf = self.cf_search(model, Filter(exclude_ids=flt.exclude_ids | seen))  # the model asks only as deep as its pool needs
-        cs = self.content_search(model, events)
+        cf, cs = self.searches(model, events, flt, exclude_seen)
         if not (flt.match or flt.ranges or flt.include_ids is not None):
             out = model.recommend(events, k=k + len(flt.exclude_ids - seen), exclude_seen=exclude_seen, cf_search=cf, content_search=cs)
             return [r for r in out if point_id("item", r[0]) not in flt.exclude_ids][:k]
@@ -264,7 +273,7 @@ class LearnedStage:
             inside = Filter(match=flt.match, ranges=flt.ranges, exclude_ids=flt.exclude_ids, include_ids={point_id("item", r[0]) for r in pool})
             ok = {h.payload["item_id"] for h in self.store.scroll(self.items_col, inside)}
             return [r for r in pool if r[0] in ok][:k]
-        ranked = [r for r in model.rank(events, allowed, content_search=cs) if np.isfinite(r[1])][:k]
+        ranked = [r for r in model.rank(events, allowed, content_search=cs, cf_search=cf if model.indexed else None) if np.isfinite(r[1])][:k]
         reasons = model.reasons(model.state(events), model.index.rows([i for i, _ in ranked])) if ranked else []
         return [(i, s, why) for (i, s), why in zip(ranked, reasons)]
 
@@ -295,7 +304,10 @@ class LearnedStage:
 
     def rank(self, model, events: list[Event], item_ids: list[str]) -> list[tuple[str, float]]:
         """``item_ids`` best first, by exactly the scores :meth:`recommend` gives them."""
-        return model.rank(events, item_ids, content_search=self.content_search(model, events))
+        if not model.indexed:
+            return model.rank(events, item_ids)
+        cf, cs = self.searches(model, events, Filter())
+        return model.rank(events, item_ids, content_search=cs, cf_search=cf)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -185,8 +185,9 @@ def test_small_store_fit_then_profiles_and_cf_from_qdrant(make_engine, ml):
 def test_index_mode_takes_content_from_qdrant_and_ranks_as_recommend(make_engine, ml, monkeypatch):
     """A catalog served in index mode (fit.index_items at or below its size): the fit builds the items' HNSW indexes
     (the embedded engine has no background optimizer), the content source's list comes from a Qdrant query on the
-    ``text`` vectors, the served list equals the model's own with the exact list (an 80-item HNSW is exact), and
-    rank() gives recommend()'s scores."""
+    ``text`` vectors and the cf list from one on the ``cf`` vectors, the served list equals the model's own with the
+    exact lists (80 items stay below Qdrant's indexing threshold: an exact index), and rank() gives recommend()'s
+    scores."""
     from engine.store import Filter, point_id
     from engine.store.edge import EdgeStore
 
@@ -216,7 +217,7 @@ def test_index_mode_takes_content_from_qdrant_and_ranks_as_recommend(make_engine
         assert len(served) == 10 and served == model.recommend(events, 10)
         texts.clear()
         recs = eng.recommend(uid, k=10)
-        assert "text" in texts  # the content list came from Qdrant
+        assert {"text", "cf"} <= set(texts)  # both lists came from Qdrant
         assert recs.strategy == "learned" and len(recs.items) == 10
         ranked = eng.rank(uid, [r.item_id for r in recs.items][::-1])
         assert [r.score for r in ranked] == [r.score for r in recs.items]

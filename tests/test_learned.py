@@ -384,10 +384,11 @@ def indexed():
     return PersonaModel.fit(events, items, emb, replace(CFG, index_items=10, index_depth=15), progress=False), events, emb
 
 
-def _exact_search(model, emb, history):
-    """A stand-in vector index that answers exactly: item ids by cosine with the query, the history's items excluded."""
-    E = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    ids = [f"i{j}" for j in range(N_ITEMS)] + ["new"]
+def _exact_search(model, emb, history, cosine=True):
+    """A stand-in vector index that answers exactly: item ids by cosine with the query (``text``) or by dot product
+    with the item factors (``cf``), the history's items excluded."""
+    E = emb / np.linalg.norm(emb, axis=1, keepdims=True) if cosine else model.item_factors.astype(np.float64)
+    ids = [f"i{j}" for j in range(N_ITEMS)] + ["new"] if cosine else model.item_ids
     seen = {e.item_id for e in history}
 
     def search(q, limit):
@@ -406,15 +407,19 @@ def test_index_mode_serves_what_it_was_trained_on(indexed, tmp_path):
     assert model.indexed
     h = _hist(events, "u7")
     st = model.state(h)
-    assert isinstance(st.sources["content"], ListSource) and len(st.sources["content"].rows) == 15
-    assert not st.seen[st.sources["content"].rows].any()
+    for name in ("content", "cf"):
+        assert isinstance(st.sources[name], ListSource) and len(st.sources[name].rows) == 15
+        assert not st.seen[st.sources[name].rows].any()
     assert np.isclose(st.sources["sas"].max(), 1.0)
-    search = _exact_search(model, emb, h)
-    assert np.array_equal(model.state(h, search).sources["content"].rows, st.sources["content"].rows)
+    search, cf = _exact_search(model, emb, h), _exact_search(model, emb, h, cosine=False)
+    both = model.state(h, search, cf)
+    assert all(np.array_equal(both.sources[n].rows, st.sources[n].rows) for n in ("content", "cf"))
     recs = model.recommend(h, k=10)
-    assert recs == model.recommend(h, k=10, content_search=search)
-    ranked = dict(model.rank(h, [r[0] for r in recs], content_search=search))
+    assert recs == model.recommend(h, k=10, content_search=search, cf_search=cf)
+    ranked = dict(model.rank(h, [r[0] for r in recs], content_search=search, cf_search=cf))
     assert all(ranked[i] == s for i, s, _ in recs)
+    # an index answering each item twice, and more than asked, gives the same list (once each, the best ``depth``)
+    assert model.recommend(h, k=10, content_search=lambda q, n: search(q, n) + search(q, 2 * n)) == recs
     # a worse index (the list's second half only) changes the content ranks, not the contract
     half = model.recommend(h, k=10, content_search=lambda q, n: search(q, n)[7:])
     assert len(half) == 10 and not {e.item_id for e in h} & {r[0] for r in half}

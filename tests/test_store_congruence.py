@@ -135,3 +135,29 @@ def test_added_dot_vector_keeps_other_vectors_and_payload(tmp_path):
             s.ensure_vector("items", "cf", 6, "cosine")  # same size, another distance: re-created too
             s.update_vectors("items", [Point(point_id("item", "0"), {"cf": [2.0] * 6}, {})])
             assert np.allclose(s.retrieve("items", [point_id("item", "0")], with_vectors=True)[0].vectors["cf"], 6 ** -0.5, atol=1e-5)  # cosine stores unit vectors
+
+
+def test_optimize_builds_the_index_and_keeps_every_answer(tmp_path):
+    """optimize(): the embedded engine runs Qdrant's optimizers now (HNSW past Qdrant's indexing threshold; 300 points
+    stay a plain index, as on a server) and answers as before, later writes are still found; a Qdrant server
+    (qdrant-client) optimizes by itself, so there it does nothing and says so. bench/scale.py times a 100k-item query
+    before and after (a scan, then HNSW)."""
+    rng = np.random.default_rng(3)
+    vecs = rng.normal(size=(N, 16)).astype(np.float32)
+    pts = [Point(id=point_id("item", str(i)), vectors={"text": vecs[i].tolist()}, payload={"item_id": str(i)}) for i in range(N)]
+    edge, client = EdgeStore(tmp_path / "e"), QdrantClientStore("local", path=tmp_path / "c")
+    try:
+        for s in (edge, client):
+            s.ensure_collection("items", {"text": 16}, {"item_id": "keyword"})
+            s.upsert("items", pts)
+        queries = [vecs[i] + 0.1 for i in (0, 17, 123)]
+        before = [_ids(edge.query("items", [VectorQuery("text", vector=q.tolist(), limit=10)], 10)) for q in queries]
+        assert edge.optimize("items") is True and client.optimize("items") is False
+        for q, want in zip(queries, before):
+            got = _ids(edge.query("items", [VectorQuery("text", vector=q.tolist(), limit=10)], 10))
+            assert got == want == _ids(client.query("items", [VectorQuery("text", vector=q.tolist(), limit=10)], 10))
+        edge.upsert("items", [Point(id=point_id("item", "late"), vectors={"text": (queries[0] * 3).tolist()}, payload={"item_id": "late"})])
+        assert _ids(edge.query("items", [VectorQuery("text", vector=queries[0].tolist(), limit=1)], 1)) == ["late"]
+    finally:
+        edge.close()
+        client.close()

@@ -5,9 +5,9 @@ Out: ``Stage1`` (ALS factors, sequence statistics, item rating/time stats), ``Us
      source over the whole catalog, seen mask, fold-in user vector) and ``pool(state, size)``: a few hundred item rows
      interleaved from the sources' rankings (seen items excluded), with every source's score and full-catalog rank.
 
-Large catalogs (``LearnedConfig.indexed``: at least ``index_items``): the content sources are no dense vectors but
-``ListSource`` top lists of ``index_depth`` unseen items, from a vector index at serving (``content_search``: Qdrant's
-``text`` vector) or the exact top list (training, and serving without an index); their ranks are ranks within that list,
+Large catalogs (``LearnedConfig.indexed``: at least ``index_items``): the content and collaborative sources are no
+dense vectors but ``ListSource`` top lists of ``index_depth`` unseen items, from a vector index at serving (Qdrant's
+``text`` and ``cf`` vectors) or the exact top list (training, and serving without an index); their ranks are ranks within that list,
 and the sequence model's score is its probability relative to the best item's (no softmax over the catalog). Both are
 the same in training and serving, so the ranker is fitted on what it is served.
 
@@ -165,6 +165,9 @@ class ListSource:
         return len(self._sorted) - np.searchsorted(self._sorted, values, side="right")
 
 
+_EMPTY = ListSource(np.zeros(0, np.int64), lambda r: np.zeros(len(r)))  # a source with nothing to go on (no liked item)
+
+
 def row_dots(E: np.ndarray, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
     """``E[rows] . q`` in float64, row by row (each value independent of which other rows are computed with it)."""
     rows = np.asarray(rows, np.int64)
@@ -173,16 +176,17 @@ def row_dots(E: np.ndarray, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
     return (E[rows].astype(np.float64) * q).sum(1)
 
 
-def _content_list(meta: ItemMeta, q: np.ndarray, seen: np.ndarray, depth: int, search=None) -> ListSource:
-    """The content source's top list: ``search(q, depth)`` (rows from a vector index, seen items excluded there) or the
-    exact top ``depth`` unseen items by ``emb . q``."""
+def _top_list(E: np.ndarray, q: np.ndarray, seen: np.ndarray, depth: int, search=None, dense=None) -> ListSource:
+    """A source's top list by ``E . q``: ``search(q, depth)`` (rows from a vector index, seen items excluded there) or
+    the exact top ``depth`` unseen items of ``dense(q)`` (the product with every row)."""
     if search is not None:
         rows = np.asarray(search(q, depth), np.int64)
         rows = rows[(rows >= 0) & (rows < len(seen))]
-        rows = np.unique(rows[~seen[rows]])[:depth] if len(rows) else rows
+        rows = rows[~seen[rows]]
+        rows = rows[np.sort(np.unique(rows, return_index=True)[1])][:depth]  # once each, in the index's order
     else:
-        rows = _top_rows(meta.content_scores(q), ~seen, depth)
-    return ListSource(rows, lambda r: row_dots(meta.emb, r, q))
+        rows = _top_rows(dense(q), ~seen, depth)
+    return ListSource(rows, lambda r: row_dots(E, r, q))
 
 
 @dataclass
@@ -205,8 +209,9 @@ class UserState:
     off: frozenset = frozenset()  # sources without a fitted model (zero scores): they fill no pool slots
 
 
-def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, content_search=None) -> UserState:
-    """``content_search(q, limit) -> item rows`` (large catalogs): the content source's top list from a vector index."""
+def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, content_search=None, cf_search=None) -> UserState:
+    """Large catalogs: ``content_search(q, limit) -> item rows`` and ``cf_search(user vector, limit) -> item rows`` give
+    the content and collaborative sources' top lists from a vector index (else the exact lists)."""
     n = len(s1.item_rating)
     indexed = cfg.indexed(n)
     items = seq.items[(seq.items >= 0) & (seq.items < n)]
@@ -225,7 +230,11 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
         liked = recent
     uvec = s1.cf.user_vector(items)
     src: dict = {}
-    src["cf"] = s1.cf.scores(uvec)
+    if indexed:
+        src["cf"] = _top_list(s1.cf.item_factors, uvec.astype(np.float64), seen, cfg.index_depth, cf_search, s1.cf.scores) \
+            if np.any(uvec) else _EMPTY
+    else:
+        src["cf"] = s1.cf.scores(uvec)
     src["trans"] = (w[:, None] * trans3).sum(0)
     cooc_rec = s1.seq.cooc_rows(recent)
     src["cooc"] = ((0.9 ** np.arange(len(recent))[::-1]) @ cooc_rec).astype(np.float32) if len(recent) else np.zeros(n, np.float32)
@@ -234,8 +243,8 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
         cw = 0.9 ** np.arange(len(liked))[::-1]
         q = cw @ meta.emb[liked]
     if indexed:
-        content = _content_list(meta, q, seen, cfg.index_depth, content_search) if q is not None and np.any(q) else \
-            ListSource(np.zeros(0, np.int64), lambda r: np.zeros(len(r)))
+        content = _top_list(meta.emb, q, seen, cfg.index_depth, content_search, meta.content_scores) if q is not None and np.any(q) \
+            else _EMPTY
         src["content"] = content
         src["fresh"] = content.subset(np.isnan(s1.item_first_ts))  # new items (no events) in the content list
     else:

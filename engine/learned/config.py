@@ -66,13 +66,15 @@ class LearnedConfig:
     # seed=S [--set rank_cap=0]): seed 0 0.1408 / 0.9243 capped vs 0.1442 / 0.9238 exact; seed 1 0.1371 / 0.9251 vs
     # 0.1337 / 0.9252: the same on average (seed noise), so the cheaper one is the default
     rank_cap: int = 1000
-    # catalogs of at least this many items are served without dense per-request vectors over the catalog for content
-    # (the largest cost at 100k items: a float64 product with every item's text vector): its source is a top list of
-    # ``index_depth`` items from the vector index (Qdrant's ``text`` vector, HNSW) with ranks within that list, and the
-    # sequence model scores relative to its best item (no softmax over the catalog). Training computes the same from the
-    # exact top list. 0: never (models saved before this field load with 0). bench/scale.py measures it at 100k
+    # catalogs of at least this many items are served without dense per-request vectors over the catalog for content and
+    # cf (content was the largest cost at 100k items: a float64 product with every item's text vector): each is a top
+    # list of ``index_depth`` items from the vector index (Qdrant's ``text`` and ``cf`` vectors, HNSW) with ranks within
+    # that list, and the sequence model scores relative to its best item (no softmax over the catalog). Training computes
+    # the same from the exact top lists. 0: never (models saved before this field load with 0). The depth bounds the
+    # index's work per query (HNSW's ef) and the hits decoded; the pool reaches ~20-60 deep into these sources.
+    # bench/scale.py measures it at 100k items
     index_items: int = 50_000
-    index_depth: int = 400
+    index_depth: int = 100
     # ranker
     objective: str = "binary"  # or "lambdarank" (binary won on valid: 0.1443 vs 0.1338 NDCG@10 at 100 trees)
     num_leaves: int = 15

@@ -17,7 +17,7 @@ import logging
 
 import numpy as np
 
-from .candidates import ItemMeta, Stage1, UserState, rank_cap_of, source_ranks
+from .candidates import ItemMeta, ListSource, Stage1, UserState, rank_cap_of, source_ranks
 from .config import SOURCES
 from .sequence import dense_rows
 
@@ -123,7 +123,11 @@ def cold_item(F: np.ndarray, st: UserState, rows: np.ndarray) -> np.ndarray:
         if name == "content":
             continue
         F[rows, _COL[f"{name}_score"]] = 0.0
-        r = float((st.sources[name][unseen] > 0).sum())
+        v = st.sources[name]
+        if isinstance(v, ListSource):  # a rank within the list (index mode): the list items scoring above 0
+            F[rows, _COL[f"{name}_rank"]] = float(v.ranks(np.zeros(1))[0])
+            continue
+        r = float((v[unseen] > 0).sum())
         F[rows, _COL[f"{name}_rank"]] = r if cap is None else min(r, cap)
     for c in _COLD_ZERO:
         F[rows, c] = 0.0

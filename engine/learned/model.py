@@ -214,14 +214,15 @@ class PersonaModel:
         """Served in index mode (``LearnedConfig.index_items``): the content source is a top list from a vector index."""
         return self.config.indexed(len(self.index))
 
-    def state(self, history, content_search=None):
-        """The user state of ``history``. ``content_search(vector, limit) -> item ids`` (best first, by cosine with the
-        items' text vectors, the history's items excluded): the content source's top list in index mode (else exact)."""
-        search = None
-        if content_search is not None and self.indexed:
-            def search(q, limit):
-                return self.index.rows([str(i) for i in content_search(np.asarray(q, np.float32), limit)])
-        return user_state(self.stage1, self.meta, self.sequence(history), self.config, search)
+    def state(self, history, content_search=None, cf_search=None):
+        """The user state of ``history``. In index mode, ``content_search(vector, limit) -> item ids`` (best first, by
+        cosine with the items' text vectors) and ``cf_search(user vector, limit) -> item ids`` (by dot product with the
+        ``cf`` item factors), the history's items excluded, give the two sources' top lists (else the exact lists)."""
+        def rows_of(search):
+            if search is None or not self.indexed:
+                return None
+            return lambda q, limit: self.index.rows([str(i) for i in search(np.asarray(q, np.float32), limit)])
+        return user_state(self.stage1, self.meta, self.sequence(history), self.config, rows_of(content_search), rows_of(cf_search))
 
     def recommend(self, history, k: int = 10, exclude_seen: bool = True, extra_feature=None,
                   cf_search=None, content_search=None) -> list[tuple[str, float, str | None]]:
@@ -230,9 +231,9 @@ class PersonaModel:
         ``cf_search(user_vector, limit) -> item ids`` (best first, by dot product with the ``cf`` item factors): the
         collaborative source's candidates from a vector index (Qdrant) instead of the in-memory scan; the user vector
         is folded in from this history now, so events after the fit count. ``content_search``: see :meth:`state`."""
-        st = self.state(history, content_search)
+        st = self.state(history, content_search, cf_search if self.indexed else None)
         tops = None
-        if cf_search is not None and "cf" in self.config.sources and np.any(st.user_vec):
+        if cf_search is not None and not self.indexed and "cf" in self.config.sources and np.any(st.user_vec):
             # ask the index only as deep as the pool reaches into the collaborative ranking (~60 of 300 here), plus slack
             used = pool(st, self.config, exclude_seen=exclude_seen)
             top = source_top(st, "cf", self.config.pool_size, exclude_seen)
@@ -246,10 +247,10 @@ class PersonaModel:
         reasons = self.reasons(st, top)
         return [(self.index.ids[j], float(scores[o]), reasons[n]) for n, (j, o) in enumerate(zip(top, order))]
 
-    def rank(self, history, item_ids, extra_feature=None, content_search=None) -> list[tuple[str, float]]:
-        """``item_ids`` ordered (best first) by the exact scores ``recommend`` gives them (with the same
-        ``content_search``); unknown ids last (score -inf)."""
-        st = self.state(history, content_search)
+    def rank(self, history, item_ids, extra_feature=None, content_search=None, cf_search=None) -> list[tuple[str, float]]:
+        """``item_ids`` ordered (best first) by the exact scores ``recommend`` gives them (with the same searches);
+        unknown ids last (score -inf)."""
+        st = self.state(history, content_search, cf_search)
         rows = self.index.rows(list(item_ids))
         known = rows >= 0
         scores = np.full(len(rows), -np.inf)
