@@ -114,15 +114,17 @@ class LearnedStage:
             os.replace(tmp, final)
             if cf_written:
                 _write_atomic(self.root / _CF_STATE, version)
+            index_s = None
             if model.indexed:  # served from the vector index: build it now (the embedded engine has no background optimizer)
                 t = time.perf_counter()
                 if self.store.optimize(self.items_col):
-                    logger.info("built the items' vector indexes in %.1fs", time.perf_counter() - t)
+                    index_s = round(time.perf_counter() - t, 2)
+                    logger.info("built the items' vector indexes in %.1fs", index_s)
             _write_atomic(self.root / "CURRENT", version)  # atomic switch to the new version
         with self._lock:
             self._loaded = (version, model)
         self._prune(version)
-        info = {k: v for k, v in model.info.items() if k != "version"}
+        info = {k: v for k, v in model.info.items() if k != "version"} | ({"index_build_seconds": index_s} if index_s is not None else {})
         return FitReport(version=version, path=str(final), users=info["n_users"], items=info["n_items"], events=info["n_events"],
                          seconds=round(time.perf_counter() - t0, 2), info=info)
 
@@ -235,18 +237,14 @@ class LearnedStage:
         return search
 
     def content_search(self, model, events: list[Event]):
-        """Index mode (large catalogs): the content source's top list from a Qdrant query on the items' ``text`` vectors,
-        the history's items excluded (and nothing else, so an item's score never depends on the caller's filter)."""
+        """Index mode: the content source's top list from a Qdrant query on the items' ``text`` vectors (None otherwise)."""
         if not model.indexed:
             return None
-        ids = self._point_items(model)
-        plain = Filter(exclude_ids={point_id("item", e.item_id) for e in events})
+        ids, plain = self._point_items(model), Filter(exclude_ids={point_id("item", e.item_id) for e in events})
 
         def search(vec: np.ndarray, limit: int) -> list[str]:
-            hits = self.store.query(self.items_col, [VectorQuery(TEXT_VECTOR, vector=vec.tolist(), limit=limit)], limit, plain,
-                                    with_payload=False)
+            hits = self.store.query(self.items_col, [VectorQuery(TEXT_VECTOR, vector=vec.tolist(), limit=limit)], limit, plain, with_payload=False)
             return [ids[h.id] for h in hits if h.id in ids]
-
         return search
 
     def searches(self, model, events: list[Event], flt: Filter, exclude_seen: bool = True) -> tuple[Any, Any]:

@@ -401,7 +401,7 @@ def test_index_mode_serves_what_it_was_trained_on(indexed, tmp_path):
     """Index mode: the content source is a top list (no dense vector), ranks are within the list, the sequence model's
     score is relative to its best item; an exact index gives the very list training computed, so recommend() and rank()
     with it equal the model's own (exact) answers; a saved model keeps the mode, an old config loads without it."""
-    from engine.learned.candidates import ListSource
+    from engine.learned.toplists import ListSource
 
     model, events, emb = indexed
     assert model.indexed
@@ -431,7 +431,8 @@ def test_index_mode_serves_what_it_was_trained_on(indexed, tmp_path):
 
 def test_index_mode_ranks_match_the_dense_ranks_inside_the_list(indexed):
     """Within the top list, a candidate's content rank is its dense full-catalog rank (the list is the exact top)."""
-    from engine.learned.candidates import row_dots, source_ranks
+    from engine.learned.candidates import source_ranks
+    from engine.learned.toplists import row_dots
 
     model, events, _ = indexed
     h = _hist(events, "u9")

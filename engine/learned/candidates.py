@@ -29,8 +29,9 @@ from .config import LearnedConfig
 from .index import ItemIndex, Sequence, user_item_matrix
 from .seqnet import SeqNet
 from .sequence import SequenceStats
+from .toplists import EMPTY, ListSource, row_dots, sample_threshold, top_rows
 
-__all__ = ["ItemMeta", "ListSource", "Stage1", "UserState", "user_state", "pool", "rank_cap_of", "row_dots", "source_ranks", "source_top"]
+__all__ = ["ItemMeta", "Stage1", "UserState", "user_state", "pool", "rank_cap_of", "source_ranks", "source_top"]
 
 log = logging.getLogger(__name__)
 
@@ -140,42 +141,6 @@ class Stage1:
         return cls(cf, seq, a["item_rating"], a["item_first_ts"], a["item_mean_ts"], SeqNet.from_arrays(a))
 
 
-class ListSource:
-    """A source read from a top list instead of a dense vector over the catalog: ``rows`` (unseen items, best first:
-    score desc, row asc) with their ``scores``, and ``score(rows)`` for any rows (the same row-wise float64 products)."""
-
-    def __init__(self, rows: np.ndarray, score):
-        self.score = score
-        rows = np.asarray(rows, np.int64)
-        sc = score(rows)
-        o = np.lexsort((rows, -sc))
-        self.rows, self.scores = rows[o], sc[o]
-        self._sorted = np.sort(sc)
-
-    def subset(self, keep: np.ndarray) -> ListSource:
-        """The list's rows where ``keep`` (a bool mask over the catalog) holds, in the same order."""
-        out = ListSource.__new__(ListSource)
-        m = keep[self.rows]
-        out.score, out.rows, out.scores = self.score, self.rows[m], self.scores[m]
-        out._sorted = np.sort(out.scores)
-        return out
-
-    def ranks(self, values: np.ndarray) -> np.ndarray:
-        """How many list scores are above each value (the list's length for a value below its end)."""
-        return len(self._sorted) - np.searchsorted(self._sorted, values, side="right")
-
-
-_EMPTY = ListSource(np.zeros(0, np.int64), lambda r: np.zeros(len(r)))  # a source with nothing to go on (no liked item)
-
-
-def row_dots(E: np.ndarray, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """``E[rows] . q`` in float64, row by row (each value independent of which other rows are computed with it)."""
-    rows = np.asarray(rows, np.int64)
-    if not len(rows):
-        return np.zeros(0)
-    return (E[rows].astype(np.float64) * q).sum(1)
-
-
 def _top_list(E: np.ndarray, q: np.ndarray, seen: np.ndarray, depth: int, search=None, dense=None) -> ListSource:
     """A source's top list by ``E . q``: ``search(q, depth)`` (rows from a vector index, seen items excluded there) or
     the exact top ``depth`` unseen items of ``dense(q)`` (the product with every row)."""
@@ -185,7 +150,7 @@ def _top_list(E: np.ndarray, q: np.ndarray, seen: np.ndarray, depth: int, search
         rows = rows[~seen[rows]]
         rows = rows[np.sort(np.unique(rows, return_index=True)[1])][:depth]  # once each, in the index's order
     else:
-        rows = _top_rows(dense(q), ~seen, depth)
+        rows = top_rows(dense(q), ~seen, depth)
     return ListSource(rows, lambda r: row_dots(E, r, q))
 
 
@@ -232,7 +197,7 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
     src: dict = {}
     if indexed:
         src["cf"] = _top_list(s1.cf.item_factors, uvec.astype(np.float64), seen, cfg.index_depth, cf_search, s1.cf.scores) \
-            if np.any(uvec) else _EMPTY
+            if np.any(uvec) else EMPTY
     else:
         src["cf"] = s1.cf.scores(uvec)
     src["trans"] = (w[:, None] * trans3).sum(0)
@@ -244,7 +209,7 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
         q = cw @ meta.emb[liked]
     if indexed:
         content = _top_list(meta.emb, q, seen, cfg.index_depth, content_search, meta.content_scores) if q is not None and np.any(q) \
-            else _EMPTY
+            else EMPTY
         src["content"] = content
         src["fresh"] = content.subset(np.isnan(s1.item_first_ts))  # new items (no events) in the content list
     else:
@@ -276,19 +241,6 @@ def rank_cap_of(state: UserState, n_unseen: int) -> int | None:
     return state.rank_cap if 0 < state.rank_cap < n_unseen else None
 
 
-def _sample_threshold(v: np.ndarray, need: int) -> float | None:
-    """A value that about 4x ``need`` of ``v`` exceed, read off a strided sample (None: the catalog is too small for
-    this to beat a partition, or the sample gave no finite value)."""
-    n = len(v)
-    if need <= 0 or need * 16 > n:
-        return None
-    step = max(1, n // 4096)
-    sample = v[::step]
-    q = len(sample) - 1 - min(len(sample) - 1, (4 * need) // step)
-    t = float(np.partition(sample, q)[q])
-    return t if np.isfinite(t) else None
-
-
 def source_ranks(state: UserState, names, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scores and full-catalog ranks (0 = best, among unseen items) of ``cand`` for each source (k x len(names)).
     Ranks are exact below ``state.rank_cap`` and equal to it beyond (when set): ``min(#unseen values > score, cap)``."""
@@ -308,7 +260,7 @@ def source_ranks(state: UserState, names, cand: np.ndarray) -> tuple[np.ndarray,
         # One comparison pass over the catalog instead of a partition (the partitions were a quarter of a request's time
         # at 100k items): with a sampled threshold t, every unseen value above a score >= t is in ``top``, and a score
         # below t has every unseen value >= t above it (at least ``cap`` of them, checked, unless no score is below t).
-        t = _sample_threshold(v, cap) if cap is not None else None
+        t = sample_threshold(v, cap) if cap is not None else None
         if t is not None and (int(((v >= t) & unseen).sum()) >= cap or bool((vc >= t).all())):
             top = np.sort(v[(v > t) & unseen])
             R[:, j] = np.where(vc >= t, np.minimum(len(top) - np.searchsorted(top, vc, side="right"), cap), cap)
@@ -335,23 +287,7 @@ def source_top(state: UserState, name: str, k: int, exclude_seen: bool = True) -
     ok = np.isfinite(v)
     if exclude_seen:
         ok &= ~state.seen
-    return _top_rows(v, ok, k)
-
-
-def _top_rows(v: np.ndarray, ok: np.ndarray, k: int) -> np.ndarray:
-    """The best ``k`` rows of ``v`` where ``ok`` holds: score desc, ties by row (at the cut too)."""
-    t = _sample_threshold(v, k)
-    if t is None or int(((v >= t) & ok).sum()) < k:  # the sampled cut was too high: the exact one, by a partition
-        k = min(k, int(ok.sum()))
-        if k <= 0:
-            return np.zeros(0, np.int64)
-        vo = v[ok]
-        t = float(np.partition(vo, len(vo) - k)[len(vo) - k])
-    above = np.flatnonzero(ok & (v > t))
-    above = above[np.lexsort((above, -v[above]))][:k]
-    if len(above) < k:  # the rest are ties at the cut value: lowest rows first
-        above = np.concatenate([above, np.flatnonzero(ok & (v == t))[: k - len(above)]])
-    return above
+    return top_rows(v, ok, k)
 
 
 def pool(state: UserState, cfg: LearnedConfig, size: int | None = None, sources=None, exclude_seen: bool = True,

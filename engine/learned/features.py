@@ -17,9 +17,10 @@ import logging
 
 import numpy as np
 
-from .candidates import ItemMeta, ListSource, Stage1, UserState, rank_cap_of, source_ranks
+from .candidates import ItemMeta, Stage1, UserState, rank_cap_of, source_ranks
 from .config import SOURCES
 from .sequence import dense_rows
+from .toplists import ListSource
 
 __all__ = ["FEATURE_NAMES", "GROUPS", "features", "cold_item", "dot64", "resolve_drop"]
 

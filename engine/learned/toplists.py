@@ -1,0 +1,79 @@
+"""Top lists and ranks over a catalog without sorting it: the helpers stage 1 reads its sources with.
+
+In:  a score per catalog item (dense vectors) or a source's best items (a vector index's answer).
+Out: ``top_rows`` (the best k rows, ties by row), ``sample_threshold`` (a value about 4x k items exceed, from a strided
+     sample: one comparison pass instead of a partition), ``ListSource`` (a source read from a top list: its rows,
+     scores and the rank a score would have in it), ``row_dots`` (row-wise float64 products, each value independent of
+     the other rows computed with it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["ListSource", "EMPTY", "row_dots", "sample_threshold", "top_rows"]
+
+
+class ListSource:
+    """A source read from a top list instead of a dense vector over the catalog: ``rows`` (unseen items, best first:
+    score desc, row asc) with their ``scores``, and ``score(rows)`` for any rows (the same row-wise float64 products)."""
+
+    def __init__(self, rows: np.ndarray, score):
+        self.score = score
+        rows = np.asarray(rows, np.int64)
+        sc = score(rows)
+        o = np.lexsort((rows, -sc))
+        self.rows, self.scores = rows[o], sc[o]
+        self._sorted = np.sort(sc)
+
+    def subset(self, keep: np.ndarray) -> ListSource:
+        """The list's rows where ``keep`` (a bool mask over the catalog) holds, in the same order."""
+        out = ListSource.__new__(ListSource)
+        m = keep[self.rows]
+        out.score, out.rows, out.scores = self.score, self.rows[m], self.scores[m]
+        out._sorted = np.sort(out.scores)
+        return out
+
+    def ranks(self, values: np.ndarray) -> np.ndarray:
+        """How many list scores are above each value (the list's length for a value below its end)."""
+        return len(self._sorted) - np.searchsorted(self._sorted, values, side="right")
+
+
+EMPTY = ListSource(np.zeros(0, np.int64), lambda r: np.zeros(len(r)))  # a source with nothing to go on (no liked item)
+
+
+def row_dots(E: np.ndarray, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``E[rows] . q`` in float64, row by row (each value independent of which other rows are computed with it)."""
+    rows = np.asarray(rows, np.int64)
+    if not len(rows):
+        return np.zeros(0)
+    return (E[rows].astype(np.float64) * q).sum(1)
+
+
+def sample_threshold(v: np.ndarray, need: int) -> float | None:
+    """A value that about 4x ``need`` of ``v`` exceed, read off a strided sample (None: the catalog is too small for
+    this to beat a partition, or the sample gave no finite value)."""
+    n = len(v)
+    if need <= 0 or need * 16 > n:
+        return None
+    step = max(1, n // 4096)
+    sample = v[::step]
+    q = len(sample) - 1 - min(len(sample) - 1, (4 * need) // step)
+    t = float(np.partition(sample, q)[q])
+    return t if np.isfinite(t) else None
+
+
+def top_rows(v: np.ndarray, ok: np.ndarray, k: int) -> np.ndarray:
+    """The best ``k`` rows of ``v`` where ``ok`` holds: score desc, ties by row (at the cut too)."""
+    t = sample_threshold(v, k)
+    if t is None or int(((v >= t) & ok).sum()) < k:  # the sampled cut was too high: the exact one, by a partition
+        k = min(k, int(ok.sum()))
+        if k <= 0:
+            return np.zeros(0, np.int64)
+        vo = v[ok]
+        t = float(np.partition(vo, len(vo) - k)[len(vo) - k])
+    above = np.flatnonzero(ok & (v > t))
+    above = above[np.lexsort((above, -v[above]))][:k]
+    if len(above) < k:  # the rest are ties at the cut value: lowest rows first
+        above = np.concatenate([above, np.flatnonzero(ok & (v == t))[: k - len(above)]])
+    return above
