@@ -117,9 +117,12 @@ class LearnedStage:
             index_s = None
             if model.indexed:  # served from the vector index: build it now (the embedded engine has no background optimizer)
                 t = time.perf_counter()
-                if self.store.optimize(self.items_col):
-                    index_s = round(time.perf_counter() - t, 2)
-                    logger.info("built the items' vector indexes in %.1fs", index_s)
+                try:
+                    if self.store.optimize(self.items_col):
+                        index_s = round(time.perf_counter() - t, 2)
+                        logger.info("built the items' vector indexes in %.1fs", index_s)
+                except Exception as e:  # queries still answer (by scanning): a failed build must not lose the fit
+                    logger.warning("vector index not built (%s); queries scan every item until a later fit builds it", e)
             _write_atomic(self.root / "CURRENT", version)  # atomic switch to the new version
         with self._lock:
             self._loaded = (version, model)
@@ -222,30 +225,22 @@ class LearnedStage:
             cached = self._pid_items = (model, {point_id("item", i): i for i in model.item_ids})
         return cached[1]
 
-    def cf_search(self, model, flt: Filter):
-        """The Qdrant query on the ``cf`` vectors for ``model`` (None when its vectors are not in the store)."""
-        if self.cf_version() != model.info.get("version"):
-            return None
-        plain = Filter(exclude_ids=set(flt.exclude_ids))
-        ids = self._point_items(model)
+    def _vector_search(self, model, vector: str, exclude_ids, slack: bool = False):
+        ids, plain = self._point_items(model), Filter(exclude_ids=set(exclude_ids))
 
         def search(vec: np.ndarray, limit: int) -> list[str]:
-            hits = self.store.query(self.items_col, [VectorQuery(CF_VECTOR, vector=vec.tolist(), limit=limit)], limit, plain,
-                                    with_payload=False)
+            n = limit + max(20, limit // 2) if slack else limit  # slack: items ingested after the fit are unknown to the model
+            hits = self.store.query(self.items_col, [VectorQuery(vector, vector=vec.tolist(), limit=n)], n, plain, with_payload=False)
             return [ids[h.id] for h in hits if h.id in ids]
-
         return search
+
+    def cf_search(self, model, flt: Filter):
+        """The Qdrant query on the ``cf`` vectors for ``model`` (None when its vectors are not in the store)."""
+        return self._vector_search(model, CF_VECTOR, flt.exclude_ids) if self.cf_version() == model.info.get("version") else None
 
     def content_search(self, model, events: list[Event]):
         """Index mode: the content source's top list from a Qdrant query on the items' ``text`` vectors (None otherwise)."""
-        if not model.indexed:
-            return None
-        ids, plain = self._point_items(model), Filter(exclude_ids={point_id("item", e.item_id) for e in events})
-
-        def search(vec: np.ndarray, limit: int) -> list[str]:
-            hits = self.store.query(self.items_col, [VectorQuery(TEXT_VECTOR, vector=vec.tolist(), limit=limit)], limit, plain, with_payload=False)
-            return [ids[h.id] for h in hits if h.id in ids]
-        return search
+        return self._vector_search(model, TEXT_VECTOR, {point_id("item", e.item_id) for e in events}, slack=True) if model.indexed else None
 
     def searches(self, model, events: list[Event], flt: Filter, exclude_seen: bool = True) -> tuple[Any, Any]:
         """The (cf, content) searches a request passes to the model. In index mode both lists are features, so they
@@ -272,7 +267,7 @@ class LearnedStage:
             ok = {h.payload["item_id"] for h in self.store.scroll(self.items_col, inside)}
             return [r for r in pool if r[0] in ok][:k]
         ranked = [r for r in model.rank(events, allowed, content_search=cs, cf_search=cf if model.indexed else None) if np.isfinite(r[1])][:k]
-        reasons = model.reasons(model.state(events), model.index.rows([i for i, _ in ranked])) if ranked else []
+        reasons = model.reasons(model.state(events, cs, cf), model.index.rows([i for i, _ in ranked])) if ranked else []
         return [(i, s, why) for (i, s), why in zip(ranked, reasons)]
 
     def hits(self, model, events: list[Event], limit: int, flt: Filter, with_vectors: bool = False,

@@ -421,7 +421,9 @@ def test_index_mode_serves_what_it_was_trained_on(indexed, tmp_path):
     # an index answering each item twice, and more than asked, gives the same list (once each, the best ``depth``)
     assert model.recommend(h, k=10, content_search=lambda q, n: search(q, n) + search(q, 2 * n)) == recs
     # a worse index (the list's second half only) changes the content ranks, not the contract
-    half = model.recommend(h, k=10, content_search=lambda q, n: search(q, n)[7:])
+    worse = lambda q, n: search(q, n)[7:]  # noqa: E731
+    assert np.array_equal(model.state(h, worse).sources["content"].rows, st.sources["content"].rows[7:])
+    half = model.recommend(h, k=10, content_search=worse)
     assert len(half) == 10 and not {e.item_id for e in h} & {r[0] for r in half}
     loaded = PersonaModel.load(model.save(tmp_path / "m"))
     assert loaded.indexed and loaded.recommend(h, k=10) == recs

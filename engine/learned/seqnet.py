@@ -221,8 +221,9 @@ class SeqNet:
         return z / z.sum()
 
     def relative_probs(self, items: np.ndarray) -> np.ndarray:
-        """P(next = j) / P(next = the best item), float32, for every catalog row: the order of ``probs`` without the
-        softmax's exp and sum over the catalog in float64 (the sequence model's largest cost on large catalogs)."""
+        """P(next = j) / P(next = the best item), float32, for every catalog row: the order of ``probs`` (items below
+        e^-103 of the best tie at 0) without the softmax's float64 exp and sum over the catalog (the sequence model's
+        largest cost on large catalogs)."""
         n = self.n_items
         items = np.asarray(items, np.int64)
         items = items[(items >= 0) & (items < n)]

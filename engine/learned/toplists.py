@@ -52,7 +52,7 @@ def row_dots(E: np.ndarray, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def sample_threshold(v: np.ndarray, need: int) -> float | None:
     """A value that about 4x ``need`` of ``v`` exceed, read off a strided sample (None: the catalog is too small for
-    this to beat a partition, or the sample gave no finite value)."""
+    this to beat a partition, or the sample's value is not finite)."""
     n = len(v)
     if need <= 0 or need * 16 > n:
         return None

@@ -275,11 +275,12 @@ class EdgeStore(VectorStore):
         return [_hit(p) for p in self._shard(name).query(req)]
 
     def optimize(self, name: str) -> bool:
-        """Qdrant's optimizers on the shard now (HNSW for every named vector): the embedded engine has no background
-        optimizer, so without this every query is a full scan (at 100k x 384-d points ~6 ms vs ~1 ms; bench/scale.py)."""
+        """Qdrant's optimizers on the shard now (HNSW for every named vector past Qdrant's indexing threshold): the
+        embedded engine has no background optimizer, so without this every query scans every point (100k x 384-d: a
+        scan ~10 ms, HNSW ~2 ms; bench/scale.py). The build holds this process (qdrant-edge keeps Python's GIL) for its
+        duration, about a minute at 100k items on 2 cores: a server's optimizer builds in the background instead."""
         with self._lock:
-            self._shard(name).optimize()
-        return True
+            return bool(self._shard(name).optimize())
 
     def flush(self) -> None:
         with self._lock:
