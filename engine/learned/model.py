@@ -211,7 +211,7 @@ class PersonaModel:
 
     @property
     def indexed(self) -> bool:
-        """Served in index mode (``LearnedConfig.index_items``): the content source is a top list from a vector index."""
+        """Served in index mode (``LearnedConfig.index_items``): the content and cf sources are top lists from a vector index."""
         return self.config.indexed(len(self.index))
 
     def state(self, history, content_search=None, cf_search=None):
