@@ -183,8 +183,8 @@ def test_small_store_fit_then_profiles_and_cf_from_qdrant(make_engine, ml):
 
 
 def test_index_mode_takes_content_from_qdrant_and_ranks_as_recommend(make_engine, ml, monkeypatch):
-    """A catalog served in index mode (fit.index_items at or below its size): the fit builds the items' HNSW indexes
-    (the embedded engine has no background optimizer), the content source's list comes from a Qdrant query on the
+    """A catalog served in index mode (fit.index_items at or below its size): the fit asks the store to build the items'
+    HNSW indexes (the embedded engine has no background optimizer), the content source's list comes from a Qdrant query on the
     ``text`` vectors and the cf list from one on the ``cf`` vectors, the served list equals the model's own with the
     exact lists (80 items stay below Qdrant's indexing threshold: an exact index), and rank() gives recommend()'s
     scores."""
