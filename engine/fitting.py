@@ -266,7 +266,7 @@ class LearnedStage:
             inside = Filter(match=flt.match, ranges=flt.ranges, exclude_ids=flt.exclude_ids, include_ids={point_id("item", r[0]) for r in pool})
             ok = {h.payload["item_id"] for h in self.store.scroll(self.items_col, inside)}
             return [r for r in pool if r[0] in ok][:k]
-        ranked = [r for r in model.rank(events, allowed, content_search=cs, cf_search=cf if model.indexed else None) if np.isfinite(r[1])][:k]
+        ranked = [r for r in model.rank(events, allowed, content_search=cs, cf_search=cf) if np.isfinite(r[1])][:k]
         reasons = model.reasons(model.state(events, cs, cf), model.index.rows([i for i, _ in ranked])) if ranked else []
         return [(i, s, why) for (i, s), why in zip(ranked, reasons)]
 

@@ -231,7 +231,7 @@ class PersonaModel:
         ``cf_search(user_vector, limit) -> item ids`` (best first, by dot product with the ``cf`` item factors): the
         collaborative source's candidates from a vector index (Qdrant) instead of the in-memory scan; the user vector
         is folded in from this history now, so events after the fit count. ``content_search``: see :meth:`state`."""
-        st = self.state(history, content_search, cf_search if self.indexed else None)
+        st = self.state(history, content_search, cf_search)  # state() reads the searches in index mode only
         tops = None
         if cf_search is not None and not self.indexed and "cf" in self.config.sources and np.any(st.user_vec):
             # ask the index only as deep as the pool reaches into the collaborative ranking (~60 of 300 here), plus slack
