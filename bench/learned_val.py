@@ -9,6 +9,7 @@ chain fitted on the same train events, plus the pool's recall per source and for
     python -m bench.learned_val --ablate             # + each source / feature group removed in turn
     python -m bench.learned_val --set pool_size=200 --set objective=binary
     python -m bench.learned_val --cold-items 0.1 --set cold_frac=0.2   # + new items: 10% of items lose their train events
+    python -m bench.learned_val --cold-items 0.1 --slots 0,10 --sweep new_item_slot=10   # the new-item slot, both settings
     python -m bench.learned_val --no-baselines --sweep dislike_penalty=0,1,2   # serving-time knobs on one fitted model
 
 ``--cold-items F`` also fits on train without every event of a seeded share F of the items and scores the users whose
@@ -141,8 +142,9 @@ def evaluate(model: PersonaModel, train_by_user, valid, with_pool=True, liked=No
             "source_recall": {s: float(np.mean(v)) for s, v in rec_src.items() if v}, "ms_per_user": 1000 * np.median(times)}
 
 
-def cold_items(ml, train, train_by_user, valid, E, eids, cfg, frac, seed=0):
-    """The new-item setting on the validation split (see the module doc)."""
+def cold_items(ml, train, train_by_user, valid, E, eids, cfg, frac, seed=0, slots=()):
+    """The new-item setting on the validation split (see the module doc). ``slots``: ``new_item_slot`` values each
+    scored on that model for the users whose valid item is new and for every other user (full-catalog, k=10)."""
     rng = np.random.default_rng([seed, 29])
     with_events = sorted({e.item_id for e in train} | set(valid.values()))
     cold = set(rng.choice(with_events, size=int(round(frac * len(with_events))), replace=False).tolist())
@@ -164,8 +166,15 @@ def cold_items(ml, train, train_by_user, valid, E, eids, cfg, frac, seed=0):
         if v in rows:
             pos.append(int(np.flatnonzero(rows == v)[0]) + 1)
         aucs.append(sampled_auc(model, by_user[u], valid[u], all_ids, touched[u], int(u), seed=seed))
-    return {"users": len(users), "cold_items": len(cold), "NDCG@10": float(np.mean(nd)), "HR@10": float(np.mean(hr)),
-            "pool_recall": float(np.mean(rec)), "AUC": float(np.mean(aucs)), "median_rank_in_list": float(np.median(pos)) if pos else None}
+    out = {"users": len(users), "cold_items": len(cold), "NDCG@10": float(np.mean(nd)), "HR@10": float(np.mean(hr)),
+           "pool_recall": float(np.mean(rec)), "AUC": float(np.mean(aucs)), "median_rank_in_list": float(np.median(pos)) if pos else None}
+    others = sorted(u for u, v in valid.items() if v not in cold and by_user.get(u) and model.index.get(v) >= 0)
+    for slot in slots:
+        m = PersonaModel(model.index, model.meta, model.stage1, model.ranker, replace(model.config, new_item_slot=int(slot)), model.info)
+        for name, us in (("new", users), ("others", others)):
+            r = [metrics(m.index.rows([x[0] for x in m.recommend(by_user[u], k=10)]), m.index.get(valid[u])) for u in us]
+            out[f"slot={slot} {name}"] = {"users": len(us), "HR@10": float(np.mean([x[0] for x in r])), "NDCG@10": float(np.mean([x[1] for x in r]))}
+    return out
 
 
 def parse_set(pairs):
@@ -186,6 +195,7 @@ def main(argv=None):
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--json", type=Path, help="write results here")
     ap.add_argument("--cold-items", type=float, default=0.0, help="share of items that lose their train events (new items)")
+    ap.add_argument("--slots", default="", help="with --cold-items: new_item_slot values to score there, e.g. 0,3,10")
     ap.add_argument("--sweep", action="append", help="serving-time LearnedConfig field=v1,v2,...: the fitted model re-scored with each")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -227,9 +237,13 @@ def main(argv=None):
     print("pool recall per source (top pool_size each):", {s: round(v, 3) for s, v in res["source_recall"].items()})
     print(f"serving median {res['ms_per_user']:.2f} ms/user (recommend, k=10)")
     if a.cold_items:
-        rows["cold_items"] = c = cold_items(ml, train, train_by_user, valid, E, eids, base, a.cold_items)
+        slots = [int(x) for x in a.slots.split(",") if x.strip()]
+        rows["cold_items"] = c = cold_items(ml, train, train_by_user, valid, E, eids, base, a.cold_items, slots=slots)
         print(f"new items ({c['cold_items']} items, {c['users']} users whose valid item is new): NDCG@10 {c['NDCG@10']:.4f} "
               f"HR@10 {c['HR@10']:.4f} pool recall {c['pool_recall']:.3f} (median rank there {c['median_rank_in_list']}) AUC 1:20 {c['AUC']:.4f}", flush=True)
+        for key, r in c.items():
+            if key.startswith("slot="):
+                print(f"  {key:22s} ({r['users']} users): NDCG@10 {r['NDCG@10']:.4f} HR@10 {r['HR@10']:.4f}", flush=True)
     if a.ablate:
         print("\nablations (NDCG@10 / HR@10 / pool recall; delta NDCG vs full)")
         variants = {f"-source {s}": dict(sources=tuple(x for x in base.sources if x != s)) for s in base.sources}

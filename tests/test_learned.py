@@ -164,6 +164,26 @@ def test_fresh_boost_raises_new_items_in_rank_and_recommend_alike(fitted):
     assert [r[0] for r in boosted.rank(h, [r[0] for r in recs])] == [r[0] for r in recs]
 
 
+def test_new_item_slot_places_the_best_new_item_at_its_position_and_keeps_prefixes(fitted):
+    from dataclasses import replace
+
+    model, _, events = fitted
+    slotted = PersonaModel(model.index, model.meta, model.stage1, model.ranker, replace(model.config, new_item_slot=3), model.info)
+    lists = {u: [r[0] for r in model.recommend(_hist(events, u), k=CFG.pool_size)] for u in (f"u{i}" for i in range(N_USERS))}
+    low = [u for u, ids in lists.items() if "new" in ids and ids.index("new") >= 3]
+    assert low, "the fixture no longer has users with the new item low in their list"
+    for u in low[:5]:
+        h, plain = _hist(events, u), lists[u]
+        full = [r[0] for r in slotted.recommend(h, k=CFG.pool_size)]
+        assert full[2] == "new" and full[:2] == plain[:2] and [i for i in full if i != "new"] == [i for i in plain if i != "new"]
+        for k in (1, 3, 5, 10):  # a shorter list is the longer one's head (pages stay consistent)
+            assert [r[0] for r in slotted.recommend(h, k=k)] == full[:k]
+        assert slotted.rank(h, plain) == model.rank(h, plain)  # a list rule, not a score: rank() keeps the ranker's order
+        at = plain.index("new")  # a slot below where the ranker put it: nothing moves
+        late = PersonaModel(model.index, model.meta, model.stage1, model.ranker, replace(model.config, new_item_slot=at + 1), model.info)
+        assert [r[0] for r in late.recommend(h, k=CFG.pool_size)] == plain
+
+
 def test_dislike_penalty_lowers_items_tied_to_a_low_rated_film_in_rank_and_recommend_alike(fitted):
     from dataclasses import replace
 
