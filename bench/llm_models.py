@@ -2,6 +2,7 @@
 1:20 protocol, and tokens/s on this machine, in one run.
 
     python -m bench.llm_models --summary-users 200 --auc-users 50 --out docs/llm-models/results.md
+    python -m bench.llm_models --models packaged:qwen2.5-0.5b-instruct --summary-users 0 --auc-users 200 --out docs/llm-models/auc-200.md
 
 Per model: (1) ``engine.offline.summary_eval`` (the structured recurrent summaries, at most
 ``--max-blocks`` steps per user) for a seeded sample of users; (2) for a seeded sample of users of
@@ -100,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         llm = TransformersLLM(LLMConfig(model=name, batch_size=8))
         load_s = time.time() - t
         sp = speed(llm, ml)
-        summ = evaluate_summaries(ml, llm, users=args.summary_users, seed=args.seed, max_blocks=args.max_blocks, progress=False)
-        summ.pop("rows")
+        summ = evaluate_summaries(ml, llm, users=args.summary_users, seed=args.seed, max_blocks=args.max_blocks, progress=False) \
+            if args.summary_users else None  # --summary-users 0: the AUC and speed columns only
+        if summ is not None:
+            summ.pop("rows")
         au = auc_rows(llm, ml, args.auc_users, args.seed)
         results.append({"model": name, "load_s": load_s, "speed": sp, "summaries": summ, "auc": au})
         print(json.dumps(results[-1], default=str), flush=True)
@@ -117,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for r in results:
         s, a, sp = r["summaries"], r["auc"], r["speed"]
-        lines.append(
-            f"| `{r['model']}` | {DISCLOSURE.get(r['model'], '')} | {s['raw_supported_mean']:.3f} [{s['raw_supported_lo']:.3f}, {s['raw_supported_hi']:.3f}] | "
+        summ_cols = "- | - | 0 | -" if s is None else (
+            f"{s['raw_supported_mean']:.3f} [{s['raw_supported_lo']:.3f}, {s['raw_supported_hi']:.3f}] | "
             + " / ".join("-" if s["raw_pooled"][k] is None else f"{s['raw_pooled'][k]:.2f} ({s['raw_claims'][k]})" for k in ("liked", "disliked", "note"))
-            + f" | {s['users']} | {s['raw_unparsed']} / {s['fallbacks']} | {a['auc']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] | {a['users']} | {sp['prompt_tok_s']:.0f} | {sp['gen_tok_s']:.1f} |"
-        )
+            + f" | {s['users']} | {s['raw_unparsed']} / {s['fallbacks']}")
+        lines.append(f"| `{r['model']}` | {DISCLOSURE.get(r['model'], '')} | {summ_cols} | {a['auc']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] | "
+                     f"{a['users']} | {sp['prompt_tok_s']:.0f} | {sp['gen_tok_s']:.1f} |")
     lines += ["", "Raw results:", "", "```json", json.dumps(results, indent=1, default=str), "```"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -153,6 +153,8 @@ class FitConfig(_Section):
     """Torch device that trains the sequence model (``cuda`` on a GPU machine); serving computes it in numpy."""
     dislike_penalty: float = Field(2.0, ge=0.0, le=50.0)
     """Log-odds taken from a candidate in proportion to the share of its ties to the user's recent films that come from films they rated 2 or less (explicit negative feedback; 0 turns it off). Saved with the fitted model. Valid: 2 keeps NDCG@10 (0.1438 -> 0.1442) and cuts such items in top-10s from 12.5% to 10.2%."""
+    new_item_slot: int = Field(0, ge=0, le=1000)
+    """List position (1-based) where the best-scored item without events in the fitted data (a new arrival) is placed when the ranker put it lower; 0: off. A list rule, not a score (``rank()`` keeps the ranker's order; a shorter list is the head of a longer one). Saved with the fitted model."""
     index_items: int = Field(50_000, ge=0)
     """Catalogs of at least this many items are served in index mode: the content and collaborative sources' top lists come from the vector index (Qdrant HNSW on the ``text`` and ``cf`` vectors, built at the end of the fit) instead of a product with every item's vector per request, their rank features are ranks within those lists, and the sequence model scores relative to its best item; training computes the same from the exact lists. 0: never. Measured at 100k items in ``docs/scale.md``."""
     keep_versions: int = Field(3, ge=1, le=100)
