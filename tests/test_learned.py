@@ -282,6 +282,8 @@ def test_sequence_model_numpy_forward_equals_torch():
                 out = net(torch.from_numpy(x[None] + 1), torch.tensor([len(x)]))[0, -1]
                 p = torch.softmax(net.logits(out)[1:], 0).numpy()
             assert np.allclose(m.probs(h), p, rtol=0, atol=1e-12)
+            rel = m.relative_probs(h)  # index mode: float32 output layer, relative to the best item
+            assert rel.dtype == np.float32 and np.allclose(rel, p / p.max(), rtol=1e-4, atol=1e-6)
         assert SeqNet.from_arrays(m.arrays()).probs(np.arange(5)).tolist() == m.probs(np.arange(5)).tolist()
     legacy = {k.replace("sas_w.", "sas_"): v for k, v in m.arrays().items() if k != "sas_known"}  # a pre-release layout
     with pytest.raises(ValueError, match="refit"):
