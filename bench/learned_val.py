@@ -9,7 +9,8 @@ chain fitted on the same train events, plus the pool's recall per source and for
     python -m bench.learned_val --ablate             # + each source / feature group removed in turn
     python -m bench.learned_val --set pool_size=200 --set objective=binary
     python -m bench.learned_val --cold-items 0.1 --set cold_frac=0.2   # + new items: 10% of items lose their train events
-    python -m bench.learned_val --cold-items 0.1 --slots 0,10 --sweep new_item_slot=10   # the new-item slot, both settings
+    python -m bench.learned_val --no-baselines --sweep new_item_slot=5,10      # the new-item slot on the main split
+    python -m bench.learned_val --cold-items 0.1 --cold-only --slots 0,5,10   # ... and where 10% of items are new
     python -m bench.learned_val --no-baselines --sweep dislike_penalty=0,1,2   # serving-time knobs on one fitted model
 
 ``--cold-items F`` also fits on train without every event of a seeded share F of the items and scores the users whose
@@ -177,6 +178,18 @@ def cold_items(ml, train, train_by_user, valid, E, eids, cfg, frac, seed=0, slot
     return out
 
 
+def cold_main(a, ml, train, train_by_user, valid, E, eids, base, rows):
+    slots = [int(x) for x in a.slots.split(",") if x.strip()]
+    rows["cold_items"] = c = cold_items(ml, train, train_by_user, valid, E, eids, base, a.cold_items, slots=slots)
+    print(f"new items ({c['cold_items']} items, {c['users']} users whose valid item is new): NDCG@10 {c['NDCG@10']:.4f} "
+          f"HR@10 {c['HR@10']:.4f} pool recall {c['pool_recall']:.3f} (median rank there {c['median_rank_in_list']}) AUC 1:20 {c['AUC']:.4f}", flush=True)
+    for key, r in c.items():
+        if key.startswith("slot="):
+            print(f"  {key:22s} ({r['users']} users): NDCG@10 {r['NDCG@10']:.4f} HR@10 {r['HR@10']:.4f}", flush=True)
+    if a.json and a.cold_only:
+        a.json.write_text(json.dumps({"config": base.to_dict(), "rows": rows}, indent=2, default=float))
+
+
 def parse_set(pairs):
     out = {}
     for p in pairs or []:
@@ -195,6 +208,7 @@ def main(argv=None):
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--json", type=Path, help="write results here")
     ap.add_argument("--cold-items", type=float, default=0.0, help="share of items that lose their train events (new items)")
+    ap.add_argument("--cold-only", action="store_true", help="with --cold-items: skip the main fit and table")
     ap.add_argument("--slots", default="", help="with --cold-items: new_item_slot values to score there, e.g. 0,3,10")
     ap.add_argument("--sweep", action="append", help="serving-time LearnedConfig field=v1,v2,...: the fitted model re-scored with each")
     a = ap.parse_args(argv)
@@ -207,6 +221,8 @@ def main(argv=None):
     E, eids = embeddings(ml.items)
     base = LearnedConfig.from_dict({**LearnedConfig().to_dict(), **parse_set(a.set)})
     rows = {}
+    if a.cold_only and a.cold_items:
+        return cold_main(a, ml, train, train_by_user, valid, E, eids, base, rows)
     t = time.perf_counter()
     model = PersonaModel.fit(train, ml.items, E, base, embedding_ids=eids, progress=False)
     fit_s = time.perf_counter() - t
@@ -237,13 +253,7 @@ def main(argv=None):
     print("pool recall per source (top pool_size each):", {s: round(v, 3) for s, v in res["source_recall"].items()})
     print(f"serving median {res['ms_per_user']:.2f} ms/user (recommend, k=10)")
     if a.cold_items:
-        slots = [int(x) for x in a.slots.split(",") if x.strip()]
-        rows["cold_items"] = c = cold_items(ml, train, train_by_user, valid, E, eids, base, a.cold_items, slots=slots)
-        print(f"new items ({c['cold_items']} items, {c['users']} users whose valid item is new): NDCG@10 {c['NDCG@10']:.4f} "
-              f"HR@10 {c['HR@10']:.4f} pool recall {c['pool_recall']:.3f} (median rank there {c['median_rank_in_list']}) AUC 1:20 {c['AUC']:.4f}", flush=True)
-        for key, r in c.items():
-            if key.startswith("slot="):
-                print(f"  {key:22s} ({r['users']} users): NDCG@10 {r['NDCG@10']:.4f} HR@10 {r['HR@10']:.4f}", flush=True)
+        cold_main(a, ml, train, train_by_user, valid, E, eids, base, rows)
     if a.ablate:
         print("\nablations (NDCG@10 / HR@10 / pool recall; delta NDCG vs full)")
         variants = {f"-source {s}": dict(sources=tuple(x for x in base.sources if x != s)) for s in base.sources}
