@@ -199,7 +199,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     base = tuple(args.baselines.split(",")) if args.baselines else None
     rep = run_report(_eval_dir(args), load_movielens(args.data), seed=args.seed, users=args.users, quick=args.quick, baselines=base,
-                     ablate=args.ablate, cold_start=args.cold_start)
+                     ablate=args.ablate, cold_start=args.cold_start, cold_item_slot=args.cold_item_slot)
     md = write_report(rep, Path(args.out))
     print(md.read_text())
     print(f"report: {md} (+ report.json, metrics.png)")
@@ -396,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="reports/eval")
     ev.add_argument("--ablate", action="store_true", help="also refit on VALID with each source / feature group removed, and the pool's recall")
     ev.add_argument("--cold-start", action="store_true", help="also cold users (last 5 events) and cold items (10%% of items without events), test")
+    ev.add_argument("--cold-item-slot", type=int, default=0,
+                    help="with --cold-start: also Persona with fit.new_item_slot=N in the cold-item setting, every user scored")
     ev.add_argument("--ablate-only", default=None, metavar="VARIANTS",
                     help="only the ablations (VALID): 'all' or comma-separated names like '-source cf,-features item'; writes ablations.md/json")
     ev.set_defaults(fn=cmd_eval)

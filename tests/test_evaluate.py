@@ -127,7 +127,7 @@ def test_cold_start_persona_and_baselines_on_the_same_targets(tmp_path, ml, text
     data = SimpleNamespace(items=ml.items, events=[e for e in ml.events if int(e.user_id) <= 150])
     split = temporal_split(data.events, [i.id for i in data.items], seed=0)
     cs = run_cold_start(tmp_path / "e", data, split, split.users, {"popularity": {}, "itemknn": {"k": 50}, "textknn": {"recent": 3}},
-                        n_boot=200, components=Components(text_encoder=text_encoder))
+                        n_boot=200, components=Components(text_encoder=text_encoder), item_slot=3)
     cu, ci = cs["cold_users"], cs["cold_items"]
     assert cu["n_users"] == 15 and set(cu["methods"]) == {"persona", "popularity", "itemknn", "textknn"}
     assert ci["n_users"] >= 5 and set(ci["methods"]) == {"persona", "popularity", "textknn"}
@@ -136,3 +136,12 @@ def test_cold_start_persona_and_baselines_on_the_same_targets(tmp_path, ml, text
         for m in r["methods"].values():
             assert all(s["lo"] <= s["mean"] <= s["hi"] for s in m["test"].values())
     assert "persona_vs_best" in cu and "| persona |" in "\n".join(cold_lines(cs))
+    # the opt-in new-item slot: the same ranker refitted with fit.new_item_slot=3, every user scored both ways
+    sl = ci["slot"]
+    assert sl["position"] == 3 and sl["same_ranker"] and sl["new"]["n_users"] == ci["n_users"] and sl["others"]["n_users"] > 100
+    assert sl["new"]["without"]["ndcg@10"] == ci["methods"]["persona"]["test"]["ndcg@10"]
+    # a warm target can only move down when a new item takes position 3; a new target only up (it is the best new item,
+    # or it stays below the one that moves)
+    assert sl["others"]["with"]["ndcg@10"]["mean"] <= sl["others"]["without"]["ndcg@10"]["mean"]
+    assert sl["new"]["with"]["ndcg@10"]["mean"] >= sl["new"]["without"]["ndcg@10"]["mean"]
+    assert "Opt-in new-item slot" in "\n".join(cold_lines(cs))

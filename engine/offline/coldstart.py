@@ -18,6 +18,7 @@ Tuning never reads these numbers; the test events are the main split's.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -63,12 +64,14 @@ def cold_item_split(split: Split, frac: float = 0.1, seed: int = 0) -> tuple[Spl
     return Split(split.item_ids, train, valid, split.test, split.candidates, split.seed, split.n_neg, extra), users, cold_items
 
 
-def _persona(path: Path, name: str, data: Any, split: Split, users: list[str], components: Any, progress: bool) -> tuple[dict, dict]:
+def _persona(path: Path, name: str, data: Any, split: Split, users: list[str], components: Any, progress: bool,
+             fit_cfg: dict | None = None) -> tuple[dict, dict]:
     from ..engine import Engine
     from .persona_eval import NO_MODELS, stage_store
 
+    cfg = dict(NO_MODELS) | ({"fit": fit_cfg} if fit_cfg else {})
     store = stage_store(path, data, split, "test", dict(NO_MODELS), components, progress, name=name)
-    with Engine.open(store, dict(NO_MODELS), components=components) as eng:
+    with Engine.open(store, cfg, components=components) as eng:
         fit = eng.fit(progress=progress)
 
         def scorer(u, hist, cands):
@@ -77,14 +80,33 @@ def _persona(path: Path, name: str, data: Any, split: Split, users: list[str], c
             return ranked, [sc[c] for c in cands]
 
         pu = evaluate_scorer(scorer, split, "test", users)
-    return pu, {"fit_seconds": fit.seconds, "model_version": fit.version}
+        model = eng.learned.current()
+        ranker = hashlib.sha256(model.ranker.to_text().encode()).hexdigest()[:16] if model is not None else None
+    return pu, {"fit_seconds": fit.seconds, "model_version": fit.version, "ranker_sha256": ranker}
+
+
+def _with_slot(res: dict, root: Path, data: Any, sp: Split, new_users: list[str], every: list[str], components: Any,
+               progress: bool, slot: int, n_boot: int, seed: int) -> tuple[dict, dict]:
+    """Persona without and with the new-item slot on ``every`` user; ``res["slot"]`` gets both on the users whose test
+    item is new and on the others (paired differences). Returns the plain model's metrics on ``new_users``."""
+    plain, info = _persona(root, "cold_items", data, sp, every, components, progress)
+    slotted, sinfo = _persona(root, "cold_items_slot", data, sp, every, components, progress, fit_cfg={"new_item_slot": slot})
+    pos, new = {u: k for k, u in enumerate(every)}, set(new_users)
+    at = {"new": [pos[u] for u in new_users], "others": [k for k, u in enumerate(every) if u not in new]}
+    res["slot"] = {"position": slot, "same_ranker": info["ranker_sha256"] == sinfo["ranker_sha256"], **{g: {"n_users": len(ix), "without": summarize({m: plain[m][ix] for m in METRICS}, n_boot=n_boot, seed=seed),
+                                            "with": summarize({m: slotted[m][ix] for m in METRICS}, n_boot=n_boot, seed=seed),
+                                            "ndcg@10_diff": paired_bootstrap(slotted["ndcg@10"][ix], plain["ndcg@10"][ix], n_boot=n_boot, seed=seed)}
+                                        for g, ix in at.items()}}
+    return {m: plain[m][at["new"]] for m in plain}, info
 
 
 def run_cold_start(path: str | Path, data: Any, split: Split, users: list[str], chosen: dict[str, dict[str, Any]],
                    main_persona: dict[str, np.ndarray] | None = None, n_boot: int = 1000, seed: int = 0, components: Any = None,
-                   progress: bool = False) -> dict[str, Any]:
+                   progress: bool = False, item_slot: int = 0) -> dict[str, Any]:
     """Both cold-start settings (see the module doc). ``chosen``: baseline name -> its full fit parameters;
-    ``main_persona``: Persona's per-user test metrics from the main run, in ``users`` order (paired reference)."""
+    ``main_persona``: Persona's per-user test metrics from the main run, in ``users`` order (paired reference).
+    ``item_slot`` > 0: in the cold-item setting, Persona also refitted with ``fit.new_item_slot`` at that position
+    (the same seed, so the same ranker) and both scored on every user: the users whose item is new and the others."""
     from .baselines import item_texts
     from .protocol import baseline_classes
 
@@ -102,7 +124,11 @@ def run_cold_start(path: str | Path, data: Any, split: Split, users: list[str], 
         if not us:
             out[key] = res
             continue
-        pu, info = _persona(root, key, data, sp, us, components, progress)
+        if key == "cold_items" and item_slot > 0:
+            pu, info = _with_slot(res, root, data, sp, us, [u for u in users if sp.train.get(u)], components, progress, item_slot,
+                                  n_boot, seed)
+        else:
+            pu, info = _persona(root, key, data, sp, us, components, progress)
         res["methods"]["persona"] = {"test": summarize({k: pu[k] for k in METRICS}, n_boot=n_boot, seed=seed), **info}
         if key == "cold_users" and main_persona is not None:
             full = {k: np.asarray(main_persona[k])[[pos[u] for u in us]] for k in ("ndcg@10", "auc")}
@@ -148,6 +174,15 @@ def cold_lines(cs: dict[str, Any]) -> list[str]:
             p = r["persona_vs_best"]
             lines.append(f"\nPersona minus {p['baseline']}: NDCG@10 {p['ndcg@10']['diff']:+.4f} [{p['ndcg@10']['lo']:+.4f}, "
                          f"{p['ndcg@10']['hi']:+.4f}], AUC {p['auc']['diff']:+.4f} [{p['auc']['lo']:+.4f}, {p['auc']['hi']:+.4f}].")
+        if "slot" in r:
+            sl = r["slot"]
+            lines.append(f"\nOpt-in new-item slot (`fit.new_item_slot={sl['position']}`, refitted with the same seed; same ranker: "
+                         f"{'yes' if sl.get('same_ranker') else 'NO'}): "
+                         + "; ".join(f"{g} (n={sl[g]['n_users']}) NDCG@10 {sl[g]['without']['ndcg@10']['mean']:.4f} -> "
+                                     f"{sl[g]['with']['ndcg@10']['mean']:.4f} (paired {sl[g]['ndcg@10_diff']['diff']:+.4f} "
+                                     f"[{sl[g]['ndcg@10_diff']['lo']:+.4f}, {sl[g]['ndcg@10_diff']['hi']:+.4f}]), HR@10 "
+                                     f"{sl[g]['without']['hr@10']['mean']:.4f} -> {sl[g]['with']['hr@10']['mean']:.4f}"
+                                     for g in ("new", "others")) + ". Off by default (valid; README).")
         if "persona_cold_minus_full" in r:
             p = r["persona_cold_minus_full"]
             lines.append(f"Persona with 5 events minus the same users with full history: NDCG@10 {p['diff']:+.4f} "

@@ -137,7 +137,7 @@ def evaluate_persona(path: str | Path, data: Any, split: Split, stage: str, user
 
 def run_report(path: str | Path, data: Any, seed: int = 0, users: int | None = None, quick: bool = False,
                baselines: tuple[str, ...] | None = None, n_boot: int = 1000, progress: bool = True, components: Any = None,
-               ablate: bool = False, cold_start: bool = False) -> dict[str, Any]:
+               ablate: bool = False, cold_start: bool = False, cold_item_slot: int = 0) -> dict[str, Any]:
     """Baselines tuned on valid and refit (``run_baselines``), Persona on valid and test, one report."""
     t_all = time.perf_counter()
     commit = _commit()  # the code that runs: read at the start (commits made during a long run are not it)
@@ -172,7 +172,7 @@ def run_report(path: str | Path, data: Any, seed: int = 0, users: int | None = N
 
         chosen = {k: {**v.get("fixed_params", {}), **v.get("chosen", {})} for k, v in methods.items()}
         extra["cold_start"] = run_cold_start(path, data, split, eval_users, chosen, test_pu, n_boot=n_boot, seed=seed,
-                                             components=components, progress=progress)
+                                             components=components, progress=progress, item_slot=cold_item_slot)
     return extra | {
         "protocol": base["protocol"] | {"persona": "Engine.fit() then Engine.recommend(k=50) on the full catalog; sampled metrics from Engine.rank()"},
         "persona": persona,
