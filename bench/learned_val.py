@@ -212,6 +212,10 @@ def main(argv=None):
     ap.add_argument("--slots", default="", help="with --cold-items: new_item_slot values to score there, e.g. 0,3,10")
     ap.add_argument("--sweep", action="append", help="serving-time LearnedConfig field=v1,v2,...: the fitted model re-scored with each")
     a = ap.parse_args(argv)
+    if (a.cold_only or a.slots) and not a.cold_items:
+        ap.error("--cold-only and --slots need --cold-items")
+    if a.cold_only and (a.sweep or a.ablate):
+        ap.error("--sweep and --ablate need the main fit (drop --cold-only)")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     ml = load_movielens()
     train, valid = split(ml.events)

@@ -472,3 +472,17 @@ def test_index_mode_ranks_match_the_dense_ranks_inside_the_list(indexed):
     assert np.array_equal(R[:, 0], np.minimum(want, len(lst.rows)))
     q = (0.9 ** np.arange(len(st.liked))[::-1]) @ model.meta.emb[st.liked]  # the weighted liked vector
     assert np.allclose(row_dots(model.meta.emb, lst.rows, q), lst.scores, rtol=0, atol=1e-12)
+
+
+def test_promote_first_moves_only_the_first_marked_entry_up_to_its_position():
+    from engine.learned.toplists import promote_first
+
+    order = np.array([0, 1, 3, 4, 6, 5, 2, 7])
+    marked = np.isin(order, [2, 5])  # two new items: 5 (6th) is the first, 2 (7th) the second
+    assert promote_first(order, marked, 1).tolist() == [5, 0, 1, 3, 4, 6, 2, 7]
+    assert promote_first(order, marked, 3).tolist() == [0, 1, 5, 3, 4, 6, 2, 7]
+    assert promote_first(order, marked, 5).tolist() == [0, 1, 3, 4, 5, 6, 2, 7]
+    for p in (0, 6, 7, 20):  # off, at its own position, below it, past the list: unchanged
+        assert promote_first(order, marked, p).tolist() == order.tolist()
+    assert promote_first(order, np.zeros(8, bool), 2).tolist() == order.tolist()
+    assert promote_first(order[:0], marked[:0], 2).tolist() == []

@@ -90,10 +90,11 @@ class LearnedConfig:
     # ml-100k's valid split +1 / +2 lift new items from median rank 191 to 107 / 38 in their users' lists but none into
     # the top 10, and +2 costs the others 0.1430 -> 0.1364 NDCG@10 (items without events there are obscure ones)
     fresh_boost: float = 0.0
-    # 1-based position in every list where the best-scored new item (no events in the fitted data) is placed when the
-    # ranker put it lower (0: off). A list-composition rule, not a score: rank() keeps the ranker's order, and
-    # recommend(k=50)[:10] == recommend(k=10). Reaches users whose next item is new, at the cost of the warm item
-    # that position would have held. Chosen on valid (bench/learned_val.py --cold-items 0.1 --slots ...): see README
+    # 1-based position in recommend()'s list where the best-scored new item (no events in the fitted data) is placed
+    # when the ranker put it lower (0: off). A list rule, not a score (the moved item keeps its own, lower score):
+    # rank() keeps the ranker's order, recommend(k=50)[:10] == recommend(k=10), and lists with payload filters, MMR
+    # or an LLM rerank are ordered by score without it. Reaches users whose next item is new, at the cost of the warm
+    # item that position would have held. Off by default, chosen on valid (README, "new-item slot")
     new_item_slot: int = 0
     # subtracted from the score (log-odds) in proportion to the share of a candidate's ties to the recent history
     # (transitions, co-occurrence, cf and content similarity) that come from items the user rated at most

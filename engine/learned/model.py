@@ -34,6 +34,7 @@ from .index import ItemIndex, Sequence, build_sequences, order_events, split_las
 from .ranker import Ranker, TrainingData, build_training, train_ranker
 from .seqnet import SeqNet
 from .sequence import dense_rows
+from .toplists import promote_first
 
 __all__ = ["PersonaModel", "FORMAT_VERSION", "data_hash"]
 
@@ -242,18 +243,11 @@ class PersonaModel:
             tops = {"cf": self.index.rows(list(ids))}
         cand = pool(st, self.config, exclude_seen=exclude_seen, tops=tops)
         scores = self._score(st, cand, extra_feature)
-        order = self._new_item_slot(cand, np.lexsort((cand, -scores)))[:k]
+        order = np.lexsort((cand, -scores))
+        order = promote_first(order, np.isnan(self.stage1.item_first_ts[cand[order]]), self.config.new_item_slot)[:k]  # new items
         top = cand[order]
         reasons = self.reasons(st, top)
         return [(self.index.ids[j], float(scores[o]), reasons[n]) for n, (j, o) in enumerate(zip(top, order))]
-
-    def _new_item_slot(self, cand: np.ndarray, order: np.ndarray) -> np.ndarray:
-        """``order`` with its best new item (no events in the fitted data) moved up to ``config.new_item_slot``."""
-        p = self.config.new_item_slot
-        new = np.flatnonzero(np.isnan(self.stage1.item_first_ts[cand[order]])) if p > 0 else ()
-        if not len(new) or new[0] < p:  # none, or the ranker already placed it at or above the slot
-            return order
-        return np.insert(np.delete(order, new[0]), p - 1, order[new[0]])
 
     def rank(self, history, item_ids, extra_feature=None, content_search=None, cf_search=None) -> list[tuple[str, float]]:
         """``item_ids`` ordered (best first) by the exact scores ``recommend`` gives them (with the same searches);

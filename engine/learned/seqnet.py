@@ -112,6 +112,9 @@ class SeqNet:
         self.info = dict(info or {})
         self._out32: tuple[np.ndarray, np.ndarray] | None = None  # relative_probs' float32 output layer, made on first use
 
+    def __getstate__(self) -> dict:  # Ray ships the model to workers: not the float32 serving copy (rebuilt on use)
+        return {**self.__dict__, "_out32": None}
+
     @property
     def n_items(self) -> int:
         return len(self.w["item.weight"]) - 1

@@ -4,14 +4,14 @@ In:  a score per catalog item (dense vectors) or a source's best items (a vector
 Out: ``top_rows`` (the best k rows, ties by row), ``sample_threshold`` (a value about 4x k items exceed, from a strided
      sample: one comparison pass instead of a partition), ``ListSource`` (a source read from a top list: its rows,
      scores and the rank a score would have in it), ``row_dots`` (row-wise float64 products, each value independent of
-     the other rows computed with it).
+     the other rows computed with it), ``promote_first`` (a list with its first marked entry moved up to a position).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ListSource", "EMPTY", "row_dots", "sample_threshold", "top_rows"]
+__all__ = ["ListSource", "EMPTY", "promote_first", "row_dots", "sample_threshold", "top_rows"]
 
 
 class ListSource:
@@ -77,3 +77,14 @@ def top_rows(v: np.ndarray, ok: np.ndarray, k: int) -> np.ndarray:
     if len(above) < k:  # the rest are ties at the cut value: lowest rows first
         above = np.concatenate([above, np.flatnonzero(ok & (v == t))[: k - len(above)]])
     return above
+
+
+def promote_first(order: np.ndarray, marked: np.ndarray, position: int) -> np.ndarray:
+    """``order`` with its first entry whose ``marked`` flag is set (``marked`` aligned with ``order``) moved up to the
+    1-based ``position``, the entries it passes shifted down by one; unchanged when ``position`` < 1, nothing is
+    marked, or the first marked entry already sits at or above ``position``. Every head of the result is the head of
+    the result for a longer ``order`` (pages stay consistent)."""
+    hit = np.flatnonzero(marked) if position > 0 else ()
+    if not len(hit) or hit[0] < position:
+        return order
+    return np.insert(np.delete(order, hit[0]), position - 1, order[hit[0]])
