@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import subprocess
 import sys
 import time
@@ -52,7 +53,7 @@ def baseline(path: str, users: list[str], n: int) -> dict[str, float]:
     return {"requests_per_s": round(n / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2)}
 
 
-async def drive(url: str, users: list[str], concurrency: int, seconds: float) -> dict[str, object]:
+async def drive(url: str, users: list[str], concurrency: int, seconds: float, key: str) -> dict[str, object]:
     lat: list[float] = []
     status: dict[str, int] = {}
     stop = time.perf_counter() + seconds
@@ -71,7 +72,7 @@ async def drive(url: str, users: list[str], concurrency: int, seconds: float) ->
             status[key] = status.get(key, 0) + 1
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers={"X-API-Key": key}) as c:
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(c) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
@@ -91,7 +92,9 @@ def main() -> None:
     args = ap.parse_args()
     users = ensure_store(args.path)
     base = baseline(args.path, users, min(300, len(users)))
-    env = {**os.environ, "PERSONA_LLM__BACKEND": "none", "PERSONA_CLIP__ENABLED": "false", "PERSONA_API_MAX_INFLIGHT": str(args.concurrency * 4)}
+    key = secrets.token_urlsafe(32)  # the API refuses every request without a key (503) or with a wrong one (401)
+    env = {**os.environ, "PERSONA_LLM__BACKEND": "none", "PERSONA_CLIP__ENABLED": "false", "PERSONA_API_MAX_INFLIGHT": str(args.concurrency * 4),
+           "PERSONA_API_KEY": key}
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "--path", args.path, "serve", "--port", str(args.port)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{args.port}"
@@ -102,8 +105,8 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        asyncio.run(drive(url, users, args.concurrency, 3))  # warm-up
-        load = asyncio.run(drive(url, users, args.concurrency, args.seconds))
+        asyncio.run(drive(url, users, args.concurrency, 3, key))  # warm-up
+        load = asyncio.run(drive(url, users, args.concurrency, args.seconds, key))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -115,6 +118,8 @@ def main() -> None:
         "cpu_cores": os.cpu_count(),
     }
     print(json.dumps(out, indent=2))
+    if set(load["status"]) != {"200"}:  # type: ignore[arg-type]
+        raise SystemExit(f"not every request succeeded: {load['status']} (the numbers above do not measure recommendations)")
 
 
 if __name__ == "__main__":
