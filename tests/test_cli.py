@@ -115,3 +115,31 @@ def test_help_of_every_command_renders():
         with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
             parser.parse_args(argv)
         assert done.value.code == 0 and "usage:" in out.getvalue(), argv
+
+
+def test_serve_runs_blas_on_one_thread_unless_the_environment_says_otherwise(monkeypatch):
+    """`persona serve` limits numpy's BLAS to one thread (parallel requests; bench/api_load.py) unless
+    OPENBLAS_NUM_THREADS / OMP_NUM_THREADS is set. Called in the main thread, where OpenBLAS applies it."""
+    import numpy as np
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from services import cli
+
+    def blas():
+        np.ones(2) @ np.ones(2)
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas()
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("OpenBLAS caps its threads at the core count: one core cannot show the difference")
+    try:
+        with threadpool_limits(2, "blas"):
+            monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+            cli._one_blas_thread_unless_set()
+            assert blas() == [2] * len(before)  # the operator's setting wins
+            monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+            monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+            cli._one_blas_thread_unless_set()
+            assert blas() == [1] * len(before)
+    finally:
+        threadpool_limits(before[0] if before else None, "blas")

@@ -93,10 +93,14 @@ def _with_slot(res: dict, root: Path, data: Any, sp: Split, new_users: list[str]
     slotted, sinfo = _persona(root, "cold_items_slot", data, sp, every, components, progress, fit_cfg={"new_item_slot": slot})
     pos, new = {u: k for k, u in enumerate(every)}, set(new_users)
     at = {"new": [pos[u] for u in new_users], "others": [k for k, u in enumerate(every) if u not in new]}
-    res["slot"] = {"position": slot, "same_ranker": info["ranker_sha256"] == sinfo["ranker_sha256"], **{g: {"n_users": len(ix), "without": summarize({m: plain[m][ix] for m in METRICS}, n_boot=n_boot, seed=seed),
-                                            "with": summarize({m: slotted[m][ix] for m in METRICS}, n_boot=n_boot, seed=seed),
-                                            "ndcg@10_diff": paired_bootstrap(slotted["ndcg@10"][ix], plain["ndcg@10"][ix], n_boot=n_boot, seed=seed)}
-                                        for g, ix in at.items()}}
+    res["slot"] = {"position": slot, "same_ranker": info["ranker_sha256"] == sinfo["ranker_sha256"]}
+    for g, ix in at.items():
+        res["slot"][g] = {
+            "n_users": len(ix),
+            "without": summarize({m: plain[m][ix] for m in METRICS}, n_boot=n_boot, seed=seed),
+            "with": summarize({m: slotted[m][ix] for m in METRICS}, n_boot=n_boot, seed=seed),
+            "ndcg@10_diff": paired_bootstrap(slotted["ndcg@10"][ix], plain["ndcg@10"][ix], n_boot=n_boot, seed=seed),
+        }
     return {m: plain[m][at["new"]] for m in plain}, info
 
 
