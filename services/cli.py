@@ -291,7 +291,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_blas_thread_unless_set() -> None:
+def serve_blas_threads() -> None:
     """A server's requests run in parallel, each multiplying small matrices: one BLAS thread per process serves them
     better than BLAS splitting each product (bench/api_load.py, ml-100k, 8 clients: 57.8 -> 70.5 req/s, p95 190 -> 148
     ms). Set once here, in the main thread, before any request; an explicit OPENBLAS_NUM_THREADS / OMP_NUM_THREADS wins."""
@@ -313,7 +313,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from services.api import create_app
 
-    _one_blas_thread_unless_set()
+    serve_blas_threads()
     try:
         app = create_app(path=args.path)
     except ValueError as e:  # a weak or malformed API key: refuse to start

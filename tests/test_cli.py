@@ -135,11 +135,11 @@ def test_serve_runs_blas_on_one_thread_unless_the_environment_says_otherwise(mon
     try:
         with threadpool_limits(2, "blas"):
             monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
-            cli._one_blas_thread_unless_set()
+            cli.serve_blas_threads()
             assert blas() == [2] * len(before)  # the operator's setting wins
             monkeypatch.delenv("OPENBLAS_NUM_THREADS")
             monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-            cli._one_blas_thread_unless_set()
+            cli.serve_blas_threads()
             assert blas() == [1] * len(before)
     finally:
         threadpool_limits(before[0] if before else None, "blas")
