@@ -244,7 +244,9 @@ class PersonaModel:
         cand = pool(st, self.config, exclude_seen=exclude_seen, tops=tops)
         scores = self._score(st, cand, extra_feature)
         order = np.lexsort((cand, -scores))
-        order = promote_first(order, np.isnan(self.stage1.item_first_ts[cand[order]]), self.config.new_item_slot)[:k]  # new items
+        if self.config.new_item_slot:  # off by default: no per-request gather of the candidates' first-event times
+            order = promote_first(order, np.isnan(self.stage1.item_first_ts[cand[order]]), self.config.new_item_slot)
+        order = order[:k]
         top = cand[order]
         reasons = self.reasons(st, top)
         return [(self.index.ids[j], float(scores[o]), reasons[n]) for n, (j, o) in enumerate(zip(top, order))]
