@@ -7,8 +7,8 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import threading
-import uuid
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,15 +18,11 @@ import qdrant_edge as qe
 
 from ..errors import BackendUnavailableError, ConflictError, NotFoundError
 from .base import Filter, Hit, Point, VectorQuery, VectorStore
+from .edge_build import aside_of, build_copy, build_in_child, copy_shard, recover, swap_in
+from .edge_convert import DISTANCE, INDEX, scoring, to_filter, to_hit
 
 logger = logging.getLogger(__name__)
 
-_INDEX = {
-    "keyword": qe.PayloadSchemaType.Keyword,
-    "integer": qe.PayloadSchemaType.Integer,
-    "float": qe.PayloadSchemaType.Float,
-}
-_DISTANCE = {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot}
 # Payload-only collections still need one vector entry in the edge config; a sparse one costs nothing.
 _PLACEHOLDER_SPARSE = "_none"
 
@@ -35,37 +31,6 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _to_filter(flt: Filter | None) -> qe.Filter | None:
-    if flt is None or flt.is_empty():
-        return None
-    must: list[Any] = []
-    for key, value in flt.match.items():
-        m = qe.MatchAny(any=list(value)) if isinstance(value, list) else qe.MatchValue(value)
-        must.append(qe.FieldCondition(key=key, match=m))
-    for key, rng in flt.ranges.items():
-        must.append(qe.FieldCondition(key=key, range=qe.RangeFloat(**rng)))
-    if flt.include_ids is not None:
-        must.append(qe.HasIdCondition(set(flt.include_ids) or {str(uuid.UUID(int=0))}))
-    must_not = [qe.HasIdCondition(set(flt.exclude_ids))] if flt.exclude_ids else None
-    return qe.Filter(must=must or None, must_not=must_not)
-
-
-def _hit(p: Any) -> Hit:
-    vec = p.vector if isinstance(p.vector, dict) else None
-    return Hit(id=str(p.id), score=float(getattr(p, "score", 0.0) or 0.0), payload=dict(p.payload or {}), vectors=vec)
-
-
-def _scoring(q: VectorQuery) -> Any:
-    if q.order_by:
-        return qe.OrderBy(key=q.order_by, direction=qe.Direction.Desc)
-    if q.vector is not None:
-        return qe.Query.Nearest([float(x) for x in q.vector], using=q.using)
-    rq = qe.RecommendQuery(
-        positives=[[float(x) for x in v] for v in q.positives], negatives=[[float(x) for x in v] for v in q.negatives]
-    )
-    return qe.Query.RecommendBestScore(rq, using=q.using)
 
 
 def _drop_store(shards: dict, fd: int) -> None:
@@ -95,6 +60,7 @@ class EdgeStore(VectorStore):
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self._lock_finalizer: weakref.finalize | None = None
+        self._journals: dict[str, list[Any]] = {}  # writes to a collection while its index is built beside it
 
     def _dir(self, name: str) -> Path:
         return self.root / name
@@ -139,10 +105,11 @@ class EdgeStore(VectorStore):
             return shard
         with self._lock:
             if name not in self._shards:
-                if not self._dir(name).exists():
+                if not (self._dir(name).exists() or aside_of(self._dir(name)).exists()):
                     raise NotFoundError(f"collection {name!r} does not exist")
                 self._hold_root()
                 try:
+                    recover(self._dir(name))  # an index build's swap cut short by a crash
                     self._shards[name] = qe.EdgeShard.load(str(self._dir(name)))
                 except Exception as e:
                     self._release_if_idle()
@@ -151,8 +118,24 @@ class EdgeStore(VectorStore):
                     raise
             return self._shards[name]
 
+    def _update(self, name: str, op: Any) -> None:
+        """Every write: to the live shard, and to the journal replayed on a copy being built (:meth:`optimize`)."""
+        self._shard(name).update(op)
+        if name in self._journals:
+            self._journals[name].append(op)
+
+    def _read(self, name: str, fn: Any) -> Any:
+        shard = self._shard(name)
+        while True:
+            try:
+                return fn(shard)
+            except Exception:
+                if self._shards.get(name) is shard:
+                    raise
+                shard = self._shard(name)  # an index build swapped the shard meanwhile: again on the new one
+
     def has_collection(self, name: str) -> bool:
-        return name in self._shards or self._dir(name).exists()
+        return name in self._shards or self._dir(name).exists() or aside_of(self._dir(name)).exists()
 
     def ensure_collection(self, name: str, vectors: Mapping[str, int], indexes: Mapping[str, str] | None = None) -> None:
         with self._lock:
@@ -164,7 +147,7 @@ class EdgeStore(VectorStore):
                     if vname in have and have[vname] != size:
                         raise ConflictError(f"collection {name!r}: vector {vname!r} has size {have[vname]}, not {size}")
                     if vname not in have:
-                        shard.update(qe.UpdateOperation.create_dense_vector(vname, int(size), qe.Distance.Cosine))
+                        self._update(name, qe.UpdateOperation.create_dense_vector(vname, int(size), qe.Distance.Cosine))
                         have[vname] = int(size)
                 _atomic_write(meta_path, json.dumps(have))
             else:
@@ -184,11 +167,11 @@ class EdgeStore(VectorStore):
             schema = shard.info().payload_schema
             for fname, kind in (indexes or {}).items():
                 if fname not in schema:
-                    shard.update(qe.UpdateOperation.create_field_index(fname, _INDEX[kind]))
+                    self._update(name, qe.UpdateOperation.create_field_index(fname, INDEX[kind]))
 
     def ensure_vector(self, name: str, vector: str, size: int, distance: str = "cosine") -> None:
         with self._lock:
-            shard = self._shard(name)
+            self._shard(name)  # NotFoundError for an unknown collection
             meta_path = self.root / f"{name}.vectors.json"
             have = json.loads(meta_path.read_text()) if meta_path.exists() else {}
             # Same size and distance: keep (older stores recorded the size alone, as an int: cosine).
@@ -196,8 +179,8 @@ class EdgeStore(VectorStore):
             if have.get(vector) == want or (distance == "cosine" and have.get(vector) == int(size)):
                 return
             if vector in have:  # a derived vector (cf) of another shape: refit rewrites it
-                shard.update(qe.UpdateOperation.delete_vector_name(vector))
-            shard.update(qe.UpdateOperation.create_dense_vector(vector, int(size), _DISTANCE[distance]))
+                self._update(name, qe.UpdateOperation.delete_vector_name(vector))
+            self._update(name, qe.UpdateOperation.create_dense_vector(vector, int(size), DISTANCE[distance]))
             have[vector] = want
             _atomic_write(meta_path, json.dumps(have))
 
@@ -206,40 +189,38 @@ class EdgeStore(VectorStore):
             return
         pts = [qe.PointVectors(id=p.id, vector={k: [float(x) for x in v] for k, v in p.vectors.items()}) for p in points]
         with self._lock:
-            self._shard(name).update(qe.UpdateOperation.update_vectors(pts))
+            self._update(name, qe.UpdateOperation.update_vectors(pts))
 
     def upsert(self, name: str, points: Sequence[Point]) -> None:
         if not points:
             return
         pts = [qe.Point(id=p.id, vector={k: [float(x) for x in v] for k, v in p.vectors.items()}, payload=p.payload) for p in points]
         with self._lock:
-            self._shard(name).update(qe.UpdateOperation.upsert_points(pts))
+            self._update(name, qe.UpdateOperation.upsert_points(pts))
 
     def set_payload(self, name: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None:
         with self._lock:
-            self._shard(name).update(qe.UpdateOperation.set_payload(list(ids), dict(payload)))
+            self._update(name, qe.UpdateOperation.set_payload(list(ids), dict(payload)))
 
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False, fields: Sequence[str] | None = None) -> list[Hit]:
         if not ids:
             return []
         sel = True if fields is None else qe.PayloadSelector.Include(list(fields))
-        recs = self._shard(name).retrieve(list(ids), with_payload=sel, with_vector=with_vectors)
-        by_id = {str(r.id): _hit(r) for r in recs}
+        recs = self._read(name, lambda sh: sh.retrieve(list(ids), with_payload=sel, with_vector=with_vectors))
+        by_id = {str(r.id): to_hit(r) for r in recs}
         return [by_id[i] for i in ids if i in by_id]
 
     def scroll(self, name: str, flt: Filter | None = None, with_vectors: bool = False, batch: int = 512) -> Iterator[Hit]:
-        shard = self._shard(name)
         offset = None
         while True:
-            recs, offset = shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=batch, filter=_to_filter(flt), with_payload=True, with_vector=with_vectors)
-            )
-            yield from (_hit(r) for r in recs)
+            req = qe.ScrollRequest(offset=offset, limit=batch, filter=to_filter(flt), with_payload=True, with_vector=with_vectors)
+            recs, offset = self._read(name, lambda sh, req=req: sh.scroll(req))  # pages resume by id after a swap
+            yield from (to_hit(r) for r in recs)
             if offset is None or not recs:
                 return
 
     def count(self, name: str, flt: Filter | None = None) -> int:
-        return int(self._shard(name).count(qe.CountRequest(exact=True, filter=_to_filter(flt))))
+        return int(self._read(name, lambda sh: sh.count(qe.CountRequest(exact=True, filter=to_filter(flt)))))
 
     def query(
         self,
@@ -253,11 +234,11 @@ class EdgeStore(VectorStore):
     ) -> list[Hit]:
         if not queries:
             return []
-        f = _to_filter(flt)
+        f = to_filter(flt)
         if len(queries) == 1:
-            req = qe.QueryRequest(query=_scoring(queries[0]), filter=f, limit=limit, with_payload=with_payload, with_vector=with_vectors)
+            req = qe.QueryRequest(query=scoring(queries[0]), filter=f, limit=limit, with_payload=with_payload, with_vector=with_vectors)
         else:
-            pre = [qe.Prefetch(query=_scoring(q), limit=q.limit, filter=f) for q in queries]
+            pre = [qe.Prefetch(query=scoring(q), limit=q.limit, filter=f) for q in queries]
             req = qe.QueryRequest(
                 prefetches=pre,
                 query=qe.Fusion.Rrf(k=rrf_k, weights=[q.weight for q in queries]),
@@ -266,21 +247,59 @@ class EdgeStore(VectorStore):
                 with_payload=with_payload,
                 with_vector=with_vectors,
             )
-        return [_hit(p) for p in self._shard(name).query(req)]
+        return [to_hit(p) for p in self._read(name, lambda sh: sh.query(req))]
 
     def top_by(self, name: str, field: str, limit: int, flt: Filter | None = None) -> list[Hit]:
         req = qe.QueryRequest(
-            query=qe.OrderBy(key=field, direction=qe.Direction.Desc), filter=_to_filter(flt), limit=limit, with_payload=True
+            query=qe.OrderBy(key=field, direction=qe.Direction.Desc), filter=to_filter(flt), limit=limit, with_payload=True
         )
-        return [_hit(p) for p in self._shard(name).query(req)]
+        return [to_hit(p) for p in self._read(name, lambda sh: sh.query(req))]
 
     def optimize(self, name: str) -> bool:
-        """Qdrant's optimizers on the shard now (HNSW for every named vector past Qdrant's indexing threshold): the
-        embedded engine has no background optimizer, so without this every query scans every point (100k x 384-d: a
-        scan ~10 ms, HNSW ~2 ms; bench/scale.py). The build holds this process (qdrant-edge keeps Python's GIL) for its
-        duration, about a minute at 100k items on 2 cores: a server's optimizer builds in the background instead."""
+        """Qdrant's optimizers (HNSW for every named vector past Qdrant's indexing threshold), run now: the embedded
+        engine has no background optimizer, so without this every query scans every point (100k x 384-d: a scan
+        ~10 ms, HNSW ~2 ms; bench/scale.py). qdrant-edge keeps the GIL while it builds (about a minute at 100k items),
+        so the build runs in a child process on a copy of the shard (``edge_build``): this process keeps answering,
+        by scanning, and its writes meanwhile are replayed on the copy before it replaces the shard. Needs the
+        shard's size again on disk for the build's duration. False when nothing was built (or a build of this
+        collection is already under way, or the store was closed meanwhile)."""
         with self._lock:
-            return bool(self._shard(name).optimize())
+            shard, live = self._shard(name), self._dir(name)
+            if name in self._journals:
+                return False
+            shard.flush()
+            copy = build_copy(live)
+            copy_shard(live, copy)
+            journal = self._journals[name] = []
+        try:
+            built = build_in_child(copy)
+        except BaseException:
+            with self._lock:
+                self._journals.pop(name, None)
+            shutil.rmtree(copy, ignore_errors=True)
+            raise
+        with self._lock:
+            self._journals.pop(name, None)
+            if not built or self._shards.get(name) is not shard:
+                shutil.rmtree(copy, ignore_errors=True)
+                return False
+            try:
+                new = qe.EdgeShard.load(str(copy))
+                try:
+                    for op in journal:
+                        new.update(op)
+                    new.flush()
+                finally:
+                    new.close()
+            except BaseException:
+                shutil.rmtree(copy, ignore_errors=True)
+                raise
+            del self._shards[name]  # first: a reader that meets the closed shard sees it is no longer current
+            shard.close()
+            swap_in(live, copy)
+            self._shards[name] = qe.EdgeShard.load(str(live))
+            logger.info("index of %s built beside it (%d writes replayed) and swapped in", name, len(journal))
+            return True
 
     def flush(self) -> None:
         with self._lock:

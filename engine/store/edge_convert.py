@@ -1,0 +1,48 @@
+"""Persona's store types to qdrant-edge's and back (filters, scoring queries, hits, index and distance kinds)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import qdrant_edge as qe
+
+from .base import Filter, Hit, VectorQuery
+
+__all__ = ["DISTANCE", "INDEX", "scoring", "to_filter", "to_hit"]
+
+INDEX = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
+    "float": qe.PayloadSchemaType.Float,
+}
+DISTANCE = {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot}
+
+
+def to_filter(flt: Filter | None) -> qe.Filter | None:
+    if flt is None or flt.is_empty():
+        return None
+    must: list[Any] = []
+    for key, value in flt.match.items():
+        m = qe.MatchAny(any=list(value)) if isinstance(value, list) else qe.MatchValue(value)
+        must.append(qe.FieldCondition(key=key, match=m))
+    for key, rng in flt.ranges.items():
+        must.append(qe.FieldCondition(key=key, range=qe.RangeFloat(**rng)))
+    if flt.include_ids is not None:
+        must.append(qe.HasIdCondition(set(flt.include_ids) or {str(uuid.UUID(int=0))}))
+    must_not = [qe.HasIdCondition(set(flt.exclude_ids))] if flt.exclude_ids else None
+    return qe.Filter(must=must or None, must_not=must_not)
+
+
+def to_hit(p: Any) -> Hit:
+    vec = p.vector if isinstance(p.vector, dict) else None
+    return Hit(id=str(p.id), score=float(getattr(p, "score", 0.0) or 0.0), payload=dict(p.payload or {}), vectors=vec)
+
+
+def scoring(q: VectorQuery) -> Any:
+    if q.order_by:
+        return qe.OrderBy(key=q.order_by, direction=qe.Direction.Desc)
+    if q.vector is not None:
+        return qe.Query.Nearest([float(x) for x in q.vector], using=q.using)
+    rq = qe.RecommendQuery(positives=[[float(x) for x in v] for v in q.positives], negatives=[[float(x) for x in v] for v in q.negatives])
+    return qe.Query.RecommendBestScore(rq, using=q.using)

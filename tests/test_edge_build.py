@@ -1,0 +1,153 @@
+"""The embedded store builds its vector index beside the live shard (a child process on a copy) and swaps it in.
+
+The build itself is Qdrant's (qdrant-edge's optimizers, run for real in a child process). These tests pin what
+Persona adds around it: writes made while the child builds are replayed on the copy, a failed build leaves the store
+as it was, and a swap cut short by a crash is rolled back or finished on the next open. Small shards stay below
+Qdrant's indexing threshold (the child answers "nothing built"), so where the swap itself is under test the wrapper
+reports a build; the copy, the child, the replay and the swap are all real.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import engine.store.edge as edge
+from engine.errors import BackendUnavailableError
+from engine.store import Point, VectorQuery, point_id
+from engine.store.edge import EdgeStore
+from engine.store.edge_build import aside_of
+
+N = 200
+
+
+def _points(lo: int, hi: int, rng: np.random.Generator) -> list[Point]:
+    vecs = rng.normal(size=(hi - lo, 8)).astype(np.float32)
+    return [Point(id=point_id("item", str(i)), vectors={"text": v.tolist()}, payload={"item_id": str(i)}) for i, v in zip(range(lo, hi), vecs)]
+
+
+def _store(root):
+    st = EdgeStore(root)
+    st.ensure_collection("items", {"text": 8}, {"item_id": "keyword"})
+    st.upsert("items", _points(0, N, np.random.default_rng(0)))
+    return st
+
+
+def _leftovers(root) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name.startswith(".items."))
+
+
+def test_writes_during_the_build_are_replayed_on_the_built_copy(tmp_path, monkeypatch):
+    """While the child builds, this process answers queries and takes writes (upsert, payload, vectors); after the
+    swap every one of them is in the shard, nothing else changed, and no copy is left behind."""
+    st = _store(tmp_path / "s")
+    real, seen = edge.build_in_child, {}
+    late = _points(N, N + 20, np.random.default_rng(1))
+
+    def build_and_write(path):
+        # the store's lock is free while the child runs: serve a query and write, as an API thread would
+        seen["hits"] = len(st.query("items", [VectorQuery("text", vector=[1.0] * 8, limit=5)], 5))
+        st.upsert("items", late)
+        st.set_payload("items", [point_id("item", "3")], {"tag": "during"})
+        st.update_vectors("items", [Point(point_id("item", "4"), {"text": [0.0] * 7 + [1.0]}, {})])
+        out = real(path)
+        assert out is False  # 200 points: below Qdrant's indexing threshold, a plain index
+        return True  # swap the copy in anyway: the path under test
+
+    before = {h.id: h.payload for h in st.scroll("items")}
+    monkeypatch.setattr(edge, "build_in_child", build_and_write)
+    try:
+        assert st.optimize("items") is True
+        assert seen["hits"] == 5
+        after = {h.id: h for h in st.scroll("items", with_vectors=True)}
+        assert len(after) == N + 20 and st.count("items") == N + 20
+        assert after[point_id("item", "3")].payload["tag"] == "during"
+        assert np.allclose(after[point_id("item", "4")].vectors["text"], [0.0] * 7 + [1.0], atol=1e-6)
+        assert all(after[i].payload == p for i, p in before.items() if i != point_id("item", "3"))
+        assert _leftovers(tmp_path / "s") == []
+        st.upsert("items", _points(N + 20, N + 21, np.random.default_rng(2)))  # writes after the swap reach the new shard
+    finally:
+        st.close()
+    monkeypatch.undo()
+    reopened = EdgeStore(tmp_path / "s")
+    try:
+        assert reopened.count("items") == N + 21 and reopened.optimize("items") is False  # a real child: nothing to build
+    finally:
+        reopened.close()
+
+
+def test_a_failed_build_leaves_the_store_as_it_was(tmp_path, monkeypatch):
+    st = _store(tmp_path / "s")
+
+    def fail(path):
+        raise BackendUnavailableError("index build exited with status 137: killed")
+
+    monkeypatch.setattr(edge, "build_in_child", fail)
+    try:
+        with pytest.raises(BackendUnavailableError, match="137"):
+            st.optimize("items")
+        assert _leftovers(tmp_path / "s") == [] and st.count("items") == N
+        st.upsert("items", _points(N, N + 1, np.random.default_rng(1)))
+        assert st.count("items") == N + 1
+    finally:
+        st.close()
+
+
+def test_one_build_per_collection_at_a_time(tmp_path, monkeypatch):
+    st = _store(tmp_path / "s")
+    real, inner = edge.build_in_child, []
+    monkeypatch.setattr(edge, "build_in_child", lambda p: inner.append(st.optimize("items")) or real(p))
+    try:
+        assert st.optimize("items") is False and inner == [False]
+    finally:
+        st.close()
+
+
+@pytest.mark.parametrize("cut", ["before_copy_moved_in", "after_copy_moved_in"])
+def test_a_swap_cut_short_is_rolled_back_or_finished_on_open(tmp_path, cut):
+    """A crash between the swap's two renames leaves the old shard aside and no live folder: the next open puts it
+    back. A crash after them leaves the aside folder stale: the next open deletes it. Leftover copies go too."""
+    root = tmp_path / "s"
+    st = _store(root)
+    st.close()
+    live = root / "items"
+    (root / ".items.build-dead").mkdir()
+    if cut == "before_copy_moved_in":
+        live.rename(aside_of(live))
+    else:
+        import shutil
+
+        shutil.copytree(live, aside_of(live))
+    st = EdgeStore(root)
+    try:
+        assert st.has_collection("items") and st.count("items") == N
+        assert _leftovers(root) == [] and live.exists()
+    finally:
+        st.close()
+
+
+def test_reads_retry_once_when_the_shard_is_swapped_under_them(tmp_path, monkeypatch):
+    """A query that fetched the shard just before a swap closed it is answered from the new shard, not an error."""
+    st = _store(tmp_path / "s")
+    monkeypatch.setattr(edge, "build_in_child", lambda p: True)
+    stop, errors, answered = threading.Event(), [], [0]
+
+    def reader():
+        while not stop.is_set():
+            try:
+                answered[0] += len(st.query("items", [VectorQuery("text", vector=[1.0] * 8, limit=3)], 3)) == 3
+            except Exception as e:  # noqa: BLE001 - collected for the assertion
+                errors.append(e)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for _ in range(5):
+            assert st.optimize("items") is True
+    finally:
+        stop.set()
+        t.join()
+        st.close()
+    assert errors == [] and answered[0] > 0
