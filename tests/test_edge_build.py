@@ -9,8 +9,6 @@ reports a build; the copy, the child, the replay and the swap are all real.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
@@ -52,6 +50,8 @@ def test_writes_during_the_build_are_replayed_on_the_built_copy(tmp_path, monkey
         st.upsert("items", late)
         st.set_payload("items", [point_id("item", "3")], {"tag": "during"})
         st.update_vectors("items", [Point(point_id("item", "4"), {"text": [0.0] * 7 + [1.0]}, {})])
+        st.ensure_vector("items", "cf", 4)  # a named vector added, as a fit adds ``cf``
+        st.update_vectors("items", [Point(point_id("item", "5"), {"cf": [0.0, 1.0, 0.0, 0.0]}, {})])
         out = real(path)
         assert out is False  # 200 points: below Qdrant's indexing threshold, a plain index
         return True  # swap the copy in anyway: the path under test
@@ -65,6 +65,9 @@ def test_writes_during_the_build_are_replayed_on_the_built_copy(tmp_path, monkey
         assert len(after) == N + 20 and st.count("items") == N + 20
         assert after[point_id("item", "3")].payload["tag"] == "during"
         assert np.allclose(after[point_id("item", "4")].vectors["text"], [0.0] * 7 + [1.0], atol=1e-6)
+        assert np.allclose(after[point_id("item", "5")].vectors["cf"], [0.0, 1.0, 0.0, 0.0], atol=1e-6)
+        cf_hits = st.query("items", [VectorQuery("cf", vector=[0.0, 1.0, 0.0, 0.0], limit=1)], 1)
+        assert [h.id for h in cf_hits] == [point_id("item", "5")]
         assert all(after[i].payload == p for i, p in before.items() if i != point_id("item", "3"))
         assert _leftovers(tmp_path / "s") == []
         st.upsert("items", _points(N + 20, N + 21, np.random.default_rng(2)))  # writes after the swap reach the new shard
@@ -95,6 +98,52 @@ def test_a_failed_build_leaves_the_store_as_it_was(tmp_path, monkeypatch):
         st.close()
 
 
+def test_the_store_closed_during_a_build_keeps_its_data_and_drops_the_copy(tmp_path, monkeypatch):
+    st = _store(tmp_path / "s")
+    real = edge.build_in_child
+
+    def close_then_build(path):
+        st.upsert("items", _points(N, N + 1, np.random.default_rng(1)))
+        st.close()
+        return real(path) or True
+
+    monkeypatch.setattr(edge, "build_in_child", close_then_build)
+    assert st.optimize("items") is False
+    monkeypatch.undo()
+    assert _leftovers(tmp_path / "s") == []
+    reopened = EdgeStore(tmp_path / "s")
+    try:
+        assert reopened.count("items") == N + 1
+    finally:
+        reopened.close()
+
+
+def test_a_real_build_swaps_in_an_hnsw_index_with_the_same_answers(tmp_path):
+    """The child builds for real: the shard's indexing threshold is lowered to 1 KB (qdrant-edge rewrites a shard's
+    config when it is loaded with one), so 200 points get an HNSW index; queries answer as before, from the index."""
+    import qdrant_edge as qe
+
+    root = tmp_path / "s"
+    _store(root).close()
+    cfg = qe.EdgeConfig(vectors={"text": qe.EdgeVectorParams(size=8, distance=qe.Distance.Cosine)},
+                        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1))
+    qe.EdgeShard.load(str(root / "items"), cfg).close()
+    st = EdgeStore(root)
+    try:
+        probes = np.random.default_rng(5).normal(size=(5, 8)).tolist()
+        before = [[h.id for h in st.query("items", [VectorQuery("text", vector=q, limit=5)], 5)] for q in probes]
+        assert st.optimize("items") is True
+        after = [[h.id for h in st.query("items", [VectorQuery("text", vector=q, limit=5)], 5)] for q in probes]
+        assert after == before and st.count("items") == N and _leftovers(root) == []
+    finally:
+        st.close()
+    info = qe.EdgeShard.load(str(root / "items"))
+    try:
+        assert info.info().indexed_vectors_count == N
+    finally:
+        info.close()
+
+
 def test_one_build_per_collection_at_a_time(tmp_path, monkeypatch):
     st = _store(tmp_path / "s")
     real, inner = edge.build_in_child, []
@@ -105,49 +154,52 @@ def test_one_build_per_collection_at_a_time(tmp_path, monkeypatch):
         st.close()
 
 
-@pytest.mark.parametrize("cut", ["before_copy_moved_in", "after_copy_moved_in"])
+@pytest.mark.parametrize("cut", ["between_the_renames", "after_both_renames"])
 def test_a_swap_cut_short_is_rolled_back_or_finished_on_open(tmp_path, cut):
     """A crash between the swap's two renames leaves the old shard aside and no live folder: the next open puts it
-    back. A crash after them leaves the aside folder stale: the next open deletes it. Leftover copies go too."""
+    back. A crash after both leaves the old shard aside beside the new one: the next open keeps the new one and
+    deletes the old. Leftover copies go too. (The old shard here has one point less, to tell them apart.)"""
+    import shutil
+
     root = tmp_path / "s"
     st = _store(root)
     st.close()
     live = root / "items"
-    (root / ".items.build-dead").mkdir()
-    if cut == "before_copy_moved_in":
-        live.rename(aside_of(live))
+    shutil.copytree(live, tmp_path / "old")
+    st = EdgeStore(root)
+    st.upsert("items", _points(N, N + 1, np.random.default_rng(1)))
+    st.close()
+    (root / ".items.build-0123abcd").mkdir()
+    if cut == "between_the_renames":
+        shutil.rmtree(live)
+        (tmp_path / "old").rename(aside_of(live))  # the old shard, complete, waiting aside
+        want = N
     else:
-        import shutil
-
-        shutil.copytree(live, aside_of(live))
+        (tmp_path / "old").rename(aside_of(live))
+        want = N + 1
     st = EdgeStore(root)
     try:
-        assert st.has_collection("items") and st.count("items") == N
+        assert st.has_collection("items") and st.count("items") == want
         assert _leftovers(root) == [] and live.exists()
     finally:
         st.close()
 
 
-def test_reads_retry_once_when_the_shard_is_swapped_under_them(tmp_path, monkeypatch):
-    """A query that fetched the shard just before a swap closed it is answered from the new shard, not an error."""
+def test_reads_retry_on_the_new_shard_when_a_swap_closes_theirs(tmp_path, monkeypatch):
+    """A read holding the shard when a build swaps it in (here: the swap runs inside the read, after the shard was
+    fetched) is answered from the new shard, not "Shard is not initialized"; on a closed store it still fails."""
     st = _store(tmp_path / "s")
     monkeypatch.setattr(edge, "build_in_child", lambda p: True)
-    stop, errors, answered = threading.Event(), [], [0]
+    real, swapped = edge.to_filter, []
 
-    def reader():
-        while not stop.is_set():
-            try:
-                answered[0] += len(st.query("items", [VectorQuery("text", vector=[1.0] * 8, limit=3)], 3)) == 3
-            except Exception as e:  # noqa: BLE001 - collected for the assertion
-                errors.append(e)
+    def swap_first(flt):
+        if not swapped:
+            swapped.append(st.optimize("items"))
+        return real(flt)
 
-    t = threading.Thread(target=reader)
-    t.start()
+    monkeypatch.setattr(edge, "to_filter", swap_first)
     try:
-        for _ in range(5):
-            assert st.optimize("items") is True
+        assert st.count("items") == N and swapped == [True]
+        assert len(st.query("items", [VectorQuery("text", vector=[1.0] * 8, limit=3)], 3)) == 3
     finally:
-        stop.set()
-        t.join()
         st.close()
-    assert errors == [] and answered[0] > 0

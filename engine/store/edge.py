@@ -18,7 +18,7 @@ import qdrant_edge as qe
 
 from ..errors import BackendUnavailableError, ConflictError, NotFoundError
 from .base import Filter, Hit, Point, VectorQuery, VectorStore
-from .edge_build import aside_of, build_copy, build_in_child, copy_shard, recover, swap_in
+from .edge_build import aside_of, build_copy, build_in_child, copy_shard, finish_swap, recover, replay, swap_in, undo_swap
 from .edge_convert import DISTANCE, INDEX, scoring, to_filter, to_hit
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class EdgeStore(VectorStore):
         self._lock_fd: int | None = None
         self._lock_finalizer: weakref.finalize | None = None
         self._journals: dict[str, list[Any]] = {}  # writes to a collection while its index is built beside it
+        self._swaps = 0  # shards replaced by index builds: a read that fails on a replaced shard retries
 
     def _dir(self, name: str) -> Path:
         return self.root / name
@@ -125,14 +126,14 @@ class EdgeStore(VectorStore):
             self._journals[name].append(op)
 
     def _read(self, name: str, fn: Any) -> Any:
-        shard = self._shard(name)
+        swaps, shard = self._swaps, self._shard(name)
         while True:
             try:
                 return fn(shard)
             except Exception:
-                if self._shards.get(name) is shard:
+                if self._swaps == swaps:  # not a swap (a closed store stays closed)
                     raise
-                shard = self._shard(name)  # an index build swapped the shard meanwhile: again on the new one
+                swaps, shard = self._swaps, self._shard(name)  # an index build swapped the shard: again on the new one
 
     def has_collection(self, name: str) -> bool:
         return name in self._shards or self._dir(name).exists() or aside_of(self._dir(name)).exists()
@@ -260,9 +261,11 @@ class EdgeStore(VectorStore):
         engine has no background optimizer, so without this every query scans every point (100k x 384-d: a scan
         ~10 ms, HNSW ~2 ms; bench/scale.py). qdrant-edge keeps the GIL while it builds (about a minute at 100k items),
         so the build runs in a child process on a copy of the shard (``edge_build``): this process keeps answering,
-        by scanning, and its writes meanwhile are replayed on the copy before it replaces the shard. Needs the
-        shard's size again on disk for the build's duration. False when nothing was built (or a build of this
-        collection is already under way, or the store was closed meanwhile)."""
+        by scanning, and its writes meanwhile are replayed on the copy before it replaces the shard. Costs the
+        shard's size again on disk and in the child's memory for the build; writes wait while the shard is copied,
+        everything waits while the built copy loads (twice: replay, then swap; well under a second at 100k items).
+        False when nothing was built (or a build of this collection is already under way, or the store was closed
+        meanwhile)."""
         with self._lock:
             shard, live = self._shard(name), self._dir(name)
             if name in self._journals:
@@ -284,20 +287,26 @@ class EdgeStore(VectorStore):
                 shutil.rmtree(copy, ignore_errors=True)
                 return False
             try:
-                new = qe.EdgeShard.load(str(copy))
-                try:
-                    for op in journal:
-                        new.update(op)
-                    new.flush()
-                finally:
-                    new.close()
+                replay(copy, journal)
             except BaseException:
                 shutil.rmtree(copy, ignore_errors=True)
                 raise
-            del self._shards[name]  # first: a reader that meets the closed shard sees it is no longer current
-            shard.close()
+            del self._shards[name]  # before close: a reader that meets the closed shard retries on the new one
+            self._swaps += 1
+            try:
+                shard.close()
+            except Exception:
+                self._shards[name] = shard
+                shutil.rmtree(copy, ignore_errors=True)
+                raise
             swap_in(live, copy)
-            self._shards[name] = qe.EdgeShard.load(str(live))
+            try:
+                self._shards[name] = qe.EdgeShard.load(str(live))
+            except Exception as e:
+                undo_swap(live)
+                self._shards[name] = qe.EdgeShard.load(str(live))
+                raise BackendUnavailableError(f"the built index of {name!r} did not load; the shard is as before: {e}") from e
+            finish_swap(live)
             logger.info("index of %s built beside it (%d writes replayed) and swapped in", name, len(journal))
             return True
 
