@@ -29,14 +29,16 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["aside_of", "build_copy", "build_in_child", "copy_shard", "finish_swap", "recover", "replay", "swap_in", "undo_swap"]
 
-# The child lowers its own priority (serving keeps the cores first) and offers itself to the OOM killer first: it
-# holds a second copy of the shard in memory, and losing it loses nothing.
+# The child lowers its own priority (serving keeps the cores first), offers itself to the OOM killer first (it holds
+# a second copy of the shard in memory, and losing it loses nothing) and dies with its parent (Linux).
 _CHILD = (
     "import os, sys\n"
     "os.nice(10)\n"
     "try:\n"
     "    open('/proc/self/oom_score_adj', 'w').write('1000')\n"
-    "except OSError:\n"
+    "    import ctypes\n"
+    "    ctypes.CDLL(None).prctl(1, 9)\n"  # PR_SET_PDEATHSIG, SIGKILL: an orphaned build is of no use
+    "except (OSError, AttributeError):\n"
     "    pass\n"
     "import qdrant_edge as qe\n"
     "s = qe.EdgeShard.load(sys.argv[1])\n"
