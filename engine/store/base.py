@@ -42,6 +42,12 @@ class Hit:
     payload: dict[str, Any] = field(default_factory=dict)
     vectors: dict[str, list[float]] | None = None
 
+    @classmethod
+    def of(cls, p: Any) -> Hit:
+        """From a point as qdrant-client or qdrant-edge returns it (``id``, ``payload``, ``vector``, maybe ``score``)."""
+        vec = p.vector if isinstance(p.vector, dict) else None
+        return cls(id=str(p.id), score=float(getattr(p, "score", 0.0) or 0.0), payload=dict(p.payload or {}), vectors=vec)
+
 
 @dataclass
 class VectorQuery:

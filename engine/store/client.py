@@ -39,11 +39,6 @@ def _to_filter(flt: Filter | None) -> qm.Filter | None:
     return qm.Filter(must=must or None, must_not=must_not)
 
 
-def _hit(p: Any) -> Hit:
-    vec = p.vector if isinstance(p.vector, dict) else None
-    return Hit(id=str(p.id), score=float(getattr(p, "score", 0.0) or 0.0), payload=dict(p.payload or {}), vectors=vec)
-
-
 def _scoring(q: VectorQuery) -> Any:
     if q.order_by:
         return qm.OrderByQuery(order_by=qm.OrderBy(key=q.order_by, direction=qm.Direction.DESC))
@@ -164,7 +159,7 @@ class QdrantClientStore(VectorStore):
             return []
         sel = True if fields is None else list(fields)
         recs = self._call(self.client.retrieve, name, ids=list(ids), with_payload=sel, with_vectors=with_vectors)
-        by_id = {str(r.id): _hit(r) for r in recs}
+        by_id = {str(r.id): Hit.of(r) for r in recs}
         return [by_id[i] for i in ids if i in by_id]
 
     def scroll(self, name: str, flt: Filter | None = None, with_vectors: bool = False, batch: int = 512) -> Iterator[Hit]:
@@ -174,7 +169,7 @@ class QdrantClientStore(VectorStore):
                 self.client.scroll, name, scroll_filter=_to_filter(flt), limit=batch, offset=offset,
                 with_payload=True, with_vectors=with_vectors,
             )
-            yield from (_hit(r) for r in recs)
+            yield from (Hit.of(r) for r in recs)
             if offset is None or not recs:
                 return
 
@@ -207,14 +202,14 @@ class QdrantClientStore(VectorStore):
                 query=qm.RrfQuery(rrf=qm.Rrf(k=rrf_k, weights=[q.weight for q in queries])),
                 query_filter=f, limit=limit, with_payload=with_payload, with_vectors=with_vectors,
             )
-        return [_hit(p) for p in res.points]
+        return [Hit.of(p) for p in res.points]
 
     def top_by(self, name: str, field: str, limit: int, flt: Filter | None = None) -> list[Hit]:
         recs, _ = self._call(
             self.client.scroll, name, scroll_filter=_to_filter(flt), limit=limit, with_payload=True,
             order_by=qm.OrderBy(key=field, direction=qm.Direction.DESC),
         )
-        return [_hit(r) for r in recs]
+        return [Hit.of(r) for r in recs]
 
     def flush(self) -> None:
         pass  # the server persists on its own (wait=True on every write)

@@ -19,7 +19,7 @@ import qdrant_edge as qe
 from ..errors import BackendUnavailableError, ConflictError, NotFoundError
 from .base import Filter, Hit, Point, VectorQuery, VectorStore
 from .edge_build import aside_of, build_copy, build_in_child, copy_shard, finish_swap, recover, replay, swap_in, undo_swap
-from .edge_convert import DISTANCE, INDEX, scoring, to_filter, to_hit
+from .edge_convert import DISTANCE, INDEX, scoring, to_filter
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class EdgeStore(VectorStore):
             return []
         sel = True if fields is None else qe.PayloadSelector.Include(list(fields))
         recs = self._read(name, lambda sh: sh.retrieve(list(ids), with_payload=sel, with_vector=with_vectors))
-        by_id = {str(r.id): to_hit(r) for r in recs}
+        by_id = {str(r.id): Hit.of(r) for r in recs}
         return [by_id[i] for i in ids if i in by_id]
 
     def scroll(self, name: str, flt: Filter | None = None, with_vectors: bool = False, batch: int = 512) -> Iterator[Hit]:
@@ -216,7 +216,7 @@ class EdgeStore(VectorStore):
         while True:
             req = qe.ScrollRequest(offset=offset, limit=batch, filter=to_filter(flt), with_payload=True, with_vector=with_vectors)
             recs, offset = self._read(name, lambda sh, req=req: sh.scroll(req))  # pages resume by id after a swap
-            yield from (to_hit(r) for r in recs)
+            yield from (Hit.of(r) for r in recs)
             if offset is None or not recs:
                 return
 
@@ -248,13 +248,13 @@ class EdgeStore(VectorStore):
                 with_payload=with_payload,
                 with_vector=with_vectors,
             )
-        return [to_hit(p) for p in self._read(name, lambda sh: sh.query(req))]
+        return [Hit.of(p) for p in self._read(name, lambda sh: sh.query(req))]
 
     def top_by(self, name: str, field: str, limit: int, flt: Filter | None = None) -> list[Hit]:
         req = qe.QueryRequest(
             query=qe.OrderBy(key=field, direction=qe.Direction.Desc), filter=to_filter(flt), limit=limit, with_payload=True
         )
-        return [to_hit(p) for p in self._read(name, lambda sh: sh.query(req))]
+        return [Hit.of(p) for p in self._read(name, lambda sh: sh.query(req))]
 
     def optimize(self, name: str) -> bool:
         """Qdrant's optimizers (HNSW for every named vector past Qdrant's indexing threshold), run now: the embedded

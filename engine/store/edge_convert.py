@@ -1,4 +1,4 @@
-"""Persona's store types to qdrant-edge's and back (filters, scoring queries, hits, index and distance kinds)."""
+"""Persona's store types to qdrant-edge's and back (filters, scoring queries, index and distance kinds)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from .base import Filter, Hit, VectorQuery
+from .base import Filter, VectorQuery
 
-__all__ = ["DISTANCE", "INDEX", "scoring", "to_filter", "to_hit"]
+__all__ = ["DISTANCE", "INDEX", "scoring", "to_filter"]
 
 INDEX = {
     "keyword": qe.PayloadSchemaType.Keyword,
@@ -32,11 +32,6 @@ def to_filter(flt: Filter | None) -> qe.Filter | None:
         must.append(qe.HasIdCondition(set(flt.include_ids) or {str(uuid.UUID(int=0))}))
     must_not = [qe.HasIdCondition(set(flt.exclude_ids))] if flt.exclude_ids else None
     return qe.Filter(must=must or None, must_not=must_not)
-
-
-def to_hit(p: Any) -> Hit:
-    vec = p.vector if isinstance(p.vector, dict) else None
-    return Hit(id=str(p.id), score=float(getattr(p, "score", 0.0) or 0.0), payload=dict(p.payload or {}), vectors=vec)
 
 
 def scoring(q: VectorQuery) -> Any:
