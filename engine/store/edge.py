@@ -259,7 +259,7 @@ class EdgeStore(VectorStore):
     def optimize(self, name: str) -> bool:
         """Qdrant's optimizers (HNSW for every named vector past Qdrant's indexing threshold), run now: the embedded
         engine has no background optimizer, so without this every query scans every point (100k x 384-d: a scan
-        ~10 ms, HNSW ~2 ms; bench/scale.py). qdrant-edge keeps the GIL while it builds (about a minute at 100k items),
+        ~10 ms, HNSW ~2 ms; bench/scale.py). qdrant-edge keeps the GIL while it builds (118 s at 100k items on 2 cores),
         so the build runs in a child process on a copy of the shard (``edge_build``): this process keeps answering,
         by scanning, and its writes meanwhile are replayed on the copy before it replaces the shard. Costs the
         shard's size again on disk and in the child's memory for the build; writes wait while the shard is copied,

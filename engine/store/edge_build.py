@@ -1,6 +1,6 @@
 """Index builds for the embedded engine beside the live shard, so that serving does not stall.
 
-qdrant-edge keeps Python's GIL while its optimizers run (about a minute at 100k items on 2 cores), so an
+qdrant-edge keeps Python's GIL while its optimizers run (118 s at 100k items on 2 cores), so an
 in-process build stops every thread of the process: an API server answers nothing meanwhile. Here the
 build runs in a child process on a copy of the shard; the live shard keeps answering (by scanning) and
 taking writes, which the caller journals and replays on the built copy before swapping it in.
