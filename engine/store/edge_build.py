@@ -36,6 +36,9 @@ _CHILD = (
     "os.nice(10)\n"
     "try:\n"
     "    open('/proc/self/oom_score_adj', 'w').write('1000')\n"
+    "except OSError:\n"
+    "    pass\n"
+    "try:\n"
     "    import ctypes\n"
     "    ctypes.CDLL(None).prctl(1, 9)\n"  # PR_SET_PDEATHSIG, SIGKILL: an orphaned build is of no use
     "except (OSError, AttributeError):\n"
