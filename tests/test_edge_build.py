@@ -145,11 +145,21 @@ def test_a_real_build_swaps_in_an_hnsw_index_with_the_same_answers(tmp_path):
 
 
 def test_one_build_per_collection_at_a_time(tmp_path, monkeypatch):
+    """A second optimize() while one builds returns at once: one copy, one child. (The second call is made once
+    only, so that a missing guard fails here instead of recursing, a shard copy per level.)"""
     st = _store(tmp_path / "s")
-    real, inner = edge.build_in_child, []
-    monkeypatch.setattr(edge, "build_in_child", lambda p: inner.append(st.optimize("items")) or real(p))
+    real, builds, inner = edge.build_in_child, [], []
+
+    def build(path):
+        builds.append(path)
+        if len(builds) == 1:
+            inner.append(st.optimize("items"))
+        return real(path)
+
+    monkeypatch.setattr(edge, "build_in_child", build)
     try:
-        assert st.optimize("items") is False and inner == [False]
+        assert st.optimize("items") is False
+        assert inner == [False] and len(builds) == 1
     finally:
         st.close()
 
