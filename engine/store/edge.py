@@ -276,39 +276,33 @@ class EdgeStore(VectorStore):
             journal = self._journals[name] = []
         try:
             built = build_in_child(copy)
-        except BaseException:
             with self._lock:
                 self._journals.pop(name, None)
-            shutil.rmtree(copy, ignore_errors=True)
-            raise
-        with self._lock:
-            self._journals.pop(name, None)
-            if not built or self._shards.get(name) is not shard:
-                shutil.rmtree(copy, ignore_errors=True)
-                return False
-            try:
+                if not built or self._shards.get(name) is not shard:
+                    return False
                 replay(copy, journal)
-            except BaseException:
-                shutil.rmtree(copy, ignore_errors=True)
-                raise
-            del self._shards[name]  # before close: a reader that meets the closed shard retries on the new one
-            self._swaps += 1
-            try:
-                shard.close()
-            except Exception:
-                self._shards[name] = shard
-                shutil.rmtree(copy, ignore_errors=True)
-                raise
-            swap_in(live, copy)
-            try:
-                self._shards[name] = qe.EdgeShard.load(str(live))
-            except Exception as e:
-                undo_swap(live)
-                self._shards[name] = qe.EdgeShard.load(str(live))
-                raise BackendUnavailableError(f"the built index of {name!r} did not load; the shard is as before: {e}") from e
-            finish_swap(live)
-            logger.info("index of %s built beside it (%d writes replayed) and swapped in", name, len(journal))
-            return True
+                del self._shards[name]  # before close: a reader that meets the closed shard retries on the new one
+                self._swaps += 1
+                try:
+                    shard.close()
+                except Exception:
+                    self._shards[name] = shard
+                    raise
+                swap_in(live, copy)
+                try:
+                    self._shards[name] = qe.EdgeShard.load(str(live))
+                except Exception as e:
+                    undo_swap(live)
+                    self._shards[name] = qe.EdgeShard.load(str(live))
+                    raise BackendUnavailableError(f"the built index of {name!r} did not load; the shard is as before: {e}") from e
+                finish_swap(live)
+                logger.info("index of %s built beside it (%d writes replayed) and swapped in", name, len(journal))
+                return True
+        finally:
+            with self._lock:
+                if self._journals.get(name) is journal:  # the build failed before its swap: stop journaling
+                    del self._journals[name]
+            shutil.rmtree(copy, ignore_errors=True)  # whatever is left of the copy (nothing once swapped in)
 
     def flush(self) -> None:
         with self._lock:
