@@ -106,7 +106,7 @@ class EdgeStore(VectorStore):
             return shard
         with self._lock:
             if name not in self._shards:
-                if not (self._dir(name).exists() or aside_of(self._dir(name)).exists()):
+                if not self.has_collection(name):
                     raise NotFoundError(f"collection {name!r} does not exist")
                 self._hold_root()
                 try:
