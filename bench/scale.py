@@ -26,9 +26,9 @@ Measured in one run on the same data, per size:
    ingested (the embedded engine scans every point) and as served (after a fit in index mode, at
    ``fit.index_items`` items and more, has built the HNSW indexes);
 4. peak RSS of the process and disk per item (store + fitted model).
-At 1M items the event log is cut down and ``fit()`` is skipped: it loads every item's text vector
-as Python lists (about 10 GB at 1M x 384), more than this shared 24 GiB machine can give; the
-output says so. Writes ``scale.json``, ``scale.md`` (table) and ``scale.png`` (cost vs size) under --out.
+Above ``ONE_FIT_ITEMS`` items ``fit()`` runs once, on the whole (cut-down) event log, instead of at 1/4, 1/2 and
+all of it: each fit in index mode rebuilds the HNSW indexes, which at 1M items takes most of an hour on 2 cores; the
+exponent then comes from the smaller sizes. The output says so. Writes ``scale.json``, ``scale.md`` (table) and ``scale.png`` (cost vs size) under --out.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GENRES = [f"genre{i:02d}" for i in range(24)]
-FIT_MAX_ITEMS = 200_000
-"""Above this, fit() is skipped (memory: item vectors are loaded as Python lists, see the docstring)."""
+ONE_FIT_ITEMS = 200_000
+"""Above this, fit() runs once on the whole log (see the docstring)."""
 
 
 # -- synthetic data ------------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def minilm_sample(items: list[dict], root: str) -> dict:
     return {"items": len(items), "items_per_s": round(ips, 1), "raw_encoder_items_per_s": round(raw_ips, 1), "ratio_to_raw_encoder": round(ips / raw_ips, 3)}
 
 
-def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bool, sample: int = 0) -> dict:
+def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bool, sample: int = 0, fit_steps: int = 3) -> dict:
     from engine import Engine
     from engine.components import Components
     from engine.offline.metrics import latencies_ms
@@ -200,6 +200,7 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bo
         rep = eng.add_items(items, progress=False)
         ingest_s = time.perf_counter() - t0
         assert rep.added == n, rep
+        print(f"# ingested {n:,} items in {ingest_s:.0f}s", file=sys.stderr, flush=True)
         raw_ips = max(raw_before, raw_encoder_ips(enc, texts, bs))  # the ceiling: the faster of two raw runs around the pipeline
         out["ingest"] = {
             "items_per_s": round(n / ingest_s, 1), "seconds": round(ingest_s, 1),
@@ -218,7 +219,7 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bo
 
         scan = latencies_ms(raw_query, len(uids))
         fits = []
-        steps = [len(log) // 4, len(log) // 2, len(log)]
+        steps = [len(log) // 4, len(log) // 2, len(log)] if fit_steps >= 3 else [len(log)]
         done, ev_s = 0, 0.0
         for upto in steps:
             t0 = time.perf_counter()
@@ -229,6 +230,7 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bo
             if fit:
                 t0 = time.perf_counter()
                 rep_fit = eng.fit()
+                print(f"# fit at {upto:,} events: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
                 fits.append({"events": upto, "fit_s": round(time.perf_counter() - t0, 2),
                              "index_build_s": rep_fit.info.get("index_build_seconds")})  # HNSW build, inside fit_s
         out["add_events_per_s"] = round(len(log) / ev_s, 1)
@@ -238,7 +240,8 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bo
             b, _ = np.polyfit(np.log([f["events"] for f in fits]), np.log([f["fit_s"] - (f.get("index_build_s") or 0) for f in fits]), 1)
             out["fit_exponent"] = round(float(b), 2)
         else:
-            out["fit_skipped"] = f"fit() not run above {FIT_MAX_ITEMS} items: it loads all item vectors as Python lists (~{n * 384 * 32 / 1e9:.0f} GB here)"
+            out["fit_skipped" if not fits else "fit_once"] = ("fit() not run" if not fits else
+                                                              "fit() run once on the whole log at this size (--one-fit-above): no exponent here")
 
         # Latency: the same users for every variant; a raw query = k=10 neighbours of an item's text vector, on the
         # store as served (HNSW when the fit built it) and, above, as ingested (a scan of every point).
@@ -279,11 +282,11 @@ def _as_item(d: dict):
 # -- driver --------------------------------------------------------------------------------------
 
 
-def plan(n: int, quick: bool, max_events: int = 200_000) -> dict:
+def plan(n: int, quick: bool, max_events: int = 200_000, one_fit_items: int = ONE_FIT_ITEMS) -> dict:
     """Users and events per size; large sizes get a cut-down log (printed)."""
     events = min(n * 2, max_events)
     users = min(max(n // 10, 500), 10_000, max(500, events // 20))  # ~20 events per user whatever the cap
-    return {"users": users, "events": events, "probes": 100 if quick else 200, "fit": n <= FIT_MAX_ITEMS}
+    return {"users": users, "events": events, "probes": 100 if quick else 200, "fit": True, "fit_steps": 3 if n <= one_fit_items else 1}
 
 
 def table(rows: list[dict]) -> str:
@@ -355,31 +358,34 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=1000, help="catalog items ingested with MiniLM for the ingest/raw-encoder ratio")
     ap.add_argument("--out", default=None, help="folder for scale.json/.md/.png (default: docs/scale, or none with --quick)")
     ap.add_argument("--max-events", type=int, default=200_000, help="cap on the event log per size (default 200k)")
+    ap.add_argument("--one-fit-above", type=int, default=ONE_FIT_ITEMS, help="sizes above this fit once, on the whole log")
     ap.add_argument("--merge", action="store_true", help="keep the other sizes' rows already in --out/scale.json (a size run separately)")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-args", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")  # the phases, live
         print(json.dumps(run_size(args.child, **json.loads(args.child_args))))
         return
     sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",")]
     out_dir = Path(args.out) if args.out else (None if args.quick else ROOT / "docs" / "scale")
     rows = []
     for n in sizes:
-        p = plan(n, args.quick, args.max_events)
+        p = plan(n, args.quick, args.max_events, args.one_fit_above)
         enc = "minilm" if args.encoder == "minilm" else "random"
         note = [f"{n:,} items: vectors from the packaged MiniLM encoder" if enc == "minilm" else
                 f"{n:,} items: RANDOM unit vectors (384-d) for the catalog, not the encoder; MiniLM measured on a {args.sample:,}-item sample of it"]
         if n * 2 > p["events"]:
             note.append(f"event log cut down to {p['events']:,} events ({p['users']:,} users)")
-        if not p["fit"]:
-            note.append("fit() skipped (memory, see above)")
+        if p["fit_steps"] < 3:
+            note.append("fit() run once on the whole log (each fit rebuilds the HNSW indexes; exponent from the smaller sizes)")
         print("# " + "; ".join(note), flush=True)
-        child_args = json.dumps({"encoder": enc, "users": p["users"], "events": p["events"], "probes": p["probes"], "fit": p["fit"], "sample": args.sample})
+        child_args = json.dumps({"encoder": enc, "users": p["users"], "events": p["events"], "probes": p["probes"], "fit": p["fit"], "fit_steps": p["fit_steps"], "sample": args.sample})
         t0 = time.perf_counter()
-        res = subprocess.run([sys.executable, __file__, "--child", str(n), "--child-args", child_args], cwd=ROOT, capture_output=True, text=True)
+        res = subprocess.run([sys.executable, __file__, "--child", str(n), "--child-args", child_args], cwd=ROOT, stdout=subprocess.PIPE, text=True)  # stderr: the child's log, live
         if res.returncode != 0:
-            print(res.stderr[-3000:], file=sys.stderr)
             print(f"# {n:,} items FAILED (exit {res.returncode}); continuing", flush=True)
             continue
         row = json.loads(res.stdout.strip().splitlines()[-1])

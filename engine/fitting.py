@@ -134,15 +134,20 @@ class LearnedStage:
     def training_inputs(self) -> tuple[list[Event], list[Item], np.ndarray | None, list[str]]:
         """What a fit reads from the store: every event, every item, the items' ``text`` vectors and their ids."""
         events = [Event.model_validate(h.payload) for h in self.store.scroll(self.events_col)]
-        items, ids, vecs = [], [], []
+        items, ids, blocks, page = [], [], [], []
         for h in self.store.scroll(self.items_col, with_vectors=True):
             p = h.payload
             items.append(Item(id=p["item_id"], title=p.get("title") or p["item_id"], attributes=p.get("attributes") or {}))
             v = (h.vectors or {}).get("text")
             if v:
                 ids.append(p["item_id"])
-                vecs.append(v)
-        return events, items, (np.asarray(vecs, np.float32) if vecs else None), ids
+                page.append(v)
+                if len(page) == 4096:  # to float32 page by page: 1M vectors as Python lists would be ~12 GB of float objects
+                    blocks.append(np.asarray(page, np.float32))
+                    page = []
+        if page:
+            blocks.append(np.asarray(page, np.float32))
+        return events, items, (np.concatenate(blocks) if blocks else None), ids
 
     def write_vectors(self, model, item_ids: list[str], events: list[Event]) -> bool:
         """Write ``model``'s item factors on the stored ``item_ids`` and the fold-in vectors of ``events``' users (those
@@ -151,9 +156,9 @@ class LearnedStage:
         rows = model.index.rows(item_ids)
         try:
             self.store.ensure_vector(self.items_col, CF_VECTOR, V.shape[1], "dot")
-            pts = [Point(point_id("item", i), {CF_VECTOR: V[r].tolist()}, {}) for i, r in zip(item_ids, rows) if r >= 0]
-            for k in range(0, len(pts), 1024):
-                self.store.update_vectors(self.items_col, pts[k : k + 1024])
+            known = [(i, r) for i, r in zip(item_ids, rows) if r >= 0]
+            for k in range(0, len(known), 1024):  # lists built per batch: 1M items' factors as Python floats are ~2 GB
+                self.store.update_vectors(self.items_col, [Point(point_id("item", i), {CF_VECTOR: V[r].tolist()}, {}) for i, r in known[k : k + 1024]])
             by_user: dict[str, list[Event]] = {}
             for e in events:
                 by_user.setdefault(e.user_id, []).append(e)
@@ -167,7 +172,7 @@ class LearnedStage:
         except Exception as e:  # the in-memory scan still serves; a store error must not lose the fit
             logger.warning("cf vectors not written to the store (%s); the collaborative source scans in memory", e)
             return False
-        logger.info("wrote %d item and %d user cf vectors", len(pts), len(users))
+        logger.info("wrote %d item and %d user cf vectors", len(known), len(users))
         return True
 
     def _prune(self, keep: str) -> None:

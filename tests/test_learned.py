@@ -397,6 +397,29 @@ def test_source_top_is_the_best_k_with_ties_by_row():
             assert np.array_equal(source_top(st, "a", k, excl), want), (trial, excl)
 
 
+def test_top_dots_is_the_exact_float64_top_k_from_a_float32_product():
+    """top_dots (what an index-mode fit reads the exact content and cf lists with) equals the best k of the float64
+    row_dots over every row, ties by row, on normalised and unnormalised rows, near-duplicate scores and zero rows."""
+    from engine.learned.toplists import row_dots, top_dots, top_rows
+
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        n, d = int(rng.integers(50, 30_000)), int(rng.choice([8, 64, 384]))
+        E = rng.standard_normal((n, d)).astype(np.float32) * (rng.random((n, 1)).astype(np.float32) * 3 if trial % 2 else 1)
+        if trial % 3 == 0:  # copies of one row, each one component 1 ulp off: the float32 order is not the answer
+            m = n // 2
+            E[:m] = E[0]
+            j = rng.integers(0, d, m)
+            E[np.arange(m), j] = np.nextafter(E[np.arange(m), j], np.where(rng.random(m) < 0.5, np.inf, -np.inf).astype(np.float32))
+        E[rng.random(n) < 0.05] = 0
+        q = rng.standard_normal(d)
+        ok = rng.random(n) > 0.1
+        k = int(rng.integers(1, 200))
+        norm = float(np.linalg.norm(E, axis=1).max())
+        want = top_rows(row_dots(E, np.arange(n), q), ok, k)
+        assert np.array_equal(top_dots(E, q, ok, k, norm), want), trial
+
+
 @pytest.fixture(scope="module")
 def indexed():
     """The same data served in index mode (every catalog size counts as large): content from a top list of 15."""

@@ -29,7 +29,7 @@ from .config import LearnedConfig
 from .index import ItemIndex, Sequence, user_item_matrix
 from .seqnet import SeqNet
 from .sequence import SequenceStats
-from .toplists import EMPTY, ListSource, row_dots, sample_threshold, top_rows
+from .toplists import EMPTY, ListSource, row_dots, sample_threshold, top_dots, top_rows
 
 __all__ = ["ItemMeta", "Stage1", "UserState", "user_state", "pool", "rank_cap_of", "source_ranks", "source_top"]
 
@@ -141,16 +141,16 @@ class Stage1:
         return cls(cf, seq, a["item_rating"], a["item_first_ts"], a["item_mean_ts"], SeqNet.from_arrays(a))
 
 
-def _top_list(E: np.ndarray, q: np.ndarray, seen: np.ndarray, depth: int, search=None, dense=None) -> ListSource:
+def _top_list(E: np.ndarray, q: np.ndarray, seen: np.ndarray, depth: int, search=None, norm_max: float = 1.0) -> ListSource:
     """A source's top list by ``E . q``: ``search(q, depth)`` (rows from a vector index, seen items excluded there) or
-    the exact top ``depth`` unseen items of ``dense(q)`` (the product with every row)."""
+    the exact top ``depth`` unseen items by ``row_dots`` (``norm_max`` bounds the rows' norms, see ``top_dots``)."""
     if search is not None:
         rows = np.asarray(search(q, depth), np.int64)
         rows = rows[(rows >= 0) & (rows < len(seen))]
         rows = rows[~seen[rows]]
         rows = rows[np.sort(np.unique(rows, return_index=True)[1])][:depth]  # once each, in the index's order
     else:
-        rows = top_rows(dense(q), ~seen, depth)
+        rows = top_dots(E, q, ~seen, depth, norm_max)
     return ListSource(rows, lambda r: row_dots(E, r, q))
 
 
@@ -196,7 +196,7 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
     uvec = s1.cf.user_vector(items)
     src: dict = {}
     if indexed:
-        src["cf"] = _top_list(s1.cf.item_factors, uvec.astype(np.float64), seen, cfg.index_depth, cf_search, s1.cf.scores) \
+        src["cf"] = _top_list(s1.cf.item_factors, uvec.astype(np.float64), seen, cfg.index_depth, cf_search, s1.cf.norm_max) \
             if np.any(uvec) else EMPTY
     else:
         src["cf"] = s1.cf.scores(uvec)
@@ -208,7 +208,7 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
         cw = 0.9 ** np.arange(len(liked))[::-1]
         q = cw @ meta.emb[liked]
     if indexed:
-        content = _top_list(meta.emb, q, seen, cfg.index_depth, content_search, meta.content_scores) if q is not None and np.any(q) \
+        content = _top_list(meta.emb, q, seen, cfg.index_depth, content_search) if q is not None and np.any(q) \
             else EMPTY
         src["content"] = content
         src["fresh"] = content.subset(np.isnan(s1.item_first_ts))  # new items (no events) in the content list

@@ -85,6 +85,7 @@ class CF:
         self.reg, self.alpha = float(reg), float(alpha)
         V = self.item_factors.astype(np.float64)
         self._YtY = V.T @ V
+        self.norm_max = float(np.sqrt(np.einsum("ij,ij->i", V, V).max())) if len(V) else 0.0  # bounds top_dots' error
 
     @classmethod
     def fit(cls, X: sp.csr_matrix, factors: int = 64, reg: float = 0.05, alpha: float = 10.0, iterations: int = 15, seed: int = 0) -> CF:

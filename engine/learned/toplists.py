@@ -4,14 +4,15 @@ In:  a score per catalog item (dense vectors) or a source's best items (a vector
 Out: ``top_rows`` (the best k rows, ties by row), ``sample_threshold`` (a value about 4x k items exceed, from a strided
      sample: one comparison pass instead of a partition), ``ListSource`` (a source read from a top list: its rows,
      scores and the rank a score would have in it), ``row_dots`` (row-wise float64 products, each value independent of
-     the other rows computed with it), ``promote_first`` (a list with its first marked entry moved up to a position).
+     the other rows computed with it), ``top_dots`` (the best k rows by those products without a float64 product over
+     the catalog), ``promote_first`` (a list with its first marked entry moved up to a position).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ListSource", "EMPTY", "promote_first", "row_dots", "sample_threshold", "top_rows"]
+__all__ = ["ListSource", "EMPTY", "promote_first", "row_dots", "sample_threshold", "top_dots", "top_rows"]
 
 
 class ListSource:
@@ -77,6 +78,21 @@ def top_rows(v: np.ndarray, ok: np.ndarray, k: int) -> np.ndarray:
     if len(above) < k:  # the rest are ties at the cut value: lowest rows first
         above = np.concatenate([above, np.flatnonzero(ok & (v == t))[: k - len(above)]])
     return above
+
+
+def top_dots(E: np.ndarray, q: np.ndarray, ok: np.ndarray, k: int, norm_max: float) -> np.ndarray:
+    """``top_rows(row_dots(E, all rows, q), ok, k)``, exactly, from a float32 product: every row whose float32 score is
+    within twice the float32 error bound of the k-th is re-scored by ``row_dots``. ``norm_max`` bounds the rows' L2 norms.
+    At 1M x 384 the float64 product would cast the matrix (3 GB) on every call; this reads it once, in float32."""
+    q = np.asarray(q, np.float64)
+    s = np.asarray(E @ q.astype(np.float32), np.float32)
+    first = top_rows(s, ok, k)
+    if not len(first):
+        return first
+    # |float32 dot - exact| <= (d + 2) u sum|E_i q_i| <= (d + 2) u |E_row| |q| (u = 2^-24, the query's rounding included)
+    tol = 2.0 * (E.shape[1] + 2) * 2.0**-24 * max(norm_max, 1.0) * float(np.linalg.norm(q))
+    near = np.flatnonzero(ok & (s >= float(s[first[-1]]) - 2 * tol))
+    return near[top_rows(row_dots(E, near, q), np.ones(len(near), bool), k)]
 
 
 def promote_first(order: np.ndarray, marked: np.ndarray, position: int) -> np.ndarray:
