@@ -322,7 +322,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     n = [r["items"] for r in rows]
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, ax = plt.subplots(1, 4, figsize=(20, 4.2))
     ax[0].plot(n, [r["ingest"]["items_per_s"] for r in rows], "o-", label="ingest (add_items)")
     ax[0].plot(n, [r["ingest"]["raw_encoder_items_per_s"] for r in rows], "s--", label="raw encoder")
     ax[0].set(xscale="log", yscale="log", xlabel="items", ylabel="items/s", title="Ingest throughput")
@@ -338,14 +338,17 @@ def plot(rows: list[dict], path: Path) -> None:
     ax[1].set(xscale="log", yscale="log", xlabel="items", ylabel="ms", title="Latency, k=10, no LLM")
     for r in rows:
         if r["fit"]:
-            ax[2].plot([f["events"] for f in r["fit"]], [f["fit_s"] for f in r["fit"]], "o-", label=f"fit, {r['items']:,} items (b={r.get('fit_exponent')})")
-    ax2 = ax[2].twinx()
-    ax2.plot([r["events"] for r in rows], [r["peak_rss_mb"] for r in rows], "k:", marker="x", label="peak RSS (MB)")
-    ax2.set_ylabel("peak RSS MB")
-    ax[2].set(xscale="log", yscale="log", xlabel="events", ylabel="fit seconds", title="fit() time vs events; memory")
-    for a in (*ax, ax2):
+            b = f"b={r['fit_exponent']}" if "fit_exponent" in r else "one fit"
+            ax[2].plot([f["events"] for f in r["fit"]], [f["fit_s"] for f in r["fit"]], "o-", label=f"fit, {r['items']:,} items ({b})")
+            ax[2].plot([f["events"] for f in r["fit"]], [f["fit_s"] - (f.get("index_build_s") or 0) for f in r["fit"]], "x:",
+                       label=f"fit without the HNSW build, {r['items']:,} items")
+    ax[2].set(xscale="log", yscale="log", xlabel="events", ylabel="fit seconds", title="fit() time vs events")
+    ax[3].plot(n, [r["peak_rss_mb"] for r in rows], "o-", label="peak RSS of the process (MB)")
+    ax[3].plot(n, [r["disk_bytes_per_item"] / 1e3 for r in rows], "s--", label="disk per item (KB)")
+    ax[3].set(xscale="log", yscale="log", xlabel="items", title="Memory and disk")
+    for a in ax:
         if a.get_legend_handles_labels()[0]:
-            a.legend(fontsize=7, loc="upper left" if a is not ax2 else "lower right")
+            a.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
