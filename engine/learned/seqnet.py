@@ -158,8 +158,9 @@ class SeqNet:
                     torch.cuda.manual_seed(seed)
                 rng = np.random.default_rng(seed)
                 sampled = n_items > full_softmax_items
-                net = build_net(n_items, dim, maxlen, blocks, heads, dropout, sparse=sampled).to(dev)
-                if sampled:  # lazy Adam on the item vectors: a step touches the batch's rows, not all n_items x dim
+                sparse = sampled and dev.type in ("cpu", "cuda")  # sparse gradients and SparseAdam exist there
+                net = build_net(n_items, dim, maxlen, blocks, heads, dropout, sparse=sparse).to(dev)
+                if sparse:  # lazy Adam on the item vectors: a step touches the batch's rows, not all n_items x dim
                     # (dense Adam over 1M x 64 was ~0.45 s a step, 578 of 876 s of fit() at 1M items)
                     rest = [p for name, p in net.named_parameters() if name != "item.weight"]
                     opts = [torch.optim.SparseAdam([net.item.weight], lr=lr), torch.optim.Adam(rest, lr=lr)]
@@ -182,7 +183,7 @@ class SeqNet:
                         else:
                             pos = tgt_t[m]
                             cand = torch.unique(torch.cat([pos, torch.from_numpy(rng.integers(1, n_items + 1, negatives)).to(dev)]))
-                            out = torch.nn.functional.embedding(cand, net.item.weight, sparse=True)  # sparse gradient rows
+                            out = torch.nn.functional.embedding(cand, net.item.weight, sparse=sparse)  # sparse gradient rows
                             logits = h[m] @ out.T + net.out_bias[cand]
                             loss = ce(logits, torch.searchsorted(cand, pos))
                         for opt in opts:

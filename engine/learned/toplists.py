@@ -85,14 +85,19 @@ def top_dots(E: np.ndarray, q: np.ndarray, ok: np.ndarray, k: int, norm_max: flo
     within twice the float32 error bound of the k-th is re-scored by ``row_dots``. ``norm_max`` bounds the rows' L2 norms.
     At 1M x 384 the float64 product would cast the matrix (3 GB) on every call; this reads it once, in float32."""
     q = np.asarray(q, np.float64)
-    s = np.asarray(E @ q.astype(np.float32), np.float32)
+    qn = float(np.linalg.norm(q))
+    if not qn > 0:
+        return top_rows(np.zeros(len(E)), ok, k)  # every score is 0: the first k ok rows
+    s = np.asarray(E @ (q / qn).astype(np.float32), np.float32)  # a unit query: no float32 underflow, the same order
     first = top_rows(s, ok, k)
     if not len(first):
         return first
-    # |float32 dot - exact| <= (d + 2) u sum|E_i q_i| <= (d + 2) u |E_row| |q| (u = 2^-24, the query's rounding included)
-    tol = 2.0 * (E.shape[1] + 2) * 2.0**-24 * max(norm_max, 1.0) * float(np.linalg.norm(q))
+    # |float32 dot - exact| <= (d + 2) u sum|E_i q_i| <= (d + 2) u |E_row| (u = 2^-24, the query's rounding included);
+    # twice that as tolerance, and a window of twice the tolerance below the k-th (its own error and the row's)
+    tol = 2.0 * (E.shape[1] + 2) * 2.0**-24 * max(norm_max, 1.0)
     near = np.flatnonzero(ok & (s >= float(s[first[-1]]) - 2 * tol))
-    return near[top_rows(row_dots(E, near, q), np.ones(len(near), bool), k)]
+    exact = np.concatenate([row_dots(E, near[b : b + 65536], q) for b in range(0, len(near), 65536)])  # bounded memory
+    return near[top_rows(exact, np.ones(len(near), bool), k)]
 
 
 def promote_first(order: np.ndarray, marked: np.ndarray, position: int) -> np.ndarray:
