@@ -48,7 +48,8 @@ class LearnedConfig:
     # catalogs above this train with a sampled softmax of ``sas_negatives`` uniform items per batch (``seqnet.py``): the
     # full softmax made fit() 11 -> 56 s at 10k items and 20k events (bench/scale.py). Valid on ml-100k with 256 sampled
     # of 1,682 (--set sas_full_softmax_items=0 --set sas_negatives=256), seeds 0 / 1: NDCG@10 0.1322 / 0.1372 vs
-    # 0.1367 / 0.1361 full, AUC 1:20 0.9275 / 0.9287 vs 0.9267 / 0.9278: the same within seed noise
+    # 0.1367 / 0.1361 full, AUC 1:20 0.9275 / 0.9287 vs 0.9267 / 0.9278: the same within seed noise (dense Adam then;
+    # now lazy Adam on the item vectors, README "The ranker's defaults")
     sas_full_softmax_items: int = 5000
     sas_negatives: int = 2048
     # True: retrained on all events for serving, like the rest of stage 1 (twice the training time). Valid, seeds 0-2,
