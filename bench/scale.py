@@ -172,7 +172,7 @@ def minilm_sample(items: list[dict], root: str) -> dict:
     return {"items": len(items), "items_per_s": round(ips, 1), "raw_encoder_items_per_s": round(raw_ips, 1), "ratio_to_raw_encoder": round(ips / raw_ips, 3)}
 
 
-def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bool, sample: int = 0, fit_steps: int = 3) -> dict:
+def run_size(n: int, encoder: str, users: int, events: int, probes: int, sample: int = 0, one_fit: bool = False) -> dict:
     from engine import Engine
     from engine.components import Components
     from engine.offline.metrics import latencies_ms
@@ -219,7 +219,7 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bo
 
         scan = latencies_ms(raw_query, len(uids))
         fits = []
-        steps = [len(log) // 4, len(log) // 2, len(log)] if fit_steps >= 3 else [len(log)]
+        steps = [len(log)] if one_fit else [len(log) // 4, len(log) // 2, len(log)]
         done, ev_s = 0, 0.0
         for upto in steps:
             t0 = time.perf_counter()
@@ -227,12 +227,11 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bo
             ev_s += time.perf_counter() - t0
             assert not er.errors, er.errors[:3]
             done = upto
-            if fit:
-                t0 = time.perf_counter()
-                rep_fit = eng.fit()
-                print(f"# fit at {upto:,} events: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-                fits.append({"events": upto, "fit_s": round(time.perf_counter() - t0, 2),
-                             "index_build_s": rep_fit.info.get("index_build_seconds")})  # HNSW build, inside fit_s
+            t0 = time.perf_counter()
+            rep_fit = eng.fit()
+            print(f"# fit at {upto:,} events: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+            fits.append({"events": upto, "fit_s": round(time.perf_counter() - t0, 2),
+                         "index_build_s": rep_fit.info.get("index_build_seconds")})  # HNSW build, inside fit_s
         out["add_events_per_s"] = round(len(log) / ev_s, 1)
         out["fit"] = fits
         if len(fits) >= 2:
@@ -240,8 +239,7 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bo
             b, _ = np.polyfit(np.log([f["events"] for f in fits]), np.log([f["fit_s"] - (f.get("index_build_s") or 0) for f in fits]), 1)
             out["fit_exponent"] = round(float(b), 2)
         else:
-            out["fit_skipped" if not fits else "fit_once"] = ("fit() not run" if not fits else
-                                                              "fit() run once on the whole log at this size (--one-fit-above): no exponent here")
+            out["fit_once"] = "fit() run once on the whole log at this size (--one-fit-above): no exponent here"
 
         # Latency: the same users for every variant; a raw query = k=10 neighbours of an item's text vector, on the
         # store as served (HNSW when the fit built it) and, above, as ingested (a scan of every point).
@@ -251,9 +249,9 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, fit: bo
         rawq = timed(raw_query)
         lat = {"raw_qdrant_query_ms": {"p50": _pct(rawq, 50), "p95": _pct(rawq, 95)},
                "raw_qdrant_scan_ms": {"p50": _pct(scan, 50), "p95": _pct(scan, 95)}}
-        out["index_mode"] = bool(fit and eng.learned.current() is not None and eng.learned.current().indexed)
-        for name in ("fitted", "fusion") if fit else ("fusion",):
-            if name == "fusion" and fit:  # the same store, reopened without the fitted model
+        out["index_mode"] = bool(eng.learned.current() is not None and eng.learned.current().indexed)
+        for name in ("fitted", "fusion"):
+            if name == "fusion":  # the same store, reopened without the fitted model
                 eng.close()
                 eng = Engine.open(d, cfg | {"fit": {"use_model": False}}, components=comps)
             ms = timed(lambda i, e=eng: e.recommend(uids[i], k=10))
@@ -286,7 +284,7 @@ def plan(n: int, quick: bool, max_events: int = 200_000, one_fit_items: int = ON
     """Users and events per size; large sizes get a cut-down log (printed)."""
     events = min(n * 2, max_events)
     users = min(max(n // 10, 500), 10_000, max(500, events // 20))  # ~20 events per user whatever the cap
-    return {"users": users, "events": events, "probes": 100 if quick else 200, "fit": True, "fit_steps": 3 if n <= one_fit_items else 1}
+    return {"users": users, "events": events, "probes": 100 if quick else 200, "one_fit": n > one_fit_items}
 
 
 def table(rows: list[dict]) -> str:
@@ -383,10 +381,10 @@ def main() -> None:
                 f"{n:,} items: RANDOM unit vectors (384-d) for the catalog, not the encoder; MiniLM measured on a {args.sample:,}-item sample of it"]
         if n * 2 > p["events"]:
             note.append(f"event log cut down to {p['events']:,} events ({p['users']:,} users)")
-        if p["fit_steps"] < 3:
+        if p["one_fit"]:
             note.append("fit() run once on the whole log (each fit rebuilds the HNSW indexes): no fit exponent at this size")
         print("# " + "; ".join(note), flush=True)
-        child_args = json.dumps({"encoder": enc, "users": p["users"], "events": p["events"], "probes": p["probes"], "fit": p["fit"], "fit_steps": p["fit_steps"], "sample": args.sample})
+        child_args = json.dumps({"encoder": enc, "users": p["users"], "events": p["events"], "probes": p["probes"], "one_fit": p["one_fit"], "sample": args.sample})
         t0 = time.perf_counter()
         res = subprocess.run([sys.executable, __file__, "--child", str(n), "--child-args", child_args], cwd=ROOT, stdout=subprocess.PIPE, text=True)  # stderr: the child's log, live
         if res.returncode != 0:

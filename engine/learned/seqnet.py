@@ -176,7 +176,7 @@ class SeqNet:
                         tgt_t = torch.from_numpy(tgt).to(dev)
                         h = net(torch.from_numpy(inp).to(dev), torch.from_numpy(lens).to(dev))
                         m = tgt_t > 0
-                        if n_items <= full_softmax_items:
+                        if not sampled:
                             logits = net.logits(h[m])
                             logits[:, 0] = float("-inf")  # never predict padding
                             loss = ce(logits, tgt_t[m])
@@ -195,7 +195,7 @@ class SeqNet:
                 weights = {k: v.detach().double().cpu().numpy().copy() for k, v in net.state_dict().items() if k != "causal"}
         finally:
             torch.set_num_threads(old_threads)
-        info = {"epochs": epochs, "sequences": len(data), "device": str(device), "sampled_softmax": n_items > full_softmax_items, "seconds": round(time.perf_counter() - t0, 1),
+        info = {"epochs": epochs, "sequences": len(data), "device": str(device), "sampled_softmax": sampled, "seconds": round(time.perf_counter() - t0, 1),
                 "final_loss": None if loss is None else round(float(loss.detach()), 4)}
         log.info("sequence model: %d sequences, %d epochs in %.0fs (last batch loss %s)", len(data), epochs, info["seconds"], info["final_loss"])
         return cls(weights, dim, maxlen, blocks, heads, known, info)
