@@ -46,8 +46,11 @@ def test_synthetic_catalog_and_log(scale):
 def test_quick_run_writes_the_report(tmp_path):
     out = subprocess.run([sys.executable, "bench/scale.py", "--quick", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "vectors from the packaged MiniLM encoder" in out.stdout and "ratios @ 10,000 items" in out.stdout
+    # --quick: random catalog vectors plus the packaged MiniLM on a sample (its ingest / raw-encoder ratio)
+    assert "MiniLM measured on a 1,000-item sample" in out.stdout and "MiniLM sample ingest/raw encoder = " in out.stdout
+    assert "ratios @ 10,000 items" in out.stdout
     rep = json.loads((tmp_path / "scale.json").read_text())
     row = rep["rows"][0]
+    assert row["ingest_minilm_sample"]["items"] == 1000 and row["ingest_minilm_sample"]["ratio_to_raw_encoder"] > 0
     assert row["items"] == 10_000 and row["ingest"]["items_per_s"] > 0 and len(row["fit"]) == 3 and "fit_exponent" in row
     assert (tmp_path / "scale.png").stat().st_size > 10_000
