@@ -65,7 +65,7 @@ def test_new_event_changes_recommendations_without_refit(fitted):
     after = model.recommend(h + [Event(user_id="u4", item_id=f"i{nxt}", timestamp=last_t + 60, rating=5.0)], k=5)
     assert [r[0] for r in after] != [r[0] for r in before]
     st = model.state(h + [Event(user_id="u4", item_id=f"i{nxt}", timestamp=last_t + 60, rating=5.0)])
-    assert st.sources["trans"][model.index.get(f"i{(nxt + 1) % N_ITEMS}")] > 0
+    assert st.sources["trans"].score([model.index.get(f"i{(nxt + 1) % N_ITEMS}")])[0] > 0
     assert f"i{(nxt + 1) % N_ITEMS}" in [r[0] for r in after]
 
 
@@ -226,9 +226,42 @@ def test_capped_source_ranks_equal_exact_ranks_up_to_the_cap():
         seen = rng.random(n) < 0.2
         cand = rng.choice(n, min(n, 300), replace=False)
         cap = int(rng.integers(1, 1000)) if large else int(rng.integers(1, int((~seen).sum())))
-        S0, R0 = source_ranks(SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=0), ["a"], cand)
-        S1, R1 = source_ranks(SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=cap), ["a"], cand)
+        S0, R0 = source_ranks(SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=0, orders={}), ["a"], cand)
+        S1, R1 = source_ranks(SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=cap, orders={}), ["a"], cand)
         assert np.array_equal(S0, S1) and np.array_equal(np.minimum(R0, cap), R1)
+
+
+def test_sparse_and_fixed_sources_rank_as_their_dense_vectors():
+    """A SparseSource (transitions, co-occurrence) and a history-independent source read from its cached order
+    (popularity) give the scores, capped ranks and top lists of the dense vector, without a pass over the catalog."""
+    from types import SimpleNamespace
+
+    from engine.learned.candidates import source_ranks
+    from engine.learned.toplists import SparseSource
+
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        n = int(rng.integers(20_000, 60_000)) if trial % 2 else int(rng.integers(3, 3000))
+        v = np.where(rng.random(n) < rng.choice([0.0, 0.002, 0.05]), rng.integers(1, 4, n) / 4.0, 0.0)  # ties, maybe empty
+        seen = rng.random(n) < 0.1
+        cand = rng.choice(n, min(n, 300), replace=False)
+        rows = np.flatnonzero(v)
+        dense = SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=0, orders={})
+        order = np.lexsort((np.arange(n), -v))
+        fixed = SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=0, orders={"a": (order, -v[order])}, seen_rows=np.flatnonzero(seen))
+        sparse = SimpleNamespace(seen=seen, sources={"a": SparseSource(rows, v[rows], seen)}, rank_cap=0, orders={})
+        for cap in (0, int(rng.integers(1, 50))):
+            for st in (dense, fixed, sparse):
+                st.rank_cap = cap
+            S, R = source_ranks(dense, ["a"], cand)
+            for other in (fixed, sparse):
+                S1, R1 = source_ranks(other, ["a"], cand)
+                assert np.array_equal(S, S1) and np.array_equal(R, R1), (trial, cap)
+        for k in (1, 7, 400):
+            for excl in (True, False):
+                want = source_top(dense, "a", k, excl)
+                assert np.array_equal(source_top(fixed, "a", k, excl), want), (trial, k, excl)
+                assert np.array_equal(source_top(sparse, "a", k, excl), want), (trial, k, excl)
 
 
 def test_bagged_ranker_is_the_mean_of_its_boosters_and_survives_save_load(tmp_path):

@@ -1,95 +1,43 @@
 """Stage 1: fitted candidate models, the per-user state they produce, and the candidate pool.
 
 In:  ordered sequences (``index.py``), static item metadata (``ItemMeta``: text embeddings, genres, year), a config.
-Out: ``Stage1`` (ALS factors, sequence statistics, item rating/time stats), ``UserState`` (one dense score vector per
-     source over the whole catalog, seen mask, fold-in user vector) and ``pool(state, size)``: a few hundred item rows
-     interleaved from the sources' rankings (seen items excluded), with every source's score and full-catalog rank.
+Out: ``Stage1`` (ALS factors, sequence statistics, item rating/time stats), ``UserState`` (per source: what it scores over
+     the whole catalog; seen mask, fold-in user vector) and ``pool(state, size)``: a few hundred item rows interleaved
+     from the sources' rankings (seen items excluded), with every source's score and full-catalog rank.
 
-Large catalogs (``LearnedConfig.indexed``: at least ``index_items``): the content and collaborative sources are no
-dense vectors but ``ListSource`` top lists of ``index_depth`` unseen items, from a vector index at serving (Qdrant's
-``text`` and ``cf`` vectors) or the exact top list (training, and serving without an index); their ranks are ranks within that list,
-and the sequence model's score is its probability relative to the best item's (no softmax over the catalog). Both are
-the same in training and serving, so the ranker is fitted on what it is served.
+How a source is held: ``trans`` and ``cooc`` as ``SparseSource`` (zero off the user's rows of the transition and
+co-occurrence matrices), ``pop``, ``trend`` and ``pop_at`` as dense vectors with a per-model cached order, ``sas`` dense.
+Large catalogs (``LearnedConfig.indexed``: at least ``index_items``): the content and collaborative sources are
+``ListSource`` top lists of ``index_depth`` unseen items, from a vector index at serving (Qdrant's ``text`` and ``cf``
+vectors) or the exact top list (training, and serving without an index); their ranks are ranks within that list, and
+the sequence model's score is its probability relative to the best item's (no softmax over the catalog). Training and
+serving compute the same, so the ranker is fitted on what it is served.
 
 Sources: ``cf`` (fold-in user vector . item factors), ``trans`` (transitions from the last items), ``cooc``
-(co-occurrence with recent items), ``sas`` (the sequence model's next-item probability), ``content`` (text-embedding similarity to recent liked items; it reaches items
-with no events too), ``fresh`` (the same similarity among items with no events only), ``pop`` (all-time), ``trend`` (last ``trend_days`` of the data), ``pop_at`` (popularity
-around the user's last event time).
+(co-occurrence with recent items), ``sas`` (the sequence model's next-item probability), ``content`` (text-embedding
+similarity to recent liked items; it reaches items with no events too), ``fresh`` (the same similarity among items with
+no events only), ``pop`` (all-time), ``trend`` (last ``trend_days`` of the data), ``pop_at`` (popularity around the
+user's last event time).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .cf import CF
 from .config import LearnedConfig
-from .index import ItemIndex, Sequence, user_item_matrix
+from .index import Sequence, user_item_matrix
+from .meta import ItemMeta
 from .seqnet import SeqNet
-from .sequence import SequenceStats
-from .toplists import EMPTY, ListSource, row_dots, sample_threshold, top_dots, top_rows
+from .sequence import SequenceStats, SparseRows
+from .toplists import EMPTY, ListSource, SparseSource, fixed_order, row_dots, sample_threshold, top_dots, top_rows
 
-__all__ = ["ItemMeta", "Stage1", "UserState", "user_state", "pool", "rank_cap_of", "source_ranks", "source_top"]
+__all__ = ["Stage1", "UserState", "user_state", "pool", "rank_cap_of", "source_ranks", "source_top"]
 
 log = logging.getLogger(__name__)
-
-_EMB64_CACHE_BYTES = 640 << 20  # float64 copy kept up to ~200k items at 384-d; above, the per-call cast stays
-
-
-@dataclass
-class ItemMeta:
-    """Static per-item data: L2-normalised embeddings (zero rows when missing), genre multi-hot, year (nan)."""
-
-    emb: np.ndarray
-    genres: np.ndarray
-    genre_names: list
-    year: np.ndarray
-
-    @classmethod
-    def build(cls, items, index: ItemIndex, embeddings: np.ndarray | None = None, embedding_ids=None) -> ItemMeta:
-        n = len(index)
-        by_id = {str(it.id): it for it in items}
-        names = sorted({g for it in items for g in (it.attributes.get("genres") or [])})
-        gpos = {g: k for k, g in enumerate(names)}
-        genres = np.zeros((n, max(1, len(names))), np.float32)
-        year = np.full(n, np.nan, np.float32)
-        for j, iid in enumerate(index.ids):
-            it = by_id.get(iid)
-            if it is None:
-                continue
-            for g in it.attributes.get("genres") or []:
-                genres[j, gpos[g]] = 1.0
-            y = it.attributes.get("year")
-            if isinstance(y, (int, float)):
-                year[j] = y
-        if embeddings is None:
-            emb = np.zeros((n, 1), np.float32)
-        else:
-            embeddings = np.asarray(embeddings, np.float32)
-            emb = np.zeros((n, embeddings.shape[1]), np.float32)
-            ids = list(embedding_ids) if embedding_ids is not None else [str(it.id) for it in items]
-            rows = index.rows(ids)
-            ok = rows >= 0
-            emb[rows[ok]] = embeddings[ok]
-            norm = np.linalg.norm(emb, axis=1, keepdims=True)
-            emb = emb / np.where(norm > 0, norm, 1.0)
-        return cls(emb, genres, names, year)
-
-    def __getstate__(self) -> dict:  # Ray ships the model to workers: not the float64 copy (each builds its own)
-        d = dict(self.__dict__)
-        d.pop("_emb64", None)
-        return d
-
-    def content_scores(self, q: np.ndarray) -> np.ndarray:
-        """``emb @ q`` for a float64 query: the float64 product the features were fitted with, without re-casting the
-        whole matrix on every call (the cast was most of a request's time at 10k items) while a float64 copy is small."""
-        e64 = self.__dict__.get("_emb64")
-        if e64 is None and self.emb.nbytes <= _EMB64_CACHE_BYTES // 2:
-            e64 = self.__dict__["_emb64"] = self.emb.astype(np.float64)
-        return (self.emb if e64 is None else e64) @ q
-
 
 class Stage1:
     """Everything fitted from events that the pool and the features read. Fit twice: without labels, then on all."""
@@ -156,22 +104,24 @@ def _top_list(E: np.ndarray, q: np.ndarray, seen: np.ndarray, depth: int, search
 
 @dataclass
 class UserState:
-    """What one history implies, over the whole catalog (dense vectors, n_items long)."""
+    """What one history implies over the whole catalog: per source a dense vector (n_items long), a ``ListSource`` or
+    a ``SparseSource``."""
 
     seq: Sequence
     seen: np.ndarray  # bool mask
     last3: np.ndarray  # rows of the last 3 items, most recent last
-    trans3: np.ndarray  # 3 x n: P(c | last_k) for k = 1, 2, 3 (row 0 = most recent; zero rows when shorter)
+    trans3: SparseRows  # 3 rows: P(c | last_k) for k = 1, 2, 3 (row 0 = most recent; empty rows when shorter)
     recent: np.ndarray  # the last ``recent`` item rows, most recent last
     liked: np.ndarray  # recent liked item rows (rating >= threshold; all recent when no ratings)
     disliked: np.ndarray  # bool mask over ``recent``: rated at most ``dislike_rating``
     user_vec: np.ndarray
     sources: dict  # name -> dense score vector
     last_ts: float
-    cooc_rec: np.ndarray  # len(recent) x n cosine co-occurrence rows
-    orders: dict  # name -> cached full-catalog order for sources that do not depend on the history
+    cooc_rec: SparseRows  # len(recent) cosine co-occurrence rows
+    orders: dict  # name -> (full-catalog order, -scores in that order): cached, for sources that do not depend on the history
     rank_cap: int = 0  # source_ranks: exact ranks up to this, this value beyond (0: exact)
     off: frozenset = frozenset()  # sources without a fitted model (zero scores): they fill no pool slots
+    seen_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the rows ``seen`` marks, sorted
 
 
 def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, content_search=None, cf_search=None) -> UserState:
@@ -183,9 +133,7 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
     seen = np.zeros(n, bool)
     seen[items] = True
     last3 = items[-3:]
-    tr = s1.seq.trans_rows(last3[::-1], cfg.trans_smooth)
-    trans3 = np.zeros((3, n), np.float32)
-    trans3[: len(tr)] = tr
+    trans3 = s1.seq.trans_rows(last3[::-1], cfg.trans_smooth).padded(3)
     w = cfg.trans_pos_decay ** np.arange(3)
     recent = items[-cfg.recent :]
     r = seq.ratings[(seq.items >= 0) & (seq.items < n)][-cfg.recent :]
@@ -200,9 +148,10 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
             if np.any(uvec) else EMPTY
     else:
         src["cf"] = s1.cf.scores(uvec)
-    src["trans"] = (w[:, None] * trans3).sum(0)
+    src["trans"] = SparseSource(*trans3.weighted(w), seen)
     cooc_rec = s1.seq.cooc_rows(recent)
-    src["cooc"] = ((0.9 ** np.arange(len(recent))[::-1]) @ cooc_rec).astype(np.float32) if len(recent) else np.zeros(n, np.float32)
+    rows, vals = cooc_rec.weighted(0.9 ** np.arange(len(recent))[::-1])
+    src["cooc"] = SparseSource(rows, vals.astype(np.float32), seen)
     q = None
     if len(liked) and meta.emb.shape[1] > 1:
         cw = 0.9 ** np.arange(len(liked))[::-1]
@@ -230,10 +179,11 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
     last_ts = float(seq.ts[-1]) if len(seq.ts) else s1.seq.t_max
     b = s1.seq.bucket_of(last_ts)
     src["pop_at"] = s1.cached(("pop_at", b), lambda: s1.seq.pop_at(last_ts))
-    orders = {name: s1.cached(("order", name, b if name == "pop_at" else None), lambda v=src[name]: np.lexsort((np.arange(n), -v)))
+    orders = {name: s1.cached(("order", name, b if name == "pop_at" else None), lambda v=src[name]: fixed_order(v))
               for name in ("pop", "trend", "pop_at")}
     off = frozenset() if s1.sas is not None else frozenset({"sas"})
-    return UserState(seq, seen, last3, trans3, recent, liked, disliked, uvec, src, last_ts, cooc_rec, orders, cfg.rank_cap, off)
+    return UserState(seq, seen, last3, trans3, recent, liked, disliked, uvec, src, last_ts, cooc_rec, orders, cfg.rank_cap, off,
+                     np.unique(items))
 
 
 def rank_cap_of(state: UserState, n_unseen: int) -> int | None:
@@ -255,8 +205,18 @@ def source_ranks(state: UserState, names, cand: np.ndarray) -> tuple[np.ndarray,
             S[:, j] = vc
             R[:, j] = v.ranks(vc)
             continue
+        if isinstance(v, SparseSource):
+            vc = v.score(cand)
+            S[:, j] = vc
+            R[:, j] = v.ranks(vc) if cap is None else np.minimum(v.ranks(vc), cap)
+            continue
         vc = v[cand]
         S[:, j] = vc
+        if name in state.orders:  # every item's score sorted once per model: items above, less the seen ones above
+            sv = np.sort(v[state.seen_rows])
+            above = np.searchsorted(state.orders[name][1], -vc, side="left") - (len(sv) - np.searchsorted(sv, vc, side="right"))
+            R[:, j] = above if cap is None else np.minimum(above, cap)
+            continue
         # One comparison pass over the catalog instead of a partition (the partitions were a quarter of a request's time
         # at 100k items): with a sampled threshold t, every unseen value above a score >= t is in ``top``, and a score
         # below t has every unseen value >= t above it (at least ``cap`` of them, checked, unless no score is below t).
@@ -279,11 +239,16 @@ def source_ranks(state: UserState, names, cand: np.ndarray) -> tuple[np.ndarray,
 def source_top(state: UserState, name: str, k: int, exclude_seen: bool = True) -> np.ndarray:
     """The source's best ``k`` item rows (ties by row, at the cut too), seen items left out when ``exclude_seen``."""
     if name in state.orders:
-        o = state.orders[name]
-        return (o[~state.seen[o]] if exclude_seen else o)[:k]
+        o = state.orders[name][0]
+        if not exclude_seen:
+            return o[:k]
+        o = o[: k + len(state.seen_rows)]  # k unseen among them
+        return o[~state.seen[o]][:k]
     v = state.sources[name]
     if isinstance(v, ListSource):  # unseen items only, best first
         return v.rows[:k]
+    if isinstance(v, SparseSource):
+        return v.top(k, state.seen, exclude_seen)
     ok = np.isfinite(v)
     if exclude_seen:
         ok &= ~state.seen

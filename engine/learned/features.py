@@ -17,10 +17,11 @@ import logging
 
 import numpy as np
 
-from .candidates import ItemMeta, Stage1, UserState, rank_cap_of, source_ranks
+from .candidates import Stage1, UserState, rank_cap_of, source_ranks
 from .config import SOURCES
-from .sequence import dense_rows
-from .toplists import ListSource
+from .meta import ItemMeta
+from .sequence import rows_at
+from .toplists import ListSource, SparseSource
 
 __all__ = ["FEATURE_NAMES", "GROUPS", "features", "cold_item", "dot64", "resolve_drop"]
 
@@ -72,15 +73,16 @@ def features(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, extra:
         put(f"{name}_score", S[:, j])
         put(f"{name}_rank", R[:, j])
     # transitions from each of the last three items separately
+    T = st.trans3.at(cand)
     for k in range(3):
-        put(f"trans_l{k + 1}", st.trans3[k, cand])
+        put(f"trans_l{k + 1}", T[k])
     if len(st.last3):
-        put("trans_l1_count", dense_rows(s1.seq.trans, st.last3[-1:], cand)[0])
+        put("trans_l1_count", rows_at(s1.seq.trans, st.last3[-1:], cand)[0])
     else:
         put("trans_l1_count", 0.0)
     rec = st.recent
     if len(rec):
-        put("cooc_max", st.cooc_rec[:, cand].max(0))
+        put("cooc_max", st.cooc_rec.at(cand).max(0))
         put("cf_sim_max", dot64(s1.cf_unit[cand], s1.cf_unit[rec]).max(1))
     if len(st.liked) and meta.emb.shape[1] > 1:
         sims = dot64(meta.emb[cand], meta.emb[st.liked])
@@ -128,7 +130,7 @@ def cold_item(F: np.ndarray, st: UserState, rows: np.ndarray) -> np.ndarray:
         if isinstance(v, ListSource):  # a rank within the list (index mode): the list items scoring above 0
             F[rows, _COL[f"{name}_rank"]] = float(v.ranks(np.zeros(1))[0])
             continue
-        r = float((v[unseen] > 0).sum())
+        r = float(v.positive_unseen if isinstance(v, SparseSource) else (v[unseen] > 0).sum())
         F[rows, _COL[f"{name}_rank"]] = r if cap is None else min(r, cap)
     for c in _COLD_ZERO:
         F[rows, c] = 0.0

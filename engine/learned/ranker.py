@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .candidates import ItemMeta, Stage1, pool, user_state
+from .candidates import Stage1, pool, user_state
 from .config import LearnedConfig
 from .features import FEATURE_NAMES, GROUPS, cold_item, features, resolve_drop
 from .index import Sequence, tie_key
+from .meta import ItemMeta
 
 __all__ = ["TrainingData", "build_training", "Ranker", "train_ranker", "pessimistic_ndcg"]
 

@@ -6,8 +6,9 @@ Out: ``SequenceStats`` with
      - ``cooc``   CSR items x items: symmetric counts of pairs within ``window`` positions (diagonal empty);
      - ``pop``    events per item; ``trend`` events in the last ``trend_days`` before the data's latest timestamp;
      - ``time_pop`` items x time buckets, for the popularity of an item around any given time;
-     and ``scores(last_items)`` / ``cooc_scores(recent_items)`` dense over the catalog from a user's recent items with a
-     position decay. Fitted only on the events it is given: the ranker's training copy never sees the label events.
+     and ``trans_rows(items)`` / ``cooc_rows(items)``: a user's rows of those matrices, normalised, as ``SparseRows`` (a
+     request's cost grows with the rows' entries, not with the catalog). Fitted only on the events it is given: the
+     ranker's training copy never sees the label events.
 """
 
 from __future__ import annotations
@@ -19,21 +20,65 @@ import scipy.sparse as sp
 
 from .index import Sequence
 
-__all__ = ["SequenceStats", "dense_rows"]
+__all__ = ["SequenceStats", "SparseRows", "rows_at"]
 
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
 
 
-def dense_rows(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
-    """``m[rows][:, cols]`` as a dense float32 array, without scipy's fancy-indexing overhead (few rows)."""
-    out = np.zeros((len(rows), m.shape[1]), np.float32)
+def rows_at(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``m[rows][:, cols]`` as a dense float32 array (len(rows) x len(cols)), read from each row's sorted entries (no
+    catalog-sized row is built; ``m`` has sorted indices, as ``SequenceStats`` keeps them)."""
+    cols = np.asarray(cols, np.int64)
+    out = np.zeros((len(rows), len(cols)), np.float32)
     ip, ix, d = m.indptr, m.indices, m.data
     for k, r in enumerate(rows):
         a, b = ip[r], ip[r + 1]
-        out[k, ix[a:b]] = d[a:b]
-    return out if cols is None else out[:, cols]
+        if a == b:
+            continue
+        pos = np.searchsorted(ix[a:b], cols)
+        hit = pos < b - a
+        hit[hit] = ix[a + pos[hit]] == cols[hit]
+        out[k, hit] = d[a + pos[hit]]
+    return out
+
+
+class SparseRows:
+    """A few catalog-wide rows that are zero except on their entries: row k is ``cols[k]`` (sorted, distinct) with
+    float32 ``vals[k]``. What a user's transition and co-occurrence rows are, without n-sized arrays."""
+
+    def __init__(self, cols: list[np.ndarray], vals: list[np.ndarray], n: int):
+        self.cols, self.vals, self.n = cols, vals, n
+
+    def __len__(self) -> int:
+        return len(self.cols)
+
+    def padded(self, k: int) -> SparseRows:
+        """The same rows, then empty ones up to ``k`` rows."""
+        e = np.zeros(0, np.int64)
+        return SparseRows(self.cols + [e] * (k - len(self)), self.vals + [e.astype(np.float32)] * (k - len(self)), self.n)
+
+    def at(self, cand: np.ndarray) -> np.ndarray:
+        """The rows' values at ``cand`` (len(self) x len(cand), float32; 0 off the entries)."""
+        cand = np.asarray(cand, np.int64)
+        out = np.zeros((len(self), len(cand)), np.float32)
+        for k, (c, v) in enumerate(zip(self.cols, self.vals)):
+            if len(c):
+                pos = np.minimum(np.searchsorted(c, cand), len(c) - 1)
+                hit = c[pos] == cand
+                out[k, hit] = v[pos[hit]]
+        return out
+
+    def weighted(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``sum_k w[k] * row_k`` in float64 on the union of the entries (sorted columns, values), added in row order:
+        exactly what summing the dense rows' weighted products over axis 0 gives there."""
+        if not len(self):
+            return np.zeros(0, np.int64), np.zeros(0)
+        cols, inv = np.unique(np.concatenate(self.cols), return_inverse=True)
+        out = np.zeros(len(cols))
+        np.add.at(out, inv, np.concatenate([wk * v.astype(np.float64) for wk, v in zip(np.asarray(w, np.float64), self.vals)]))
+        return cols, out
 
 
 def _pairs(seqs, offsets):
@@ -62,6 +107,9 @@ class SequenceStats:
         self._finish()
 
     def _finish(self):
+        for m in (self.trans, self.cooc):  # rows_at and SparseRows search each row's entries
+            if not m.has_sorted_indices:
+                m.sort_indices()
         self.trans_out = np.asarray(self.trans.sum(axis=1)).ravel()
         self.cooc_norm = np.sqrt(np.maximum(self.pop, 1.0))
         self.n_items = len(self.pop)
@@ -94,36 +142,19 @@ class SequenceStats:
         return cls(trans, cooc, pop, trend, time_pop, t0, bucket, t_max, params)
 
     # --- scoring -------------------------------------------------------------------------------------------------
-    def trans_rows(self, items: np.ndarray, smooth: float = 5.0) -> np.ndarray:
-        """Dense P(next | a) rows (smoothed by ``smooth`` pseudo-counts) for each item in ``items`` (k x n)."""
-        items = np.asarray(items, np.int64)
-        if not len(items):
-            return np.zeros((0, self.n_items), np.float32)
-        rows = dense_rows(self.trans, items)
-        return rows / (self.trans_out[items, None] + smooth)
+    def trans_rows(self, items: np.ndarray, smooth: float = 5.0) -> SparseRows:
+        """P(next | a) rows (smoothed by ``smooth`` pseudo-counts) for each item ``a`` in ``items``."""
+        ip, ix, d = self.trans.indptr, self.trans.indices, self.trans.data
+        rows = [int(r) for r in np.asarray(items, np.int64)]
+        return SparseRows([ix[ip[r] : ip[r + 1]].astype(np.int64) for r in rows],
+                          [d[ip[r] : ip[r + 1]] / (self.trans_out[r] + smooth) for r in rows], self.n_items)
 
-    def scores(self, last_items: np.ndarray, pos_decay: float = 0.6, smooth: float = 5.0) -> np.ndarray:
-        """Transition score from the most recent items (``last_items[-1]`` is the latest), decayed by position."""
-        last = np.asarray(last_items, np.int64)[::-1]
-        if not len(last):
-            return np.zeros(self.n_items, np.float32)
-        w = pos_decay ** np.arange(len(last))
-        return (w[:, None] * self.trans_rows(last, smooth)).sum(0).astype(np.float32)
-
-    def cooc_rows(self, items: np.ndarray) -> np.ndarray:
-        """Dense cosine-normalised co-occurrence rows (k x n)."""
-        items = np.asarray(items, np.int64)
-        if not len(items):
-            return np.zeros((0, self.n_items), np.float32)
-        rows = dense_rows(self.cooc, items)
-        return rows / (self.cooc_norm[items, None] * self.cooc_norm[None, :])
-
-    def cooc_scores(self, recent_items: np.ndarray, pos_decay: float = 0.9) -> np.ndarray:
-        last = np.asarray(recent_items, np.int64)[::-1]
-        if not len(last):
-            return np.zeros(self.n_items, np.float32)
-        w = pos_decay ** np.arange(len(last))
-        return (w[:, None] * self.cooc_rows(last)).sum(0).astype(np.float32)
+    def cooc_rows(self, items: np.ndarray) -> SparseRows:
+        """Cosine-normalised co-occurrence rows of ``items``."""
+        ip, ix, d = self.cooc.indptr, self.cooc.indices, self.cooc.data
+        rows = [int(r) for r in np.asarray(items, np.int64)]
+        cols = [ix[ip[r] : ip[r + 1]].astype(np.int64) for r in rows]
+        return SparseRows(cols, [d[ip[r] : ip[r + 1]] / (self.cooc_norm[r] * self.cooc_norm[c]) for r, c in zip(rows, cols)], self.n_items)
 
     def bucket_of(self, t: float) -> int:
         return int(np.clip((t - self.t0) // self.bucket, 0, self.time_pop.shape[1] - 1))

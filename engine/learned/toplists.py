@@ -3,7 +3,9 @@
 In:  a score per catalog item (dense vectors) or a source's best items (a vector index's answer).
 Out: ``top_rows`` (the best k rows, ties by row), ``sample_threshold`` (a value about 4x k items exceed, from a strided
      sample: one comparison pass instead of a partition), ``ListSource`` (a source read from a top list: its rows,
-     scores and the rank a score would have in it), ``row_dots`` (row-wise float64 products, each value independent of
+     scores and the rank a score would have in it), ``SparseSource`` (a source that is zero off a few rows: what a dense
+     vector would answer, from those rows alone), ``fixed_order`` (a history-independent source's cached order),
+     ``row_dots`` (row-wise float64 products, each value independent of
      the other rows computed with it), ``top_dots`` (the best k rows by those products without a float64 product over
      the catalog), ``promote_first`` (a list with its first marked entry moved up to a position).
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ListSource", "EMPTY", "promote_first", "row_dots", "sample_threshold", "top_dots", "top_rows"]
+__all__ = ["ListSource", "SparseSource", "EMPTY", "fixed_order", "promote_first", "row_dots", "sample_threshold", "top_dots", "top_rows"]
 
 
 class ListSource:
@@ -40,7 +42,57 @@ class ListSource:
         return len(self._sorted) - np.searchsorted(self._sorted, values, side="right")
 
 
+class SparseSource:
+    """A non-negative source that is 0 except on ``rows`` (sorted, distinct) with ``values``: a user's transition and
+    co-occurrence scores. It answers as the dense vector over the catalog would (``score``, ``ranks`` among unseen
+    items, ``top``), at a cost that grows with its entries and the history, not with the catalog."""
+
+    def __init__(self, rows: np.ndarray, values: np.ndarray, seen: np.ndarray):
+        self.rows, self.values, self.n = np.asarray(rows, np.int64), np.asarray(values), len(seen)
+        unseen = ~seen[self.rows]
+        self._sorted = np.sort(self.values[unseen])  # the unseen items' non-zero values (zeros never rank above a score)
+        self.positive_unseen = int((self._sorted > 0).sum())
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        out = np.zeros(len(rows), self.values.dtype)
+        if len(self.rows):
+            pos = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
+            hit = self.rows[pos] == rows
+            out[hit] = self.values[pos[hit]]
+        return out
+
+    def ranks(self, values: np.ndarray) -> np.ndarray:
+        """How many unseen items score above each (non-negative) value."""
+        return len(self._sorted) - np.searchsorted(self._sorted, values, side="right")
+
+    def top(self, k: int, seen: np.ndarray, exclude_seen: bool = True) -> np.ndarray:
+        """``top_rows`` of the dense vector: the best ``k`` rows (seen ones left out when ``exclude_seen``), score desc,
+        ties by row; past the entries, the lowest rows that score 0."""
+        ok = self.values > 0
+        if exclude_seen:
+            ok &= ~seen[self.rows]
+        pos = self.rows[ok]
+        out = pos[np.lexsort((pos, -self.values[ok]))][:k]
+        need = min(k, self.n) - len(out)
+        if need > 0:  # among the first need + |entries| + |seen| rows, at least ``need`` score 0 and are allowed
+            head = np.arange(min(self.n, need + len(self.rows) + (int(seen.sum()) if exclude_seen else 0)))
+            fill = np.ones(len(head), bool)
+            fill[pos[pos < len(head)]] = False
+            if exclude_seen:
+                fill &= ~seen[head]
+            out = np.concatenate([out, head[fill][:need]])
+        return out
+
+
 EMPTY = ListSource(np.zeros(0, np.int64), lambda r: np.zeros(len(r)))  # a source with nothing to go on (no liked item)
+
+
+def fixed_order(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A history-independent source's order (score desc, row asc) and its negated scores in that order (ascending, for
+    ``searchsorted``): computed once per model, so a user's ranks and top list need no pass over the catalog."""
+    o = np.lexsort((np.arange(len(v)), -v))
+    return o, -v[o]
 
 
 def row_dots(E: np.ndarray, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
