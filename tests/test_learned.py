@@ -226,42 +226,37 @@ def test_capped_source_ranks_equal_exact_ranks_up_to_the_cap():
         seen = rng.random(n) < 0.2
         cand = rng.choice(n, min(n, 300), replace=False)
         cap = int(rng.integers(1, 1000)) if large else int(rng.integers(1, int((~seen).sum())))
-        S0, R0 = source_ranks(SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=0, orders={}), ["a"], cand)
-        S1, R1 = source_ranks(SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=cap, orders={}), ["a"], cand)
+        S0, R0 = source_ranks(SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=0), ["a"], cand)
+        S1, R1 = source_ranks(SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=cap), ["a"], cand)
         assert np.array_equal(S0, S1) and np.array_equal(np.minimum(R0, cap), R1)
 
 
-def test_sparse_and_fixed_sources_rank_as_their_dense_vectors():
-    """A SparseSource (transitions, co-occurrence) and a history-independent source read from its cached order
-    (popularity) give the scores, capped ranks and top lists of the dense vector, without a pass over the catalog."""
+def test_sparse_sources_rank_as_their_dense_vectors():
+    """A SparseSource (transitions, co-occurrence, popularity: a user's view of scores that are 0 off a few rows) gives
+    the scores, capped ranks and top lists of the dense vector, without a pass over the catalog."""
     from types import SimpleNamespace
 
     from engine.learned.candidates import source_ranks
-    from engine.learned.toplists import SparseSource
+    from engine.learned.toplists import SparseScores
 
     rng = np.random.default_rng(3)
     for trial in range(40):
         n = int(rng.integers(20_000, 60_000)) if trial % 2 else int(rng.integers(3, 3000))
-        v = np.where(rng.random(n) < rng.choice([0.0, 0.002, 0.05]), rng.integers(1, 4, n) / 4.0, 0.0)  # ties, maybe empty
-        seen = rng.random(n) < 0.1
+        v = np.where(rng.random(n) < rng.choice([0.0, 0.002, 0.05, 0.9]), rng.integers(1, 4, n) / 4.0, 0.0)  # ties
+        seen = rng.random(n) < rng.choice([0.0, 0.1, 0.95])
         cand = rng.choice(n, min(n, 300), replace=False)
-        rows = np.flatnonzero(v)
-        dense = SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=0, orders={})
-        order = np.lexsort((np.arange(n), -v))
-        fixed = SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=0, orders={"a": (order, -v[order])}, seen_rows=np.flatnonzero(seen))
-        sparse = SimpleNamespace(seen=seen, sources={"a": SparseSource(rows, v[rows], seen)}, rank_cap=0, orders={})
+        dense = SimpleNamespace(seen=seen, sources={"a": v}, rank_cap=0)
+        sparse = SimpleNamespace(seen=seen, sources={"a": SparseScores.of(v).view(seen, np.flatnonzero(seen))}, rank_cap=0)
         for cap in (0, int(rng.integers(1, 50))):
-            for st in (dense, fixed, sparse):
-                st.rank_cap = cap
+            dense.rank_cap = sparse.rank_cap = cap
             S, R = source_ranks(dense, ["a"], cand)
-            for other in (fixed, sparse):
-                S1, R1 = source_ranks(other, ["a"], cand)
-                assert np.array_equal(S, S1) and np.array_equal(R, R1), (trial, cap)
+            S1, R1 = source_ranks(sparse, ["a"], cand)
+            assert np.array_equal(S, S1) and np.array_equal(R, R1), (trial, cap)
         for k in (1, 7, 400):
             for excl in (True, False):
-                want = source_top(dense, "a", k, excl)
-                assert np.array_equal(source_top(fixed, "a", k, excl), want), (trial, k, excl)
-                assert np.array_equal(source_top(sparse, "a", k, excl), want), (trial, k, excl)
+                assert np.array_equal(source_top(sparse, "a", k, excl), source_top(dense, "a", k, excl)), (trial, k, excl)
+    with pytest.raises(ValueError):
+        SparseScores.of(np.array([0.0, -1.0, 2.0]))
 
 
 def test_bagged_ranker_is_the_mean_of_its_boosters_and_survives_save_load(tmp_path):
@@ -422,7 +417,7 @@ def test_source_top_is_the_best_k_with_ties_by_row():
             v = np.where(rng.random(n) < 0.5, rng.standard_normal(n), -np.inf).astype(np.float32)  # like "fresh"
         seen = rng.random(n) < 0.1
         k = int(rng.integers(1, 400))
-        st = SimpleNamespace(orders={}, seen=seen, sources={"a": v})
+        st = SimpleNamespace(seen=seen, sources={"a": v})
         for excl in (True, False):
             ok = np.isfinite(v) & (~seen if excl else True)
             rows = np.flatnonzero(ok)
@@ -547,3 +542,23 @@ def test_promote_first_moves_only_the_first_marked_entry_up_to_its_position():
         assert promote_first(order, marked, p).tolist() == order.tolist()
     assert promote_first(order, np.zeros(8, bool), 2).tolist() == order.tolist()
     assert promote_first(order[:0], marked[:0], 2).tolist() == []
+
+
+def test_stage1_cache_keeps_a_bounded_number_of_vectors():
+    """Per-time-bucket popularity is memoised per model, but not without bound: past the limit the oldest entry is
+    made again when asked for, the newest are kept."""
+    from engine.learned.candidates import Stage1
+
+    s1 = Stage1.__new__(Stage1)
+    made = []
+
+    def make(b):
+        made.append(b)
+        return np.full(3, b)
+
+    for b in range(3000):
+        assert s1.cached(("pop_at", b), lambda b=b: make(b))[0] == b
+    assert len(made) == 3000
+    s1.cached(("pop_at", 2999), lambda: make(-1))  # recent: kept
+    assert made[-1] == 2999
+    assert s1.cached(("pop_at", 0), lambda: make(0))[0] == 0 and made[-1] == 0 and len(made) == 3001  # evicted: made again

@@ -6,7 +6,8 @@ Out: ``Stage1`` (ALS factors, sequence statistics, item rating/time stats), ``Us
      from the sources' rankings (seen items excluded), with every source's score and full-catalog rank.
 
 How a source is held: ``trans`` and ``cooc`` as ``SparseSource`` (zero off the user's rows of the transition and
-co-occurrence matrices), ``pop``, ``trend`` and ``pop_at`` as dense vectors with a per-model cached order, ``sas`` dense.
+co-occurrence matrices, per request) and ``pop``, ``trend``, ``pop_at`` (sorted once per model) as ``SparseSource``,
+``sas`` as a dense vector.
 Large catalogs (``LearnedConfig.indexed``: at least ``index_items``): the content and collaborative sources are
 ``ListSource`` top lists of ``index_depth`` unseen items, from a vector index at serving (Qdrant's ``text`` and ``cf``
 vectors) or the exact top list (training, and serving without an index); their ranks are ranks within that list, and
@@ -23,7 +24,8 @@ user's last event time).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,11 +35,14 @@ from .index import Sequence, user_item_matrix
 from .meta import ItemMeta
 from .seqnet import SeqNet
 from .sequence import SequenceStats, SparseRows
-from .toplists import EMPTY, ListSource, SparseSource, fixed_order, row_dots, sample_threshold, top_dots, top_rows
+from .toplists import EMPTY, ListSource, SparseScores, SparseSource, row_dots, sample_threshold, top_dots, top_rows
 
 __all__ = ["Stage1", "UserState", "user_state", "pool", "rank_cap_of", "source_ranks", "source_top"]
 
 log = logging.getLogger(__name__)
+
+_CACHE_ENTRIES = 1024  # Stage1.cached: every time bucket's popularity (SequenceStats keeps at most 512) and the rest
+_CACHE_LOCK = threading.Lock()  # module-level: a Stage1 is pickled for Ray workers
 
 class Stage1:
     """Everything fitted from events that the pool and the features read. Fit twice: without labels, then on all."""
@@ -72,11 +77,17 @@ class Stage1:
         return cls(cf, seq, item_rating, first.astype(np.float64), mean_ts.astype(np.float64), sas)
 
     def cached(self, key, make):
-        """Per-model memo for history-independent vectors (popularity orders, per-time-bucket popularity)."""
+        """Per-model memo for history-independent values (sorted popularity, per time bucket too, and masks); the
+        oldest entries go past ``_CACHE_ENTRIES``."""
         c = self.__dict__.setdefault("_cache", {})
-        if key not in c:
-            c[key] = make()
-        return c[key]
+        v = c.get(key)
+        if v is None:
+            v = make()
+            with _CACHE_LOCK:
+                c[key] = v
+                while len(c) > _CACHE_ENTRIES:
+                    del c[next(iter(c))]
+        return v
 
     def arrays(self) -> dict:
         return {"cf_item_factors": self.cf.item_factors, "item_rating": self.item_rating, "item_first_ts": self.item_first_ts,
@@ -118,10 +129,8 @@ class UserState:
     sources: dict  # name -> dense score vector
     last_ts: float
     cooc_rec: SparseRows  # len(recent) cosine co-occurrence rows
-    orders: dict  # name -> (full-catalog order, -scores in that order): cached, for sources that do not depend on the history
     rank_cap: int = 0  # source_ranks: exact ranks up to this, this value beyond (0: exact)
     off: frozenset = frozenset()  # sources without a fitted model (zero scores): they fill no pool slots
-    seen_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the rows ``seen`` marks, sorted
 
 
 def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, content_search=None, cf_search=None) -> UserState:
@@ -148,10 +157,11 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
             if np.any(uvec) else EMPTY
     else:
         src["cf"] = s1.cf.scores(uvec)
-    src["trans"] = SparseSource(*trans3.weighted(w), seen)
+    seen_rows = np.unique(items)
+    src["trans"] = SparseScores(*trans3.weighted(w), n).view(seen, seen_rows)
     cooc_rec = s1.seq.cooc_rows(recent)
     rows, vals = cooc_rec.weighted(0.9 ** np.arange(len(recent))[::-1])
-    src["cooc"] = SparseSource(rows, vals.astype(np.float32), seen)
+    src["cooc"] = SparseScores(rows, vals.astype(np.float32), n).view(seen, seen_rows)
     q = None
     if len(liked) and meta.emb.shape[1] > 1:
         cw = 0.9 ** np.arange(len(liked))[::-1]
@@ -160,7 +170,8 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
         content = _top_list(meta.emb, q, seen, cfg.index_depth, content_search) if q is not None and np.any(q) \
             else EMPTY
         src["content"] = content
-        src["fresh"] = content.subset(np.isnan(s1.item_first_ts))  # new items (no events) in the content list
+        new = s1.cached("new_items", lambda: np.isnan(s1.item_first_ts))  # items without events (cached: no O(n) pass)
+        src["fresh"] = content.subset(new)  # the new items in the content list
     else:
         src["content"] = meta.content_scores(q) if q is not None else np.zeros(n, np.float32)
         # new items (no events in the fitted data) by content alone, so a few pool slots always go to them
@@ -171,19 +182,16 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
         # an item without events, or one the sequence model never read (its events all came after its training
         # data), scores as features.cold_item shows new items in training, not with its vector's random init
         p[s1.cached("sas_unread", lambda: np.isnan(s1.item_first_ts) | ~s1.sas.known)] = 0.0
-        src["sas"] = p.astype(np.float32)
+        src["sas"] = p.astype(np.float32, copy=False)
     else:
         src["sas"] = np.zeros(n, np.float32)
-    src["pop"] = s1.seq.pop
-    src["trend"] = s1.seq.trend
     last_ts = float(seq.ts[-1]) if len(seq.ts) else s1.seq.t_max
     b = s1.seq.bucket_of(last_ts)
-    src["pop_at"] = s1.cached(("pop_at", b), lambda: s1.seq.pop_at(last_ts))
-    orders = {name: s1.cached(("order", name, b if name == "pop_at" else None), lambda v=src[name]: fixed_order(v))
-              for name in ("pop", "trend", "pop_at")}
+    for name, key, make in (("pop", "pop", lambda: s1.seq.pop), ("trend", "trend", lambda: s1.seq.trend),
+                            ("pop_at", ("pop_at", b), lambda: s1.seq.pop_at(last_ts))):
+        src[name] = s1.cached(key, lambda make=make: SparseScores.of(make())).view(seen, seen_rows)  # sorted once per model
     off = frozenset() if s1.sas is not None else frozenset({"sas"})
-    return UserState(seq, seen, last3, trans3, recent, liked, disliked, uvec, src, last_ts, cooc_rec, orders, cfg.rank_cap, off,
-                     np.unique(items))
+    return UserState(seq, seen, last3, trans3, recent, liked, disliked, uvec, src, last_ts, cooc_rec, cfg.rank_cap, off)
 
 
 def rank_cap_of(state: UserState, n_unseen: int) -> int | None:
@@ -212,11 +220,6 @@ def source_ranks(state: UserState, names, cand: np.ndarray) -> tuple[np.ndarray,
             continue
         vc = v[cand]
         S[:, j] = vc
-        if name in state.orders:  # every item's score sorted once per model: items above, less the seen ones above
-            sv = np.sort(v[state.seen_rows])
-            above = np.searchsorted(state.orders[name][1], -vc, side="left") - (len(sv) - np.searchsorted(sv, vc, side="right"))
-            R[:, j] = above if cap is None else np.minimum(above, cap)
-            continue
         # One comparison pass over the catalog instead of a partition (the partitions were a quarter of a request's time
         # at 100k items): with a sampled threshold t, every unseen value above a score >= t is in ``top``, and a score
         # below t has every unseen value >= t above it (at least ``cap`` of them, checked, unless no score is below t).
@@ -238,17 +241,11 @@ def source_ranks(state: UserState, names, cand: np.ndarray) -> tuple[np.ndarray,
 
 def source_top(state: UserState, name: str, k: int, exclude_seen: bool = True) -> np.ndarray:
     """The source's best ``k`` item rows (ties by row, at the cut too), seen items left out when ``exclude_seen``."""
-    if name in state.orders:
-        o = state.orders[name][0]
-        if not exclude_seen:
-            return o[:k]
-        o = o[: k + len(state.seen_rows)]  # k unseen among them
-        return o[~state.seen[o]][:k]
     v = state.sources[name]
     if isinstance(v, ListSource):  # unseen items only, best first
         return v.rows[:k]
     if isinstance(v, SparseSource):
-        return v.top(k, state.seen, exclude_seen)
+        return v.top(k, exclude_seen)
     ok = np.isfinite(v)
     if exclude_seen:
         ok &= ~state.seen

@@ -3,10 +3,9 @@
 In:  a score per catalog item (dense vectors) or a source's best items (a vector index's answer).
 Out: ``top_rows`` (the best k rows, ties by row), ``sample_threshold`` (a value about 4x k items exceed, from a strided
      sample: one comparison pass instead of a partition), ``ListSource`` (a source read from a top list: its rows,
-     scores and the rank a score would have in it), ``SparseSource`` (a source that is zero off a few rows: what a dense
-     vector would answer, from those rows alone), ``fixed_order`` (a history-independent source's cached order),
-     ``row_dots`` (row-wise float64 products, each value independent of
-     the other rows computed with it), ``top_dots`` (the best k rows by those products without a float64 product over
+     scores and the rank a score would have in it), ``SparseScores`` / ``SparseSource`` (scores that are zero off a few
+     rows, and a user's view of them: what a dense vector would answer, from those rows alone), ``row_dots`` (row-wise
+     float64 products, each value independent of the other rows computed with it), ``top_dots`` (the best k rows by those products without a float64 product over
      the catalog), ``promote_first`` (a list with its first marked entry moved up to a position).
 """
 
@@ -14,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ListSource", "SparseSource", "EMPTY", "fixed_order", "promote_first", "row_dots", "sample_threshold", "top_dots", "top_rows"]
+__all__ = ["ListSource", "SparseScores", "SparseSource", "EMPTY", "promote_first", "row_dots", "sample_threshold", "top_dots", "top_rows"]
 
 
 class ListSource:
@@ -42,16 +41,26 @@ class ListSource:
         return len(self._sorted) - np.searchsorted(self._sorted, values, side="right")
 
 
-class SparseSource:
-    """A non-negative source that is 0 except on ``rows`` (sorted, distinct) with ``values``: a user's transition and
-    co-occurrence scores. It answers as the dense vector over the catalog would (``score``, ``ranks`` among unseen
-    items, ``top``), at a cost that grows with its entries and the history, not with the catalog."""
+class SparseScores:
+    """Non-negative scores over a catalog of ``n`` items that are 0 except on a few rows, sorted once (score desc, row
+    asc). ``view(seen, seen_rows)`` gives a user's ``SparseSource``. History-independent ones (popularity, trend,
+    popularity around a time) are built once per model; a user's transition and co-occurrence scores per request."""
 
-    def __init__(self, rows: np.ndarray, values: np.ndarray, seen: np.ndarray):
-        self.rows, self.values, self.n = np.asarray(rows, np.int64), np.asarray(values), len(seen)
-        unseen = ~seen[self.rows]
-        self._sorted = np.sort(self.values[unseen])  # the unseen items' non-zero values (zeros never rank above a score)
-        self.positive_unseen = int((self._sorted > 0).sum())
+    def __init__(self, rows: np.ndarray, values: np.ndarray, n: int):
+        rows, values = np.asarray(rows, np.int64), np.asarray(values)
+        if np.isnan(values).any() or (values < 0).any():
+            raise ValueError("SparseScores holds non-negative scores only")
+        keep = values > 0  # zeros are implicit
+        o = np.argsort(rows[keep], kind="stable")
+        self.rows, self.values, self.n = rows[keep][o], values[keep][o], n  # by row, for lookups
+        d = np.lexsort((self.rows, -self.values))
+        self.desc, self.neg = self.rows[d], -self.values[d]  # best first; negated scores, ascending
+
+    @classmethod
+    def of(cls, v: np.ndarray) -> SparseScores:
+        """From a dense non-negative vector over the catalog."""
+        rows = np.flatnonzero(v)
+        return cls(rows, v[rows], len(v))
 
     def score(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
@@ -62,23 +71,41 @@ class SparseSource:
             out[hit] = self.values[pos[hit]]
         return out
 
-    def ranks(self, values: np.ndarray) -> np.ndarray:
-        """How many unseen items score above each (non-negative) value."""
-        return len(self._sorted) - np.searchsorted(self._sorted, values, side="right")
+    def view(self, seen: np.ndarray, seen_rows: np.ndarray) -> SparseSource:
+        return SparseSource(self, seen, seen_rows)
 
-    def top(self, k: int, seen: np.ndarray, exclude_seen: bool = True) -> np.ndarray:
+
+class SparseSource:
+    """A user's view of ``SparseScores`` (``seen``: bool mask, ``seen_rows``: its rows): it answers as the dense vector
+    over the catalog would (``score``, ``ranks`` among unseen items, ``top``), at a cost that grows with the history
+    and the entries it reads, not with the catalog."""
+
+    def __init__(self, scores: SparseScores, seen: np.ndarray, seen_rows: np.ndarray):
+        self.scores, self.seen, self.n_seen = scores, seen, len(seen_rows)
+        sv = scores.score(seen_rows)
+        self._seen_sorted = np.sort(sv[sv > 0])  # the seen items' non-zero scores
+        self.positive_unseen = len(scores.rows) - len(self._seen_sorted)
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        return self.scores.score(rows)
+
+    def ranks(self, values: np.ndarray) -> np.ndarray:
+        """How many unseen items score above each (non-negative) value: all items above, less the seen ones."""
+        above = np.searchsorted(self.scores.neg, -np.asarray(values), side="left")
+        return above - (len(self._seen_sorted) - np.searchsorted(self._seen_sorted, values, side="right"))
+
+    def top(self, k: int, exclude_seen: bool = True) -> np.ndarray:
         """``top_rows`` of the dense vector: the best ``k`` rows (seen ones left out when ``exclude_seen``), score desc,
         ties by row; past the entries, the lowest rows that score 0."""
-        ok = self.values > 0
+        sc, seen = self.scores, self.seen
+        out = sc.desc[: k + len(self._seen_sorted)] if exclude_seen else sc.desc[:k]
         if exclude_seen:
-            ok &= ~seen[self.rows]
-        pos = self.rows[ok]
-        out = pos[np.lexsort((pos, -self.values[ok]))][:k]
-        need = min(k, self.n) - len(out)
+            out = out[~seen[out]][:k]
+        need = min(k, sc.n) - len(out)
         if need > 0:  # among the first need + |entries| + |seen| rows, at least ``need`` score 0 and are allowed
-            head = np.arange(min(self.n, need + len(self.rows) + (int(seen.sum()) if exclude_seen else 0)))
+            head = np.arange(min(sc.n, need + len(sc.rows) + (self.n_seen if exclude_seen else 0)))
             fill = np.ones(len(head), bool)
-            fill[pos[pos < len(head)]] = False
+            fill[sc.rows[sc.rows < len(head)]] = False
             if exclude_seen:
                 fill &= ~seen[head]
             out = np.concatenate([out, head[fill][:need]])
@@ -86,13 +113,6 @@ class SparseSource:
 
 
 EMPTY = ListSource(np.zeros(0, np.int64), lambda r: np.zeros(len(r)))  # a source with nothing to go on (no liked item)
-
-
-def fixed_order(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A history-independent source's order (score desc, row asc) and its negated scores in that order (ascending, for
-    ``searchsorted``): computed once per model, so a user's ranks and top list need no pass over the catalog."""
-    o = np.lexsort((np.arange(len(v)), -v))
-    return o, -v[o]
 
 
 def row_dots(E: np.ndarray, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
