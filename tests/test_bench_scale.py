@@ -54,3 +54,18 @@ def test_quick_run_writes_the_report(tmp_path):
     assert row["ingest_minilm_sample"]["items"] == 1000 and row["ingest_minilm_sample"]["ratio_to_raw_encoder"] > 0
     assert row["items"] == 10_000 and row["ingest"]["items_per_s"] > 0 and len(row["fit"]) == 3 and "fit_exponent" in row
     assert (tmp_path / "scale.png").stat().st_size > 10_000
+
+
+def test_model_serving_bench_runs_in_index_mode(tmp_path):
+    """bench/model_serving.py on a small catalog forced into index mode: it fits, serves every user from the exact
+    lists, and reports latencies and a breakdown whose steps sum to no more than the total."""
+    out = tmp_path / "serving.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "model_serving.py"), "--items", "3000", "--events", "1500", "--users", "20",
+           "--index-items", "1000", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["indexed"] and r["users"] == 20 and 0 < r["recommend_p50_ms"] <= r["recommend_p95_ms"]
+    prof = r["profiled_ms_per_request"]
+    assert 0 < prof["user state (all sources)"] < prof["total"]
+    assert 0 < prof["ranker (LightGBM)"] < prof["total"] and prof["features"] > 0
