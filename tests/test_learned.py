@@ -255,8 +255,46 @@ def test_sparse_sources_rank_as_their_dense_vectors():
         for k in (1, 7, 400):
             for excl in (True, False):
                 assert np.array_equal(source_top(sparse, "a", k, excl), source_top(dense, "a", k, excl)), (trial, k, excl)
+    for bad in ([0.0, -1.0, 2.0], [0.0, np.inf, 1.0], [np.nan, 1.0, 0.0]):
+        with pytest.raises(ValueError):
+            SparseScores.of(np.array(bad))
     with pytest.raises(ValueError):
-        SparseScores.of(np.array([0.0, -1.0, 2.0]))
+        SparseScores(np.array([1, 1]), np.array([0.5, 0.7]), 3)  # a row twice
+
+
+def test_sparse_transition_and_cooccurrence_rows_equal_the_dense_formula(fitted):
+    """A user's transition and co-occurrence scores from the sparse rows equal the dense formulas they replace:
+    P(next | a) rows weighted by position, summed in float64 (transitions keep float64, co-occurrence is cast to
+    float32), and the cosine co-occurrence rows; values read at candidates equal the dense rows there."""
+    model = fitted[0]
+    seq = model.stage1.seq
+    T, Cm = seq.trans.toarray(), seq.cooc.toarray()
+    n = T.shape[0]
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        rows = rng.choice(n, int(rng.integers(1, 8)), replace=False)
+        w = 0.6 ** np.arange(len(rows))
+        dense_t = T[rows] / (seq.trans_out[rows, None] + 5.0)
+        want = (w[:, None] * dense_t).sum(0)
+        cols, vals = seq.trans_rows(rows, 5.0).weighted(w)
+        got = np.zeros(n)
+        got[cols] = vals
+        assert vals.dtype == np.float64 and np.array_equal(got, want)
+        dense_c = Cm[rows] / (seq.cooc_norm[rows, None] * seq.cooc_norm[None, :])
+        sparse_c = seq.cooc_rows(rows)
+        cand = rng.choice(n, 30, replace=False)
+        assert np.array_equal(sparse_c.at(cand), dense_c[:, cand].astype(np.float32))
+        cols, vals = sparse_c.weighted(w[::-1])
+        acc = np.zeros(n)
+        for k in range(len(rows)):  # row order: the sum the sparse rows define
+            acc = acc + w[::-1][k] * dense_c[k].astype(np.float64)
+        got = np.zeros(n)
+        got[cols] = vals
+        assert np.array_equal(got, acc)
+    st = model.state(_hist(fitted[2], "u3"))
+    probe = np.arange(n)
+    assert st.sources["trans"].score(probe).dtype == np.float64
+    assert all(st.sources[s].score(probe).dtype == np.float32 for s in ("cooc", "pop", "trend", "pop_at"))
 
 
 def test_bagged_ranker_is_the_mean_of_its_boosters_and_survives_save_load(tmp_path):

@@ -126,7 +126,7 @@ class UserState:
     liked: np.ndarray  # recent liked item rows (rating >= threshold; all recent when no ratings)
     disliked: np.ndarray  # bool mask over ``recent``: rated at most ``dislike_rating``
     user_vec: np.ndarray
-    sources: dict  # name -> dense score vector
+    sources: dict  # name -> a dense score vector, ListSource or SparseSource
     last_ts: float
     cooc_rec: SparseRows  # len(recent) cosine co-occurrence rows
     rank_cap: int = 0  # source_ranks: exact ranks up to this, this value beyond (0: exact)

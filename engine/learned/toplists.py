@@ -48,11 +48,13 @@ class SparseScores:
 
     def __init__(self, rows: np.ndarray, values: np.ndarray, n: int):
         rows, values = np.asarray(rows, np.int64), np.asarray(values)
-        if np.isnan(values).any() or (values < 0).any():
-            raise ValueError("SparseScores holds non-negative scores only")
+        if not np.isfinite(values).all() or (values < 0).any():
+            raise ValueError("SparseScores holds finite non-negative scores only")
         keep = values > 0  # zeros are implicit
         o = np.argsort(rows[keep], kind="stable")
         self.rows, self.values, self.n = rows[keep][o], values[keep][o], n  # by row, for lookups
+        if (np.diff(self.rows) == 0).any():
+            raise ValueError("SparseScores takes each row once")
         d = np.lexsort((self.rows, -self.values))
         self.desc, self.neg = self.rows[d], -self.values[d]  # best first; negated scores, ascending
 
