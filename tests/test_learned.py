@@ -600,3 +600,33 @@ def test_stage1_cache_keeps_a_bounded_number_of_vectors():
     s1.cached(("pop_at", 2999), lambda: make(-1))  # recent: kept
     assert made[-1] == 2999
     assert s1.cached(("pop_at", 0), lambda: make(0))[0] == 0 and made[-1] == 0 and len(made) == 3001  # evicted: made again
+
+
+def test_sparse_row_reads_equal_dense_indexing_on_small_and_large_catalogs():
+    """rows_at and SparseRows.at read the same values as indexing the dense rows, both when they build dense rows (a
+    small catalog) and when they search the entries (a large one); SparseRows.weighted sums in row order either way."""
+    import scipy.sparse as sp
+
+    from engine.learned.sequence import SparseRows, rows_at
+
+    rng = np.random.default_rng(7)
+    for n in (50, 3000, 200_000):
+        nnz = min(n * n // 5, 100_000)
+        m = sp.csr_matrix((rng.random(nnz).astype(np.float32) + 0.1, (rng.integers(0, n, nnz), rng.integers(0, n, nnz))), shape=(n, n))
+        m.sum_duplicates()  # sorted indices, each entry once
+        rows = rng.permutation(np.argsort(-np.diff(m.indptr), kind="stable")[:10])  # rows with entries
+        D = m[rows].toarray()
+        cand = rng.permutation(np.union1d(rng.choice(n, min(n, 200), replace=False), np.flatnonzero(D.any(0))[:100]))
+        assert (D[:, cand] > 0).sum() >= 10
+        assert np.array_equal(rows_at(m, rows, cand), D[:, cand])
+        sr = SparseRows([m.indices[m.indptr[r] : m.indptr[r + 1]].astype(np.int64) for r in rows],
+                        [m.data[m.indptr[r] : m.indptr[r + 1]] for r in rows], n)
+        assert np.array_equal(sr.at(cand), D[:, cand]) and np.array_equal(sr.at(cand[::-1]), D[:, cand[::-1]])
+        w = 0.9 ** np.arange(10)
+        acc = np.zeros(n)
+        for k in range(10):
+            acc = acc + w[k] * D[k].astype(np.float64)
+        cols, vals = sr.weighted(w)
+        got = np.zeros(n)
+        got[cols] = vals
+        assert np.array_equal(got, acc)

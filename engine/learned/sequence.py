@@ -27,21 +27,34 @@ log = logging.getLogger(__name__)
 DAY = 86400.0
 
 
+_DENSE_CELLS = 1 << 16  # rows x catalog up to this: dense rows (a small catalog, e.g. ml-100k's 1,682 items x 10 rows)
+
+
+def _lookup(keys: np.ndarray, vals: np.ndarray, k: int, n: int, cols: np.ndarray) -> np.ndarray:
+    """Values at ``(row, col)`` for every row < ``k`` and col in ``cols`` (k x len(cols), float32; 0 where absent), from
+    entries keyed ``row * n + col`` in ascending order: one binary search for all rows."""
+    out = np.zeros((k, len(cols)), np.float32)
+    if len(keys) and len(cols):
+        q = (np.arange(k, dtype=np.int64)[:, None] * n + cols[None, :]).ravel()
+        pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
+        hit = keys[pos] == q
+        out.ravel()[hit] = vals[pos[hit]]
+    return out
+
+
 def rows_at(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """``m[rows][:, cols]`` as a dense float32 array (len(rows) x len(cols)), read from each row's sorted entries (no
     catalog-sized row is built; ``m`` has sorted indices, as ``SequenceStats`` keeps them)."""
-    cols = np.asarray(cols, np.int64)
-    out = np.zeros((len(rows), len(cols)), np.float32)
-    ip, ix, d = m.indptr, m.indices, m.data
-    for k, r in enumerate(rows):
-        a, b = ip[r], ip[r + 1]
-        if a == b:
-            continue
-        pos = np.searchsorted(ix[a:b], cols)
-        hit = pos < b - a
-        hit[hit] = ix[a + pos[hit]] == cols[hit]
-        out[k, hit] = d[a + pos[hit]]
-    return out
+    ip, ix, d, n = m.indptr, m.indices, m.data, m.shape[1]
+    rows, cols = [int(r) for r in rows], np.asarray(cols, np.int64)
+    if len(rows) * n <= _DENSE_CELLS:  # a small catalog: dense rows are cheaper than a search (the same values)
+        out = np.zeros((len(rows), n), np.float32)
+        for k, r in enumerate(rows):
+            out[k, ix[ip[r] : ip[r + 1]]] = d[ip[r] : ip[r + 1]]
+        return out[:, cols]
+    keys = np.concatenate([ix[ip[r] : ip[r + 1]].astype(np.int64) + k * n for k, r in enumerate(rows)] or [np.zeros(0, np.int64)])
+    vals = np.concatenate([d[ip[r] : ip[r + 1]] for r in rows] or [np.zeros(0, np.float32)])
+    return _lookup(keys, vals, len(rows), n, cols)
 
 
 class SparseRows:
@@ -50,6 +63,7 @@ class SparseRows:
 
     def __init__(self, cols: list[np.ndarray], vals: list[np.ndarray], n: int):
         self.cols, self.vals, self.n = cols, vals, n
+        self._flat = None
 
     def __len__(self) -> int:
         return len(self.cols)
@@ -62,22 +76,36 @@ class SparseRows:
     def at(self, cand: np.ndarray) -> np.ndarray:
         """The rows' values at ``cand`` (len(self) x len(cand), float32; 0 off the entries)."""
         cand = np.asarray(cand, np.int64)
-        out = np.zeros((len(self), len(cand)), np.float32)
-        for k, (c, v) in enumerate(zip(self.cols, self.vals)):
-            if len(c):
-                pos = np.minimum(np.searchsorted(c, cand), len(c) - 1)
-                hit = c[pos] == cand
-                out[k, hit] = v[pos[hit]]
-        return out
+        if self._flat is None:  # built once: features, the dislike share and the reasons all read the same rows
+            if len(self) * self.n <= _DENSE_CELLS:  # a small catalog: dense rows (the same values, indexed directly)
+                dense = np.zeros((len(self), self.n), np.float32)
+                for k, (c, v) in enumerate(zip(self.cols, self.vals)):
+                    dense[k, c] = v
+                self._flat = dense
+            else:
+                e = [np.zeros(0, np.int64)]
+                self._flat = (np.concatenate([c + k * self.n for k, c in enumerate(self.cols)] + e),
+                              np.concatenate([*self.vals, np.zeros(0, np.float32)]))
+        if isinstance(self._flat, np.ndarray):
+            return self._flat[:, cand]
+        return _lookup(*self._flat, len(self), self.n, cand)
 
     def weighted(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``sum_k w[k] * row_k`` in float64 on the union of the entries (sorted columns, values), added in row order:
         exactly what summing the dense rows' weighted products over axis 0 gives there."""
         if not len(self):
             return np.zeros(0, np.int64), np.zeros(0)
+        parts = [wk * v.astype(np.float64) for wk, v in zip(np.asarray(w, np.float64), self.vals)]
+        total = sum(len(c) for c in self.cols)
+        if self.n <= 16 * total + 4096:  # rows that cover much of the catalog: a scatter beats a sort (same sums)
+            acc = np.zeros(self.n)
+            for c, x in zip(self.cols, parts):
+                acc[c] += x
+            cols = np.flatnonzero(acc)  # the union, less sums of exactly 0 (which SparseScores leaves implicit anyway)
+            return cols, acc[cols]
         cols, inv = np.unique(np.concatenate(self.cols), return_inverse=True)
         out = np.zeros(len(cols))
-        np.add.at(out, inv, np.concatenate([wk * v.astype(np.float64) for wk, v in zip(np.asarray(w, np.float64), self.vals)]))
+        np.add.at(out, inv, np.concatenate(parts))
         return cols, out
 
 

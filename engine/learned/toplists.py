@@ -51,12 +51,16 @@ class SparseScores:
         if not np.isfinite(values).all() or (values < 0).any():
             raise ValueError("SparseScores holds finite non-negative scores only")
         keep = values > 0  # zeros are implicit
-        o = np.argsort(rows[keep], kind="stable")
-        self.rows, self.values, self.n = rows[keep][o], values[keep][o], n  # by row, for lookups
-        if (np.diff(self.rows) == 0).any():
+        rows, values = rows[keep], values[keep]
+        step = np.diff(rows)
+        if (step < 0).any():  # by row, for lookups
+            o = np.argsort(rows, kind="stable")
+            rows, values, step = rows[o], values[o], np.diff(rows[o])
+        if (step == 0).any():
             raise ValueError("SparseScores takes each row once")
-        d = np.lexsort((self.rows, -self.values))
-        self.desc, self.neg = self.rows[d], -self.values[d]  # best first; negated scores, ascending
+        self.rows, self.values, self.n = rows, values, n
+        d = np.argsort(-values, kind="stable")  # score desc, ties by row (rows ascend)
+        self.desc, self.neg = rows[d], -values[d]  # best first; negated scores, ascending
 
     @classmethod
     def of(cls, v: np.ndarray) -> SparseScores:
