@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 _CACHE_ENTRIES = 1024  # Stage1.cached: every time bucket's popularity (SequenceStats keeps at most 512) and the rest
 _CACHE_LOCK = threading.Lock()  # module-level: a Stage1 is pickled for Ray workers
 
+
 class Stage1:
     """Everything fitted from events that the pool and the features read. Fit twice: without labels, then on all."""
 
