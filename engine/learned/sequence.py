@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .index import Sequence
+from .toplists import lookup
 
 __all__ = ["SequenceStats", "SparseRows", "rows_at"]
 
@@ -30,31 +31,17 @@ DAY = 86400.0
 _DENSE_CELLS = 1 << 16  # rows x catalog up to this: dense rows (a small catalog, e.g. ml-100k's 1,682 items x 10 rows)
 
 
-def _lookup(keys: np.ndarray, vals: np.ndarray, k: int, n: int, cols: np.ndarray) -> np.ndarray:
-    """Values at ``(row, col)`` for every row < ``k`` and col in ``cols`` (k x len(cols), float32; 0 where absent), from
-    entries keyed ``row * n + col`` in ascending order: one binary search for all rows."""
-    out = np.zeros((k, len(cols)), np.float32)
-    if len(keys) and len(cols):
-        q = (np.arange(k, dtype=np.int64)[:, None] * n + cols[None, :]).ravel()
-        pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
-        hit = keys[pos] == q
-        out.ravel()[hit] = vals[pos[hit]]
-    return out
+def _csr_rows(m: sp.csr_matrix, rows) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each row's sorted column indices (int64) and data, as slices of ``m``."""
+    ip, ix, d = m.indptr, m.indices, m.data
+    rows = [int(r) for r in np.asarray(rows, np.int64)]
+    return [ix[ip[r] : ip[r + 1]].astype(np.int64) for r in rows], [d[ip[r] : ip[r + 1]] for r in rows]
 
 
 def rows_at(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """``m[rows][:, cols]`` as a dense float32 array (len(rows) x len(cols)), read from each row's sorted entries (no
-    catalog-sized row is built; ``m`` has sorted indices, as ``SequenceStats`` keeps them)."""
-    ip, ix, d, n = m.indptr, m.indices, m.data, m.shape[1]
-    rows, cols = [int(r) for r in rows], np.asarray(cols, np.int64)
-    if len(rows) * n <= _DENSE_CELLS:  # a small catalog: dense rows are cheaper than a search (the same values)
-        out = np.zeros((len(rows), n), np.float32)
-        for k, r in enumerate(rows):
-            out[k, ix[ip[r] : ip[r + 1]]] = d[ip[r] : ip[r + 1]]
-        return out[:, cols]
-    keys = np.concatenate([ix[ip[r] : ip[r + 1]].astype(np.int64) + k * n for k, r in enumerate(rows)] or [np.zeros(0, np.int64)])
-    vals = np.concatenate([d[ip[r] : ip[r + 1]] for r in rows] or [np.zeros(0, np.float32)])
-    return _lookup(keys, vals, len(rows), n, cols)
+    catalog-sized row is built on large catalogs; ``m`` has sorted indices, as ``SequenceStats`` keeps them)."""
+    return SparseRows(*_csr_rows(m, rows), m.shape[1]).at(cols)
 
 
 class SparseRows:
@@ -88,7 +75,8 @@ class SparseRows:
                               np.concatenate([*self.vals, np.zeros(0, np.float32)]))
         if isinstance(self._flat, np.ndarray):
             return self._flat[:, cand]
-        return _lookup(*self._flat, len(self), self.n, cand)
+        q = (np.arange(len(self), dtype=np.int64)[:, None] * self.n + cand[None, :]).ravel()  # one search for all rows
+        return lookup(*self._flat, q).reshape(len(self), len(cand))
 
     def weighted(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``sum_k w[k] * row_k`` in float64 on the union of the entries (sorted columns, values), added in row order:
@@ -172,17 +160,15 @@ class SequenceStats:
     # --- scoring -------------------------------------------------------------------------------------------------
     def trans_rows(self, items: np.ndarray, smooth: float = 5.0) -> SparseRows:
         """P(next | a) rows (smoothed by ``smooth`` pseudo-counts) for each item ``a`` in ``items``."""
-        ip, ix, d = self.trans.indptr, self.trans.indices, self.trans.data
-        rows = [int(r) for r in np.asarray(items, np.int64)]
-        return SparseRows([ix[ip[r] : ip[r + 1]].astype(np.int64) for r in rows],
-                          [d[ip[r] : ip[r + 1]] / (self.trans_out[r] + smooth) for r in rows], self.n_items)
+        rows = np.asarray(items, np.int64)
+        cols, data = _csr_rows(self.trans, rows)
+        return SparseRows(cols, [x / (self.trans_out[r] + smooth) for r, x in zip(rows, data)], self.n_items)
 
     def cooc_rows(self, items: np.ndarray) -> SparseRows:
         """Cosine-normalised co-occurrence rows of ``items``."""
-        ip, ix, d = self.cooc.indptr, self.cooc.indices, self.cooc.data
-        rows = [int(r) for r in np.asarray(items, np.int64)]
-        cols = [ix[ip[r] : ip[r + 1]].astype(np.int64) for r in rows]
-        return SparseRows(cols, [d[ip[r] : ip[r + 1]] / (self.cooc_norm[r] * self.cooc_norm[c]) for r, c in zip(rows, cols)], self.n_items)
+        rows = np.asarray(items, np.int64)
+        cols, data = _csr_rows(self.cooc, rows)
+        return SparseRows(cols, [x / (self.cooc_norm[r] * self.cooc_norm[c]) for r, c, x in zip(rows, cols, data)], self.n_items)
 
     def bucket_of(self, t: float) -> int:
         return int(np.clip((t - self.t0) // self.bucket, 0, self.time_pop.shape[1] - 1))

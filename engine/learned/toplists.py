@@ -4,16 +4,17 @@ In:  a score per catalog item (dense vectors) or a source's best items (a vector
 Out: ``top_rows`` (the best k rows, ties by row), ``sample_threshold`` (a value about 4x k items exceed, from a strided
      sample: one comparison pass instead of a partition), ``ListSource`` (a source read from a top list: its rows,
      scores and the rank a score would have in it), ``SparseScores`` / ``SparseSource`` (scores that are zero off a few
-     rows, and a user's view of them: what a dense vector would answer, from those rows alone), ``row_dots`` (row-wise
-     float64 products, each value independent of the other rows computed with it), ``top_dots`` (the best k rows by those products without a float64 product over
-     the catalog), ``promote_first`` (a list with its first marked entry moved up to a position).
+     rows, and a user's view of them: what a dense vector would answer, from those rows alone), ``lookup`` (values at
+     keys in a sorted key array), ``row_dots`` (row-wise float64 products, each value independent of the other rows
+     computed with it), ``top_dots`` (the best k rows by those products without a float64 product over the catalog),
+     ``promote_first`` (a list with its first marked entry moved up to a position).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ListSource", "SparseScores", "SparseSource", "EMPTY", "promote_first", "row_dots", "sample_threshold", "top_dots", "top_rows"]
+__all__ = ["ListSource", "SparseScores", "SparseSource", "EMPTY", "lookup", "promote_first", "row_dots", "sample_threshold", "top_dots", "top_rows"]
 
 
 class ListSource:
@@ -69,13 +70,7 @@ class SparseScores:
         return cls(rows, v[rows], len(v))
 
     def score(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, np.int64)
-        out = np.zeros(len(rows), self.values.dtype)
-        if len(self.rows):
-            pos = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
-            hit = self.rows[pos] == rows
-            out[hit] = self.values[pos[hit]]
-        return out
+        return lookup(self.rows, self.values, np.asarray(rows, np.int64))
 
     def view(self, seen: np.ndarray, seen_rows: np.ndarray) -> SparseSource:
         return SparseSource(self, seen, seen_rows)
@@ -116,6 +111,16 @@ class SparseSource:
                 fill &= ~seen[head]
             out = np.concatenate([out, head[fill][:need]])
         return out
+
+
+def lookup(keys: np.ndarray, vals: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """``vals`` at each query's position in the ascending, distinct ``keys`` (0 where a query is absent; ``vals``' dtype)."""
+    out = np.zeros(len(queries), vals.dtype)
+    if len(keys) and len(queries):
+        pos = np.minimum(np.searchsorted(keys, queries), len(keys) - 1)
+        hit = keys[pos] == queries
+        out[hit] = vals[pos[hit]]
+    return out
 
 
 EMPTY = ListSource(np.zeros(0, np.int64), lambda r: np.zeros(len(r)))  # a source with nothing to go on (no liked item)
