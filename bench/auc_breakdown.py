@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.learned_val import embeddings, parse_set, split
+from bench.learned_val import embeddings, parse_set, sampled_negatives, split
 from engine.learned import LearnedConfig, PersonaModel
 from engine.learned.candidates import pool
 from engine.learned.features import FEATURE_NAMES, features
@@ -42,8 +42,7 @@ def per_user(model: PersonaModel, train_by_user: dict, valid: dict, n_neg: int =
     all_ids, out = model.index.ids, []
     for u, vid in sorted(valid.items()):
         touched = {e.item_id for e in train_by_user[u]}
-        r = np.random.default_rng([0, int(u)])  # learned_val.sampled_auc's negatives
-        items = [vid, *[i for i in r.permutation(all_ids)[:200] if i not in touched and i != vid][:n_neg]]
+        items = [vid, *sampled_negatives(all_ids, touched, vid, int(u), n_neg)]  # learned_val.sampled_auc's negatives
         served = dict(model.rank(train_by_user[u], items))
         st = model.state(train_by_user[u])
         rows = model.index.rows(items)
@@ -65,8 +64,8 @@ def table(rows: list[dict]) -> str:
               "valid item not in pool": [r for r in rows if not r["in_pool"]]}
     for q in range(5):
         lo, hi = (edges[q - 1] if q else -np.inf), (edges[q] if q < 4 else np.inf)
-        groups[f"popularity quintile {q + 1} ({'' if q == 0 else f'>{lo:.0f} '}{'' if q == 4 else f'<={hi:.0f}'} train events)"] = \
-            [r for r in rows if lo < r["pop"] <= hi]
+        bounds = " ".join(b for b in (f">{lo:g}" if q else "", f"<={hi:g}" if q < 4 else "") if b)
+        groups[f"popularity quintile {q + 1} ({bounds} train events)"] = [r for r in rows if lo < r["pop"] <= hi]
     lines = ["| users | n | share of AUC lost | " + " | ".join(cols) + " |", "|---" * (len(cols) + 3) + "|"]
     for name, g in groups.items():
         share = sum(1 - r["served"] for r in g) / lost if lost else 0.0

@@ -106,10 +106,15 @@ def baselines(train, valid_users, idx, seed=0, lam=300.0):
     return out
 
 
+def sampled_negatives(all_ids, touched, target: str, key: int, n_neg: int = 20, seed: int = 0) -> list:
+    """``n_neg`` seeded random items (seed, key) that are neither in ``touched`` nor ``target``."""
+    r = np.random.default_rng([seed, key])
+    return [i for i in r.permutation(all_ids)[:200] if i not in touched and i != target][:n_neg]
+
+
 def sampled_auc(model: PersonaModel, hist, target: str, all_ids, touched, key: int, n_neg: int = 20, seed: int = 0) -> float:
     """AUC of ``target`` against ``n_neg`` seeded random items the user never touched, through ``PersonaModel.rank``."""
-    r = np.random.default_rng([seed, key])
-    negs = [i for i in r.permutation(all_ids)[:200] if i not in touched and i != target][:n_neg]
+    negs = sampled_negatives(all_ids, touched, target, key, n_neg, seed)
     sc = dict(model.rank(hist, [target, *negs]))
     return auc([sc[target], *(sc[x] for x in negs)])
 
