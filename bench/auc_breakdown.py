@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.learned_val import embeddings, parse_set, sampled_negatives, split
+from bench.learned_val import load_split, parse_set, sampled_negatives
 from engine.learned import LearnedConfig, PersonaModel
 from engine.learned.candidates import pool
 from engine.learned.features import FEATURE_NAMES, features
-from engine.offline.datasets import load_movielens
 from engine.offline.evaluate import auc
 
 SINGLE = ("sas_score", "cooc_score", "cf_score", "trans_score", "pop_score", "content_score")
@@ -79,12 +78,7 @@ def main(argv=None):
     ap.add_argument("--json", type=Path, help="write the per-user rows here")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    ml = load_movielens()
-    train, valid = split(ml.events)
-    train_by_user: dict = {}
-    for e in train:
-        train_by_user.setdefault(e.user_id, []).append(e)
-    E, eids = embeddings(ml.items)
+    ml, train, valid, train_by_user, E, eids = load_split()
     cfg = LearnedConfig.from_dict({**LearnedConfig().to_dict(), **parse_set(a.set)})
     model = PersonaModel.fit(train, ml.items, E, cfg, embedding_ids=eids, progress=False)
     rows = per_user(model, train_by_user, valid)

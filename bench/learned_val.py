@@ -195,6 +195,18 @@ def cold_main(a, ml, train, train_by_user, valid, E, eids, base, rows):
         a.json.write_text(json.dumps({"config": base.to_dict(), "rows": rows}, indent=2, default=float))
 
 
+def load_split():
+    """ml-100k, its train events and valid items (``split``), train events per user, and the item text vectors:
+    ``(ml, train, valid, train_by_user, E, embedding_ids)``."""
+    ml = load_movielens()
+    train, valid = split(ml.events)
+    train_by_user: dict = {}
+    for e in train:
+        train_by_user.setdefault(e.user_id, []).append(e)
+    E, eids = embeddings(ml.items)
+    return ml, train, valid, train_by_user, E, eids
+
+
 def parse_set(pairs):
     out = {}
     for p in pairs or []:
@@ -222,12 +234,7 @@ def main(argv=None):
     if a.cold_only and (a.sweep or a.ablate):
         ap.error("--sweep and --ablate need the main fit (drop --cold-only)")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    ml = load_movielens()
-    train, valid = split(ml.events)
-    train_by_user: dict = {}
-    for e in train:
-        train_by_user.setdefault(e.user_id, []).append(e)
-    E, eids = embeddings(ml.items)
+    ml, train, valid, train_by_user, E, eids = load_split()
     base = LearnedConfig.from_dict({**LearnedConfig().to_dict(), **parse_set(a.set)})
     rows = {}
     if a.cold_only and a.cold_items:
