@@ -60,9 +60,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"\nUser {uid}: {prof.n_events} ratings, {prof.n_blocks} session blocks")
             print(f"  taste ({prof.summary_source}{', ' + prof.structured['fallback'] if prof.structured and prof.structured.get('fallback') else ''}): {prof.summary}")
             hist = eng.history(uid)
-            liked_rows = eng.catalog.rows([e.item_id for e in hist if e.rating is None or e.rating >= eng.settings.profile.positive_rating])
+            liked = [e for e in hist if e.rating is None or e.rating >= eng.settings.profile.positive_rating]
+            liked_rows = eng.catalog.rows([e.item_id for e in liked])
             top = Counter(g for r in liked_rows.values() for g in genres_of(r)).most_common(5)  # prompt rows carry `genres`
             print("  check: genres of the items rated >= 4: " + ", ".join(f"{g} {n}" for g, n in top))
+            # the summary is rewritten block by block, so recent likes weigh most: a harsh rater's latest likes can
+            # differ from the all-time counts above
+            print("  recent likes: " + ("; ".join(liked_rows.get(e.item_id, {}).get("title", e.item_id) for e in liked[-5:][::-1]) or "none"))
             recent = hist[-5:][::-1]
             rows = eng.catalog.rows([e.item_id for e in recent])
             print("  latest: " + "; ".join(f"{rows.get(e.item_id, {}).get('title', e.item_id)} ({e.rating:g}*)" if e.rating is not None

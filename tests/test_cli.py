@@ -28,6 +28,8 @@ def test_demo_on_an_indexed_catalog(tmp_path, ml_items_path):
     assert run.stdout.count("(learned):") == 2 and run.stdout.count("  -  Because you ") == 20
     checks = [line for line in run.stdout.splitlines() if "check: genres of the items rated >= 4:" in line]
     assert len(checks) == 2 and all(line.split(":", 2)[2].strip() for line in checks), checks  # the reader's check is filled in
+    recent = [line.split("recent likes: ", 1)[1] for line in run.stdout.splitlines() if line.startswith("  recent likes: ")]
+    assert len(recent) == 2 and all(r not in ("", "none") and len(r.split("; ")) == 5 for r in recent), recent
     # `persona profiles` after the demo: the two users are up to date, a third gets its blocks summarized
     cmd = [sys.executable, "-m", "services.cli", "--path", str(tmp_path / "demo"), "profiles", "--users", "1,7,13", "--no-llm"]
     prof = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PERSONA_CLIP__ENABLED": "false"}, timeout=600)
