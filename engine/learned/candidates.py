@@ -130,6 +130,7 @@ class UserState:
     sources: dict  # name -> a dense score vector, ListSource or SparseSource
     last_ts: float
     cooc_rec: SparseRows  # len(recent) cosine co-occurrence rows
+    trans_rec: SparseRows  # len(recent) transition-count rows (the dislike share and the reasons read them once)
     rank_cap: int = 0  # source_ranks: exact ranks up to this, this value beyond (0: exact)
     off: frozenset = frozenset()  # sources without a fitted model (zero scores): they fill no pool slots
 
@@ -192,7 +193,8 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
                             ("pop_at", ("pop_at", b), lambda: s1.seq.pop_at(last_ts))):
         src[name] = s1.cached(key, lambda make=make: SparseScores.of(make())).view(seen, seen_rows)  # sorted once per model
     off = frozenset() if s1.sas is not None else frozenset({"sas"})
-    return UserState(seq, seen, last3, trans3, recent, liked, disliked, uvec, src, last_ts, cooc_rec, cfg.rank_cap, off)
+    trans_rec = s1.seq.count_rows(recent)
+    return UserState(seq, seen, last3, trans3, recent, liked, disliked, uvec, src, last_ts, cooc_rec, trans_rec, cfg.rank_cap, off)
 
 
 def rank_cap_of(state: UserState, n_unseen: int) -> int | None:

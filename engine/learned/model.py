@@ -34,7 +34,6 @@ from .index import ItemIndex, Sequence, build_sequences, order_events, split_las
 from .meta import ItemMeta
 from .ranker import Ranker, TrainingData, build_training, train_ranker
 from .seqnet import SeqNet
-from .sequence import rows_at
 from .toplists import promote_first
 
 __all__ = ["PersonaModel", "FORMAT_VERSION", "data_hash"]
@@ -193,7 +192,7 @@ class PersonaModel:
         def sim(E):  # dot64: a product's last bit depends on how many candidates are scored together; rank() must match
             return np.clip(dot64(E[rec], E[cand]), 0, None)
 
-        parts = [rows_at(s1.seq.trans, rec, cand), st.cooc_rec.at(cand), sim(s1.cf_unit)]
+        parts = [st.trans_rec.at(cand), st.cooc_rec.at(cand), sim(s1.cf_unit)]
         if self.meta.emb.shape[1] > 1:
             parts.append(sim(self.meta.emb))
         return parts

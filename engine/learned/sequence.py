@@ -164,6 +164,10 @@ class SequenceStats:
         cols, data = _csr_rows(self.trans, rows)
         return SparseRows(cols, [x / (self.trans_out[r] + smooth) for r, x in zip(rows, data)], self.n_items)
 
+    def count_rows(self, items: np.ndarray) -> SparseRows:
+        """Raw transition-count rows (a -> next) of ``items``."""
+        return SparseRows(*_csr_rows(self.trans, np.asarray(items, np.int64)), self.n_items)
+
     def cooc_rows(self, items: np.ndarray) -> SparseRows:
         """Cosine-normalised co-occurrence rows of ``items``."""
         rows = np.asarray(items, np.int64)

@@ -45,8 +45,8 @@ class Hit:
     @classmethod
     def of(cls, p: Any) -> Hit:
         """From a point as qdrant-client or qdrant-edge returns it (``id``, ``payload``, ``vector``, maybe ``score``)."""
-        vec = p.vector if isinstance(p.vector, dict) else None
-        return cls(id=str(p.id), score=float(getattr(p, "score", 0.0) or 0.0), payload=dict(p.payload or {}), vectors=vec)
+        vec, payload = p.vector, p.payload  # each attribute read converts from the client's objects: read once
+        return cls(str(p.id), float(getattr(p, "score", 0.0) or 0.0), dict(payload) if payload else {}, vec if isinstance(vec, dict) else None)
 
 
 @dataclass
