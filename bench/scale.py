@@ -215,7 +215,8 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, sample:
         # steady state: after a warm-up over other users, time users not seen yet (see the latency block below)
         warm_ids = [f"u{u}" for u in range(probes, 2 * probes)] if users >= 3 * probes else []
         new_ids = [f"u{u}" for u in range(2 * probes, 3 * probes)] if warm_ids else []
-        last = {e["user_id"]: e["item_id"] for e in log if e["user_id"] in set(uids + new_ids)}
+        wanted = set(uids + new_ids)
+        last = {e["user_id"]: e["item_id"] for e in log if e["user_id"] in wanted}
         hits = eng.catalog.hits([last[u] for u in uids + new_ids], with_vectors=True)
         probe = [hits[last[u]].vectors["text"] for u in uids]
         probe_new = [hits[last[u]].vectors["text"] for u in new_ids]
@@ -272,8 +273,8 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, sample:
                 # process, and the raw query on their probes, in the same state.
                 for u in warm_ids:
                     eng.recommend(u, k=10)
-                rq = latencies_ms(lambda i: raw_query(i, probe_new), len(new_ids))
-                ms = latencies_ms(lambda i, e=eng: e.recommend(new_ids[i], k=10), len(new_ids))
+                ms = latencies_ms(lambda i, e=eng: e.recommend(new_ids[i], k=10), len(new_ids))  # before their raw queries:
+                rq = latencies_ms(lambda i: raw_query(i, probe_new), len(new_ids))  # those would warm the graph near them
                 lat["raw_qdrant_query_steady_ms"] = {"p50": _pct(rq, 50), "p95": _pct(rq, 95)}
                 lat["recommend_fitted_steady_ms"] = {"p50": _pct(ms, 50), "p95": _pct(ms, 95), "warm_up_users": len(warm_ids),
                                                      "p95_ratio_to_raw_query": round(_pct(ms, 95) / _pct(rq, 95), 2)}

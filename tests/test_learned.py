@@ -263,7 +263,8 @@ def test_sparse_sources_rank_as_their_dense_vectors():
 
 
 def test_sparse_transition_and_cooccurrence_rows_equal_the_dense_formula(fitted):
-    """A user's transition and co-occurrence scores from the sparse rows equal the dense formulas they replace:
+    """A user's transition and co-occurrence scores from the sparse rows equal the dense formulas they replace (and the
+    raw transition-count rows the dense counts):
     P(next | a) rows weighted by position, summed in float64 (transitions keep float64, co-occurrence is cast to
     float32), and the cosine co-occurrence rows; values read at candidates equal the dense rows there."""
     model = fitted[0]
@@ -284,6 +285,7 @@ def test_sparse_transition_and_cooccurrence_rows_equal_the_dense_formula(fitted)
         sparse_c = seq.cooc_rows(rows)
         cand = rng.choice(n, 30, replace=False)
         assert np.array_equal(sparse_c.at(cand), dense_c[:, cand].astype(np.float32))
+        assert np.array_equal(seq.count_rows(rows).at(cand), T[rows][:, cand])  # raw counts (the reasons' ties)
         cols, vals = sparse_c.weighted(w[::-1])
         acc = np.zeros(n)
         for k in range(len(rows)):  # row order: the sum the sparse rows define
@@ -293,6 +295,7 @@ def test_sparse_transition_and_cooccurrence_rows_equal_the_dense_formula(fitted)
         assert np.array_equal(got, acc)
     st = model.state(_hist(fitted[2], "u3"))
     probe = np.arange(n)
+    assert len(st.recent) and np.array_equal(st.trans_rec.at(probe), T[st.recent])  # the recent items' rows, in order
     assert st.sources["trans"].score(probe).dtype == np.float64
     assert all(st.sources[s].score(probe).dtype == np.float32 for s in ("cooc", "pop", "trend", "pop_at"))
 
