@@ -20,7 +20,6 @@ import numpy as np
 from .candidates import Stage1, UserState, rank_cap_of, source_ranks
 from .config import SOURCES
 from .meta import ItemMeta
-from .sequence import rows_at
 from .toplists import ListSource, SparseSource
 
 __all__ = ["FEATURE_NAMES", "GROUPS", "features", "cold_item", "dot64", "resolve_drop"]
@@ -77,7 +76,7 @@ def features(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, extra:
     for k in range(3):
         put(f"trans_l{k + 1}", T[k])
     if len(st.last3):
-        put("trans_l1_count", rows_at(s1.seq.trans, st.last3[-1:], cand)[0])
+        put("trans_l1_count", st.trans_rec.at(cand)[-1])  # the last item's count row: the last of the recent items' rows
     else:
         put("trans_l1_count", 0.0)
     rec = st.recent
