@@ -633,3 +633,23 @@ def test_sparse_row_reads_equal_dense_indexing_on_small_and_large_catalogs():
         got = np.zeros(n)
         got[cols] = vals
         assert np.array_equal(got, acc)
+
+
+def test_als_fit_raises_no_blas_thread_warning(monkeypatch):
+    """``fit_als`` builds and fits implicit's ALS under a one-thread BLAS limit, so implicit's constructor check
+    ("OpenBLAS is configured to use N threads ...") stays quiet in `persona fit` and `make demo` output."""
+    import warnings
+
+    import scipy.sparse as sp
+    from threadpoolctl import threadpool_limits
+
+    implicit_utils = pytest.importorskip("implicit.utils")
+    from engine.learned.cf import fit_als
+
+    monkeypatch.setattr(implicit_utils, "_checked_blas_config", False)  # implicit checks once per process
+    X = sp.random(30, 20, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    with threadpool_limits(2, "blas"), warnings.catch_warnings(record=True) as got:  # as on a 2-core machine
+        warnings.simplefilter("always")
+        V = fit_als(X, factors=4, iterations=2, backend="implicit")
+    assert V.shape == (20, 4) and np.isfinite(V).all()
+    assert not [w for w in got if "threads" in str(w.message)], [str(w.message) for w in got]

@@ -61,9 +61,9 @@ def fit_als(X: sp.csr_matrix, factors: int = 64, reg: float = 0.05, alpha: float
             from implicit.cpu.als import AlternatingLeastSquares
             from threadpoolctl import threadpool_limits
 
-            m = AlternatingLeastSquares(factors=factors, regularization=reg, alpha=alpha, iterations=iterations,
-                                        random_state=seed, calculate_training_loss=False, num_threads=2)
-            with threadpool_limits(1, "blas"):
+            with threadpool_limits(1, "blas"):  # built inside too: the constructor warns when BLAS has more threads
+                m = AlternatingLeastSquares(factors=factors, regularization=reg, alpha=alpha, iterations=iterations,
+                                            random_state=seed, calculate_training_loss=False, num_threads=2)
                 m.fit(X.astype(np.float32).tocsr(), show_progress=False)
             V = np.asarray(m.item_factors, dtype=np.float32)
         except ImportError:
