@@ -207,6 +207,30 @@ def test_dislike_penalty_lowers_items_tied_to_a_low_rated_film_in_rank_and_recom
     assert dict(penal.rank(liked_only, ["i11"])) == dict(model.rank(liked_only, ["i11"]))  # no dislikes: no change
 
 
+def test_an_older_liked_film_with_a_real_tie_explains_an_item_instead_of_a_film_rated_low(fitted):
+    """The latest film, i20, is rated 1* and is i21's strongest tie (i20 -> i21 is a common step). When the user
+    liked earlier films tied to i21 too, one of them is named; when they did not, or when i20 is itself liked, the
+    reason stays i20: no reason is ever a film without a tie to the item."""
+    from engine.learned.ties import ties
+
+    model, _, _ = fitted
+
+    def hist(r_old, r_last):
+        h = [Event(user_id="x", item_id=f"i{j}", timestamp=9e6 + k, rating=r_old) for k, j in enumerate([10, 11, 12])]
+        h += [Event(user_id="x", item_id=f"i{j}", timestamp=9e6 + 10 + k, rating=3.0) for k, j in enumerate([40, 47, 54, 33])]
+        return [*h, Event(user_id="x", item_id="i20", timestamp=9e6 + 20, rating=r_last)]
+
+    top = model.index.rows(["i21", "i22", "i13"])
+    got = {(o, last): model.reasons(model.state(hist(o, last)), top) for o, last in [(5.0, 1.0), (3.0, 1.0), (5.0, 5.0)]}
+    why = got[5.0, 1.0][0]
+    assert why in {"i10", "i11", "i12"}  # an older liked film ...
+    st = model.state(hist(5.0, 1.0))
+    assert sum(P.sum() for P in ties(model.stage1, model.meta, st, top[:1], model.index.rows([why]))) > 0  # ... with a tie
+    assert got[3.0, 1.0][0] == "i20" and got[5.0, 5.0][0] == "i20"
+    for reasons in got.values():
+        assert set(reasons) <= {f"i{j}" for j in (10, 11, 12, 40, 47, 54, 33, 20)}
+
+
 def test_capped_source_ranks_equal_exact_ranks_up_to_the_cap():
     """rank_cap: the O(n) partition, or on large catalogs the one-pass sampled threshold, gives the exact rank below
     the cap and the cap beyond (ties, -inf and catalogs sorted by value included)."""

@@ -29,11 +29,12 @@ import numpy as np
 
 from .candidates import Stage1, pool, source_top, user_state
 from .config import LearnedConfig
-from .features import dot64, features
+from .features import features
 from .index import ItemIndex, Sequence, build_sequences, order_events, split_last
 from .meta import ItemMeta
 from .ranker import Ranker, TrainingData, build_training, train_ranker
 from .seqnet import SeqNet
+from .ties import dislike_share, reasons
 from .toplists import promote_first
 
 __all__ = ["PersonaModel", "FORMAT_VERSION", "data_hash"]
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: the sequence model's arrays and feature columns (older code would fail on them, so it refuses)
 _READS = (1, 2)  # format 1 (no sequence model) loads and serves as it was fitted
-_REASON_CAP = 3  # a history item explains at most this many better-ranked items when another strong tie exists
 
 
 def data_hash(events, items=()) -> str:
@@ -186,29 +186,10 @@ class PersonaModel:
             scores[m] += shift[m]
         return scores
 
-    def _ties(self, st, cand: np.ndarray) -> list[np.ndarray]:
-        """Non-negative ties (recent history x ``cand``): transitions, co-occurrence, cf and content similarity."""
-        s1, rec = self.stage1, st.recent
-        def sim(E):  # dot64: a product's last bit depends on how many candidates are scored together; rank() must match
-            return np.clip(dot64(E[rec], E[cand]), 0, None)
-
-        parts = [st.trans_rec.at(cand), st.cooc_rec.at(cand), sim(s1.cf_unit)]
-        if self.meta.emb.shape[1] > 1:
-            parts.append(sim(self.meta.emb))
-        return parts
-
     def dislike_share(self, st, cand: np.ndarray) -> np.ndarray:
-        """Per candidate, the share of its ties to the recent history that come from items the user disliked (mean over
-        the tie kinds it has any of; 0 without ties). Depends only on the user and that candidate, like the features."""
-        if not len(st.recent) or not len(cand):
-            return np.zeros(len(cand))
-        num, den = np.zeros(len(cand)), np.zeros(len(cand))
-        for P in self._ties(st, cand):
-            tot = P.sum(0, dtype=np.float64)
-            has = tot > 0
-            num[has] += P[st.disliked].sum(0, dtype=np.float64)[has] / tot[has]
-            den += has
-        return num / np.maximum(den, 1)
+        """Per candidate, the share of its ties to the recent history that come from films the user rated low
+        (``ties.dislike_share``)."""
+        return dislike_share(self.stage1, self.meta, st, cand)
 
     @property
     def indexed(self) -> bool:
@@ -263,35 +244,10 @@ class PersonaModel:
         return [(str(item_ids[o]), float(scores[o])) for o in order]
 
     def reasons(self, st, top: np.ndarray) -> list[str | None]:
-        """For each item, the recent history item with the strongest combined transition / co-occurrence / cf / content tie
-        (a liked item's ties count double, so a film the user rated low is the reason only when it clearly dominates)."""
-        rec = st.recent
-        if not len(rec) or not len(top):
-            return [None] * len(top)
-        A = np.zeros((len(rec), len(top)))
-        for P in self._ties(st, top):
-            m = P.max()
-            if m > 0:
-                A += P / m
-        A *= np.where(np.isin(rec, st.liked), 1.0, 0.5)[:, None]  # "because you liked X" over a film rated low, at equal ties
-        tied = A > 0  # an alternative reason must have a real tie, not only the recency epsilon below
-        A += 1e-3 * np.linspace(0, 1, len(rec))[:, None]  # ties go to the most recent
-        # Variety without fiction: once a history item explains _REASON_CAP better-ranked items, a candidate takes its
-        # next-strongest tie instead, but only one at least half as strong (else the dominant tie stays the reason).
-        used: dict[int, int] = {}
-        out = []
-        for j in range(len(top)):
-            col = A[:, j]
-            best = int(col.argmax())
-            if used.get(best, 0) >= _REASON_CAP and len(rec) > 1:  # the alternative is no film rated low unless the best is
-                ok = [int(i) for i in np.argsort(-col)[:8]
-                      if tied[i, j] and used.get(int(i), 0) < _REASON_CAP and (st.disliked[best] or not st.disliked[i])]
-                alt = max(ok, key=lambda i: col[i], default=None)
-                if alt is not None and col[alt] >= 0.5 * col[best]:
-                    best = int(alt)
-            used[best] = used.get(best, 0) + 1
-            out.append(self.index.ids[rec[best]])
-        return out
+        """For each item, the id of the history item named as its reason (``ties.reasons``: the strongest transition /
+        co-occurrence / cf / content tie, a liked item's ties counting double; varied; an older liked film over one
+        rated low when its tie is at least half as strong)."""
+        return [None if r is None else self.index.ids[r] for r in reasons(self.stage1, self.meta, self.config, st, top)]
 
     # --- persistence ---------------------------------------------------------------------------------------------
     def save(self, directory) -> Path:
