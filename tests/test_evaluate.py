@@ -63,7 +63,7 @@ def test_evaluate_small_run_reproducible(tmp_path, ml, text_encoder, monkeypatch
 def test_persona_eval_public_path_report(tmp_path, ml, text_encoder, ml_items_path, monkeypatch):
     """`persona eval` end to end on a user sample: baselines and Persona (Engine.fit + recommend +
     rank) on the same split, intervals around every mean, a paired comparison, and the report files."""
-    # the fit reads PERSONA_* like any engine: 3 epochs of the sequence model instead of 39 keep this test ~70 s shorter
+    # the fit reads PERSONA_* like any engine: 3 epochs of the sequence model instead of 39 keep this test ~150 s shorter
     # (the model still trains and serves; its default length is the eval report's business, not this plumbing test's)
     monkeypatch.setenv("PERSONA_FIT__SEQUENCE_EPOCHS", "3")
     from engine.components import Components

@@ -229,6 +229,13 @@ def test_an_older_liked_film_with_a_real_tie_explains_an_item_instead_of_a_film_
     assert got[3.0, 1.0][0] == "i20" and got[5.0, 5.0][0] == "i20"
     for reasons in got.values():
         assert set(reasons) <= {f"i{j}" for j in (10, 11, 12, 40, 47, 54, 33, 20)}
+    # one older liked film: i19 (i19 -> i21 is a common step) is named; i16 has co-occurrence and cf ties to i21, under half
+    def one_liked(j):
+        return [Event(user_id="x", item_id=f"i{j}", timestamp=9e6 - 1, rating=5.0), *hist(3.0, 1.0)]
+
+    st0 = model.state(one_liked(16))
+    assert sum(P.sum() for P in ties(model.stage1, model.meta, st0, top[:1], model.index.rows(["i16"]))) > 0
+    assert model.reasons(st0, top[:1]) == ["i20"] and model.reasons(model.state(one_liked(19)), top[:1]) == ["i19"]
 
 
 def test_capped_source_ranks_equal_exact_ranks_up_to_the_cap():

@@ -6,11 +6,13 @@ Out: ``ties`` -- non-negative (history rows x candidates) matrices, one per kind
      the recent history that come from films the user rated low; ``reasons`` -- per item, the history row named as
      "because you liked / watched X".
 
-A reason is always a real tie to an item of the user's own history. It comes from the recent items (``LearnedConfig
-.recent``), a liked one's ties counting double. Two rules keep a list's reasons varied and meaningful without naming
-an item the ties do not support: once a history item explains ``REASON_CAP`` better-ranked items, the next-strongest
+A reason is the item of the user's own history with the strongest tie to the recommended item, among the recent items
+(``LearnedConfig.recent``), a liked one's ties counting double (an item tied to none of them -- rare: content similarity
+ties almost everything -- names the latest film). Two rules keep a list's reasons varied and meaningful, each naming
+only an item with a real tie: once a history item explains ``REASON_CAP`` better-ranked items, the next-strongest
 recent tie is named instead if it is at least half as strong; and an item whose strongest tie is a film the user rated
-low (``dislike_rating``) is explained by an older liked film when one has a tie at least half as strong.
+low (``dislike_rating``) is explained by an older liked film when that film's tie is at least half as strong (on the
+weighted scale, where the low-rated film's ties count half when the user liked any recent film).
 """
 
 from __future__ import annotations
@@ -58,13 +60,17 @@ def dislike_share(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray) -
 
 
 def _older_liked(st: UserState, cfg: LearnedConfig, n_items: int) -> np.ndarray:
-    """Up to ``cfg.recent`` liked items before the recent window, most recent first, none of them a recent item."""
+    """Up to ``cfg.recent`` items liked before the recent window (by their latest rating; no rating counts as liked, as
+    in ``user_state``), most recent first, none of them a recent item."""
     ok = (st.seq.items >= 0) & (st.seq.items < n_items)
     n_old = max(0, int(ok.sum()) - len(st.recent))
     items, r = st.seq.items[ok][:n_old], st.seq.ratings[ok][:n_old]
-    recent, out = set(st.recent.tolist()), []
-    for i in items[r >= cfg.like_threshold][::-1].tolist():
-        if i not in recent and i not in out:
+    done, out = set(st.recent.tolist()), []
+    for i, liked in zip(items[::-1].tolist(), (~(r < cfg.like_threshold))[::-1].tolist()):
+        if i in done:  # a recent item, or rated again later: its latest rating decided
+            continue
+        done.add(i)
+        if liked:
             out.append(i)
             if len(out) == cfg.recent:
                 break
@@ -104,7 +110,8 @@ def reasons(s1: Stage1, meta: ItemMeta, cfg: LearnedConfig, st: UserState, top: 
                 old = _older_liked(st, cfg, len(s1.item_rating))
                 B = np.zeros((len(old), len(top)))
                 for P, m in zip(ties(s1, meta, st, top, old) if len(old) else [], scale):
-                    B += P / (m if m > 0 else max(P.max(), 1e-12))
+                    if m > 0:  # a kind no recent film has has no scale to be read on: left out
+                        B += P / m
             ok = [int(i) for i in np.argsort(-B[:, j]) if B[i, j] > 0 and used.get(int(old[i]), 0) < REASON_CAP]
             if ok and B[ok[0], j] >= 0.5 * col[best]:
                 row = int(old[ok[0]])
