@@ -210,7 +210,7 @@ def test_dislike_penalty_lowers_items_tied_to_a_low_rated_film_in_rank_and_recom
 def test_an_older_liked_film_with_a_real_tie_explains_an_item_instead_of_a_film_rated_low(fitted):
     """The latest film, i20, is rated 1* and is i21's strongest tie (i20 -> i21 is a common step). When the user
     liked earlier films tied to i21 too, one of them is named; when they did not, or when i20 is itself liked, the
-    reason stays i20: no reason is ever a film without a tie to the item."""
+    reason stays i20: an older film is never named without a tie at least half as strong."""
     from engine.learned.ties import ties
 
     model, _, _ = fitted
