@@ -70,7 +70,7 @@ def test_query_without_payload_returns_the_same_ids_and_scores(stores):
     q = [VectorQuery("text", vector=vecs[8].tolist())]
     for s in (a, b):
         full, bare = s.query("items", q, 20), s.query("items", q, 20, with_payload=False)
-        assert [h.id for h in bare] == [h.id for h in full] and all(h.payload == {} for h in bare)
+        assert [h.id for h in bare] == [h.id for h in full] and all(h.payload == {} and h.vectors is None for h in bare)
         assert np.allclose([h.score for h in bare], [h.score for h in full])
 
 
