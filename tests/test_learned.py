@@ -637,11 +637,11 @@ def test_stage1_cache_keeps_a_bounded_number_of_vectors():
 
 
 def test_sparse_row_reads_equal_dense_indexing_on_small_and_large_catalogs():
-    """rows_at and SparseRows.at read the same values as indexing the dense rows, both when they build dense rows (a
-    small catalog) and when they search the entries (a large one); SparseRows.weighted sums in row order either way."""
+    """SparseRows.at reads the same values as indexing the dense rows, both when it builds dense rows (a small catalog)
+    and when it searches the entries (a large one); SparseRows.weighted sums in row order either way."""
     import scipy.sparse as sp
 
-    from engine.learned.sequence import SparseRows, rows_at
+    from engine.learned.sequence import SparseRows
 
     rng = np.random.default_rng(7)
     for n in (50, 3000, 200_000):
@@ -652,7 +652,6 @@ def test_sparse_row_reads_equal_dense_indexing_on_small_and_large_catalogs():
         D = m[rows].toarray()
         cand = rng.permutation(np.union1d(rng.choice(n, min(n, 200), replace=False), np.flatnonzero(D.any(0))[:100]))
         assert (D[:, cand] > 0).sum() >= 10
-        assert np.array_equal(rows_at(m, rows, cand), D[:, cand])
         sr = SparseRows([m.indices[m.indptr[r] : m.indptr[r + 1]].astype(np.int64) for r in rows],
                         [m.data[m.indptr[r] : m.indptr[r + 1]] for r in rows], n)
         assert np.array_equal(sr.at(cand), D[:, cand]) and np.array_equal(sr.at(cand[::-1]), D[:, cand[::-1]])

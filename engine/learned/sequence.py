@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from .index import Sequence
 from .toplists import lookup
 
-__all__ = ["SequenceStats", "SparseRows", "rows_at"]
+__all__ = ["SequenceStats", "SparseRows"]
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,6 @@ def _csr_rows(m: sp.csr_matrix, rows) -> tuple[list[np.ndarray], list[np.ndarray
     ip, ix, d = m.indptr, m.indices, m.data
     rows = [int(r) for r in np.asarray(rows, np.int64)]
     return [ix[ip[r] : ip[r + 1]].astype(np.int64) for r in rows], [d[ip[r] : ip[r + 1]] for r in rows]
-
-
-def rows_at(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``m[rows][:, cols]`` as a dense float32 array (len(rows) x len(cols)), read from each row's sorted entries (no
-    catalog-sized row is built on large catalogs; ``m`` has sorted indices, as ``SequenceStats`` keeps them)."""
-    return SparseRows(*_csr_rows(m, rows), m.shape[1]).at(cols)
 
 
 class SparseRows:
@@ -123,7 +117,7 @@ class SequenceStats:
         self._finish()
 
     def _finish(self):
-        for m in (self.trans, self.cooc):  # rows_at and SparseRows search each row's entries
+        for m in (self.trans, self.cooc):  # SparseRows search each row's entries
             if not m.has_sorted_indices:
                 m.sort_indices()
         self.trans_out = np.asarray(self.trans.sum(axis=1)).ravel()
