@@ -21,7 +21,7 @@ from .profiles import UserContext
 from .prompts import PromptRegistry
 from .store import Hit
 from .store.base import cosine
-from .types import Explanation
+from .types import Explanation, genres_of
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def reason(hit: Hit, ctx: UserContext) -> tuple[str | None, list[str]]:
             best, best_sim = h, sim
     if best is None:
         return ("Popular with other users" if not ctx.pos else None), []
-    shared = sorted(set((hit.payload.get("attributes") or {}).get("genres") or []) & set((best.payload.get("attributes") or {}).get("genres") or []))
+    shared = sorted(set(_genres(hit)) & set(_genres(best)))
     extra = f" (also {', '.join(shared[:2])})" if shared else ""
     return f"Because you liked {best.payload.get('title') or best.payload['item_id']}{extra}", [best.payload["item_id"]]
 
@@ -68,7 +68,7 @@ def history_reason(hit: Hit, source: Hit | None, liked: bool) -> tuple[str | Non
     ``liked`` says whether the user rated that item at or above the positive threshold."""
     if source is None:
         return None, []
-    shared = sorted(set((hit.payload.get("attributes") or {}).get("genres") or []) & set((source.payload.get("attributes") or {}).get("genres") or []))
+    shared = sorted(set(_genres(hit)) & set(_genres(source)))
     extra = f" (also {', '.join(shared[:2])})" if shared else ""
     verb = "liked" if liked else "watched"
     return f"Because you {verb} {source.payload.get('title') or source.payload['item_id']}{extra}", [source.payload["item_id"]]
@@ -83,7 +83,7 @@ def facts(target: Hit, source: Hit, liked: bool) -> dict[str, object]:
 
 
 def _genres(h: Hit) -> list[str]:
-    return [str(g) for g in ((h.payload.get("attributes") or {}).get("genres") or [])]
+    return genres_of(h.payload.get("attributes") or {})
 
 
 _QUOTED = re.compile(r"[\"“”«»]([^\"“”«»]{3,})[\"“”«»]")

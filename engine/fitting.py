@@ -1,29 +1,24 @@
 """Stage: the learned recommender, fitted from the store and served beside it.
 
 In: the store's events (every user's history) and items (attributes and ``text`` vectors).
-Out: :meth:`LearnedStage.fit` trains :class:`engine.learned.PersonaModel` and saves it versioned
-under ``<path>/models/<version>/`` (``CURRENT`` names the live one, written atomically, so a
-reader sees the old model or the new one, never half of one). :meth:`LearnedStage.current` is the
-model ``recommend()`` ranks with (None before the first fit); :meth:`LearnedStage.recommend`
-returns scored item ids with the history item each one is tied to most strongly.
+Out: :meth:`LearnedStage.fit` trains :class:`engine.learned.PersonaModel` and saves it versioned under
+``<path>/models/<version>/`` (``CURRENT`` names the live one, written atomically, so a reader sees the old model or the
+new one, never half of one; a version that cannot be read is logged and the unfitted fusion serves).
+:meth:`LearnedStage.current` is the model ``recommend()`` ranks with (None before the first fit);
+:meth:`LearnedStage.recommend` returns scored item ids with the history item each one is tied to most strongly.
 
-No external split is needed: for each user the last stored event is the ranker's label and the
-earlier ones its history (see ``engine/learned/model.py``). Recommending reads the user's current
-history from the store, so a new event changes the next list through the sequence features
-without a refit. Payload filters run in Qdrant.
+No external split is needed: for each user the last stored event is the ranker's label and the earlier ones its history
+(``engine/learned/model.py``). Recommending reads the user's current history from the store, so a new event changes the
+next list through the sequence features without a refit. Payload filters run in Qdrant.
 
-Collaborative vectors live in Qdrant: each fit writes the ALS item factors as the named vector
-``cf`` (dot product) on the item points and each user's fit-time fold-in vector as ``cf`` on the
-users collection, and marks the version (``<version>/cf_in_store``). Serving then takes the
-collaborative source's candidates from a Qdrant query on ``cf`` with a query vector folded in from
-the user's CURRENT history at request time (so events after the fit count; the stored user vector
-is the fit-time snapshot, overwritten when the profile is rebuilt). On large catalogs (index mode,
-``LearnedConfig.index_items``) the collaborative and content sources are top lists from Qdrant queries
-on the ``cf`` and ``text`` vectors (features included: ranks within those lists), and the fit builds
-the collection's HNSW indexes. The other sources and the
-features are computed in memory. Re-ingesting an item drops its ``cf`` vector
-until the next fit (the item is still reached through the other sources); a model whose vectors
-were not written (e.g. another store) falls back to the in-memory scan.
+Collaborative vectors live in Qdrant: each fit writes the ALS item factors as the named vector ``cf`` (dot product) on
+the item points and each user's fit-time fold-in vector as ``cf`` on the users collection, and names the version in
+``models/CF_VERSION``. Serving takes the collaborative candidates from a Qdrant query on ``cf`` with a query vector
+folded in from the user's CURRENT history (so events after the fit count). On large catalogs (index mode,
+``LearnedConfig.index_items``) the collaborative and content sources are top lists from Qdrant queries on the ``cf``
+and ``text`` vectors (features included: ranks within those lists), and the fit builds the HNSW indexes. The other
+sources and the features are computed in memory. Re-ingesting an item drops its ``cf`` vector until the next fit (the
+item is still reached through the other sources); a model whose vectors were not written falls back to an in-memory scan.
 """
 
 from __future__ import annotations
@@ -33,6 +28,7 @@ import itertools
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -44,6 +40,7 @@ import numpy as np
 from . import explain as explaining
 from .config import Settings
 from .errors import DependencyMissingError, InvalidInputError, missing
+from .events import stored_events
 from .items import ItemCatalog, folded_title
 from .profiles import is_positive
 from .store import Filter, Hit, Point, VectorQuery, VectorStore, point_id
@@ -74,6 +71,7 @@ class LearnedStage:
         self._pointer: tuple[int, str] | None = None  # (CURRENT's mtime_ns, version): CURRENT is re-read only when it changes
         self._cf_state: tuple[tuple[int, int], str | None] | None = None  # (inode, mtime) of CF_VERSION, its content
         self._pid_items: tuple[object, dict[str, str]] | None = None  # (model, {point id: item id}) for the cf query
+        self._broken: tuple | None = None  # the CURRENT (see _pointer) whose version failed to load: retried once it is rewritten
 
     # -- fitting ---------------------------------------------------------------------------------
 
@@ -84,11 +82,10 @@ class LearnedStage:
         f = self.settings.fit
         return LearnedConfig(seed=self.settings.seed, pool_size=f.pool_size, cf_factors=f.cf_factors, label_folds=f.label_folds, threads=f.threads,
                              dislike_penalty=f.dislike_penalty, sas_epochs=f.sequence_epochs, sas_device=f.device,
-                             index_items=f.index_items, new_item_slot=f.new_item_slot)
+                             index_items=f.index_items, new_item_slot=f.new_item_slot, fresh_boost=f.fresh_boost)
 
     def fit(self, progress: bool = False, ray: Any = None) -> FitReport:
-        """Train on every stored event; save a new version and make it current. ``ray`` (an
-        ``engine.batch.RayBatch``) computes the ranker's training rows on Ray (identical rows)."""
+        """Train on every stored event; save a new version and make it current. ``ray``: training rows on Ray (identical)."""
         try:
             from .learned import PersonaModel
         except ImportError as e:
@@ -97,26 +94,23 @@ class LearnedStage:
         events, items, emb, ids = self.training_inputs()
         if len({e.user_id for e in events}) < 2:
             raise InvalidInputError("fit needs events from at least 2 users")
-        ids_in_store = [it.id for it in items]
         logger.info("fitting on %d events, %d items", len(events), len(items))
         model = PersonaModel.fit(events, items, emb, self.config(), embedding_ids=ids or None, progress=progress,
                                  map_chunks=ray.map_chunks if ray is not None else None)
         version = model.info["version"]
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{version}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=self.root))  # own folder: two fits of one version can overlap
         model.save(tmp)
         with _fit_lock(self.root):  # two fits (API and CLI) must not interleave their cf writes
             (self.root / _CF_STATE).unlink(missing_ok=True)  # every process scans in memory until the new vectors are complete
-            cf_written = self.write_vectors(model, ids_in_store, events)
+            cf_written = self.write_vectors(model, [it.id for it in items], events)
             final = self.root / version
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             if cf_written:
                 _write_atomic(self.root / _CF_STATE, version)
-            index_s = None
+            index_s, t = None, time.perf_counter()
             if model.indexed:  # served from the vector index: build it now (the embedded engine has no background optimizer)
-                t = time.perf_counter()
                 try:
                     if self.store.optimize(self.items_col):
                         index_s = round(time.perf_counter() - t, 2)
@@ -133,7 +127,7 @@ class LearnedStage:
 
     def training_inputs(self) -> tuple[list[Event], list[Item], np.ndarray | None, list[str]]:
         """What a fit reads from the store: every event, every item, the items' ``text`` vectors and their ids."""
-        events = [Event.model_validate(h.payload) for h in self.store.scroll(self.events_col)]
+        events = stored_events(self.store, self.events_col)
         items, ids, blocks, page = [], [], [], []
         for h in self.store.scroll(self.items_col, with_vectors=True):
             p = h.payload
@@ -205,9 +199,15 @@ class LearnedStage:
                 from .learned import PersonaModel
             except ImportError as e:
                 raise DependencyMissingError(f"a fitted model exists but its dependencies are missing: {e}") from e
-            model = PersonaModel.load(self.root / version)
-            self._loaded = (version, model)
-            logger.info("loaded fitted model %s", version)
+            try:  # unreadable (a disk fault, a copy cut short, another format): the fusion serves, logged once per CURRENT
+                model = None if self._broken == self._pointer else PersonaModel.load(self.root / version)
+            except Exception as e:
+                self._broken, model = self._pointer, None
+                logger.error("fitted model %s cannot be loaded (%s: %s); recommend() ranks with the unfitted fusion "
+                             "(model_version None) until a fit writes a new version", version, type(e).__name__, e)
+            if model is not None:
+                self._loaded = (version, model)
+                logger.info("loaded fitted model %s", version)
             return model
 
     def cf_version(self) -> str | None:

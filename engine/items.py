@@ -13,19 +13,12 @@ from typing import Any
 from .errors import NotFoundError
 from .store import Hit, VectorStore, point_id
 from .store.base import chunks
+from .types import genres_of
 
 __all__ = ["ITEM_INDEXES", "ItemCatalog", "genres_of", "prompt_row", "folded_title"]
 
 # Payload indexes of the items collection (filters, popularity order, cold-start genres).
 ITEM_INDEXES = {"item_id": "keyword", "popularity": "float", "attributes.genres": "keyword", "attributes.year": "float"}
-
-
-def genres_of(attributes: dict[str, Any]) -> list[str]:
-    """The item's genres from ``genres`` or ``genre`` (a list, or a string split on ``|`` or ``,``)."""
-    g = attributes.get("genres") or attributes.get("genre") or []
-    if isinstance(g, str):
-        g = [x.strip() for x in g.replace("|", ",").split(",") if x.strip()]
-    return [str(x) for x in g] if isinstance(g, list) else []
 
 
 def prompt_row(hit: Hit) -> dict[str, Any]:

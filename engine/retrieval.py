@@ -16,6 +16,7 @@ from collections.abc import Callable
 from .config import Settings
 from .profiles import TASTE_PREFIX, UserContext
 from .store import Filter, Hit, VectorQuery, VectorStore
+from .types import genres_of
 
 __all__ = ["CandidateSource", "DEFAULT_SOURCES", "Retriever", "diversify_by_genre"]
 
@@ -61,7 +62,7 @@ def diversify_by_genre(pool: list[Hit], k: int) -> list[Hit]:
     in the pool has had a turn; items without genres are never held back."""
     picked, rest, seen_genres = [], [], set()
     for h in pool:
-        g = tuple(sorted((h.payload.get("attributes") or {}).get("genres") or []))
+        g = tuple(sorted(genres_of(h.payload.get("attributes") or {})))
         (rest if g and g[0] in seen_genres else picked).append(h)
         if g:
             seen_genres.add(g[0])

@@ -61,7 +61,7 @@ def attributes_of(payload: dict[str, Any], cast_limit: int = 3) -> list[str]:
         out.append(f"{int(year) // 10 * 10}s")
     for key, label in PEOPLE:
         vals = attrs.get(key) or []
-        vals = [vals] if isinstance(vals, str) else vals
+        vals = vals if isinstance(vals, list | tuple) else [vals]  # one name, or anything odd (skipped below)
         out.extend(f"{label} {v}" for v in list(vals)[: cast_limit if key == "cast" else 2] if isinstance(v, str) and v)
     return out
 

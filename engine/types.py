@@ -25,6 +25,7 @@ __all__ = [
     "FitReport",
     "event_sort_key",
     "sort_events",
+    "genres_of",
 ]
 
 # No control characters. Written with the characters themselves (not ``\x`` escapes) because some
@@ -42,6 +43,10 @@ class Item(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict)
     image: str | None = None
     """Path, ``file://`` or ``http(s)://`` URL of the item image."""
+
+    def checked(self) -> Item:
+        """This item validated again (fields can be assigned after construction without checks): what is stored."""
+        return Item.model_validate(self.model_dump(warnings=False))
 
     @field_validator("id", mode="before")
     @classmethod
@@ -72,12 +77,47 @@ class Event(BaseModel):
     def _ids(cls, v: Any) -> Any:
         return Item._id_str(v)
 
-    @field_validator("timestamp", "rating")
+    @field_validator("timestamp")
     @classmethod
-    def _finite(cls, v: float | None) -> float | None:
-        if v is not None and not math.isfinite(v):
+    def _seconds(cls, v: float) -> float:
+        # Time features (trend windows, recency gaps, weekly buckets) read seconds; an absurd time would stretch the
+        # buckets over every real event (or overflow them) for all users, and events cannot be deleted
+        if not math.isfinite(v):
             raise ValueError("must be a finite number")
+        if not MIN_TIMESTAMP <= v <= MAX_TIMESTAMP:
+            hint = " (milliseconds? divide by 1000)" if MAX_TIMESTAMP < v <= MAX_TIMESTAMP * 1000 else ""
+            raise ValueError(f"must be seconds since 1970 between {MIN_TIMESTAMP:g} and {MAX_TIMESTAMP:g}{hint}")
         return v
+
+    @field_validator("rating")
+    @classmethod
+    def _rating(cls, v: float | None) -> float | None:
+        if v is not None and not (math.isfinite(v) and abs(v) <= MAX_RATING):
+            raise ValueError(f"must be a finite number of at most {MAX_RATING:g} in size")
+        return v
+
+    def checked(self) -> Event:
+        """This event validated again (fields can be assigned after construction without checks): what is stored."""
+        return Event.model_validate(self.model_dump(warnings=False))
+
+
+MIN_TIMESTAMP = -1e10
+"""Earliest accepted event time, in seconds since 1970 (about the year 1653)."""
+MAX_TIMESTAMP = 1e11
+"""Latest accepted event time, in seconds since 1970 (about the year 5138): milliseconds (1.7e12 today) are refused."""
+MAX_RATING = 1e6
+
+
+def genres_of(attributes: dict[str, Any]) -> list[str]:
+    """The item's genres from ``genres`` or ``genre`` (a list, or a string split on ``|`` or ``,``): strings, once each,
+    whatever was stored (numbers read as text; nested values, which no genre is, are skipped)."""
+    g = attributes.get("genres") or attributes.get("genre") or []
+    if isinstance(g, str):
+        g = g.replace("|", ",").split(",")
+    if not isinstance(g, list | tuple):
+        g = [g]
+    out = (str(x).strip() for x in g if isinstance(x, str | int | float) and not isinstance(x, bool))
+    return list(dict.fromkeys(x for x in out if x))
 
 
 def event_sort_key(user_id: str, item_id: str, timestamp: float, seed: int = 0) -> tuple[float, int]:

@@ -54,7 +54,10 @@ def _normalize(rec: dict[str, Any], image_dir: Path | None, root: Path | None = 
     if image_dir is not None and "id" in out:
         if "image" not in out and "_image_error" not in out:
             for ext in _IMAGE_EXT:
-                cand = image_dir / f"{out['id']}{ext}"
+                try:  # the id names the file: an id like "../x" must not reach outside the image folder
+                    cand = confine_path(f"{out['id']}{ext}", image_dir, False)
+                except InvalidInputError:
+                    break
                 if cand.exists():
                     out["image"] = str(cand)
                     break
@@ -74,8 +77,13 @@ def read_catalog(path: str | Path, image_dir: str | Path | None = None, allow_ou
     if suffix in (".jsonl", ".ndjson", ".json"):
         with path.open(encoding="utf-8", errors="replace") as f:
             if suffix == ".json":
-                data = json.load(f)
-                rows = data if isinstance(data, list) else data.get("items", [])
+                try:
+                    data = json.load(f)
+                except ValueError as e:
+                    raise InvalidInputError(f"catalog {path.name} is not valid JSON ({e})") from None
+                rows = data if isinstance(data, list) else data.get("items") if isinstance(data, dict) else None
+                if not isinstance(rows, list):
+                    raise InvalidInputError(f"catalog {path.name}: expected a list of items or an object with an \"items\" list")
                 for rec in rows:
                     yield _normalize(rec, idir, root, allow_outside) if isinstance(rec, dict) else {"_error": "record is not an object"}
                 return

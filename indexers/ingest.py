@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 from pydantic import ValidationError
@@ -67,16 +68,26 @@ def extractive_summary(item: Item) -> str:
     return " ".join(x for x in [head + ("; " + ", ".join(g) if g else "") + ".", first] if x.strip())
 
 
-def _clean_value(v: Any) -> tuple[Any, bool]:
-    """JSON-safe copy of an attribute value; the flag says something was dropped (NaN, inf, odd types)."""
+MAX_ATTRIBUTE_DEPTH = 8
+"""Lists / objects nested deeper than this in an item's attributes refuse the item: the store reads payloads back with
+a recursion limit, and one unreadable item would break fits, searches and cold-start lists for everyone."""
+_INT_RANGE = (-(2**63), 2**63 - 1)  # the store's integers; larger ones would come back as rounded floats
+
+
+def _clean_value(v: Any, depth: int = 0) -> tuple[Any, bool]:
+    """JSON-safe copy of an attribute value; the flag says something was dropped (NaN, inf, integers beyond 64 bits)."""
+    if depth > MAX_ATTRIBUTE_DEPTH:
+        raise InvalidInputError(f"attributes nested more than {MAX_ATTRIBUTE_DEPTH} levels deep")
     if isinstance(v, float):
         return (None, True) if not math.isfinite(v) else (v, False)
+    if isinstance(v, int) and not isinstance(v, bool) and not _INT_RANGE[0] <= v <= _INT_RANGE[1]:
+        return None, True
     if isinstance(v, (str, int, bool)) or v is None:
         return v, False
     if isinstance(v, (list, tuple)):
         out, bad = [], False
         for x in v:
-            c, b = _clean_value(x)
+            c, b = _clean_value(x, depth + 1)
             bad |= b
             if c is not None:
                 out.append(c)
@@ -84,24 +95,49 @@ def _clean_value(v: Any) -> tuple[Any, bool]:
     if isinstance(v, dict):
         d, bad = {}, False
         for k, x in v.items():
-            c, b = _clean_value(x)
+            c, b = _clean_value(x, depth + 1)
             bad |= b
             if c is not None:
                 d[str(k)] = c
         return d, bad
     if isinstance(v, np.generic):
-        return _clean_value(v.item())
+        return _clean_value(v.item(), depth)
     return str(v), False
 
 
+_NAMES = ("director", "cast")  # people: a name or a list of names (summaries and prompts read them as text)
+
+
+def _names(v: Any) -> tuple[list[str] | str | None, bool]:
+    """A people attribute as text: a name stays a name, a list keeps its names (numbers as text); anything else
+    (objects, nested lists) is dropped, flagged."""
+    if isinstance(v, str):
+        return v, False
+    vals = v if isinstance(v, list) else [v]
+    keep = [str(x) for x in vals if isinstance(x, str | int | float) and not isinstance(x, bool)]
+    return (keep or None), len(keep) != len(vals)
+
+
 def clean_attributes(attrs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """JSON-safe attributes and the keys where something was dropped or changed. ``genres`` / ``genre`` become a list
+    of strings (a ``"Comedy|Drama"`` string split, numbers as text, duplicates and nested values dropped) so filters,
+    features and summaries read one shape; ``director`` / ``cast`` a name or a list of names. Raises
+    ``InvalidInputError`` for nesting deeper than :data:`MAX_ATTRIBUTE_DEPTH`."""
     clean, dropped = {}, []
     for k, v in attrs.items():
         c, bad = _clean_value(v)
+        key = str(k)
+        if key in ("genres", "genre") and c is not None:
+            g = genres_of({key: c})
+            bad |= not (isinstance(c, list) and c == g or isinstance(c, str))
+            c = g
+        elif key in _NAMES and c is not None:
+            c, b = _names(c)
+            bad |= b
         if bad:
-            dropped.append(str(k))
+            dropped.append(key)
         if c is not None:
-            clean[str(k)] = c
+            clean[key] = c
     return clean, dropped
 
 
@@ -156,6 +192,8 @@ class ItemIndexer:
                 if isinstance(rec, dict):
                     if rec.get("id") in (None, ""):
                         raise InvalidInputError("missing id")
+                    if not isinstance(rec.get("attributes") or {}, dict):
+                        raise InvalidInputError(f"attributes must be an object, got {type(rec['attributes']).__name__}")
                     attrs, dropped = clean_attributes(dict(rec.get("attributes") or {}))
                     rec = {**rec, "attributes": attrs}
                     if rec.get("description") is not None and not isinstance(rec["description"], str):
@@ -165,8 +203,9 @@ class ItemIndexer:
                         rec["title"] = ""
                     item = Item.model_validate({k: v for k, v in rec.items() if not k.startswith("_")})
                 elif isinstance(rec, Item):
-                    attrs, dropped = clean_attributes(rec.attributes)
-                    item = rec.model_copy(update={"attributes": attrs})
+                    item = rec.checked()  # re-validated: fields may have been assigned after construction
+                    attrs, dropped = clean_attributes(item.attributes)
+                    item = item.model_copy(update={"attributes": attrs})
                 else:
                     raise InvalidInputError(f"expected an Item or a dict, got {type(rec).__name__}")
             except ValidationError as e:
@@ -186,7 +225,7 @@ class ItemIndexer:
             seen.add(item.id)
             p = _Prepared(index=idx, item=item, pid=point_id("item", item.id), hash="")
             if dropped:
-                p.warnings.append(f"attributes dropped as not finite: {', '.join(dropped)}")
+                p.warnings.append(f"attributes dropped or changed (not finite, beyond 64-bit integers, or of a type that key cannot hold): {', '.join(dropped)}")
             if item.description and len(item.description) > self.config.max_description_chars:
                 p.warnings.append(f"description truncated from {len(item.description)} to {self.config.max_description_chars} characters")
                 item.description = item.description[: self.config.max_description_chars]
@@ -200,6 +239,9 @@ class ItemIndexer:
                     )
                 except InvalidInputError as e:
                     p.warnings.append(f"image skipped: {e}")
+                    if urlparse(item.image).scheme not in ("http", "https"):
+                        # a local path this ingest did not read is not stored: the dashboard serves stored poster paths
+                        item.image = None
             h = hashlib.sha256()
             h.update(json.dumps(item.model_dump(), sort_keys=True, ensure_ascii=False).encode())
             h.update(hashlib.sha256(p.image_bytes or b"").digest())

@@ -530,5 +530,12 @@ def create_app(
         """The dashboard shows users' histories: the read scope, from the header or (browsers) the cookie."""
         return need("read")(x_api_key or cookie)
 
-    app.include_router(dashboard_router(eng), dependencies=[Depends(ui_read)])
+    def ui_llm_allowed(request: Request) -> bool:
+        """The dashboard's LLM re-ranking counts against the same per-key LLM rate limit as the API's."""
+        wait = limiter.take(ui_read(request.headers.get("X-API-Key"), request.cookies.get("persona_key")).who)
+        if wait:
+            metrics.rejected.labels("llm_rate").inc()
+        return not wait
+
+    app.include_router(dashboard_router(eng, llm_allowed=ui_llm_allowed), dependencies=[Depends(ui_read)])
     return app

@@ -20,6 +20,7 @@ from __future__ import annotations
 import mimetypes
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,7 +68,10 @@ def eval_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"method": name, **{m: r["test"][m] for m in EVAL_METRICS if m in r.get("test", {})}} for name, r in methods]
 
 
-def dashboard_router(eng: Engine, prefix: str = "/ui", report_dir: str | Path | None = None) -> APIRouter:
+def dashboard_router(eng: Engine, prefix: str = "/ui", report_dir: str | Path | None = None,
+                     llm_allowed: Callable[[Request], bool] | None = None) -> APIRouter:
+    """The /ui pages. ``llm_allowed(request)``: whether this request may make the LLM work now (the API passes its
+    per-key LLM rate limit); when it says no, the user page shows the ranker's order and says why."""
     router = APIRouter(prefix=prefix, include_in_schema=False)
     templates = Jinja2Templates(directory=str(TEMPLATES))
 
@@ -121,12 +125,14 @@ def dashboard_router(eng: Engine, prefix: str = "/ui", report_dir: str | Path | 
         except NotFoundError:
             return not_found(request, f"No events for user {user_id!r}.")
         history = list(reversed(eng.history(user_id)))[:30]
-        recs = eng.recommend(user_id, k=12, rerank=rerank)  # LLM trouble falls back to the ranker's order, flagged
+        limited = rerank != "none" and llm_allowed is not None and not llm_allowed(request)
+        # LLM trouble falls back to the ranker's order, flagged; so does a rate-limited request, without asking the LLM
+        recs = eng.recommend(user_id, k=12, rerank="none" if limited else rerank)
         q = (q or "").strip()
         results = eng.search(q, user_id=user_id, k=12) if q else []
         found = payloads([e.item_id for e in history] + [r.item_id for r in recs.items] + [h.item_id for h in results])
         return render(request, "dashboard/user.html", title=f"User {user_id}", user_id=user_id, profile=profile, history=history,
-                      recs=recs, q=q, results=results, items=found, rerank=rerank)
+                      recs=recs, q=q, results=results, items=found, rerank=rerank, limited=limited)
 
     @router.get("/items/{item_id}", response_class=HTMLResponse, name="dashboard_item")
     def item(request: Request, item_id: str) -> HTMLResponse:

@@ -29,3 +29,24 @@ def test_invalid_config_is_clear(tmp_path):
         Engine.open(tmp_path, {"retrieval": {"candidates": -1}})
     with pytest.raises(ValidationError):
         LLMConfig(backend="gpt")
+
+
+def test_every_fit_setting_reaches_the_learned_config(monkeypatch):
+    """Each ``fit.*`` knob that is also a ``LearnedConfig`` field (some renamed) is what a fit trains with: set from the
+    environment to a non-default value, it must come out of ``LearnedStage.config()`` unchanged."""
+    pytest.importorskip("lightgbm")
+    from engine.config import FitConfig
+    from engine.fitting import LearnedStage
+    from engine.learned import LearnedConfig
+
+    renamed = {"sequence_epochs": "sas_epochs", "device": "sas_device"}
+    learned = {f for f in LearnedConfig.__dataclass_fields__}
+    values = {"pool_size": 123, "cf_factors": 17, "label_folds": 3, "threads": 1, "sequence_epochs": 5, "device": "cuda",
+              "dislike_penalty": 3.5, "fresh_boost": 1.25, "new_item_slot": 4, "index_items": 777}
+    mapped = {f for f in FitConfig.model_fields if renamed.get(f, f) in learned}
+    assert mapped == set(values), "a fit setting named like a LearnedConfig field is missing from this test"
+    for k, v in values.items():
+        monkeypatch.setenv(f"PERSONA_FIT__{k.upper()}", str(v))
+    cfg = LearnedStage(Settings(), None, "items", "events", None).config()
+    for k, v in values.items():
+        assert getattr(cfg, renamed.get(k, k)) == v, k

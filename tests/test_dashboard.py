@@ -253,3 +253,20 @@ def test_rerank_switch_falls_back_flagged_without_an_llm(client):
     assert 'id="rerank"' in page and '<option value="pointwise" selected>' in page
     assert "fallback:" in page and "llm-pointwise" in page
     assert client.get("/ui/users/1", params={"rerank": "bogus"}).status_code == 422
+
+
+def test_rerank_switch_counts_against_the_keys_llm_rate_limit(store):
+    """The dashboard's LLM re-ranking is LLM work like the API's: with one LLM request a minute per key, the second
+    page asking for it shows the ranker's order and says so, without asking the LLM; plain pages are not limited, and
+    the limit is the API's own bucket (the API's LLM routes then answer 429 for the same key)."""
+    from fastapi.testclient import TestClient
+
+    from services.api import create_app
+
+    with TestClient(create_app(engine=store, api_key=KEY, llm_requests_per_minute=1), headers={"X-API-Key": KEY}) as c:
+        first = c.get("/ui/users/1", params={"rerank": "pointwise"}).text
+        assert 'id="llm-limited"' not in first and "llm-pointwise" in first  # asked (no LLM here: the fallback says so)
+        second = c.get("/ui/users/1", params={"rerank": "listwise"}).text
+        assert 'id="llm-limited"' in second and "llm-listwise" not in second and 'id="recommendations"' in second
+        assert 'id="llm-limited"' not in c.get("/ui/users/1").text
+        assert c.get("/users/1/recommendations", params={"k": 5, "rerank": "pointwise"}).status_code == 429

@@ -7,10 +7,12 @@ Out: ``ItemMeta`` (rows aligned with the index; zero embedding rows and nan year
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..types import genres_of
 from .index import ItemIndex
 
 __all__ = ["ItemMeta"]
@@ -31,7 +33,7 @@ class ItemMeta:
     def build(cls, items, index: ItemIndex, embeddings: np.ndarray | None = None, embedding_ids=None) -> ItemMeta:
         n = len(index)
         by_id = {str(it.id): it for it in items}
-        names = sorted({g for it in items for g in (it.attributes.get("genres") or [])})
+        names = sorted({g for it in items for g in genres_of(it.attributes)})
         gpos = {g: k for k, g in enumerate(names)}
         genres = np.zeros((n, max(1, len(names))), np.float32)
         year = np.full(n, np.nan, np.float32)
@@ -39,10 +41,10 @@ class ItemMeta:
             it = by_id.get(iid)
             if it is None:
                 continue
-            for g in it.attributes.get("genres") or []:
+            for g in genres_of(it.attributes):
                 genres[j, gpos[g]] = 1.0
             y = it.attributes.get("year")
-            if isinstance(y, (int, float)):
+            if isinstance(y, int | float) and not isinstance(y, bool) and math.isfinite(y):
                 year[j] = y
         if embeddings is None:
             emb = np.zeros((n, 1), np.float32)

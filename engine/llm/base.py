@@ -28,12 +28,26 @@ def _norm(tok: str) -> str:
 
 
 def yes_probability(top_logprobs: dict[str, float]) -> float | None:
-    """P(Yes) normalised over Yes/No from a next-token top-logprob table; None if neither is present."""
-    yes = [math.exp(lp) for t, lp in top_logprobs.items() if _norm(t) in YES_WORDS]
-    no = [math.exp(lp) for t, lp in top_logprobs.items() if _norm(t) in NO_WORDS]
-    py, pn = sum(yes), sum(no)
-    if py + pn <= 0:
+    """P(Yes) normalised over Yes/No from a next-token top-logprob table; None if neither is present, or if the
+    table is not one (a log-probability that is not a number, NaN or above 0: a server's garbage, not a score)."""
+    lps: dict[str, list[float]] = {"yes": [], "no": []}
+    for t, lp in top_logprobs.items():
+        side = "yes" if _norm(t) in YES_WORDS else "no" if _norm(t) in NO_WORDS else None
+        if side is None:
+            continue
+        try:
+            lp = float(lp)
+        except (TypeError, ValueError):
+            return None
+        if not (math.isfinite(lp) or lp == -math.inf) or lp > 1e-6:
+            return None
+        lps[side].append(lp)
+    if not lps["yes"] and not lps["no"]:
         return None
+    top = max(lps["yes"] + lps["no"])
+    if top == -math.inf:
+        return None
+    py, pn = (sum(math.exp(lp - top) for lp in lps[k]) for k in ("yes", "no"))  # shifted by the max: no overflow
     return py / (py + pn)
 
 

@@ -148,7 +148,8 @@ class VLLMClient(LLM):
         with self._usage_lock:
             self.usage["requests"] += 1
             for k in ("prompt_tokens", "completion_tokens"):
-                self.usage[k] += int(usage.get(k) or 0)
+                n = usage.get(k)  # counts only: a server's odd usage field must not fail the answer
+                self.usage[k] += int(n) if isinstance(n, int | float) and not isinstance(n, bool) and 0 <= n < float("inf") else 0
 
     def _post_cancellable(self, url: str, body: dict[str, Any], scope: CancelScope) -> Any:
         """The request on a private event loop so that cancelling the scope cancels the request task,
@@ -227,10 +228,9 @@ class VLLMClient(LLM):
         for c in self._choices(data, len(prompts)):
             try:
                 top = c["logprobs"]["top_logprobs"][0]
-            except (KeyError, TypeError, IndexError):
+                out.append(yes_probability({str(k): v for k, v in top.items()}))
+            except (KeyError, TypeError, IndexError, AttributeError):  # no table, or not a token -> logprob mapping
                 out.append(None)
-                continue
-            out.append(yes_probability({str(k): float(v) for k, v in top.items()}))
         return out
 
     def yes_probabilities_shared(self, prefix: str, suffixes: Sequence[str]) -> list[float | None]:
