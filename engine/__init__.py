@@ -21,6 +21,7 @@ from .errors import (
     http_status,
 )
 from .types import (
+    DeleteReport,
     Event,
     EventReport,
     Explanation,
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError",
     "ConflictError",
+    "DeleteReport",
     "DependencyMissingError",
     "Engine",
     "Event",

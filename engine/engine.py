@@ -1,10 +1,9 @@
 """The Persona engine: a thin facade over one module per pipeline stage.
 
-Data flows one way: ``indexers`` (via :mod:`engine.components`) write items; :mod:`engine.events`
-stores interactions; :mod:`engine.profiles` models users; :mod:`engine.retrieval` fetches
-candidates; :mod:`engine.ranking` re-ranks and diversifies; :mod:`engine.explain` says why;
-:mod:`engine.search` serves queries. See docs/architecture.md.
-"""
+Data flows one way: ``indexers`` (via :mod:`engine.components`) write items; :mod:`engine.events` stores interactions;
+:mod:`engine.profiles` models users; :mod:`engine.fitting` and :mod:`engine.retrieval` find candidates;
+:mod:`engine.ranking` re-ranks and diversifies; :mod:`engine.explain` says why; :mod:`engine.search` serves queries.
+See docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -33,6 +32,7 @@ from .schema import Collections
 from .search import Searcher
 from .store import Filter, VectorStore, open_store, parse_filter, point_id
 from .types import (
+    DeleteReport,
     Event,
     EventReport,
     Explanation,
@@ -75,9 +75,8 @@ class Engine:
     def open(
         cls, path: str | Path | None = None, config: Settings | Mapping[str, Any] | None = None, components: Components | None = None
     ) -> Engine:
-        """Open (or create) an engine. ``path`` holds the embedded store; ``config`` is a
-        :class:`Settings` or a dict of its fields (environment variables ``PERSONA_*`` fill the rest);
-        ``components`` injects ready models (e.g. ``Components(text_encoder=enc, llm=llm)``)."""
+        """Open (or create) an engine. ``path`` holds the embedded store; ``config`` is a :class:`Settings` or a dict of its
+        fields (``PERSONA_*`` environment variables fill the rest); ``components`` injects ready models."""
         try:
             settings = config if isinstance(config, Settings) else Settings(**dict(config or {}))
         except ValidationError as e:
@@ -145,10 +144,27 @@ class Engine:
             self.catalog.forget()
 
     def add_events(self, events: Iterable[Event | Mapping[str, Any]]) -> EventReport:
-        """Store interactions durably. The same event twice counts once; events naming unknown
-        items are refused and reported."""
+        """Store interactions durably. The same event twice counts once; events naming unknown items are refused, reported."""
         self._ready()
         return self.event_log.add(events)
+
+    def delete_items(self, item_ids: Iterable[str]) -> DeleteReport:
+        """Remove items with every event about them; lists (a fitted model's too) stop showing them at once, and the next
+        fit forgets them. Idempotent: ids not in the catalog are listed in ``not_found``."""
+        self._ready()
+        ids = list(dict.fromkeys(str(i) for i in item_ids))
+        found = sorted(self.catalog.known(ids))
+        n = self.event_log.delete(Filter(match={"item_id": found})) if found else 0  # events first: none names a gone item
+        self.catalog.delete(found)
+        return DeleteReport(items=len(found), events=n, not_found=sorted(set(ids) - set(found)))
+
+    def delete_user(self, user_id: str) -> DeleteReport:
+        """Remove a user's events and profile (summaries, taste and cf vectors) and recount their items' popularity; a
+        fitted model keeps only what it learned in aggregate until the next fit. Idempotent."""
+        self._ready()
+        n = self.event_log.delete(Filter(match={"user_id": str(user_id)}))
+        had = self.profiles.delete(str(user_id))
+        return DeleteReport(users=int(had or n > 0), events=n, not_found=[] if had or n else [str(user_id)])
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -173,9 +189,8 @@ class Engine:
 
     def update_profiles(self, user_ids: Iterable[str] | None = None, use_llm: bool | None = None, progress: bool = False, before: float | None = None,
                         ray: Any = None) -> dict[str, Any]:
-        """Summarize new session blocks (batched across users) and refresh taste vectors.
-        ``before`` limits histories to events earlier than that timestamp (evaluation); ``ray`` (a
-        RayBatch) runs the LLM steps on its actor pool."""
+        """Summarize new session blocks (batched across users) and refresh taste vectors. ``before`` limits histories to
+        events earlier than that timestamp (evaluation); ``ray`` (a RayBatch) runs the LLM steps on its actor pool."""
         self._ready()
         histories = {}
         for uid in self.event_log.user_ids() if user_ids is None else user_ids:
@@ -187,9 +202,8 @@ class Engine:
         return self.profiles.profile(str(user_id), self._require_user(user_id))
 
     def user_context(self, user_id: str, events: list[Event] | None = None) -> UserContext:
-        """What retrieval, ranking and explanation know about a user: liked/other events, their
-        items, taste vectors and the stored profile. ``events`` replaces the stored history (e.g. a
-        training split); without it, an unknown user raises NotFoundError."""
+        """What retrieval, ranking and explanation know about a user (liked/other events, their items, taste vectors, the
+        profile). ``events`` replaces the stored history (e.g. a training split); else an unknown user is NotFoundError."""
         user_id = str(user_id)
         return self.profiles.context(user_id, self._require_user(user_id) if events is None else events)
 
@@ -235,9 +249,8 @@ class Engine:
         return Recommendations(user_id=user_id, items=out, strategy=strategy, fallback=fallback, model_version=version)
 
     def rank(self, user_id: str, item_ids: Sequence[str]) -> list[Recommendation]:
-        """``item_ids`` ordered for the user, best first, with exactly the scores :meth:`recommend`
-        gives them (the fitted model's, else the fusion's; items the ranking cannot score come last
-        with score -inf). Used for sampled metrics and for re-ordering a caller's own shortlist."""
+        """``item_ids`` ordered for the user, best first, with exactly the scores :meth:`recommend` gives them (items the
+        ranking cannot score last, with -inf). Used for sampled metrics and for re-ordering a caller's own shortlist."""
         user_id, ids = str(user_id), [str(i) for i in item_ids]
         events = self.history(user_id)
         model = self.learned.current() if events else None
@@ -252,10 +265,9 @@ class Engine:
         return [Recommendation(item_id=i, score=s, title=(titles.get(i) or {}).get("title", "")) for i, s in ranked]
 
     def fit(self, progress: bool = False, ray: Any = None) -> FitReport:
-        """Train the learned recommender from the stored events alone (each user's last event is
-        the ranker's label): collaborative ALS vectors, transitions and co-occurrence, popularity and
-        trend, and a LightGBM ranker. Saves a new version beside the store and makes it current;
-        :meth:`recommend` uses it from the next call. Re-run it as data grows (``ray``: a RayBatch computes the features)."""
+        """Train the learned recommender from the stored events alone (each user's last event is the ranker's label); save a
+        new version beside the store and make it current for the next :meth:`recommend`. Re-run it as data grows (``ray``: a
+        RayBatch computes the features)."""
         self._ready()
         report = self.learned.fit(progress=progress, ray=ray)
         if self.settings.fit.llm_feature_users > 0:  # the LLM stage (engine.llm_feature), saved beside the model
@@ -296,10 +308,8 @@ class Engine:
         source = found.get(because[0]) if because else None
         return explaining.explain(found[item_id], ctx(), self.prompts, self.llm, self.settings.llm.max_new_tokens, source)
 
-    def generate_image(
-        self, user_id: str, prompt: str | None = None, *, n: int = 1, reference_item: str | None = None,
-        seed: int | None = None, steps: int | None = None, size: int | tuple[int, int] | None = None,
-    ) -> imagine.GeneratedImages:
+    def generate_image(self, user_id: str, prompt: str | None = None, *, n: int = 1, reference_item: str | None = None,
+                       seed: int | None = None, steps: int | None = None, size: int | tuple[int, int] | None = None) -> imagine.GeneratedImages:
         """Images for the user: ``prompt`` (else a film poster) blended with their taste; ``reference_item``
         starts from that item's image (img2img). See :mod:`engine.imagine`; limits in ``settings.image``."""
         imagine.check_request(self.settings.image, n, steps, size)
@@ -309,13 +319,8 @@ class Engine:
 
     # -- personalized search -------------------------------------------------------------------
 
-    def search(
-        self,
-        query: str | bytes | Path | Any,
-        user_id: str | None = None,
-        k: int = 10,
-        filters: Mapping[str, Any] | None = None,
-    ) -> list[SearchHit]:
+    def search(self, query: str | bytes | Path | Any, user_id: str | None = None, k: int = 10,
+               filters: Mapping[str, Any] | None = None) -> list[SearchHit]:
         """Items matching a text query (or an image: bytes, a path or a PIL image), re-ordered for
         the user when ``user_id`` is given by blending query relevance with the user's taste."""
         if not 1 <= k <= 1000:

@@ -115,6 +115,17 @@ class EventLog:
             self.store.flush()
         return report
 
+    def delete(self, flt: Filter) -> int:
+        """Delete the events matching ``flt`` (e.g. one user's, or every event of some items); returns how many. The
+        items they named get their popularity recounted, so a retry after a crash repairs the counts too."""
+        hits = list(self.store.scroll(self.events_col, flt))
+        for b in chunks([h.id for h in hits], 2000):
+            self.store.delete(self.events_col, b)
+        self.store.flush()  # gone for good before the counts are derived from what is left
+        self.recount({str(h.payload.get("item_id")) for h in hits})
+        self.store.flush()
+        return len(hits)
+
     def recount(self, item_ids: Iterable[str]) -> None:
         """Set each item's ``popularity`` to the number of its events (idempotent; unknown items skipped)."""
         ids = list(dict.fromkeys(str(i) for i in item_ids))

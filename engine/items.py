@@ -86,6 +86,12 @@ class ItemCatalog:
             raise NotFoundError(f"unknown item(s): {', '.join(map(repr, missing[:5]))}")
         return [rows[i] for i in item_ids]
 
+    def delete(self, item_ids: Sequence[str]) -> None:
+        """Remove these items' points (their events are the caller's: :meth:`engine.events.EventLog.delete`)."""
+        self.store.delete(self.collection, [point_id("item", str(i)) for i in item_ids])
+        self.store.flush()
+        self.forget()
+
     def known(self, item_ids: Sequence[str]) -> set[str]:
         """The ids among ``item_ids`` that are stored."""
         return set(self.hits(sorted(set(item_ids))))

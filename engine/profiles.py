@@ -174,6 +174,14 @@ class ProfileBuilder:
         taste = taste_vectors([e for e in pos if e.item_id in items], vecs, self.s.profile.recency_half_life)
         return UserContext(user_id, pos, neg, items, taste, self.load_state(user_id, with_vectors=True))
 
+    def delete(self, user_id: str) -> bool:
+        """Remove the user's point (every summary version, taste and cf vectors); whether there was one."""
+        pid = point_id("user", user_id)
+        had = bool(self.store.retrieve(self.users_col, [pid], fields=["user_id"]))
+        self.store.delete(self.users_col, [pid])
+        self.store.flush()
+        return had
+
     def profile(self, user_id: str, events: list[Event]) -> Profile:
         """The public :class:`Profile` view of a user."""
         st = self.load_state(user_id, with_vectors=True)

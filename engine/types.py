@@ -15,6 +15,7 @@ __all__ = [
     "ItemError",
     "IngestReport",
     "EventReport",
+    "DeleteReport",
     "Recommendation",
     "Recommendations",
     "SummaryVersion",
@@ -179,6 +180,16 @@ class EventReport(BaseModel):
     duplicates: int = 0
     failed: int = 0
     errors: list[str] = Field(default_factory=list)
+
+
+class DeleteReport(BaseModel):
+    """What :meth:`Engine.delete_items` / :meth:`Engine.delete_user` removed. Deleting is idempotent: what was not
+    there is counted as 0 (or listed in ``not_found``)."""
+
+    items: int = 0
+    users: int = 0
+    events: int = 0
+    not_found: list[str] = Field(default_factory=list)
 
 
 class Recommendation(BaseModel):

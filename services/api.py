@@ -40,7 +40,7 @@ from engine import Engine, Event, Item, OverloadedError, PersonaError, http_stat
 from engine.cancel import CancelScope, cancel_scope, check_cancelled
 from engine.errors import CancelledRequestError, missing
 from engine.store.base import FILTER_FIELD_PATTERN
-from engine.types import EventReport, Explanation, FitReport, IngestReport, Profile, Recommendations, SearchHit
+from engine.types import DeleteReport, EventReport, Explanation, FitReport, IngestReport, Profile, Recommendations, SearchHit
 from services.tokens import TOKEN_PREFIX, TokenError, verify_user_token
 
 logger = logging.getLogger(__name__)
@@ -461,6 +461,18 @@ def create_app(
     @app.post("/events", response_model=EventReport, dependencies=[Depends(require_key)], responses=_WRITE_ERRORS)
     async def add_events(body: EventsIn) -> EventReport:
         return await run(eng.add_events, body.events)
+
+    @app.delete("/items/{item_id}", response_model=DeleteReport, dependencies=[Depends(require_key)], responses=_WRITE_ERRORS)
+    async def delete_item(item_id: str) -> DeleteReport:
+        """Remove the item and every event about it (write scope). Idempotent: an id not in the catalog is listed in
+        ``not_found``. Lists stop showing it at once; the next fit forgets it."""
+        return await run(eng.delete_items, [item_id])
+
+    @app.delete("/users/{user_id}", response_model=DeleteReport, dependencies=[Depends(need("admin"))], responses=_WRITE_ERRORS)
+    async def delete_user(user_id: str) -> DeleteReport:
+        """Erase a user: their events and profile (every summary version, taste and cf vectors); admin scope.
+        Idempotent. A fitted model keeps only what it learned in aggregate until the next fit."""
+        return await run(eng.delete_user, user_id)
 
     @app.post("/fit", response_model=FitReport, dependencies=[Depends(need("admin"))], responses=_WRITE_ERRORS)
     async def fit() -> FitReport:

@@ -85,6 +85,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delete(args: argparse.Namespace) -> int:
+    """``persona delete items ID...`` / ``persona delete user ID``: the report as JSON (idempotent)."""
+    with _open(args) as eng:
+        rep = eng.delete_items(args.ids) if args.what == "items" else eng.delete_user(args.ids[0])
+        print(rep.model_dump_json(indent=2))
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     with _open(args) as eng:
         for h in eng.search(args.query, user_id=args.user, k=args.k):
@@ -371,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-llm", action="store_true")
     r.set_defaults(fn=cmd_recommend)
 
+    de = sub.add_parser("delete", help="remove items (with their events) or a user (events, profile); prints what went")
+    de.add_argument("what", choices=["items", "user"])
+    de.add_argument("ids", nargs="+", help="item ids, or one user id")
+    de.set_defaults(fn=cmd_delete)
+
     s = sub.add_parser("search", help="personalized search")
     s.add_argument("query")
     s.add_argument("--user", default=None)
@@ -485,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from engine.errors import PersonaError
 
+    if args.cmd == "delete" and args.what == "user" and len(args.ids) != 1:
+        build_parser().error("delete user takes one user id")
     try:
         return int(args.fn(args) or 0)
     except PersonaError as e:

@@ -162,3 +162,24 @@ def test_optimize_builds_the_index_and_keeps_every_answer(tmp_path):
     finally:
         edge.close()
         client.close()
+
+
+def test_delete_removes_points_from_every_answer_on_both_backends(tmp_path):
+    """``delete`` on both backends: the points leave counts, retrieve, scroll and queries; unknown ids are ignored."""
+    rng = np.random.default_rng(3)
+    vecs = rng.normal(size=(20, 8)).astype(np.float32)
+    pts = [Point(point_id("item", str(i)), {"text": vecs[i].tolist()}, {"item_id": str(i)}) for i in range(20)]
+    answers = []
+    for s in (EdgeStore(tmp_path / "edge"), QdrantClientStore("local", path=tmp_path / "qc")):
+        s.ensure_collection("items", {"text": 8}, {"item_id": "keyword"})
+        s.upsert("items", pts)
+        s.delete("items", [point_id("item", i) for i in ("3", "4", "not-there")])
+        s.delete("items", [])
+        s.flush()
+        near = _ids(s.query("items", [VectorQuery("text", vector=vecs[3].tolist())], 20))
+        answers.append((s.count("items"), _ids(s.retrieve("items", [point_id("item", i) for i in ("2", "3", "4")])),
+                        sorted(h.payload["item_id"] for h in s.scroll("items")), near))
+        s.close()
+    assert answers[0] == answers[1]
+    count, got, scrolled, near = answers[0]
+    assert count == 18 and got == ["2"] and "3" not in scrolled and "4" not in scrolled and len(near) == 18 and "3" not in near

@@ -157,6 +157,10 @@ class VectorStore(ABC):
     def set_payload(self, name: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None: ...
 
     @abstractmethod
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        """Remove these points (ids not there are ignored)."""
+
+    @abstractmethod
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False, fields: Sequence[str] | None = None) -> list[Hit]:
         """Points by id, in the order asked; unknown ids are left out. ``fields``: only these payload keys."""
 

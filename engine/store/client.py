@@ -154,6 +154,10 @@ class QdrantClientStore(VectorStore):
     def set_payload(self, name: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None:
         self._call(self.client.set_payload, name, payload=dict(payload), points=list(ids), wait=True)
 
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        if ids:
+            self._call(self.client.delete, name, points_selector=qm.PointIdsList(points=list(ids)), wait=True)
+
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False, fields: Sequence[str] | None = None) -> list[Hit]:
         if not ids:
             return []

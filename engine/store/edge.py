@@ -203,6 +203,11 @@ class EdgeStore(VectorStore):
         with self._lock:
             self._update(name, qe.UpdateOperation.set_payload(list(ids), dict(payload)))
 
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        if ids:
+            with self._lock:
+                self._update(name, qe.UpdateOperation.delete_points(list(ids)))
+
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False, fields: Sequence[str] | None = None) -> list[Hit]:
         if not ids:
             return []
