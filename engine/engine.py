@@ -59,7 +59,7 @@ class Engine:
         self.collections = Collections.named(settings.collection_prefix)
         self.items_col, self.events_col, self.users_col = self.collections.items, self.collections.events, self.collections.users
         self.prompts = PromptRegistry(settings.prompts_dir, settings.prompt_versions)
-        self._lock = threading.RLock()
+        self._lock, self._profiles_lock = threading.RLock(), threading.Lock()
         comps = self.components
         self.catalog = ItemCatalog(store, self.items_col)
         self.event_log = EventLog(store, self.events_col, self.users_col, self.catalog)
@@ -151,19 +151,21 @@ class Engine:
     def delete_items(self, item_ids: Iterable[str]) -> DeleteReport:
         """Remove items with every event about them; lists (a fitted model's too) stop showing them at once, and the next
         fit forgets them. Idempotent: ids not in the catalog are listed in ``not_found``."""
+        if isinstance(item_ids, str | bytes):
+            raise InvalidInputError("item_ids must be a list of ids (a string would be read as its characters)")
         self._ready()
-        ids = list(dict.fromkeys(str(i) for i in item_ids))
-        found = sorted(self.catalog.known(ids))
-        n = self.event_log.delete(Filter(match={"item_id": found})) if found else 0  # events first: none names a gone item
-        self.catalog.delete(found)
+        found = sorted(self.catalog.known(ids := list(dict.fromkeys(str(i) for i in item_ids))))
+        self.catalog.delete(found)  # items first, then events of every id asked: a retry removes any that raced in
+        n = self.event_log.delete(Filter(match={"item_id": ids})) if ids else 0
         return DeleteReport(items=len(found), events=n, not_found=sorted(set(ids) - set(found)))
 
     def delete_user(self, user_id: str) -> DeleteReport:
         """Remove a user's events and profile (summaries, taste and cf vectors) and recount their items' popularity; a
         fitted model keeps only what it learned in aggregate until the next fit. Idempotent."""
         self._ready()
-        n = self.event_log.delete(Filter(match={"user_id": str(user_id)}))
-        had = self.profiles.delete(str(user_id))
+        with self._profiles_lock:  # a profile update running here would write the user's point back from old events
+            n = self.event_log.delete(Filter(match={"user_id": str(user_id)}))
+            had = self.profiles.delete(str(user_id))
         return DeleteReport(users=int(had or n > 0), events=n, not_found=[] if had or n else [str(user_id)])
 
     # -- reading -------------------------------------------------------------------------------
@@ -192,11 +194,10 @@ class Engine:
         """Summarize new session blocks (batched across users) and refresh taste vectors. ``before`` limits histories to
         events earlier than that timestamp (evaluation); ``ray`` (a RayBatch) runs the LLM steps on its actor pool."""
         self._ready()
-        histories = {}
-        for uid in self.event_log.user_ids() if user_ids is None else user_ids:
-            evs = self._require_user(str(uid))
-            histories[str(uid)] = [e for e in evs if before is None or e.timestamp < before]
-        return self.profiles.update(histories, use_llm=use_llm, progress=progress, ray=ray)
+        with self._profiles_lock:  # delete_user waits: a deleted user must not be written back
+            histories = {str(u): [e for e in self._require_user(str(u)) if before is None or e.timestamp < before]
+                         for u in (self.event_log.user_ids() if user_ids is None else user_ids)}
+            return self.profiles.update(histories, use_llm=use_llm, progress=progress, ray=ray)
 
     def profile(self, user_id: str) -> Profile:
         return self.profiles.profile(str(user_id), self._require_user(user_id))
@@ -227,8 +228,7 @@ class Engine:
         model = self.learned.current() if events else None
         ctx = None if model is not None and rerank == "none" and not explain else self.profiles.context(user_id, events)
         if model is not None:
-            hits, reasons = self.learned.hits(model, events, limit, flt, rc.mmr_lambda is not None, exclude_seen)
-            strategy = "learned"
+            (hits, reasons), strategy = self.learned.hits(model, events, limit, flt, rc.mmr_lambda is not None, exclude_seen), "learned"
         else:
             hits, strategy = self.retriever.retrieve(ctx, limit, flt)
         fallback = None
@@ -245,8 +245,8 @@ class Engine:
         if explain:
             note = explaining.explain_all(out, lambda r: self._explain(r.item_id, lambda: ctx, r.because_of))
             fallback = "; ".join(x for x in (fallback, note) if x) or None
-        version = model.info.get("version") if model is not None else None
-        return Recommendations(user_id=user_id, items=out, strategy=strategy, fallback=fallback, model_version=version)
+        return Recommendations(user_id=user_id, items=out, strategy=strategy, fallback=fallback,
+                               model_version=model.info.get("version") if model is not None else None)
 
     def rank(self, user_id: str, item_ids: Sequence[str]) -> list[Recommendation]:
         """``item_ids`` ordered for the user, best first, with exactly the scores :meth:`recommend` gives them (items the
@@ -261,13 +261,13 @@ class Engine:
             hits, _ = self.retriever.retrieve(self.profiles.context(user_id, events), len(ids), flt)
             got = {h.payload["item_id"]: h.score for h in hits}
             ranked = sorted(((i, got.get(i, float("-inf"))) for i in ids), key=lambda t: -t[1])
-        titles = self.catalog.rows([i for i, s in ranked if s != float("-inf")])
+        titles = self.catalog.rows([i for i, s in ranked if s != float("-inf")])  # a fitted model also knows deleted items
+        ranked = sorted(((i, s if i in titles else float("-inf")) for i, s in ranked), key=lambda t: -t[1])
         return [Recommendation(item_id=i, score=s, title=(titles.get(i) or {}).get("title", "")) for i, s in ranked]
 
     def fit(self, progress: bool = False, ray: Any = None) -> FitReport:
-        """Train the learned recommender from the stored events alone (each user's last event is the ranker's label); save a
-        new version beside the store and make it current for the next :meth:`recommend`. Re-run it as data grows (``ray``: a
-        RayBatch computes the features)."""
+        """Train the learned recommender from the stored events alone (each user's last event is the ranker's label); the new
+        version is current for the next :meth:`recommend`. Re-run it as data grows (``ray``: a RayBatch computes features)."""
         self._ready()
         report = self.learned.fit(progress=progress, ray=ray)
         if self.settings.fit.llm_feature_users > 0:  # the LLM stage (engine.llm_feature), saved beside the model
@@ -283,10 +283,10 @@ class Engine:
         return pointwise_prompts(self.prompts, self.catalog.require_rows(item_ids), ctx.summary, ctx.history_rows(), prompt)
 
     def score(self, user_id: str, item_ids: Sequence[str], prompt: str = "preference_yes_no") -> list[ItemScore]:
-        """P(user likes item) from the LLM's Yes/No logprobs, one batched request for all items."""
+        """P(user likes item) from the LLM's Yes/No logprobs, one batched request for all items (the same shared-prefix
+        prompts as the pointwise / llm_feature rerank: one P(Yes) per item everywhere)."""
         if not item_ids:
             return []
-        # The same shared-prefix prompts as the pointwise / llm_feature rerank: one P(Yes) per item everywhere.
         ctx, rows = self.user_context(str(user_id)), self.catalog.require_rows([str(i) for i in item_ids])
         probs = yes_scores(self.llm(), self.prompts, rows, ctx.summary, ctx.history_rows(), prompt)
         if len(probs) != len(rows):

@@ -23,15 +23,14 @@ item is still reached through the other sources); a model whose vectors were not
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import itertools
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from . import explain as explaining
 from .config import Settings
 from .errors import DependencyMissingError, InvalidInputError, missing
 from .events import stored_events
+from .fsutil import file_lock, write_atomic
 from .items import ItemCatalog, folded_title
 from .profiles import is_positive
 from .store import Filter, Hit, Point, VectorQuery, VectorStore, point_id
@@ -71,7 +71,7 @@ class LearnedStage:
         self._pointer: tuple[int, str] | None = None  # (CURRENT's mtime_ns, version): CURRENT is re-read only when it changes
         self._cf_state: tuple[tuple[int, int], str | None] | None = None  # (inode, mtime) of CF_VERSION, its content
         self._pid_items: tuple[object, dict[str, str]] | None = None  # (model, {point id: item id}) for the cf query
-        self._broken: tuple | None = None  # the CURRENT (see _pointer) whose version failed to load: retried once it is rewritten
+        self._broken: tuple | None = None  # (CURRENT as in _pointer, when): a version that failed to load, retried after 60 s
 
     # -- fitting ---------------------------------------------------------------------------------
 
@@ -99,25 +99,12 @@ class LearnedStage:
                                  map_chunks=ray.map_chunks if ray is not None else None)
         version = model.info["version"]
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=self.root))  # own folder: two fits of one version can overlap
-        model.save(tmp)
-        with _fit_lock(self.root):  # two fits (API and CLI) must not interleave their cf writes
-            (self.root / _CF_STATE).unlink(missing_ok=True)  # every process scans in memory until the new vectors are complete
-            cf_written = self.write_vectors(model, [it.id for it in items], events)
-            final = self.root / version
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            if cf_written:
-                _write_atomic(self.root / _CF_STATE, version)
-            index_s, t = None, time.perf_counter()
-            if model.indexed:  # served from the vector index: build it now (the embedded engine has no background optimizer)
-                try:
-                    if self.store.optimize(self.items_col):
-                        index_s = round(time.perf_counter() - t, 2)
-                        logger.info("built the items' vector indexes in %.1fs", index_s)
-                except Exception as e:  # queries still answer (by scanning): a failed build must not lose the fit
-                    logger.warning("vector index not built (%s); queries scan every item until a later fit builds it", e)
-            _write_atomic(self.root / "CURRENT", version)  # atomic switch to the new version
+        tmp = self.root / f".tmp-{version}-{uuid.uuid4().hex[:12]}"  # own folder: two fits of one version can overlap
+        try:
+            model.save(tmp)
+            final, index_s = self._switch(model, version, tmp, items, events)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # moved into place on success; a failed fit leaves nothing behind
         with self._lock:
             self._loaded = (version, model)
         self._prune(version)
@@ -125,9 +112,30 @@ class LearnedStage:
         return FitReport(version=version, path=str(final), users=info["n_users"], items=info["n_items"], events=info["n_events"],
                          seconds=round(time.perf_counter() - t0, 2), info=info)
 
+    def _switch(self, model, version: str, tmp: Path, items: list[Item], events: list[Event]) -> tuple[Path, float | None]:
+        """Under the fit lock: the cf vectors, the saved folder moved into place, the HNSW build (its seconds), CURRENT."""
+        index_s = None
+        with file_lock(self.root / ".fit.lock"):  # two fits (API and CLI) must not interleave their cf writes
+            (self.root / _CF_STATE).unlink(missing_ok=True)  # every process scans in memory until the new vectors are complete
+            cf_written = self.write_vectors(model, [it.id for it in items], events)
+            final = self.root / version
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            if cf_written:
+                write_atomic(self.root / _CF_STATE, version)
+            t = time.perf_counter()
+            if model.indexed:  # served from the vector index: build it now (the embedded engine has no background optimizer)
+                try:
+                    if self.store.optimize(self.items_col):
+                        index_s = round(time.perf_counter() - t, 2)
+                        logger.info("built the items' vector indexes in %.1fs", index_s)
+                except Exception as e:  # queries still answer (by scanning): a failed build must not lose the fit
+                    logger.warning("vector index not built (%s); queries scan every item until a later fit builds it", e)
+            write_atomic(self.root / "CURRENT", version)  # atomic switch to the new version
+        return final, index_s
+
     def training_inputs(self) -> tuple[list[Event], list[Item], np.ndarray | None, list[str]]:
         """What a fit reads from the store: every event, every item, the items' ``text`` vectors and their ids."""
-        events = stored_events(self.store, self.events_col)
         items, ids, blocks, page = [], [], [], []
         for h in self.store.scroll(self.items_col, with_vectors=True):
             p = h.payload
@@ -141,6 +149,7 @@ class LearnedStage:
                     page = []
         if page:
             blocks.append(np.asarray(page, np.float32))
+        events = stored_events(self.store, self.events_col, {it.id for it in items})  # none of a deleted item
         return events, items, (np.concatenate(blocks) if blocks else None), ids
 
     def write_vectors(self, model, item_ids: list[str], events: list[Event]) -> bool:
@@ -152,7 +161,7 @@ class LearnedStage:
             self.store.ensure_vector(self.items_col, CF_VECTOR, V.shape[1], "dot")
             known = [(i, r) for i, r in zip(item_ids, rows) if r >= 0]
             for k in range(0, len(known), 1024):  # lists built per batch: 1M items' factors as Python floats are ~2 GB
-                self.store.update_vectors(self.items_col, [Point(point_id("item", i), {CF_VECTOR: V[r].tolist()}, {}) for i, r in known[k : k + 1024]])
+                self.store.update_present(self.items_col, [Point(point_id("item", i), {CF_VECTOR: V[r].tolist()}, {}) for i, r in known[k : k + 1024]])
             by_user: dict[str, list[Event]] = {}
             for e in events:
                 by_user.setdefault(e.user_id, []).append(e)
@@ -162,7 +171,7 @@ class LearnedStage:
                 self.store.ensure_vector(self.users_col, CF_VECTOR, V.shape[1], "dot")
                 upts = [Point(point_id("user", u), {CF_VECTOR: model.stage1.cf.user_vector(model.sequence(by_user[u]).items).astype(float).tolist()}, {}) for u in users]
                 for k in range(0, len(upts), 1024):
-                    self.store.update_vectors(self.users_col, upts[k : k + 1024])
+                    self.store.update_present(self.users_col, upts[k : k + 1024])  # a user deleted meanwhile is skipped
         except Exception as e:  # the in-memory scan still serves; a store error must not lose the fit
             logger.warning("cf vectors not written to the store (%s); the collaborative source scans in memory", e)
             return False
@@ -170,6 +179,9 @@ class LearnedStage:
         return True
 
     def _prune(self, keep: str) -> None:
+        for d in self.root.glob(".tmp-*"):  # left by a process killed mid-fit
+            if time.time() - d.stat().st_mtime > 86_400:
+                shutil.rmtree(d, ignore_errors=True)
         versions = sorted((d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.stat().st_mtime)
         for d in versions[: max(0, len(versions) - self.settings.fit.keep_versions)]:
             if d.name != keep:
@@ -199,15 +211,19 @@ class LearnedStage:
                 from .learned import PersonaModel
             except ImportError as e:
                 raise DependencyMissingError(f"a fitted model exists but its dependencies are missing: {e}") from e
-            try:  # unreadable (a disk fault, a copy cut short, another format): the fusion serves, logged once per CURRENT
-                model = None if self._broken == self._pointer else PersonaModel.load(self.root / version)
+            failed = self._broken is not None and self._broken[0] == self._pointer and time.monotonic() - self._broken[1] < 60
+            try:  # unreadable (a disk fault, a copy cut short, another format): logged, tried again a minute later
+                model = None if failed else PersonaModel.load(self.root / version)
+            except ImportError as e:
+                raise DependencyMissingError(f"the fitted model needs a missing dependency: {e}") from e
             except Exception as e:
-                self._broken, model = self._pointer, None
-                logger.error("fitted model %s cannot be loaded (%s: %s); recommend() ranks with the unfitted fusion "
-                             "(model_version None) until a fit writes a new version", version, type(e).__name__, e)
-            if model is not None:
-                self._loaded = (version, model)
-                logger.info("loaded fitted model %s", version)
+                self._broken, model = (self._pointer, time.monotonic()), None
+                logger.error("fitted model %s cannot be loaded (%s: %s); the last model loaded here serves, else the "
+                             "unfitted fusion (model_version None)", version, type(e).__name__, e)
+            if model is None:
+                return self._loaded[1] if self._loaded is not None else None
+            self._loaded = (version, model)
+            logger.info("loaded fitted model %s", version)
             return model
 
     def cf_version(self) -> str | None:
@@ -261,6 +277,8 @@ class LearnedStage:
         are left out; the history's items too when ``exclude_seen``). With payload conditions, every matching item
         is scored (exact) when there are at most ``_SCORE_ALL_LIMIT``; otherwise the pool is filtered."""
         seen = {point_id("item", e.item_id) for e in events} if exclude_seen else set()
+        if self.catalog.deleted:  # deleted since the fit: the model still ranks them, so they would crowd the list out
+            flt = dataclasses.replace(flt, exclude_ids=flt.exclude_ids | {point_id("item", i) for i in self.catalog.deleted})
         cf, cs = self.searches(model, events, flt, exclude_seen)
         if not (flt.match or flt.ranges or flt.include_ids is not None):
             out = model.recommend(events, k=k + len(flt.exclude_ids - seen), exclude_seen=exclude_seen, cf_search=cf, content_search=cs)
@@ -307,24 +325,3 @@ class LearnedStage:
         cf, cs = self.searches(model, events, Filter())
         return model.rank(events, item_ids, content_search=cs, cf_search=cf)
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _fit_lock(root: Path) -> Iterator[None]:
-    """An exclusive lock on ``<root>/.fit.lock`` for the write-and-switch part of a fit (fcntl; a no-op where missing)."""
-    try:
-        import fcntl
-    except ImportError:  # not on POSIX: one fitting process per store is the documented rule there
-        yield
-        return
-    with open(root / ".fit.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

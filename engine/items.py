@@ -40,6 +40,8 @@ class ItemCatalog:
     def __init__(self, store: VectorStore, collection: str) -> None:
         self.store, self.collection = store, collection
         self._titles: dict[str, str] = {}  # item id -> folded_title; cleared by forget() (Engine.add_items calls it)
+        self.deleted: set[str] = set()
+        """Ids this process deleted that are not stored again: a fitted model still ranks them until its next fit."""
 
     def folded_titles(self, item_ids: Sequence[str]) -> dict[str, str]:
         """``{item_id: folded_title}`` of the known items among ``item_ids``. Cached per process, because the served list
@@ -54,8 +56,10 @@ class ItemCatalog:
         return {i: t[i] for i in item_ids if i in t}
 
     def forget(self) -> None:
-        """Drop cached titles (after items were written)."""
+        """Drop cached titles (after items were written), and from :attr:`deleted` the ids written again."""
         self._titles = {}
+        if self.deleted:
+            self.deleted -= self.known(sorted(self.deleted))
 
     def get(self, item_id: str) -> dict[str, Any]:
         """The stored payload of one item; NotFoundError when unknown."""
@@ -87,9 +91,11 @@ class ItemCatalog:
         return [rows[i] for i in item_ids]
 
     def delete(self, item_ids: Sequence[str]) -> None:
-        """Remove these items' points (their events are the caller's: :meth:`engine.events.EventLog.delete`)."""
+        """Remove these items' points (their events are the caller's: :meth:`engine.events.EventLog.delete`); they are
+        remembered in :attr:`deleted` until written again."""
         self.store.delete(self.collection, [point_id("item", str(i)) for i in item_ids])
         self.store.flush()
+        self.deleted |= {str(i) for i in item_ids}
         self.forget()
 
     def known(self, item_ids: Sequence[str]) -> set[str]:

@@ -82,7 +82,7 @@ class Event(BaseModel):
     @classmethod
     def _seconds(cls, v: float) -> float:
         # Time features (trend windows, recency gaps, weekly buckets) read seconds; an absurd time would stretch the
-        # buckets over every real event (or overflow them) for all users, and events cannot be deleted
+        # buckets over every real event (or overflow them) for all users
         if not math.isfinite(v):
             raise ValueError("must be a finite number")
         if not MIN_TIMESTAMP <= v <= MAX_TIMESTAMP:

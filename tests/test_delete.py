@@ -83,3 +83,60 @@ def test_cli_delete_prints_the_report(make_engine, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["users"] == 1
     with pytest.raises(SystemExit):
         main(["--path", str(path), "delete", "user", "u3", "u4"])
+
+
+def test_a_string_is_not_a_list_of_ids(make_engine):
+    from engine import InvalidInputError
+
+    eng = _store(make_engine)
+    with pytest.raises(InvalidInputError, match="list of ids"):
+        eng.delete_items("i12")  # would have deleted i1 and i2
+    assert eng.stats()["items"] == 15
+
+
+def test_rank_and_long_lists_after_many_deletes_before_a_refit(make_engine):
+    """A fitted model still ranks deleted items until its next fit: rank() puts them last (-inf), and recommend() keeps
+    its lists full however many of its favourites went."""
+    eng = make_engine(**FAST_FIT)
+    eng.add_items([{"id": f"i{k}", "title": f"Film {k}"} for k in range(60)])
+    eng.add_events([Event(user_id=f"u{u}", item_id=f"i{(3 * u + k) % 60}", timestamp=1_000_000 + 60 * k, rating=4)
+                    for u in range(20) for k in range(8)])
+    eng.fit()
+    top = [r.item_id for r in eng.recommend("u0", k=20).items]
+    eng.delete_items(top[:15])
+    ranked = eng.rank("u0", [top[0], top[16]])
+    assert [r.item_id for r in ranked] == [top[16], top[0]] and ranked[1].score == float("-inf")
+    after = eng.recommend("u0", k=20)
+    assert after.model_version is not None and len(after.items) == 20 and not set(top[:15]) & {r.item_id for r in after.items}
+    eng.add_items([{"id": top[0], "title": "Back again"}])  # written again: the model may show it again
+    assert top[0] not in eng.catalog.deleted
+
+
+def test_delete_user_waits_for_a_running_profile_update(make_engine, monkeypatch):
+    """A profile update reads histories first and writes every user's point at the end: an erasure in between must not
+    be undone by that write, so it waits for the update and then removes what the update wrote."""
+    import threading
+
+    eng = _store(make_engine)
+    started, go, update = threading.Event(), threading.Event(), eng.profiles.update
+
+    def slow_update(*a, **kw):
+        started.set()
+        go.wait(30)
+        return update(*a, **kw)
+
+    monkeypatch.setattr(eng.profiles, "update", slow_update)
+    t = threading.Thread(target=eng.update_profiles, args=(["u3"],), kwargs={"use_llm": False})
+    t.start()
+    assert started.wait(30)
+    out = {}
+    d = threading.Thread(target=lambda: out.setdefault("rep", eng.delete_user("u3")))
+    d.start()
+    d.join(0.5)
+    assert d.is_alive()  # waiting for the update
+    go.set()
+    t.join(30)
+    d.join(30)
+    assert out["rep"].users == 1 and eng.history("u3") == []
+    with pytest.raises(NotFoundError):
+        eng.profile("u3")

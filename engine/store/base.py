@@ -160,6 +160,22 @@ class VectorStore(ABC):
     def delete(self, name: str, ids: Sequence[str]) -> None:
         """Remove these points (ids not there are ignored)."""
 
+    def update_present(self, name: str, points: Sequence[Point] = (), payload: Mapping[str, Any] | None = None) -> None:
+        """:meth:`update_vectors` (``points``) or :meth:`set_payload` (their ids, ``payload``) on the points still stored:
+        a point deleted meanwhile (both backends refuse the whole write then) is skipped, the others written."""
+        def write(pts: Sequence[Point]) -> None:
+            if payload is None:
+                self.update_vectors(name, pts)
+            else:
+                self.set_payload(name, [p.id for p in pts], payload)
+        try:
+            write(points)
+        except Exception:
+            have = {h.id for h in self.retrieve(name, [p.id for p in points])}
+            if len(have) == len({p.id for p in points}):
+                raise  # not a deleted point: a real error
+            write([p for p in points if p.id in have])
+
     @abstractmethod
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False, fields: Sequence[str] | None = None) -> list[Hit]:
         """Points by id, in the order asked; unknown ids are left out. ``fields``: only these payload keys."""
