@@ -549,5 +549,5 @@ def create_app(
             metrics.rejected.labels("llm_rate").inc()
         return not wait
 
-    app.include_router(dashboard_router(eng, llm_allowed=ui_llm_allowed), dependencies=[Depends(ui_read)])
+    app.include_router(dashboard_router(eng, llm_allowed=ui_llm_allowed, run=run), dependencies=[Depends(ui_read)])
     return app

@@ -20,11 +20,12 @@ from __future__ import annotations
 import mimetypes
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
@@ -69,9 +70,10 @@ def eval_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def dashboard_router(eng: Engine, prefix: str = "/ui", report_dir: str | Path | None = None,
-                     llm_allowed: Callable[[Request], bool] | None = None) -> APIRouter:
+                     llm_allowed: Callable[[Request], bool] | None = None, run: Callable[..., Awaitable[Any]] | None = None) -> APIRouter:
     """The /ui pages. ``llm_allowed(request)``: whether this request may make the LLM work now (the API passes its
-    per-key LLM rate limit); when it says no, the user page shows the ranker's order and says why."""
+    per-key LLM rate limit); when it says no, the user page shows the ranker's order and says why. ``run(fn,
+    request=...)``: the API's runner for the user page's engine work (admission limit, cancelled when the client leaves)."""
     router = APIRouter(prefix=prefix, include_in_schema=False)
     templates = Jinja2Templates(directory=str(TEMPLATES))
 
@@ -118,21 +120,28 @@ def dashboard_router(eng: Engine, prefix: str = "/ui", report_dir: str | Path | 
         return RedirectResponse(user_url(request, user.strip()), status_code=303)
 
     @router.get("/users/{user_id}", response_class=HTMLResponse, name="dashboard_user")
-    def user(request: Request, user_id: str, q: str | None = Query(None, max_length=500),
-             rerank: Literal["none", "pointwise", "listwise"] = Query("none")) -> HTMLResponse:
-        try:
-            profile = eng.profile(user_id)
-        except NotFoundError:
-            return not_found(request, f"No events for user {user_id!r}.")
-        history = list(reversed(eng.history(user_id)))[:30]
+    async def user(request: Request, user_id: str, q: str | None = Query(None, max_length=500),
+                   rerank: Literal["none", "pointwise", "listwise"] = Query("none")) -> HTMLResponse:
         limited = rerank != "none" and llm_allowed is not None and not llm_allowed(request)
-        # LLM trouble falls back to the ranker's order, flagged; so does a rate-limited request, without asking the LLM
-        recs = eng.recommend(user_id, k=12, rerank="none" if limited else rerank)
         q = (q or "").strip()
-        results = eng.search(q, user_id=user_id, k=12) if q else []
-        found = payloads([e.item_id for e in history] + [r.item_id for r in recs.items] + [h.item_id for h in results])
-        return render(request, "dashboard/user.html", title=f"User {user_id}", user_id=user_id, profile=profile, history=history,
-                      recs=recs, q=q, results=results, items=found, rerank=rerank, limited=limited)
+
+        def page() -> dict[str, Any] | None:
+            try:
+                profile = eng.profile(user_id)
+            except NotFoundError:
+                return None
+            history = list(reversed(eng.history(user_id)))[:30]
+            # LLM trouble falls back to the ranker's order, flagged; so does a rate-limited request, without asking the LLM
+            recs = eng.recommend(user_id, k=12, rerank="none" if limited else rerank)
+            results = eng.search(q, user_id=user_id, k=12) if q else []
+            found = payloads([e.item_id for e in history] + [r.item_id for r in recs.items] + [h.item_id for h in results])
+            return dict(profile=profile, history=history, recs=recs, results=results, items=found)
+
+        # through the API's admission limit and its cancel-on-disconnect (the LLM re-ranking is the costly part)
+        ctx = await run(page, request=request) if run is not None else await run_in_threadpool(page)
+        if ctx is None:
+            return not_found(request, f"No events for user {user_id!r}.")
+        return render(request, "dashboard/user.html", title=f"User {user_id}", user_id=user_id, q=q, rerank=rerank, limited=limited, **ctx)
 
     @router.get("/items/{item_id}", response_class=HTMLResponse, name="dashboard_item")
     def item(request: Request, item_id: str) -> HTMLResponse:

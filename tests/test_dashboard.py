@@ -270,3 +270,31 @@ def test_rerank_switch_counts_against_the_keys_llm_rate_limit(store):
         assert 'id="llm-limited"' in second and "llm-listwise" not in second and 'id="recommendations"' in second
         assert 'id="llm-limited"' not in c.get("/ui/users/1").text
         assert c.get("/users/1/recommendations", params={"k": 5, "rerank": "pointwise"}).status_code == 429
+
+
+def test_user_page_goes_through_the_apis_admission_limit(store, monkeypatch):
+    """The user page's engine work (its LLM re-ranking above all) runs like an API request: past ``max_inflight`` the
+    page is answered 503 with Retry-After instead of queueing without bound."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from services.api import create_app
+
+    entered, release, recommend = threading.Event(), threading.Event(), store.recommend
+
+    def slow(*a, **kw):
+        entered.set()
+        release.wait(30)
+        return recommend(*a, **kw)
+
+    monkeypatch.setattr(store, "recommend", slow)
+    with TestClient(create_app(engine=store, api_key=KEY, max_inflight=1), headers={"X-API-Key": KEY}) as c:
+        first: dict = {}
+        t = threading.Thread(target=lambda: first.setdefault("r", c.get("/ui/users/1")))
+        t.start()
+        assert entered.wait(30)
+        busy = c.get("/ui/users/2")
+        release.set()
+        t.join(30)
+    assert busy.status_code == 503 and busy.headers.get("Retry-After") and first["r"].status_code == 200
