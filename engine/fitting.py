@@ -3,7 +3,8 @@
 In: the store's events (every user's history) and items (attributes and ``text`` vectors).
 Out: :meth:`LearnedStage.fit` trains :class:`engine.learned.PersonaModel` and saves it versioned under
 ``<path>/models/<version>/`` (``CURRENT`` names the live one, written atomically, so a reader sees the old model or the
-new one, never half of one; a version that cannot be read is logged and the unfitted fusion serves).
+new one, never half of one; a version that cannot be read is logged, and the last model loaded, else the unfitted
+fusion, serves).
 :meth:`LearnedStage.current` is the model ``recommend()`` ranks with (None before the first fit);
 :meth:`LearnedStage.recommend` returns scored item ids with the history item each one is tied to most strongly.
 

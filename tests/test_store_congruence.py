@@ -183,3 +183,22 @@ def test_delete_removes_points_from_every_answer_on_both_backends(tmp_path):
     assert answers[0] == answers[1]
     count, got, scrolled, near = answers[0]
     assert count == 18 and got == ["2"] and "3" not in scrolled and "4" not in scrolled and len(near) == 18 and "3" not in near
+
+
+def test_update_present_skips_a_point_deleted_meanwhile_on_both_backends(tmp_path):
+    """Both backends refuse a whole vector or payload write that names a missing point; ``update_present`` writes the
+    others (a fit's cf vectors and a popularity recount racing a delete)."""
+    pts = [Point(point_id("item", str(i)), {"text": [1.0, float(i)]}, {"item_id": str(i)}) for i in range(4)]
+    for s in (EdgeStore(tmp_path / "edge"), QdrantClientStore("local", path=tmp_path / "qc")):
+        s.ensure_collection("items", {"text": 2}, {"item_id": "keyword"})
+        s.upsert("items", pts)
+        s.ensure_vector("items", "cf", 2, "dot")
+        s.delete("items", [pts[1].id])
+        with pytest.raises(Exception):  # noqa: B017 - each backend raises its own error type
+            s.update_vectors("items", [Point(p.id, {"cf": [0.5, 0.5]}, {}) for p in pts])
+        s.update_present("items", [Point(p.id, {"cf": [0.5, 0.5]}, {}) for p in pts])
+        s.update_present("items", [Point(p.id, {}, {}) for p in pts], {"popularity": 7.0})
+        got = s.retrieve("items", [p.id for p in pts], with_vectors=True)
+        assert [h.payload["item_id"] for h in got] == ["0", "2", "3"]
+        assert all(h.vectors["cf"] == pytest.approx([0.5, 0.5]) and h.payload["popularity"] == 7.0 for h in got)
+        s.close()
