@@ -9,16 +9,20 @@ from engine import DeleteReport, Event, NotFoundError
 FAST_FIT = {"fit": {"sequence_epochs": 0, "threads": 1}}
 
 
-def _store(make_engine):
-    eng = make_engine(**FAST_FIT)
+BACKENDS = pytest.mark.parametrize("backend", ["edge", "qdrant-client"])
+
+
+def _store(make_engine, backend: str = "edge"):
+    eng = make_engine(**FAST_FIT, **({"qdrant_url": "local"} if backend == "qdrant-client" else {}))
     eng.add_items([{"id": f"i{k}", "title": f"Film {k}", "attributes": {"genres": [["Comedy", "Drama"][k % 2]]}} for k in range(15)])
     eng.add_events([Event(user_id=f"u{u}", item_id=f"i{(u + k) % 15}", timestamp=1_000_000 + 60 * k, rating=4)
                     for u in range(8) for k in range(7)])
     return eng
 
 
-def test_deleted_items_leave_lists_histories_and_counts_at_once_and_the_next_fit(make_engine):
-    eng = _store(make_engine)
+@BACKENDS
+def test_deleted_items_leave_lists_histories_and_counts_at_once_and_the_next_fit(make_engine, backend):
+    eng = _store(make_engine, backend)
     eng.fit()
     top = [r.item_id for r in eng.recommend("u0", k=5).items]
     gone = top[:2]
@@ -38,8 +42,9 @@ def test_deleted_items_leave_lists_histories_and_counts_at_once_and_the_next_fit
     assert eng.delete_items(gone) == DeleteReport(not_found=sorted(gone))  # idempotent
 
 
-def test_a_deleted_user_is_gone_from_histories_profiles_and_popularity(make_engine):
-    eng = _store(make_engine)
+@BACKENDS
+def test_a_deleted_user_is_gone_from_histories_profiles_and_popularity(make_engine, backend):
+    eng = _store(make_engine, backend)
     eng.update_profiles(None, use_llm=False)
     eng.fit()
     touched = {e.item_id for e in eng.history("u3")}
