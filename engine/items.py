@@ -96,7 +96,7 @@ class ItemCatalog:
         self.store.delete(self.collection, [point_id("item", str(i)) for i in item_ids])
         self.store.flush()
         self.deleted |= {str(i) for i in item_ids}
-        self.forget()
+        self._titles = {}  # not forget(): it would look up the ids just deleted
 
     def known(self, item_ids: Sequence[str]) -> set[str]:
         """The ids among ``item_ids`` that are stored."""

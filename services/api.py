@@ -394,10 +394,15 @@ def create_app(
 
     require_key = need("write")
 
-    def llm_quota(caller: Caller) -> None:
+    def llm_wait(caller: Caller) -> float:
+        """Takes one LLM request from the caller's bucket: 0 when allowed, else the seconds to wait (counted as rejected)."""
         wait = limiter.take(caller.who)
         if wait:
             metrics.rejected.labels("llm_rate").inc()
+        return wait
+
+    def llm_quota(caller: Caller) -> None:
+        if wait := llm_wait(caller):
             raise HTTPException(429, "LLM request rate limit reached for this key", headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
     async def run(fn: Any, *args: Any, request: Request | None = None, **kw: Any) -> Any:
@@ -544,10 +549,7 @@ def create_app(
 
     def ui_llm_allowed(request: Request) -> bool:
         """The dashboard's LLM re-ranking counts against the same per-key LLM rate limit as the API's."""
-        wait = limiter.take(ui_read(request.headers.get("X-API-Key"), request.cookies.get("persona_key")).who)
-        if wait:
-            metrics.rejected.labels("llm_rate").inc()
-        return not wait
+        return not llm_wait(ui_read(request.headers.get("X-API-Key"), request.cookies.get("persona_key")))
 
     app.include_router(dashboard_router(eng, llm_allowed=ui_llm_allowed, run=run), dependencies=[Depends(ui_read)])
     return app
