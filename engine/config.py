@@ -224,9 +224,7 @@ class ImageConfig(_Section):
 
 
 class ClusterConfig(_Section):
-    """How collections are laid out on a distributed Qdrant (``qdrant_url`` set). Applied when a
-    collection is created; an existing collection keeps its layout. The embedded edge engine is one
-    local shard and ignores these (with a warning when they differ from the defaults)."""
+    """How collections are laid out on a distributed Qdrant (``qdrant_url`` set). Applied when a collection is created; an existing collection keeps its layout. The embedded edge engine is one local shard and ignores these (warning)."""
 
     shard_number: int | None = Field(None, ge=1, le=1024)
     """Shards per collection (Qdrant's default when unset: one per node at creation); pick a multiple of the node count so shards can be rebalanced when nodes are added."""
@@ -274,6 +272,8 @@ class Settings(BaseSettings):
     """API key of the Qdrant server."""
     cluster: ClusterConfig = ClusterConfig()
     """Sharding, replication and on-disk storage of collections on a (distributed) Qdrant server."""
+    quantization: Literal["int8", "none"] = "int8"
+    """Qdrant scalar quantization of every vector of new collections (both backends; existing ones keep theirs): an int8 copy in RAM that the HNSW index searches, hits rescored with the float32 originals. At 100k x 384-d queries and index builds were ~3x faster with the same recall (``bench/quantization.py``, docs/scale.md); catalogs below Qdrant's indexing threshold are searched exactly either way. ``none``: float32 only."""
     collection_prefix: str = Field("persona", pattern=r"^[A-Za-z0-9_-]{1,40}$")
     """Prefix of the Qdrant collection names."""
     api_key: str | None = Field(None, repr=False, exclude=True)

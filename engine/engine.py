@@ -83,9 +83,9 @@ class Engine:
             raise InvalidInputError(f"invalid configuration: {e}") from e
         if path is not None:
             settings = settings.model_copy(update={"path": Path(path)})
-        assert settings.path is not None
-        Path(settings.path).mkdir(parents=True, exist_ok=True)
-        return cls(settings, open_store(Path(settings.path), settings.qdrant_url, settings.qdrant_api_key, settings.cluster.collection_options()), components)
+        s = settings  # path set by Settings' own validator
+        Path(s.path).mkdir(parents=True, exist_ok=True)
+        return cls(s, open_store(Path(s.path), s.qdrant_url, s.qdrant_api_key, s.cluster.collection_options(), s.quantization), components)
 
     def close(self) -> None:
         with self._lock:

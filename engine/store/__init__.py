@@ -16,17 +16,20 @@ logger = logging.getLogger(__name__)
 
 
 def open_store(
-    path: Path, qdrant_url: str | None = None, api_key: str | None = None, collection_options: Mapping[str, Any] | None = None
+    path: Path, qdrant_url: str | None = None, api_key: str | None = None, collection_options: Mapping[str, Any] | None = None,
+    quantization: str = "int8",
 ) -> VectorStore:
     """The embedded edge engine under ``path``, or a Qdrant server when ``qdrant_url`` is set.
 
     ``collection_options`` (sharding, replication, on-disk storage; see ``ClusterConfig``) apply to
     collections the server backend creates; the edge engine is a single local shard and ignores them.
+    ``quantization`` (``int8`` or ``none``; ``Settings.quantization``) applies to new collections on both.
     """
     if qdrant_url:
         from .client import QdrantClientStore
 
-        return QdrantClientStore(qdrant_url, api_key=api_key, path=Path(path) / "qdrant-local", collection_options=collection_options)
+        return QdrantClientStore(qdrant_url, api_key=api_key, path=Path(path) / "qdrant-local", collection_options=collection_options,
+                                 quantization=quantization)
     if collection_options:
         logger.warning(
             "cluster settings %s ignored: the embedded edge store is one local shard (set qdrant_url to use a Qdrant cluster)",
@@ -34,4 +37,4 @@ def open_store(
         )
     from .edge import EdgeStore
 
-    return EdgeStore(Path(path) / "collections")
+    return EdgeStore(Path(path) / "collections", quantization=quantization)

@@ -65,12 +65,20 @@ class QdrantClientStore(VectorStore):
         path: Path | None = None,
         timeout_s: float = 30.0,
         collection_options: Mapping[str, Any] | None = None,
+        quantization: str = "int8",
     ) -> None:
         """``collection_options``: ``create_collection`` keyword arguments for new collections
         (``shard_number``, ``replication_factor``, ``write_consistency_factor``, ``on_disk_payload``)
-        and ``on_disk_vectors`` for every named vector."""
+        and ``on_disk_vectors`` for every named vector. ``quantization``: ``int8`` (Qdrant's scalar quantization,
+        kept in RAM) or ``none``, for new collections."""
         if QdrantClient is None:
             raise missing("server", "qdrant-client")
+        if quantization not in ("none", "int8"):
+            raise ValueError(f"quantization must be 'none' or 'int8', not {quantization!r}")
+        self._quantization = None if quantization == "none" else qm.ScalarQuantization(
+            scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, quantile=0.99, always_ram=True))
+        # hits found through the int8 copy get their exact scores (rescored with the originals)
+        self._params = qm.SearchParams(quantization=qm.QuantizationSearchParams(rescore=True, oversampling=2.0)) if self._quantization else None
         opts = dict(collection_options or {})
         self._on_disk_vectors: bool | None = opts.pop("on_disk_vectors", None)
         unknown = set(opts) - _LAYOUT
@@ -110,6 +118,7 @@ class QdrantClientStore(VectorStore):
                     vectors_config={
                         k: qm.VectorParams(size=int(v), distance=qm.Distance.COSINE, on_disk=self._on_disk_vectors) for k, v in vectors.items()
                     },
+                    quantization_config=self._quantization,
                     **self.collection_options,
                 )
                 if self.collection_options and url_is_local(self.client):
@@ -197,10 +206,11 @@ class QdrantClientStore(VectorStore):
             q = queries[0]
             res = self._call(
                 self.client.query_points, name, query=_scoring(q), using=q.using, query_filter=f, limit=limit,
-                with_payload=with_payload, with_vectors=with_vectors,
+                with_payload=with_payload, with_vectors=with_vectors, search_params=self._params,
             )
         else:
-            pre = [qm.Prefetch(query=_scoring(q), using=None if q.order_by else q.using, limit=q.limit, filter=f) for q in queries]
+            pre = [qm.Prefetch(query=_scoring(q), using=None if q.order_by else q.using, limit=q.limit, filter=f, params=self._params)
+                   for q in queries]
             res = self._call(
                 self.client.query_points, name, prefetch=pre,
                 query=qm.RrfQuery(rrf=qm.Rrf(k=rrf_k, weights=[q.weight for q in queries])),

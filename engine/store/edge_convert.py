@@ -9,7 +9,7 @@ import qdrant_edge as qe
 
 from .base import Filter, VectorQuery
 
-__all__ = ["DISTANCE", "INDEX", "scoring", "to_filter"]
+__all__ = ["DISTANCE", "INDEX", "quantization_config", "scoring", "to_filter"]
 
 INDEX = {
     "keyword": qe.PayloadSchemaType.Keyword,
@@ -17,6 +17,13 @@ INDEX = {
     "float": qe.PayloadSchemaType.Float,
 }
 DISTANCE = {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot}
+
+
+def quantization_config(kind: str) -> qe.ScalarQuantizationConfig | None:
+    """``int8``: Qdrant's scalar quantization (kept in RAM; the 0.99 quantile bounds the range); ``none``: None."""
+    if kind not in ("none", "int8"):
+        raise ValueError(f"quantization must be 'none' or 'int8', not {kind!r}")
+    return qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True) if kind == "int8" else None
 
 
 def to_filter(flt: Filter | None) -> qe.Filter | None:
