@@ -224,7 +224,7 @@ class ImageConfig(_Section):
 
 
 class ClusterConfig(_Section):
-    """How collections are laid out on a distributed Qdrant (``qdrant_url`` set). Applied when a collection is created; an existing collection keeps its layout. The embedded edge engine is one local shard and ignores these (warning)."""
+    """How collections are laid out on a distributed Qdrant (``qdrant_url`` set). Applied when a collection is created; an existing collection keeps its layout. The embedded edge engine is one local shard and ignores these (with a warning when they differ from the defaults)."""
 
     shard_number: int | None = Field(None, ge=1, le=1024)
     """Shards per collection (Qdrant's default when unset: one per node at creation); pick a multiple of the node count so shards can be rebalanced when nodes are added."""

@@ -72,9 +72,8 @@ class Engine:
     # -- lifecycle -----------------------------------------------------------------------------
 
     @classmethod
-    def open(
-        cls, path: str | Path | None = None, config: Settings | Mapping[str, Any] | None = None, components: Components | None = None
-    ) -> Engine:
+    def open(cls, path: str | Path | None = None, config: Settings | Mapping[str, Any] | None = None,
+             components: Components | None = None) -> Engine:
         """Open (or create) an engine. ``path`` holds the embedded store; ``config`` is a :class:`Settings` or a dict of its
         fields (``PERSONA_*`` environment variables fill the rest); ``components`` injects ready models."""
         try:
@@ -83,9 +82,10 @@ class Engine:
             raise InvalidInputError(f"invalid configuration: {e}") from e
         if path is not None:
             settings = settings.model_copy(update={"path": Path(path)})
-        s = settings  # path set by Settings' own validator
-        Path(s.path).mkdir(parents=True, exist_ok=True)
-        return cls(s, open_store(Path(s.path), s.qdrant_url, s.qdrant_api_key, s.cluster.collection_options(), s.quantization), components)
+        assert settings.path is not None
+        Path(settings.path).mkdir(parents=True, exist_ok=True)
+        s = settings
+        return cls(s, open_store(Path(s.path), s.qdrant_url, s.qdrant_api_key, s.cluster.collection_options(), quantization=s.quantization), components)
 
     def close(self) -> None:
         with self._lock:

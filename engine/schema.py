@@ -40,7 +40,7 @@ class Collections:
             dim = components.text_encoder.dim
             cdim = components.clip_dim()
             item_vecs = {"text": dim} | ({"image": cdim, "clip_text": cdim} if cdim else {})
-            store.ensure_collection(self.items, item_vecs, ITEM_INDEXES)
+            store.ensure_collection(self.items, item_vecs, ITEM_INDEXES, quantize=True)  # the only one searched by vector
             store.ensure_collection(self.events, {}, {"user_id": "keyword", "item_id": "keyword"})
             user_vecs = {"summary": dim} | {TASTE_PREFIX + k: v for k, v in item_vecs.items()}
             store.ensure_collection(self.users, user_vecs, {"user_id": "keyword"})

@@ -1,9 +1,12 @@
-"""``Settings.quantization``: Qdrant's int8 scalar quantization reaches new collections on both backends, and an HNSW
-index searched through the int8 copy answers like float32 (exact scores, the same top hits)."""
+"""``Settings.quantization``: Qdrant's int8 scalar quantization reaches the collections searched by vector (items) on
+both backends, an HNSW index searched through the int8 copy answers like float32 (exact scores, the same top hits),
+and every query asks for the rescoring, on the wire too."""
 
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -14,13 +17,16 @@ from engine.store import Point, VectorQuery, open_store, point_id
 from engine.store.client import QdrantClientStore
 from engine.store.edge import EdgeStore
 
+INT8 = {"scalar": {"type": "int8", "quantile": 0.99, "always_ram": True}}
 
-def _edge_config(root, name="items") -> dict:
-    return json.loads((root / "collections" / name / "edge_config.json").read_text())
+
+def _edge_quantization(collections_dir, name: str):
+    return json.loads((collections_dir / name / "edge_config.json").read_text()).get("quantization_config")
 
 
 @pytest.mark.parametrize("env, want", [(None, "int8"), ("none", "none"), ("int8", "int8")])
-def test_the_setting_reaches_new_collections_on_both_backends(tmp_path, monkeypatch, env, want):
+def test_the_setting_reaches_searched_collections_on_both_backends(tmp_path, monkeypatch, env, want):
+    monkeypatch.delenv("PERSONA_QUANTIZATION", raising=False)
     if env is not None:
         monkeypatch.setenv("PERSONA_QUANTIZATION", env)
     q = Settings(path=tmp_path).quantization
@@ -37,16 +43,26 @@ def test_the_setting_reaches_new_collections_on_both_backends(tmp_path, monkeypa
     client.client.create_collection = recording
     try:
         for s in (edge, client):
-            s.ensure_collection("items", {"text": 8})
-        scalar = _edge_config(tmp_path / "e").get("quantization_config")
-        assert scalar == ({"scalar": {"type": "int8", "quantile": 0.99, "always_ram": True}} if want == "int8" else None)
-        got = calls[0]["quantization_config"]
-        assert (got is None) == (want == "none")
+            s.ensure_collection("items", {"text": 8}, quantize=True)
+            s.ensure_collection("users", {"summary": 8})  # read by id only: never quantized
+        assert _edge_quantization(tmp_path / "e" / "collections", "items") == (INT8 if want == "int8" else None)
+        assert _edge_quantization(tmp_path / "e" / "collections", "users") is None
+        items, users = calls[0]["quantization_config"], calls[1]["quantization_config"]
+        assert users is None and (items is None) == (want == "none")
         if want == "int8":
-            assert isinstance(got, qm.ScalarQuantization) and got.scalar.type == qm.ScalarType.INT8 and got.scalar.always_ram
+            assert isinstance(items, qm.ScalarQuantization) and items.scalar.type == qm.ScalarType.INT8 and items.scalar.always_ram
     finally:
         edge.close()
         client.close()
+
+
+@pytest.mark.parametrize("setting", ["int8", "none"])
+def test_engine_open_passes_the_setting_to_its_store(make_engine, tmp_path, setting):
+    eng = make_engine(tmp_path / setting, quantization=setting)
+    eng.add_items([{"id": "1", "title": "Heat", "description": "A heist film."}])
+    root = tmp_path / setting / "collections"
+    assert _edge_quantization(root, eng.items_col) == (INT8 if setting == "int8" else None)
+    assert _edge_quantization(root, eng.users_col) is None
 
 
 def test_unknown_quantization_is_refused(tmp_path):
@@ -57,24 +73,26 @@ def test_unknown_quantization_is_refused(tmp_path):
             make()
 
 
-def test_int8_hnsw_answers_like_float32_and_an_older_float_collection_still_answers(tmp_path):
-    """8,000 x 384-d clustered vectors (past Qdrant's indexing threshold, so ``optimize`` builds HNSW). Through the int8
-    copy the hits are rescored with the originals (qdrant-edge's default left scores ~1e-2 off) and oversampled 2x
-    (without it 7.5% of the exact top 10 were missed here); a collection created float-only answers the same when the
-    store is reopened with int8 (the setting applies to new collections only)."""
+def test_int8_hnsw_answers_like_float32_and_a_store_reopened_with_another_setting_too(tmp_path):
+    """8,000 x 384-d clustered vectors (past Qdrant's indexing threshold, so ``optimize`` builds HNSW; the int8 copy
+    is on disk beside the originals). Through the int8 copy the hits are rescored with the originals (qdrant-edge's
+    default left scores ~1e-2 off) and oversampled 2x (without it 7.5% of the exact top 10 were missed here). Each
+    store is reopened with the other setting, which applies to new collections only: its queries still answer
+    exactly (an int8 collection opened with ``none`` is still rescored)."""
     rng = np.random.default_rng(0)
     n = 8000
     X = (rng.normal(size=(50, 384))[rng.integers(0, 50, n)] + 0.5 * rng.normal(size=(n, 384))).astype(np.float32)
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     pts = [Point(point_id("item", str(i)), {"text": X[i].tolist()}, {"i": i}) for i in range(n)]
     answers = {}
-    for q in ("none", "int8"):
+    for q, other in (("none", "int8"), ("int8", "none")):
         store = EdgeStore(tmp_path / q, quantization=q)
-        store.ensure_collection("items", {"text": 384})
+        store.ensure_collection("items", {"text": 384}, quantize=True)
         store.upsert("items", pts)
         assert store.optimize("items") is True
         store.close()
-        store = EdgeStore(tmp_path / q, quantization="int8")  # reopened with the default
+        assert bool(list((tmp_path / q).glob("items/segments/*/vector_storage-text/quantized.data"))) == (q == "int8")
+        store = EdgeStore(tmp_path / q, quantization=other)
         answers[q] = [store.query("items", [VectorQuery("text", vector=X[i].tolist())], 10) for i in range(0, 400, 20)]
         store.close()
     for q, per_query in answers.items():
@@ -84,3 +102,47 @@ def test_int8_hnsw_answers_like_float32_and_an_older_float_collection_still_answ
             np.testing.assert_allclose([h.score for h in hits], Xn[rows] @ Xn[i], atol=1e-5)
             overlap.append(len(set(rows) & set(np.argsort(-(Xn @ Xn[i]))[:10].tolist())) / 10)
         assert np.mean(overlap) >= 0.97, (q, np.mean(overlap))
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Just enough of Qdrant's REST API for a query, recording the bodies qdrant-client sends."""
+
+    bodies: list[tuple[str, dict]] = []
+
+    def _answer(self, result):
+        body = json.dumps({"result": result, "status": "ok", "time": 0.0}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802
+        self._answer({"title": "qdrant", "version": "1.15.4"} if self.path.rstrip("/") == "" else {"exists": True})
+
+    def do_POST(self):  # noqa: N802
+        n = int(self.headers.get("Content-Length") or 0)
+        self.bodies.append((self.path, json.loads(self.rfile.read(n) or b"{}")))
+        self._answer({"points": []})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")  # checked in a background thread; racy here
+def test_a_server_receives_the_rescoring_with_every_query(tmp_path):
+    _Recorder.bodies = []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        store = QdrantClientStore(f"http://127.0.0.1:{srv.server_port}", api_key=None)
+        store.query("persona_items", [VectorQuery("text", vector=[0.1] * 4)], 5)
+        store.query("persona_items", [VectorQuery("text", vector=[0.1] * 4, limit=7), VectorQuery("clip_text", vector=[0.2] * 4, limit=7)], 5)
+        store.close()
+    finally:
+        srv.shutdown()
+    queries = [b for p, b in _Recorder.bodies if p.startswith("/collections/persona_items/points/query")]
+    assert len(queries) == 2
+    want = {"quantization": {"rescore": True, "oversampling": 2.0}}
+    assert {k: v for k, v in queries[0]["params"].items() if v is not None} == want
+    assert [{k: v for k, v in p["params"].items() if v is not None} for p in queries[1]["prefetch"]] == [want, want]

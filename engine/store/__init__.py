@@ -16,14 +16,14 @@ logger = logging.getLogger(__name__)
 
 
 def open_store(
-    path: Path, qdrant_url: str | None = None, api_key: str | None = None, collection_options: Mapping[str, Any] | None = None,
+    path: Path, qdrant_url: str | None = None, api_key: str | None = None, collection_options: Mapping[str, Any] | None = None, *,
     quantization: str = "int8",
 ) -> VectorStore:
     """The embedded edge engine under ``path``, or a Qdrant server when ``qdrant_url`` is set.
 
     ``collection_options`` (sharding, replication, on-disk storage; see ``ClusterConfig``) apply to
     collections the server backend creates; the edge engine is a single local shard and ignores them.
-    ``quantization`` (``int8`` or ``none``; ``Settings.quantization``) applies to new collections on both.
+    ``quantization`` (``int8`` or ``none``; ``Settings.quantization``): of new collections searched by vector, on both.
     """
     if qdrant_url:
         from .client import QdrantClientStore

@@ -17,9 +17,21 @@ from typing import Any
 
 from ..errors import InvalidInputError
 
-__all__ = ["Point", "Hit", "VectorQuery", "Filter", "VectorStore", "point_id", "parse_filter"]
+__all__ = ["Point", "Hit", "VectorQuery", "Filter", "VectorStore", "point_id", "parse_filter", "QUANTIZATION", "quantization_kind"]
 
 _NS = uuid.UUID("8f5f2b0e-5a0c-4a8e-9a52-7c0d5b1e4f11")
+
+
+QUANTIZATION = ("int8", "none")
+"""``Settings.quantization``: Qdrant's int8 scalar quantization of the vectors of collections searched by vector, or none."""
+QUANTILE, OVERSAMPLING = 0.99, 2.0  # the int8 range covers this quantile; hits searched per hit returned, then rescored
+
+
+def quantization_kind(kind: str) -> str:
+    """``kind`` when it is one of :data:`QUANTIZATION`; ValueError otherwise."""
+    if kind not in QUANTIZATION:
+        raise ValueError(f"quantization must be one of {QUANTIZATION}, not {kind!r}")
+    return kind
 
 
 @functools.lru_cache(maxsize=1 << 17)  # uuid5 costs ~20 us; recommend() maps every history item on each call
@@ -133,9 +145,12 @@ class VectorStore(ABC):
     """Collections of points with named dense vectors and a JSON payload."""
 
     @abstractmethod
-    def ensure_collection(self, name: str, vectors: Mapping[str, int], indexes: Mapping[str, str] | None = None) -> None:
+    def ensure_collection(self, name: str, vectors: Mapping[str, int], indexes: Mapping[str, str] | None = None,
+                          quantize: bool = False) -> None:
         """Create the collection if missing (vector name -> size, cosine distance; payload
-        field -> index type among keyword/integer/float). A collection with no vectors holds payload only."""
+        field -> index type among keyword/integer/float). A collection with no vectors holds payload only.
+        ``quantize``: a collection searched by vector; its vectors (those added later too) get the store's
+        quantization (``int8`` unless the store was opened with ``none``). An existing collection keeps its own."""
 
     @abstractmethod
     def has_collection(self, name: str) -> bool: ...

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailableError, ConflictError, NotFoundError, missing
-from .base import Filter, Hit, Point, VectorQuery, VectorStore
+from .base import OVERSAMPLING, QUANTILE, Filter, Hit, Point, VectorQuery, VectorStore, quantization_kind
 
 logger = logging.getLogger(__name__)
 
@@ -69,16 +69,12 @@ class QdrantClientStore(VectorStore):
     ) -> None:
         """``collection_options``: ``create_collection`` keyword arguments for new collections
         (``shard_number``, ``replication_factor``, ``write_consistency_factor``, ``on_disk_payload``)
-        and ``on_disk_vectors`` for every named vector. ``quantization``: ``int8`` (Qdrant's scalar quantization,
-        kept in RAM) or ``none``, for new collections."""
+        and ``on_disk_vectors`` for every named vector. ``quantization`` (``int8``: Qdrant's scalar quantization, the
+        int8 copy kept in RAM; or ``none``): of the collections created with ``quantize`` from now on."""
         if QdrantClient is None:
             raise missing("server", "qdrant-client")
-        if quantization not in ("none", "int8"):
-            raise ValueError(f"quantization must be 'none' or 'int8', not {quantization!r}")
-        self._quantization = None if quantization == "none" else qm.ScalarQuantization(
-            scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, quantile=0.99, always_ram=True))
-        # hits found through the int8 copy get their exact scores (rescored with the originals)
-        self._params = qm.SearchParams(quantization=qm.QuantizationSearchParams(rescore=True, oversampling=2.0)) if self._quantization else None
+        self._quantization = None if quantization_kind(quantization) == "none" else qm.ScalarQuantization(
+            scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, quantile=QUANTILE, always_ram=True))
         opts = dict(collection_options or {})
         self._on_disk_vectors: bool | None = opts.pop("on_disk_vectors", None)
         unknown = set(opts) - _LAYOUT
@@ -93,6 +89,10 @@ class QdrantClientStore(VectorStore):
         else:
             self.client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
         self._lock = threading.RLock()
+        # every query, as on the edge store: hits found through an int8 copy oversampled and rescored with the originals
+        # (float collections ignore it); local mode has no quantization and warns about the parameter, so not there
+        self._params = None if url_is_local(self.client) else qm.SearchParams(
+            quantization=qm.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING))
 
     def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
         try:
@@ -109,7 +109,8 @@ class QdrantClientStore(VectorStore):
     def has_collection(self, name: str) -> bool:
         return bool(self._call(self.client.collection_exists, name))
 
-    def ensure_collection(self, name: str, vectors: Mapping[str, int], indexes: Mapping[str, str] | None = None) -> None:
+    def ensure_collection(self, name: str, vectors: Mapping[str, int], indexes: Mapping[str, str] | None = None,
+                          quantize: bool = False) -> None:
         with self._lock:
             if not self.has_collection(name):
                 self._call(
@@ -118,7 +119,7 @@ class QdrantClientStore(VectorStore):
                     vectors_config={
                         k: qm.VectorParams(size=int(v), distance=qm.Distance.COSINE, on_disk=self._on_disk_vectors) for k, v in vectors.items()
                     },
-                    quantization_config=self._quantization,
+                    quantization_config=self._quantization if quantize else None,
                     **self.collection_options,
                 )
                 if self.collection_options and url_is_local(self.client):

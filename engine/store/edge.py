@@ -19,7 +19,7 @@ import qdrant_edge as qe
 from ..errors import BackendUnavailableError, ConflictError, NotFoundError
 from .base import Filter, Hit, Point, VectorQuery, VectorStore
 from .edge_build import aside_of, build_copy, build_in_child, copy_shard, finish_swap, recover, replay, swap_in, undo_swap
-from .edge_convert import DISTANCE, INDEX, quantization_config, scoring, to_filter
+from .edge_convert import DISTANCE, INDEX, SEARCH, quantization_config, scoring, to_filter
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,8 @@ class EdgeStore(VectorStore):
     """
 
     def __init__(self, root: Path, quantization: str = "int8") -> None:
-        """``quantization``: ``int8`` or ``none``, for the collections created from now on (``Settings.quantization``)."""
-        self.root, self.quantization = Path(root), quantization_config(quantization)
-        # hits found through the int8 copy get their exact scores (qdrant-edge's default left them ~1e-2 off)
-        self._params = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=2.0)) if self.quantization else None
+        """``quantization`` (``int8`` or ``none``): of the collections created with ``quantize`` from now on."""
+        self.root, self._quantization = Path(root), quantization_config(quantization)
         self.root.mkdir(parents=True, exist_ok=True)
         self._shards: dict[str, qe.EdgeShard] = {}
         self._lock = threading.RLock()
@@ -141,7 +139,8 @@ class EdgeStore(VectorStore):
     def has_collection(self, name: str) -> bool:
         return name in self._shards or self._dir(name).exists() or aside_of(self._dir(name)).exists()
 
-    def ensure_collection(self, name: str, vectors: Mapping[str, int], indexes: Mapping[str, str] | None = None) -> None:
+    def ensure_collection(self, name: str, vectors: Mapping[str, int], indexes: Mapping[str, str] | None = None,
+                          quantize: bool = False) -> None:
         with self._lock:
             meta_path = self.root / f"{name}.vectors.json"
             if self.has_collection(name):
@@ -159,7 +158,7 @@ class EdgeStore(VectorStore):
                     vectors={k: qe.EdgeVectorParams(size=int(v), distance=qe.Distance.Cosine) for k, v in vectors.items()}
                     or None,
                     sparse_vectors=None if vectors else {_PLACEHOLDER_SPARSE: qe.EdgeSparseVectorParams()},
-                    quantization_config=self.quantization,  # every named vector, cf added later included
+                    quantization_config=self._quantization if quantize else None,  # every named vector, cf added later too
                 )
                 self._hold_root()
                 try:
@@ -244,7 +243,7 @@ class EdgeStore(VectorStore):
     ) -> list[Hit]:
         if not queries:
             return []
-        f, params = to_filter(flt), self._params
+        f, params = to_filter(flt), SEARCH
         if len(queries) == 1:
             req = qe.QueryRequest(query=scoring(queries[0]), filter=f, limit=limit, with_payload=with_payload, with_vector=with_vectors,
                                   params=params)
