@@ -137,7 +137,8 @@ def test_a_server_receives_the_rescoring_with_every_query(tmp_path):
     try:
         store = QdrantClientStore(f"http://127.0.0.1:{srv.server_port}", api_key=None)
         store.query("persona_items", [VectorQuery("text", vector=[0.1] * 4)], 5)
-        store.query("persona_items", [VectorQuery("text", vector=[0.1] * 4, limit=7), VectorQuery("clip_text", vector=[0.2] * 4, limit=7)], 5)
+        store.query("persona_items", [VectorQuery("text", vector=[0.1] * 4, limit=7), VectorQuery("clip_text", vector=[0.2] * 4, limit=7),
+                                      VectorQuery("", order_by="popularity", limit=7)], 5)
         store.close()
     finally:
         srv.shutdown()
@@ -145,4 +146,5 @@ def test_a_server_receives_the_rescoring_with_every_query(tmp_path):
     assert len(queries) == 2
     want = {"quantization": {"rescore": True, "oversampling": 2.0}}
     assert {k: v for k, v in queries[0]["params"].items() if v is not None} == want
-    assert [{k: v for k, v in p["params"].items() if v is not None} for p in queries[1]["prefetch"]] == [want, want]
+    got = [{k: v for k, v in (p.get("params") or {}).items() if v is not None} for p in queries[1]["prefetch"]]
+    assert got == [want, want, {}]  # an order_by prefetch has no vectors to rescore: nothing asked

@@ -207,11 +207,11 @@ class QdrantClientStore(VectorStore):
             q = queries[0]
             res = self._call(
                 self.client.query_points, name, query=_scoring(q), using=q.using, query_filter=f, limit=limit,
-                with_payload=with_payload, with_vectors=with_vectors, search_params=self._params,
+                with_payload=with_payload, with_vectors=with_vectors, search_params=None if q.order_by else self._params,
             )
         else:
-            pre = [qm.Prefetch(query=_scoring(q), using=None if q.order_by else q.using, limit=q.limit, filter=f, params=self._params)
-                   for q in queries]
+            pre = [qm.Prefetch(query=_scoring(q), using=None if q.order_by else q.using, limit=q.limit, filter=f,
+                               params=None if q.order_by else self._params) for q in queries]  # an order_by has no vectors to rescore
             res = self._call(
                 self.client.query_points, name, prefetch=pre,
                 query=qm.RrfQuery(rrf=qm.Rrf(k=rrf_k, weights=[q.weight for q in queries])),

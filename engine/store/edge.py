@@ -243,12 +243,12 @@ class EdgeStore(VectorStore):
     ) -> list[Hit]:
         if not queries:
             return []
-        f, params = to_filter(flt), SEARCH
+        f = to_filter(flt)
         if len(queries) == 1:
             req = qe.QueryRequest(query=scoring(queries[0]), filter=f, limit=limit, with_payload=with_payload, with_vector=with_vectors,
-                                  params=params)
+                                  params=None if queries[0].order_by else SEARCH)
         else:
-            pre = [qe.Prefetch(query=scoring(q), limit=q.limit, filter=f, params=params) for q in queries]
+            pre = [qe.Prefetch(query=scoring(q), limit=q.limit, filter=f, params=None if q.order_by else SEARCH) for q in queries]
             req = qe.QueryRequest(prefetches=pre, query=qe.Fusion.Rrf(k=rrf_k, weights=[q.weight for q in queries]), filter=f,
                                   limit=limit, with_payload=with_payload, with_vector=with_vectors)
         return [Hit.of(p) for p in self._read(name, lambda sh: sh.query(req))]
