@@ -104,5 +104,6 @@ def main(argv=None) -> None:
     print(f"int8 / float32: build {res['int8']['build_s'] / res['none']['build_s']:.2f}x; query p50 {q['p50'] / n['p50']:.2f}x "
           f"({q['p50'] / w['p50']:.2f}x the float32 search as wide), recall {q['recall'] - n['recall']:+.3f} ({q['recall'] - w['recall']:+.3f})")
 
+
 if __name__ == "__main__":
     main()

@@ -75,23 +75,26 @@ def test_unknown_quantization_is_refused(tmp_path):
 
 def test_int8_hnsw_answers_like_float32_and_a_store_reopened_with_another_setting_too(tmp_path):
     """8,000 x 384-d clustered vectors (past Qdrant's indexing threshold, so ``optimize`` builds HNSW; the int8 copy
-    is on disk beside the originals). Through the int8 copy the hits are rescored with the originals (qdrant-edge's
-    default left scores ~1e-2 off) and oversampled 2x (without it 7.5% of the exact top 10 were missed here). Each
+    is on disk beside the originals, for a dot-product ``cf`` vector added after creation too). Through the int8 copy the hits are rescored with the originals (qdrant-edge's
+    default returned the int8 approximations, a few thousandths off) and oversampled 2x (without it 7.5% of the exact top 10 were missed here). Each
     store is reopened with the other setting, which applies to new collections only: its queries still answer
     exactly (an int8 collection opened with ``none`` is still rescored)."""
     rng = np.random.default_rng(0)
     n = 8000
     X = (rng.normal(size=(50, 384))[rng.integers(0, 50, n)] + 0.5 * rng.normal(size=(n, 384))).astype(np.float32)
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
-    pts = [Point(point_id("item", str(i)), {"text": X[i].tolist()}, {"i": i}) for i in range(n)]
+    C = rng.normal(size=(n, 64)).astype(np.float32)  # a dot-product vector added after creation, like fit()'s cf
+    pts = [Point(point_id("item", str(i)), {"text": X[i].tolist(), "cf": C[i].tolist()}, {"i": i}) for i in range(n)]
     answers = {}
     for q, other in (("none", "int8"), ("int8", "none")):
         store = EdgeStore(tmp_path / q, quantization=q)
         store.ensure_collection("items", {"text": 384}, quantize=True)
+        store.ensure_vector("items", "cf", 64, "dot")
         store.upsert("items", pts)
         assert store.optimize("items") is True
         store.close()
-        assert bool(list((tmp_path / q).glob("items/segments/*/vector_storage-text/quantized.data"))) == (q == "int8")
+        for vec in ("text", "cf"):  # the vector added later is quantized too
+            assert bool(list((tmp_path / q).glob(f"items/segments/*/vector_storage-{vec}/quantized.data"))) == (q == "int8"), vec
         store = EdgeStore(tmp_path / q, quantization=other)
         answers[q] = [store.query("items", [VectorQuery("text", vector=X[i].tolist())], 10) for i in range(0, 400, 20)]
         store.close()

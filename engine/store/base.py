@@ -17,7 +17,8 @@ from typing import Any
 
 from ..errors import InvalidInputError
 
-__all__ = ["Point", "Hit", "VectorQuery", "Filter", "VectorStore", "point_id", "parse_filter", "QUANTIZATION", "quantization_kind"]
+__all__ = ["Point", "Hit", "VectorQuery", "Filter", "VectorStore", "point_id", "parse_filter", "QUANTIZATION", "QUANTILE", "OVERSAMPLING",
+           "quantization_kind"]
 
 _NS = uuid.UUID("8f5f2b0e-5a0c-4a8e-9a52-7c0d5b1e4f11")
 

@@ -20,7 +20,7 @@ DISTANCE = {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot}
 
 
 # Every query: hits found through an int8 copy are oversampled and rescored with the originals (qdrant-edge's default
-# left scores ~1e-2 off and missed 7.5% of an exact top 10 in tests/test_quantization.py); float collections ignore it.
+# returned the int8 approximations, a few thousandths off, and missed 7.5% of an exact top 10 in tests/test_quantization.py); float collections ignore it.
 SEARCH = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING))
 
 
