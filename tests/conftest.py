@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -164,6 +167,55 @@ def tiny_image_generator(tmp_path_factory):
     from engine.imagine import DiffusersGenerator
 
     return DiffusersGenerator(pipeline=pipe)
+
+
+class QdrantRecorder(BaseHTTPRequestHandler):
+    """Just enough of Qdrant's REST API for qdrant-client to create a collection and query it, recording each request
+    as (method, path, JSON body): what a server receives from qdrant-client's own serialization."""
+
+    requests: list[tuple[str, str, dict]] = []
+
+    def _answer(self, result, wrap: bool = True):
+        body = json.dumps({"result": result, "status": "ok", "time": 0.0} if wrap else result).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _body(self) -> dict:
+        n = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(n) or b"{}")
+
+    def do_GET(self):  # noqa: N802
+        self.requests.append(("GET", self.path, {}))
+        if self.path.rstrip("/") == "":
+            self._answer({"title": "qdrant", "version": "1.15.4"}, wrap=False)
+        else:
+            self._answer({"exists": False})
+
+    def do_PUT(self):  # noqa: N802
+        self.requests.append(("PUT", self.path, self._body()))
+        self._answer(True if "/index" not in self.path else {"operation_id": 1, "status": "completed"})
+
+    def do_POST(self):  # noqa: N802
+        self.requests.append(("POST", self.path, self._body()))
+        self._answer({"points": []})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def qdrant_recorder() -> Iterator[tuple[str, list]]:
+    """The URL of a recording stand-in for a Qdrant server (``QdrantRecorder``) and the requests it received."""
+    QdrantRecorder.requests = []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), QdrantRecorder)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_port}", QdrantRecorder.requests
+    finally:
+        srv.shutdown()
 
 
 def _free_port() -> int:

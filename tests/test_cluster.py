@@ -6,10 +6,7 @@ at the JSON qdrant-client's REST transport puts on the wire, and at the edge sto
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -84,58 +81,19 @@ def test_edge_store_ignores_the_layout_with_a_warning(tmp_path, caplog):
     store.close()
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    """Answers just enough of Qdrant's REST API for collection creation, recording request bodies."""
-
-    requests: list[tuple[str, str, dict]] = []
-
-    def _answer(self, result):
-        body = json.dumps({"result": result, "status": "ok", "time": 0.0}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):  # noqa: N802
-        self.requests.append(("GET", self.path, {}))
-        if self.path.rstrip("/") == "":
-            body = json.dumps({"title": "qdrant", "version": "1.15.4"}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        else:
-            self._answer({"exists": False})
-
-    def do_PUT(self):  # noqa: N802
-        n = int(self.headers.get("Content-Length") or 0)
-        self.requests.append(("PUT", self.path, json.loads(self.rfile.read(n) or b"{}")))
-        self._answer(True if "/index" not in self.path else {"operation_id": 1, "status": "completed"})
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.mark.filterwarnings("ignore:Failed to obtain server version")  # checked in a background thread; racy here
-def test_layout_goes_on_the_wire_of_qdrant_clients_rest_transport(tmp_path):
+def test_layout_goes_on_the_wire_of_qdrant_clients_rest_transport(qdrant_recorder):
     """What a Qdrant server receives from qdrant-client's own request serialization (the server side
     here only records; the collection semantics on a real cluster are Qdrant's)."""
-    _Recorder.requests = []
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        store = QdrantClientStore(f"http://127.0.0.1:{srv.server_port}", api_key=None, collection_options=CLUSTER)
-        store.ensure_collection("persona_items", {"text": 384}, {"genre": "keyword"})
-        store.close()
-    finally:
-        srv.shutdown()
-    created = [b for m, p, b in _Recorder.requests if m == "PUT" and p.startswith("/collections/persona_items") and "/index" not in p]
+    url, requests = qdrant_recorder
+    store = QdrantClientStore(url, api_key=None, collection_options=CLUSTER)
+    store.ensure_collection("persona_items", {"text": 384}, {"genre": "keyword"})
+    store.close()
+    created = [b for m, p, b in requests if m == "PUT" and p.startswith("/collections/persona_items") and "/index" not in p]
     assert len(created) == 1
     body = created[0]
     assert {k: body[k] for k in ("shard_number", "replication_factor", "write_consistency_factor", "on_disk_payload")} == {
         "shard_number": 6, "replication_factor": 2, "write_consistency_factor": 2, "on_disk_payload": True
     }
     assert body["vectors"]["text"] == {"size": 384, "distance": "Cosine", "on_disk": True}
-    assert any(m == "PUT" and p.startswith("/collections/persona_items/index") for m, p, _ in _Recorder.requests)
+    assert any(m == "PUT" and p.startswith("/collections/persona_items/index") for m, p, _ in requests)

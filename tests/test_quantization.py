@@ -5,8 +5,6 @@ and every query asks for the rescoring, on the wire too."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -107,45 +105,15 @@ def test_int8_hnsw_answers_like_float32_and_a_store_reopened_with_another_settin
         assert np.mean(overlap) >= 0.97, (q, np.mean(overlap))
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    """Just enough of Qdrant's REST API for a query, recording the bodies qdrant-client sends."""
-
-    bodies: list[tuple[str, dict]] = []
-
-    def _answer(self, result):
-        body = json.dumps({"result": result, "status": "ok", "time": 0.0}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):  # noqa: N802
-        self._answer({"title": "qdrant", "version": "1.15.4"} if self.path.rstrip("/") == "" else {"exists": True})
-
-    def do_POST(self):  # noqa: N802
-        n = int(self.headers.get("Content-Length") or 0)
-        self.bodies.append((self.path, json.loads(self.rfile.read(n) or b"{}")))
-        self._answer({"points": []})
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.mark.filterwarnings("ignore:Failed to obtain server version")  # checked in a background thread; racy here
-def test_a_server_receives_the_rescoring_with_every_query(tmp_path):
-    _Recorder.bodies = []
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        store = QdrantClientStore(f"http://127.0.0.1:{srv.server_port}", api_key=None)
-        store.query("persona_items", [VectorQuery("text", vector=[0.1] * 4)], 5)
-        store.query("persona_items", [VectorQuery("text", vector=[0.1] * 4, limit=7), VectorQuery("clip_text", vector=[0.2] * 4, limit=7),
-                                      VectorQuery("", order_by="popularity", limit=7)], 5)
-        store.close()
-    finally:
-        srv.shutdown()
-    queries = [b for p, b in _Recorder.bodies if p.startswith("/collections/persona_items/points/query")]
+def test_a_server_receives_the_rescoring_with_every_query(qdrant_recorder):
+    url, requests = qdrant_recorder
+    store = QdrantClientStore(url, api_key=None)
+    store.query("persona_items", [VectorQuery("text", vector=[0.1] * 4)], 5)
+    store.query("persona_items", [VectorQuery("text", vector=[0.1] * 4, limit=7), VectorQuery("clip_text", vector=[0.2] * 4, limit=7),
+                                  VectorQuery("", order_by="popularity", limit=7)], 5)
+    store.close()
+    queries = [b for m, p, b in requests if m == "POST" and p.startswith("/collections/persona_items/points/query")]
     assert len(queries) == 2
     want = {"quantization": {"rescore": True, "oversampling": 2.0}}
     assert {k: v for k, v in queries[0]["params"].items() if v is not None} == want
