@@ -73,10 +73,11 @@ def test_unknown_quantization_is_refused(tmp_path):
 
 def test_int8_hnsw_answers_like_float32_and_a_store_reopened_with_another_setting_too(tmp_path):
     """8,000 x 384-d clustered vectors (past Qdrant's indexing threshold, so ``optimize`` builds HNSW; the int8 copy
-    is on disk beside the originals, for a dot-product ``cf`` vector added after creation too). Through the int8 copy the hits are rescored with the originals (qdrant-edge's
-    default returned the int8 approximations, a few thousandths off) and oversampled 2x (without it 7.5% of the exact top 10 were missed here). Each
-    store is reopened with the other setting, which applies to new collections only: its queries still answer
-    exactly (an int8 collection opened with ``none`` is still rescored)."""
+    is on disk beside the originals, for a dot-product ``cf`` vector added after creation too). Through the int8 copy
+    the hits are rescored with the originals (qdrant-edge's default returned the int8 approximations, a few
+    thousandths off) and oversampled 2x (without it 7.5% of the exact top 10 were missed here). Each store is
+    reopened with the other setting, which applies to new collections only: its queries still answer exactly (an
+    int8 collection opened with ``none`` is still rescored)."""
     rng = np.random.default_rng(0)
     n = 8000
     X = (rng.normal(size=(50, 384))[rng.integers(0, 50, n)] + 0.5 * rng.normal(size=(n, 384))).astype(np.float32)

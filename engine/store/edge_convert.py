@@ -19,8 +19,9 @@ INDEX = {
 DISTANCE = {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot}
 
 
-# Every query: hits found through an int8 copy are oversampled and rescored with the originals (qdrant-edge's default
-# returned the int8 approximations, a few thousandths off, and missed 7.5% of an exact top 10 in tests/test_quantization.py); float collections ignore it.
+# Every vector query: hits found through an int8 copy are oversampled and rescored with the originals (qdrant-edge's
+# default returned the int8 approximations, a few thousandths off, and missed 7.5% of an exact top 10 in
+# tests/test_quantization.py); float collections ignore it.
 SEARCH = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING))
 
 
