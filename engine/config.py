@@ -130,6 +130,10 @@ class RetrievalConfig(_Section):
     """LLM re-ranking of the retrieved candidates; ``llm_feature`` reorders the fitted ranker's top ``rerank_candidates`` by the LLM stage trained by ``fit.llm_feature_users`` (off by default: docs/llm-ablation.md)."""
     rerank_candidates: int = Field(20, ge=2, le=200)
     """How many retrieved candidates the LLM sees when re-ranking."""
+    cache_users: int = Field(10_000, ge=0)
+    """Users whose latest list from the fitted model this process keeps (``engine.listcache``; ~3 KB each): a request whose user's history, model and catalog are as when it was ranked reads it. 0: off."""
+    warm_users: int = Field(8, ge=0, le=10_000)
+    """``add_events`` ranks, before returning, the lists of the users a batch touched when they are at most this many (a live user's event, not a bulk load), so their next request is read from ``cache_users``. 0: never."""
 
 
 class FitConfig(_Section):
@@ -231,9 +235,7 @@ class ClusterConfig(_Section):
     replication_factor: int | None = Field(None, ge=1, le=16)
     """Copies of each shard (>= 2 survives the loss of a node); at most the number of nodes."""
     write_consistency_factor: int | None = Field(None, ge=1, le=16)
-    """Replicas that must acknowledge a write before it succeeds; at most ``replication_factor``.
-    Set it equal to ``replication_factor`` for exact popularity counts: the recount reads counts
-    with Qdrant's ``count``, which takes no read-consistency option and may read any replica."""
+    """Replicas that must acknowledge a write before it succeeds; at most ``replication_factor``. Set it equal to ``replication_factor`` for exact popularity counts: the recount reads counts with Qdrant's ``count``, which takes no read-consistency option and may read any replica."""
     on_disk_payload: bool | None = None
     """Keep payloads on disk (read through the page cache) instead of in RAM."""
     on_disk_vectors: bool | None = None
@@ -249,11 +251,9 @@ class ClusterConfig(_Section):
         return self
 
     def collection_options(self) -> dict[str, int | bool]:
-        """The options that are set: keyword arguments of qdrant-client's ``create_collection``, and
-        ``on_disk_vectors`` (``VectorParams.on_disk`` of every named vector)."""
-        opts = {"shard_number": self.shard_number, "replication_factor": self.replication_factor,
-                "write_consistency_factor": self.write_consistency_factor, "on_disk_payload": self.on_disk_payload,
-                "on_disk_vectors": self.on_disk_vectors}
+        """The options that are set: keyword arguments of qdrant-client's ``create_collection``, and ``on_disk_vectors`` (``VectorParams.on_disk`` of every named vector)."""
+        opts = {"shard_number": self.shard_number, "replication_factor": self.replication_factor, "write_consistency_factor": self.write_consistency_factor,
+                "on_disk_payload": self.on_disk_payload, "on_disk_vectors": self.on_disk_vectors}
         return {k: v for k, v in opts.items() if v is not None}
 
 

@@ -1,7 +1,8 @@
 """The Persona engine: a thin facade over one module per pipeline stage.
 
 Data flows one way: ``indexers`` (via :mod:`engine.components`) write items; :mod:`engine.events` stores interactions;
-:mod:`engine.profiles` models users; :mod:`engine.fitting` and :mod:`engine.retrieval` find candidates;
+:mod:`engine.profiles` models users; :mod:`engine.fitting` trains the model that :mod:`engine.serving` ranks with, and
+:mod:`engine.retrieval` finds candidates without one;
 :mod:`engine.ranking` re-ranks and diversifies; :mod:`engine.explain` says why; :mod:`engine.search` serves queries.
 See docs/architecture.md."""
 
@@ -30,6 +31,7 @@ from .ranking import RERANK_MODES, LLMReranker, mmr, pointwise_prompts
 from .retrieval import Retriever
 from .schema import Collections
 from .search import Searcher
+from .serving import ModelServing, hits_limit
 from .store import Filter, VectorStore, open_store, parse_filter, point_id
 from .types import (
     DeleteReport,
@@ -53,8 +55,7 @@ class Engine:
     """Open with :meth:`Engine.open`; use as a context manager or call :meth:`close`."""
 
     def __init__(self, settings: Settings, store: VectorStore, components: Components | None = None) -> None:
-        self.settings = settings
-        self.store = store
+        self.settings, self.store = settings, store
         self.components = (components or Components()).bind(settings)
         self.collections = Collections.named(settings.collection_prefix)
         self.items_col, self.events_col, self.users_col = self.collections.items, self.collections.events, self.collections.users
@@ -68,6 +69,7 @@ class Engine:
         self.ranker = LLMReranker(self.prompts, comps.llm)
         self.searcher = Searcher(settings, store, self.items_col, comps)
         self.learned = LearnedStage(settings, store, self.items_col, self.events_col, self.catalog, self.users_col)
+        self.serving = ModelServing(settings, store, self.items_col, self.catalog, self.learned)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -84,8 +86,8 @@ class Engine:
             settings = settings.model_copy(update={"path": Path(path)})
         assert settings.path is not None
         Path(settings.path).mkdir(parents=True, exist_ok=True)
-        s = settings
-        return cls(s, open_store(Path(s.path), s.qdrant_url, s.qdrant_api_key, s.cluster.collection_options(), quantization=s.quantization), components)
+        return cls(settings, open_store(Path(settings.path), settings.qdrant_url, settings.qdrant_api_key, settings.cluster.collection_options(),
+                                        quantization=settings.quantization), components)
 
     def close(self) -> None:
         with self._lock:
@@ -123,13 +125,8 @@ class Engine:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def add_items(
-        self,
-        items: Iterable[Item | Mapping[str, Any]] | str | Path,
-        image_dir: str | Path | None = None,
-        progress: bool = False,
-        on_batch: Any = None, local_images: bool = True, ray: Any = None,
-    ) -> IngestReport:
+    def add_items(self, items: Iterable[Item | Mapping[str, Any]] | str | Path, image_dir: str | Path | None = None, progress: bool = False,
+                  on_batch: Any = None, local_images: bool = True, ray: Any = None) -> IngestReport:
         """Index items (Item objects, dicts, or a JSONL/CSV/Parquet catalog path). Unchanged items
         are skipped; bad records are reported per item and the rest goes on. ``local_images=False``
         (the HTTP API) refuses image paths on this machine and accepts only URLs (``ray``: a RayBatch encodes on Ray)."""
@@ -144,9 +141,11 @@ class Engine:
             self.catalog.forget()
 
     def add_events(self, events: Iterable[Event | Mapping[str, Any]]) -> EventReport:
-        """Store interactions durably. The same event twice counts once; events naming unknown items are refused, reported."""
+        """Store interactions durably (the same event twice counts once; events naming unknown items are refused, reported), then rank ahead the lists of a small batch's users (``retrieval.warm_users``)."""
         self._ready()
-        return self.event_log.add(events)
+        report = self.event_log.add(events := list(events))
+        self.serving.warm(events, self.event_log.history, hits_limit(self.settings.retrieval, 10, self.settings.retrieval.rerank))
+        return report
 
     def delete_items(self, item_ids: Iterable[str]) -> DeleteReport:
         """Remove items with every event about them; lists (a fitted model's too) stop showing them at once, and the next
@@ -166,6 +165,7 @@ class Engine:
         with self._profiles_lock:  # a profile update running here would write the user's point back from old events
             n = self.event_log.delete(Filter(match={"user_id": str(user_id)}))
             had = self.profiles.delete(str(user_id))
+            self.serving.lists.drop(str(user_id))
         return DeleteReport(users=int(had or n > 0), events=n, not_found=[] if had or n else [str(user_id)])
 
     # -- reading -------------------------------------------------------------------------------
@@ -224,11 +224,11 @@ class Engine:
         flt = parse_filter(filters)
         if exclude_seen:
             flt.exclude_ids |= {point_id("item", e.item_id) for e in events}
-        limit = max(k, rc.rerank_candidates if rerank != "none" else 0, 3 * k if rc.mmr_lambda is not None else 0)
+        limit = hits_limit(rc, k, rerank)
         model = self.learned.current() if events else None
         ctx = None if model is not None and rerank == "none" and not explain else self.profiles.context(user_id, events)
         if model is not None:
-            (hits, reasons), strategy = self.learned.hits(model, events, limit, flt, rc.mmr_lambda is not None, exclude_seen), "learned"
+            (hits, reasons), strategy = self.serving.hits(model, events, limit, flt, rc.mmr_lambda is not None, exclude_seen), "learned"
         else:
             hits, strategy = self.retriever.retrieve(ctx, limit, flt)
         fallback = None
@@ -255,7 +255,7 @@ class Engine:
         events = self.history(user_id)
         model = self.learned.current() if events else None
         if model is not None:
-            ranked = self.learned.rank(model, events, ids)
+            ranked = self.serving.rank(model, events, ids)
         else:
             flt = Filter(include_ids={point_id("item", i) for i in ids})
             hits, _ = self.retriever.retrieve(self.profiles.context(user_id, events), len(ids), flt)
@@ -298,7 +298,7 @@ class Engine:
         to it (else the most similar liked item) and the genres they share; checked, else the template."""
         events, item_id = self._require_user(str(user_id)), str(item_id)
         model = self.learned.current()
-        why = self.learned.recommend(model, events, 1, Filter(include_ids={point_id("item", item_id)})) if model is not None else []
+        why = self.serving.recommend(model, events, 1, Filter(include_ids={point_id("item", item_id)})) if model is not None else []
         return self._explain(item_id, lambda: self.user_context(str(user_id)), [w for _, _, w in why if w])
 
     def _explain(self, item_id: str, ctx: Callable[[], UserContext], because: list[str] | None = None) -> Explanation:

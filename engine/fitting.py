@@ -1,12 +1,12 @@
-"""Stage: the learned recommender, fitted from the store and served beside it.
+"""Stage: the learned recommender, fitted from the store (serving it: ``engine.serving``).
 
 In: the store's events (every user's history) and items (attributes and ``text`` vectors).
 Out: :meth:`LearnedStage.fit` trains :class:`engine.learned.PersonaModel` and saves it versioned under
 ``<path>/models/<version>/`` (``CURRENT`` names the live one, written atomically, so a reader sees the old model or the
 new one, never half of one; a version that cannot be read is logged, and the last model loaded, else the unfitted
 fusion, serves).
-:meth:`LearnedStage.current` is the model ``recommend()`` ranks with (None before the first fit);
-:meth:`LearnedStage.recommend` returns scored item ids with the history item each one is tied to most strongly.
+:meth:`LearnedStage.current` is the model ``recommend()`` ranks with (None before the first fit); :meth:`LearnedStage.cf_version`
+names the version whose ``cf`` vectors the store holds.
 
 No external split is needed: for each user the last stored event is the ranker's label and the earlier ones its history
 (``engine/learned/model.py``). Recommending reads the user's current history from the store, so a new event changes the
@@ -24,8 +24,6 @@ item is still reached through the other sources); a model whose vectors were not
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import logging
 import os
 import shutil
@@ -37,14 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from . import explain as explaining
 from .config import Settings
 from .errors import DependencyMissingError, InvalidInputError, missing
 from .events import stored_events
 from .fsutil import file_lock, write_atomic
-from .items import ItemCatalog, folded_title
-from .profiles import is_positive
-from .store import Filter, Hit, Point, VectorQuery, VectorStore, point_id
+from .items import ItemCatalog
+from .store import Point, VectorStore, point_id
 from .types import Event, FitReport, Item
 
 logger = logging.getLogger(__name__)
@@ -52,13 +48,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["LearnedStage"]
 
 CF_VECTOR = "cf"
-TEXT_VECTOR = "text"
 _CF_STATE = "CF_VERSION"
 """File beside CURRENT naming the version whose cf vectors the store holds; absent while they are
 rewritten. Every process checks it before a cf query, so a model never meets another fit's factors
 (a fit in another process, a crash mid-write, or CURRENT pointed back at an older version)."""
-_SCORE_ALL_LIMIT = 20_000
-"""With a payload filter, score every matching item up to this many (exact); beyond, filter the pool."""
 
 
 class LearnedStage:
@@ -71,7 +64,6 @@ class LearnedStage:
         self._loaded: tuple[str, object] | None = None
         self._pointer: tuple[int, str] | None = None  # (CURRENT's mtime_ns, version): CURRENT is re-read only when it changes
         self._cf_state: tuple[tuple[int, int], str | None] | None = None  # (inode, mtime) of CF_VERSION, its content
-        self._pid_items: tuple[object, dict[str, str]] | None = None  # (model, {point id: item id}) for the cf query
         self._broken: tuple | None = None  # (CURRENT as in _pointer, when): a version that failed to load, retried after 60 s
 
     # -- fitting ---------------------------------------------------------------------------------
@@ -188,7 +180,7 @@ class LearnedStage:
             if d.name != keep:
                 shutil.rmtree(d, ignore_errors=True)
 
-    # -- serving ---------------------------------------------------------------------------------
+    # -- the live model ----------------------------------------------------------------------------
 
     def current(self):
         """The live fitted model, or None when none is fitted (or ``fit.use_model`` is off)."""
@@ -239,90 +231,3 @@ class LearnedStage:
             return self._cf_state[1]
         except FileNotFoundError:
             return None
-
-    def _point_items(self, model) -> dict[str, str]:
-        """``{point id: item id}`` for the model's items (the cf query skips payloads: ~10x less to decode)."""
-        cached = self._pid_items
-        if cached is None or cached[0] is not model:
-            cached = self._pid_items = (model, {point_id("item", i): i for i in model.item_ids})
-        return cached[1]
-
-    def _vector_search(self, model, vector: str, exclude_ids, slack: bool = False):
-        ids, plain = self._point_items(model), Filter(exclude_ids=set(exclude_ids))
-
-        def search(vec: np.ndarray, limit: int) -> list[str]:
-            n = limit + max(20, limit // 2) if slack else limit  # slack: items ingested after the fit are unknown to the model
-            hits = self.store.query(self.items_col, [VectorQuery(vector, vector=vec.tolist(), limit=n)], n, plain, with_payload=False)
-            return [ids[h.id] for h in hits if h.id in ids]
-        return search
-
-    def cf_search(self, model, flt: Filter):
-        """The Qdrant query on the ``cf`` vectors for ``model`` (None when its vectors are not in the store)."""
-        return self._vector_search(model, CF_VECTOR, flt.exclude_ids) if self.cf_version() == model.info.get("version") else None
-
-    def content_search(self, model, events: list[Event]):
-        """Index mode: the content source's top list from a Qdrant query on the items' ``text`` vectors (None otherwise)."""
-        return self._vector_search(model, TEXT_VECTOR, {point_id("item", e.item_id) for e in events}, slack=True) if model.indexed else None
-
-    def searches(self, model, events: list[Event], flt: Filter, exclude_seen: bool = True) -> tuple[Any, Any]:
-        """The (cf, content) searches a request passes to the model. In index mode both lists are features, so they
-        exclude the history only (never the caller's filter: an item's score must not depend on it)."""
-        history = {point_id("item", e.item_id) for e in events}
-        if model.indexed:
-            return self.cf_search(model, Filter(exclude_ids=history)), self.content_search(model, events)
-        seen = history if exclude_seen else set()
-        return self.cf_search(model, Filter(exclude_ids=flt.exclude_ids | seen)), None  # asked only as deep as the pool needs
-
-    def recommend(self, model, events: list[Event], k: int, flt: Filter, exclude_seen: bool = True) -> list[tuple[str, float, str | None]]:
-        """Top ``k`` (item id, score, reason item id) for a history under ``flt`` (items in ``flt.exclude_ids``
-        are left out; the history's items too when ``exclude_seen``). With payload conditions, every matching item
-        is scored (exact) when there are at most ``_SCORE_ALL_LIMIT``; otherwise the pool is filtered."""
-        seen = {point_id("item", e.item_id) for e in events} if exclude_seen else set()
-        if self.catalog.deleted:  # deleted since the fit: the model still ranks them, so they would crowd the list out
-            flt = dataclasses.replace(flt, exclude_ids=flt.exclude_ids | {point_id("item", i) for i in self.catalog.deleted})
-        cf, cs = self.searches(model, events, flt, exclude_seen)
-        if not (flt.match or flt.ranges or flt.include_ids is not None):
-            out = model.recommend(events, k=k + len(flt.exclude_ids - seen), exclude_seen=exclude_seen, cf_search=cf, content_search=cs)
-            return [r for r in out if point_id("item", r[0]) not in flt.exclude_ids][:k]
-        allowed = [h.payload["item_id"] for h in itertools.islice(self.store.scroll(self.items_col, flt), _SCORE_ALL_LIMIT + 1)]
-        if len(allowed) > _SCORE_ALL_LIMIT:  # too many to score: keep the pool's items that match
-            pool = model.recommend(events, k=model.config.pool_size, exclude_seen=exclude_seen, cf_search=cf, content_search=cs)
-            inside = Filter(match=flt.match, ranges=flt.ranges, exclude_ids=flt.exclude_ids, include_ids={point_id("item", r[0]) for r in pool})
-            ok = {h.payload["item_id"] for h in self.store.scroll(self.items_col, inside)}
-            return [r for r in pool if r[0] in ok][:k]
-        ranked = [r for r in model.rank(events, allowed, content_search=cs, cf_search=cf) if np.isfinite(r[1])][:k]
-        reasons = model.reasons(model.state(events, cs, cf), model.index.rows([i for i, _ in ranked])) if ranked else []
-        return [(i, s, why) for (i, s), why in zip(ranked, reasons)]
-
-    def hits(self, model, events: list[Event], limit: int, flt: Filter, with_vectors: bool = False,
-             exclude_seen: bool = True) -> tuple[list[Hit], dict]:
-        """The served list: store hits (scores from the model) and ``{item_id: (reason, because_of)}``.
-
-        One entry per title: a catalog can hold one title under several ids (ml-100k has 18 such titles), and the
-        second copy (or, with ``exclude_seen``, a copy of a seen title) is no new recommendation. A few extra picks
-        make up for the dropped ones."""
-        picks = self.recommend(model, events, limit + 10, flt, exclude_seen)
-        found = self.catalog.hits([i for i, _, _ in picks] + [w for _, _, w in picks if w], with_vectors=with_vectors)
-        thr = self.settings.profile.positive_rating
-        liked = {e.item_id: is_positive(e, thr) for e in events}
-        titles = set(self.catalog.folded_titles([e.item_id for e in events]).values()) if exclude_seen else set()
-        titles.discard("")
-        hits, reasons = [], {}
-        for iid, score, why in picks:
-            if iid in found and len(hits) < limit:
-                h = found[iid]
-                key = folded_title(h.payload)
-                if key and key in titles:
-                    continue
-                titles.add(key)
-                hits.append(Hit(id=h.id, score=score, payload=h.payload, vectors=h.vectors))
-                reasons[iid] = explaining.history_reason(h, found.get(why) if why else None, liked.get(why or "", False))
-        return hits, reasons
-
-    def rank(self, model, events: list[Event], item_ids: list[str]) -> list[tuple[str, float]]:
-        """``item_ids`` best first, by exactly the scores :meth:`recommend` gives them."""
-        if not model.indexed:
-            return model.rank(events, item_ids)
-        cf, cs = self.searches(model, events, Filter())
-        return model.rank(events, item_ids, content_search=cs, cf_search=cf)
-

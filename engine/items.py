@@ -42,6 +42,8 @@ class ItemCatalog:
         self._titles: dict[str, str] = {}  # item id -> folded_title; cleared by forget() (Engine.add_items calls it)
         self.deleted: set[str] = set()
         """Ids this process deleted that are not stored again: a fitted model still ranks them until its next fit."""
+        self.generation = 0
+        """Counts this process's writes to the catalog (kept ranked lists, ``engine.listcache``, are ranked again)."""
 
     def folded_titles(self, item_ids: Sequence[str]) -> dict[str, str]:
         """``{item_id: folded_title}`` of the known items among ``item_ids``. Cached per process, because the served list
@@ -58,6 +60,7 @@ class ItemCatalog:
     def forget(self) -> None:
         """Drop cached titles (after items were written), and from :attr:`deleted` the ids written again."""
         self._titles = {}
+        self.generation += 1
         if self.deleted:
             self.deleted -= self.known(sorted(self.deleted))
 
@@ -96,6 +99,7 @@ class ItemCatalog:
         self.store.delete(self.collection, [point_id("item", str(i)) for i in item_ids])
         self.store.flush()
         self.deleted |= {str(i) for i in item_ids}
+        self.generation += 1
         self._titles = {}  # not forget(): it would look up the ids just deleted
 
     def known(self, item_ids: Sequence[str]) -> set[str]:

@@ -70,6 +70,52 @@ def test_a_new_event_changes_the_next_list_without_refit(fitted):
     assert before.items[5].item_id not in {r.item_id for r in after.items}  # now seen
 
 
+def test_a_repeated_request_reads_the_kept_list_and_events_rank_it_again(fitted):
+    """The list kept per user (engine.listcache) is read only while the history is the one it was ranked from, and it
+    is exactly what ranking now gives. An event written through ``add_events`` (one user) ranks the list ahead, so the
+    next request is read; one written past it (as by another process) makes the next request rank again."""
+    eng, rep = fitted
+    lists = eng.serving.lists
+    first = eng.recommend("301", k=10)
+    hits, misses = lists.hits, lists.misses
+    assert eng.recommend("301", k=10) == first and (lists.hits, lists.misses) == (hits + 1, misses)
+    mine = eng.recommend("301", k=10, filters={"genres": "Comedy"})  # a payload filter: ranked for this request only
+    assert len(mine.items) == 10 and (lists.hits, lists.misses) == (hits + 1, misses)
+    eng.add_events([{"user_id": "301", "item_id": first.items[3].item_id, "timestamp": 2e9, "rating": 5}])
+    assert lists.misses == misses + 1  # ranked ahead, inside add_events
+    after = eng.recommend("301", k=10)
+    assert (lists.hits, lists.misses) == (hits + 2, misses + 1) and after.model_version == rep.version
+    assert first.items[3].item_id not in {r.item_id for r in after.items}
+    lists.clear()
+    assert eng.recommend("301", k=10) == after  # the kept list is the one ranking gives now
+    # a write the warming never saw (another process's): the fingerprint differs, so the request ranks again
+    eng.event_log.add([{"user_id": "301", "item_id": after.items[0].item_id, "timestamp": 2e9 + 5, "rating": 1}])
+    misses = lists.misses
+    later = eng.recommend("301", k=10)
+    assert lists.misses == misses + 1 and after.items[0].item_id not in {r.item_id for r in later.items}
+    # a new user's first event is ranked ahead at a default request's depth; a batch of many users is not
+    eng.add_events([{"user_id": "new-302", "item_id": "50", "timestamp": 2e9, "rating": 5}])
+    hits = lists.hits
+    assert eng.recommend("new-302", k=10).strategy == "learned" and lists.hits == hits + 1
+    misses = lists.misses
+    eng.add_events([{"user_id": f"bulk-{u}", "item_id": "50", "timestamp": 2e9, "rating": 5} for u in range(9)])
+    assert lists.misses == misses  # 9 users > retrieval.warm_users (8): a bulk load ranks nothing ahead
+    kept = len(lists)
+    eng.delete_user("new-302")  # an erased user's list leaves memory too
+    assert len(lists) == kept - 1 and lists.depth("new-302") is None
+
+
+def test_kept_lists_follow_deleted_items(fitted_path, make_engine, tmp_path):
+    eng = make_engine(copy_store(fitted_path[0], tmp_path / "copy"))
+    first = eng.recommend("303", k=10)
+    gone = first.items[0].item_id
+    eng.delete_items([gone])
+    after = eng.recommend("303", k=10)
+    assert gone not in {r.item_id for r in after.items} and len(after.items) == 10
+    eng.serving.lists.clear()
+    assert eng.recommend("303", k=10) == after
+
+
 def test_filters_apply_to_the_learned_list(fitted):
     eng, _ = fitted
     recs = eng.recommend("7", k=10, filters={"genres": "Horror"})
@@ -114,13 +160,13 @@ def test_cf_vectors_live_in_qdrant_and_feed_the_collaborative_source(fitted):
     for uid in ("1", "13", "405"):
         events = eng.history(uid)
         seen = {point_id("item", e.item_id) for e in events}
-        search = eng.learned.cf_search(model, Filter(exclude_ids=seen))
+        search = eng.serving.cf_search(model, Filter(exclude_ids=seen))
         assert search is not None
         st = model.state(events)
         from_qdrant = pool(st, model.config, sources=("cf",), tops={"cf": model.index.rows(search(st.user_vec, 300))})
         in_memory = pool(st, model.config, sources=("cf",))
         assert len(set(from_qdrant) & set(in_memory)) >= 0.98 * len(in_memory)
-        assert eng.learned.recommend(model, events, 10, Filter(exclude_ids=seen)) == model.recommend(events, 10)
+        assert eng.serving.recommend(model, events, 10, Filter(exclude_ids=seen)) == model.recommend(events, 10)
 
 
 def test_exclude_seen_false_and_one_entry_per_title(fitted, ml):
@@ -161,8 +207,8 @@ def test_small_store_fit_then_profiles_and_cf_from_qdrant(make_engine, ml):
     assert np.allclose(h.vectors["cf"], model.item_factors[model.index.rows([items[0].id])[0]], atol=1e-5)
     events = eng.history("1")
     seen = {point_id("item", e.item_id) for e in events}
-    assert eng.learned.cf_search(model, Filter(exclude_ids=seen)) is not None
-    assert eng.learned.recommend(model, events, 10, Filter(exclude_ids=seen)) == model.recommend(events, 10)
+    assert eng.serving.cf_search(model, Filter(exclude_ids=seen)) is not None
+    assert eng.serving.recommend(model, events, 10, Filter(exclude_ids=seen)) == model.recommend(events, 10)
     assert eng.recommend("1", k=5).strategy == "learned"
     # the cf vectors belong to one version: while another fit rewrites them (state file gone), or with CURRENT
     # pointed back at an older version, the model scans in memory instead of meeting another fit's factors
@@ -170,16 +216,19 @@ def test_small_store_fit_then_profiles_and_cf_from_qdrant(make_engine, ml):
     root = eng.learned.root
     assert (root / "CF_VERSION").read_text() == old_version
     (root / "CF_VERSION").unlink()
-    assert eng.learned.cf_search(model, Filter(exclude_ids=seen)) is None
-    assert eng.learned.recommend(model, events, 10, Filter(exclude_ids=seen)) == model.recommend(events, 10)
+    assert eng.serving.cf_search(model, Filter(exclude_ids=seen)) is None
+    assert eng.serving.recommend(model, events, 10, Filter(exclude_ids=seen)) == model.recommend(events, 10)
     time.sleep(1.1)  # versions carry the fit's second: a distinct one for the same data
     eng.fit()
     new_version = eng.learned.current().info["version"]
     assert new_version != old_version and (root / "CF_VERSION").read_text() == new_version
+    refit = eng.recommend("1", k=5)  # the list kept from the old version is not served by the new one
+    eng.serving.lists.clear()
+    assert refit.model_version == new_version and eng.recommend("1", k=5) == refit
     (root / ".CURRENT.back").write_text(old_version)
     os.replace(root / ".CURRENT.back", root / "CURRENT")  # a rollback to the older version
     rolled = eng.learned.current()
-    assert rolled.info["version"] == old_version and eng.learned.cf_search(rolled, Filter(exclude_ids=seen)) is None
+    assert rolled.info["version"] == old_version and eng.serving.cf_search(rolled, Filter(exclude_ids=seen)) is None
 
 
 def test_index_mode_takes_content_from_qdrant_and_ranks_as_recommend(make_engine, ml, monkeypatch):
@@ -208,12 +257,12 @@ def test_index_mode_takes_content_from_qdrant_and_ranks_as_recommend(make_engine
     light = sorted(map(str, range(1, 61)), key=lambda u: len(eng.history(u)))
     for uid in [u for u in light if 5 <= len(eng.history(u)) <= 40][:3]:  # users with many unseen items
         events = eng.history(uid)
-        search = eng.learned.content_search(model, events)
+        search = eng.serving.content_search(model, events)
         got = search(model.meta.emb[model.state(events).liked[-1]], 20)  # items like the last liked one
         asked.append(len(got))
         assert not {e.item_id for e in events} & set(got)
         seen = {point_id("item", e.item_id) for e in events}
-        served = eng.learned.recommend(model, events, 10, Filter(exclude_ids=seen))
+        served = eng.serving.recommend(model, events, 10, Filter(exclude_ids=seen))
         assert len(served) == 10 and served == model.recommend(events, 10)
         texts.clear()
         recs = eng.recommend(uid, k=10)

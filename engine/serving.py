@@ -1,0 +1,167 @@
+"""Stage: serving the fitted model (``engine.fitting`` trains it): the list for a user's history, with reasons.
+
+In:  the live model (:meth:`LearnedStage.current`), a user's events (any order), a :class:`Filter`, a depth.
+Out: :meth:`ModelServing.recommend` -> ``[(item id, score, reason item id)]``; :meth:`ModelServing.hits` -> the served
+     store hits (one per title) with their reasons; :meth:`ModelServing.rank` -> given items by the same scores;
+     :meth:`ModelServing.warm` ranks a user's list ahead of their next request.
+
+The collaborative candidates come from a Qdrant query on the ``cf`` vectors with a query vector folded in from the
+user's CURRENT history, when the store holds the live model's vectors (``LearnedStage.cf_version``), else from an
+in-memory scan; in index mode the content source's top list comes from a query on the ``text`` vectors too. Payload
+filters run in Qdrant. Lists without filters of the caller's own are kept per user (``engine.listcache``) until the
+user's history, the model or the catalog changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from . import explain as explaining
+from .config import Settings
+from .fitting import CF_VECTOR, LearnedStage
+from .items import ItemCatalog, folded_title
+from .listcache import ListCache
+from .profiles import is_positive
+from .store import Filter, Hit, VectorQuery, VectorStore, point_id
+from .types import Event
+
+__all__ = ["ModelServing", "hits_limit"]
+
+logger = logging.getLogger(__name__)
+
+TEXT_VECTOR = "text"
+_SCORE_ALL_LIMIT = 20_000
+"""With a payload filter, score every matching item up to this many (exact); beyond, filter the pool."""
+_EXTRA_PICKS = 10
+"""``hits`` ranks this many more than it serves: a second id of a title already listed or seen is dropped."""
+
+
+def hits_limit(rc, k: int, rerank: str) -> int:
+    """Hits ``Engine.recommend(k)`` retrieves under ``rc`` (``RetrievalConfig``): the LLM re-ranker's candidates, or 3k
+    for MMR; ``add_events`` ranks a default request's ahead."""
+    return max(k, rc.rerank_candidates if rerank != "none" else 0, 3 * k if rc.mmr_lambda is not None else 0)
+
+
+class ModelServing:
+    def __init__(self, settings: Settings, store: VectorStore, items_col: str, catalog: ItemCatalog, learned: LearnedStage) -> None:
+        self.settings, self.store, self.items_col, self.catalog, self.learned = settings, store, items_col, catalog, learned
+        self._pid_items: tuple[object, dict[str, str]] | None = None  # (model, {point id: item id}) for the cf query
+        self.lists = ListCache(settings.retrieval.cache_users)
+
+    def _point_items(self, model) -> dict[str, str]:
+        """``{point id: item id}`` for the model's items (the cf query skips payloads: ~10x less to decode)."""
+        cached = self._pid_items
+        if cached is None or cached[0] is not model:
+            cached = self._pid_items = (model, {point_id("item", i): i for i in model.item_ids})
+        return cached[1]
+
+    def _vector_search(self, model, vector: str, exclude_ids, slack: bool = False):
+        ids, plain = self._point_items(model), Filter(exclude_ids=set(exclude_ids))
+
+        def search(vec: np.ndarray, limit: int) -> list[str]:
+            n = limit + max(20, limit // 2) if slack else limit  # slack: items ingested after the fit are unknown to the model
+            hits = self.store.query(self.items_col, [VectorQuery(vector, vector=vec.tolist(), limit=n)], n, plain, with_payload=False)
+            return [ids[h.id] for h in hits if h.id in ids]
+        return search
+
+    def cf_search(self, model, flt: Filter):
+        """The Qdrant query on the ``cf`` vectors for ``model`` (None when its vectors are not in the store)."""
+        return self._vector_search(model, CF_VECTOR, flt.exclude_ids) if self.learned.cf_version() == model.info.get("version") else None
+
+    def content_search(self, model, events: list[Event]):
+        """Index mode: the content source's top list from a Qdrant query on the items' ``text`` vectors (None otherwise)."""
+        return self._vector_search(model, TEXT_VECTOR, {point_id("item", e.item_id) for e in events}, slack=True) if model.indexed else None
+
+    def searches(self, model, events: list[Event], flt: Filter, exclude_seen: bool = True) -> tuple[Any, Any]:
+        """The (cf, content) searches a request passes to the model. In index mode both lists are features, so they
+        exclude the history only (never the caller's filter: an item's score must not depend on it)."""
+        history = {point_id("item", e.item_id) for e in events}
+        if model.indexed:
+            return self.cf_search(model, Filter(exclude_ids=history)), self.content_search(model, events)
+        seen = history if exclude_seen else set()
+        return self.cf_search(model, Filter(exclude_ids=flt.exclude_ids | seen)), None  # asked only as deep as the pool needs
+
+    def recommend(self, model, events: list[Event], k: int, flt: Filter, exclude_seen: bool = True) -> list[tuple[str, float, str | None]]:
+        """Top ``k`` (item id, score, reason item id) for a history under ``flt`` (items in ``flt.exclude_ids``
+        are left out; the history's items too when ``exclude_seen``). With payload conditions, every matching item
+        is scored (exact) when there are at most ``_SCORE_ALL_LIMIT``; otherwise the pool is filtered. Without them or
+        exclusions of the caller's own, the list is kept (``engine.listcache``) until the history or the model changes."""
+        seen = {point_id("item", e.item_id) for e in events} if exclude_seen else set()
+        gone = {point_id("item", i) for i in self.catalog.deleted}
+        if gone:  # deleted since the fit: the model still ranks them, so they would crowd the list out
+            flt = dataclasses.replace(flt, exclude_ids=flt.exclude_ids | gone)
+        if not (flt.match or flt.ranges or flt.include_ids is not None):
+            extra = flt.exclude_ids - seen
+
+            def ranked():
+                cf, cs = self.searches(model, events, flt, exclude_seen)
+                return model.recommend(events, k=k + len(extra), exclude_seen=exclude_seen, cf_search=cf, content_search=cs)
+            if extra - gone:  # the caller's own exclusions: ranked for this request only
+                out = ranked()
+            else:
+                uid = str(events[0].user_id)
+                self.lists.remember_depth(uid, k)
+                key = (model.info.get("version"), self.learned.cf_version() == model.info.get("version"), self.catalog.generation, exclude_seen, k)
+                out = self.lists.get_or_compute(uid, key, events, ranked)
+            return [r for r in out if point_id("item", r[0]) not in flt.exclude_ids][:k]
+        cf, cs = self.searches(model, events, flt, exclude_seen)
+        allowed = [h.payload["item_id"] for h in itertools.islice(self.store.scroll(self.items_col, flt), _SCORE_ALL_LIMIT + 1)]
+        if len(allowed) > _SCORE_ALL_LIMIT:  # too many to score: keep the pool's items that match
+            pool = model.recommend(events, k=model.config.pool_size, exclude_seen=exclude_seen, cf_search=cf, content_search=cs)
+            inside = Filter(match=flt.match, ranges=flt.ranges, exclude_ids=flt.exclude_ids, include_ids={point_id("item", r[0]) for r in pool})
+            ok = {h.payload["item_id"] for h in self.store.scroll(self.items_col, inside)}
+            return [r for r in pool if r[0] in ok][:k]
+        ranked = [r for r in model.rank(events, allowed, content_search=cs, cf_search=cf) if np.isfinite(r[1])][:k]
+        reasons = model.reasons(model.state(events, cs, cf), model.index.rows([i for i, _ in ranked])) if ranked else []
+        return [(i, s, why) for (i, s), why in zip(ranked, reasons)]
+
+    def warm(self, events: list, history: Callable[[str], list[Event]], limit: int) -> None:
+        """After ``events`` were stored (Event objects or mappings): when they touch at most ``retrieval.warm_users``
+        users, rank each one's list ahead of their next request, at the depth of their last request here, else of
+        ``hits(..., limit)``. A failure is logged: the request ranks the list then."""
+        users = sorted({str(e.user_id if isinstance(e, Event) else e.get("user_id")) for e in events if isinstance(e, Event | Mapping)})
+        model = self.learned.current() if 0 < len(users) <= self.settings.retrieval.warm_users and self.lists.max_users > 0 else None
+        try:
+            for u in users if model is not None else ():
+                if evs := history(u):
+                    self.recommend(model, evs, self.lists.depth(u) or limit + _EXTRA_PICKS, Filter(exclude_ids={point_id("item", e.item_id) for e in evs}))
+        except Exception as e:  # the events are stored; ranking ahead is an optimisation
+            logger.warning("lists not ranked ahead after add_events (%s: %s)", type(e).__name__, e)
+
+    def hits(self, model, events: list[Event], limit: int, flt: Filter, with_vectors: bool = False,
+             exclude_seen: bool = True) -> tuple[list[Hit], dict]:
+        """The served list: store hits (scores from the model) and ``{item_id: (reason, because_of)}``.
+
+        One entry per title: a catalog can hold one title under several ids (ml-100k has 18 such titles), and the
+        second copy (or, with ``exclude_seen``, a copy of a seen title) is no new recommendation. A few extra picks
+        make up for the dropped ones."""
+        picks = self.recommend(model, events, limit + _EXTRA_PICKS, flt, exclude_seen)
+        found = self.catalog.hits([i for i, _, _ in picks] + [w for _, _, w in picks if w], with_vectors=with_vectors)
+        thr = self.settings.profile.positive_rating
+        liked = {e.item_id: is_positive(e, thr) for e in events}
+        titles = set(self.catalog.folded_titles([e.item_id for e in events]).values()) if exclude_seen else set()
+        titles.discard("")
+        hits, reasons = [], {}
+        for iid, score, why in picks:
+            if iid in found and len(hits) < limit:
+                h = found[iid]
+                key = folded_title(h.payload)
+                if key and key in titles:
+                    continue
+                titles.add(key)
+                hits.append(Hit(id=h.id, score=score, payload=h.payload, vectors=h.vectors))
+                reasons[iid] = explaining.history_reason(h, found.get(why) if why else None, liked.get(why or "", False))
+        return hits, reasons
+
+    def rank(self, model, events: list[Event], item_ids: list[str]) -> list[tuple[str, float]]:
+        """``item_ids`` best first, by exactly the scores :meth:`recommend` gives them."""
+        if not model.indexed:
+            return model.rank(events, item_ids)
+        cf, cs = self.searches(model, events, Filter())
+        return model.rank(events, item_ids, content_search=cs, cf_search=cf)
