@@ -27,6 +27,8 @@ Measured in one run on the same data, per size:
    ``fit.index_items`` items and more, has built the HNSW indexes). These are the first requests after the
    fit. The fitted model is timed again in a steady state, as a long-running server sees it: after an untimed
    warm-up over other users, on users new to the process, with the raw query on their probes in the same state;
+   then as a live user sees it: the same users each send one new event (``add_events``, which ranks their list
+   ahead, ``retrieval.warm_users``) and ask again at once; and the same without that warming (store reopened);
 4. peak RSS of the process and disk per item (store + fitted model).
 Above ``ONE_FIT_ITEMS`` items ``fit()`` runs once, on the whole (cut-down) event log, instead of at 1/4, 1/2 and
 all of it: each fit in index mode rebuilds the HNSW indexes, which at 1M items takes most of an hour on 2 cores; that
@@ -278,6 +280,12 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, sample:
                 lat["raw_qdrant_query_steady_ms"] = {"p50": _pct(rq, 50), "p95": _pct(rq, 95)}
                 lat["recommend_fitted_steady_ms"] = {"p50": _pct(ms, 50), "p95": _pct(ms, 95), "warm_up_users": len(warm_ids),
                                                      "p95_ratio_to_raw_query": round(_pct(ms, 95) / _pct(rq, 95), 2)}
+                eng.close()  # the same users again, each after one new event: first as configured, then without warming
+                for key, extra in (("after_event", {}), ("after_event_no_warming", {"retrieval": {"warm_users": 0}})):
+                    eng = Engine.open(d, cfg | extra, components=comps)
+                    lat[key] = after_event(eng, warm_ids, new_ids, rq, n, 0 if extra else 1)
+                    eng.close()
+                eng = Engine.open(d, cfg, components=comps)
         out["latency"] = lat
         out["probes"] = len(uids)
         eng.store.flush()
@@ -288,6 +296,31 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, sample:
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out["load_avg_1m"] = [round(load0, 1), round(os.getloadavg()[0], 1)]  # machine load at start and end (shared cores)
     return out
+
+
+def after_event(eng, warm_ids: list[str], users: list[str], raw_ms: list[float], n_items: int, salt: int) -> dict:
+    """What a live user sees: one new event (``add_events``, which ranks the user's list ahead when
+    ``retrieval.warm_users`` allows), the request right after it, and the same request again (read from the kept
+    list, ``engine.listcache``). After an untimed warm-up over ``warm_ids``; ``raw_ms``: the steady raw query."""
+    for u in warm_ids:
+        eng.recommend(u, k=10)
+    write, after, again = [], [], []
+    for i, u in enumerate(users):
+        ev = {"user_id": u, "item_id": f"i{(i * 7919 + salt * 104729) % n_items}", "timestamp": 1.9e9 + 10 * i + salt, "rating": 4.0}
+        write.append(_timed(lambda ev=ev: eng.add_events([ev])))
+        after.append(_timed(lambda u=u: eng.recommend(u, k=10)))
+        again.append(_timed(lambda u=u: eng.recommend(u, k=10)))
+    out = {"add_events_1_event_ms": {"p50": _pct(write, 50), "p95": _pct(write, 95)}}
+    for key, xs in (("recommend_after_it_ms", after), ("recommend_again_ms", again)):
+        out[key] = {"p50": _pct(xs, 50), "p95": _pct(xs, 95), "p95_ratio_to_raw_query": round(_pct(xs, 95) / _pct(raw_ms, 95), 2)}
+    out["warm_users"] = eng.settings.retrieval.warm_users
+    return out
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000
 
 
 def _as_item(d: dict):
@@ -308,7 +341,7 @@ def plan(n: int, quick: bool, max_events: int = 200_000, one_fit_items: int = ON
 
 def table(rows: list[dict]) -> str:
     head = ("| items | encoder | events | MiniLM sample: ingest / raw items/s (ratio) | ingest items/s | raw encoder items/s | ingest/raw | add_events ev/s | fit s (at events) | fit exponent "
-            "| raw query p50/p95 ms (as served) | raw scan p50/p95 ms (as ingested) | recommend fitted p50/p95 ms (x raw p95) | steady state: raw query, recommend fitted p50/p95 ms (x raw p95) | recommend fusion p50/p95 ms (x raw p95) | peak RSS MB | disk B/item |")
+            "| raw query p50/p95 ms (as served) | raw scan p50/p95 ms (as ingested) | recommend fitted p50/p95 ms (x raw p95) | steady state: raw query, recommend fitted p50/p95 ms (x raw p95) | after one new event: add_events, then recommend p50/p95 ms (x steady raw p95); without warming | recommend fusion p50/p95 ms (x raw p95) | peak RSS MB | disk B/item |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lat = r["latency"]
@@ -324,9 +357,16 @@ def table(rows: list[dict]) -> str:
             + (f"| {fitted['p50']}/{fitted['p95']} ({fitted['p95_ratio_to_raw_query']}x) " if fitted else "| - ")
             + (f"| {lat['raw_qdrant_query_steady_ms']['p50']}/{lat['raw_qdrant_query_steady_ms']['p95']}, {steady['p50']}/{steady['p95']} "
                f"({steady['p95_ratio_to_raw_query']}x) " if steady else "| - ")
-            + f"| {fus['p50']}/{fus['p95']} ({fus['p95_ratio_to_raw_query']}x) | {r['peak_rss_mb']} | {r['disk_bytes_per_item']} |"
+            + f"| {_after(lat)} | {fus['p50']}/{fus['p95']} ({fus['p95_ratio_to_raw_query']}x) | {r['peak_rss_mb']} | {r['disk_bytes_per_item']} |"
         )
     return "\n".join(lines)
+
+
+def _after(lat: dict) -> str:
+    def one(a: dict) -> str:
+        w, rec = a["add_events_1_event_ms"], a["recommend_after_it_ms"]
+        return f"{w['p50']}/{w['p95']}, {rec['p50']}/{rec['p95']} ({rec['p95_ratio_to_raw_query']}x)"
+    return "; ".join(one(lat[k]) for k in ("after_event", "after_event_no_warming") if k in lat) or "-"
 
 
 def _sample(r: dict) -> str:
@@ -355,6 +395,8 @@ def plot(rows: list[dict], path: Path) -> None:
     for key, label in (("raw_qdrant_scan_ms", "raw Qdrant query, as ingested (scan)"), ("raw_qdrant_query_ms", "raw Qdrant query, as served"), ("recommend_fitted_ms", "recommend (fitted)"),
                        ("recommend_fitted_steady_ms", "recommend (fitted, steady state)"), ("recommend_fusion_ms", "recommend (fusion)")):
         ax[1].plot(n, [lat(r, key, "p95") for r in rows], "o-", label=f"{label} p95")
+    after = [(r["latency"].get("after_event") or {}).get("recommend_after_it_ms", {}).get("p95", np.nan) for r in rows]
+    ax[1].plot(n, after, "^-", label="recommend after a new event (its list ranked ahead by add_events) p95")
     ax[1].set(xscale="log", yscale="log", xlabel="items", ylabel="ms", title="Latency, k=10, no LLM")
     for r in rows:
         if r["fit"]:
@@ -436,6 +478,10 @@ def main() -> None:
         if lat.get("recommend_fitted_steady_ms"):
             st = lat["recommend_fitted_steady_ms"]
             scan += f"; steady state (new users after {st['warm_up_users']} others): p50/p95 {st['p50']}/{st['p95']} ms = {st['p95_ratio_to_raw_query']}x raw p95"
+        for key, what in (("after_event", "ranked ahead by add_events"), ("after_event_no_warming", "without warming")):
+            if key in lat:
+                a, w = lat[key]["recommend_after_it_ms"], lat[key]["add_events_1_event_ms"]
+                scan += f"; after a new event ({what}): add_events p95 {w['p95']} ms, recommend p50/p95 {a['p50']}/{a['p95']} ms = {a['p95_ratio_to_raw_query']}x steady raw p95"
         print(f"ratios @ {r['items']:,} items: {real}ingest/raw encoder = {r['ingest']['ratio_to_raw_encoder']} ({r['encoder']}); "
               f"recommend p95 / raw query p95 = {best['p95_ratio_to_raw_query']}{scan} ({best['strategy']}, index mode {r.get('index_mode')}); "
               f"fit exponent = {r.get('fit_exponent', 'n/a')}")

@@ -115,9 +115,9 @@ class EventLog:
             # every known item of the call, duplicates included: a retry after a crash must recount
             touched.update(dict.fromkeys(p.payload["item_id"] for p in pts.values()))
         if touched:
-            self.store.flush()  # the events are durable before any count derived from them
+            self.store.flush(self.events_col)  # the events are durable before any count derived from them
             self.recount(list(touched))
-            self.store.flush()
+            self.store.flush(self.catalog.collection)
         return report
 
     def delete(self, flt: Filter) -> int:
@@ -126,9 +126,9 @@ class EventLog:
         hits = list(self.store.scroll(self.events_col, flt))
         for b in chunks([h.id for h in hits], 2000):
             self.store.delete(self.events_col, b)
-        self.store.flush()  # gone for good before the counts are derived from what is left
+        self.store.flush(self.events_col)  # gone for good before the counts are derived from what is left
         self.recount({str(h.payload.get("item_id")) for h in hits})
-        self.store.flush()
+        self.store.flush(self.catalog.collection)
         return len(hits)
 
     def recount(self, item_ids: Iterable[str]) -> None:

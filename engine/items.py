@@ -97,7 +97,7 @@ class ItemCatalog:
         """Remove these items' points (their events are the caller's: :meth:`engine.events.EventLog.delete`); they are
         remembered in :attr:`deleted` until written again."""
         self.store.delete(self.collection, [point_id("item", str(i)) for i in item_ids])
-        self.store.flush()
+        self.store.flush(self.collection)
         self.deleted |= {str(i) for i in item_ids}
         self.generation += 1
         self._titles = {}  # not forget(): it would look up the ids just deleted

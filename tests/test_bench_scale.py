@@ -54,6 +54,9 @@ def test_quick_run_writes_the_report(tmp_path):
     assert row["ingest_minilm_sample"]["items"] == 1000 and row["ingest_minilm_sample"]["ratio_to_raw_encoder"] > 0
     assert row["items"] == 10_000 and row["ingest"]["items_per_s"] > 0 and len(row["fit"]) == 3 and "fit_exponent" in row
     assert (tmp_path / "scale.png").stat().st_size > 10_000
+    lat = row["latency"]  # a live user: one event, then the request; with and without the list ranked ahead
+    assert lat["after_event"]["warm_users"] > 0 and lat["after_event_no_warming"]["warm_users"] == 0
+    assert all(lat[k][m]["p95"] > 0 for k in ("after_event", "after_event_no_warming") for m in ("add_events_1_event_ms", "recommend_after_it_ms"))
 
 
 def test_model_serving_bench_runs_in_index_mode(tmp_path):

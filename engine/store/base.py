@@ -228,7 +228,8 @@ class VectorStore(ABC):
         return False
 
     @abstractmethod
-    def flush(self) -> None: ...
+    def flush(self, collection: str | None = None) -> None:
+        """Make the writes so far durable: of ``collection`` only, else of every collection open here."""
 
     @abstractmethod
     def close(self) -> None: ...

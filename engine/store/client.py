@@ -226,7 +226,7 @@ class QdrantClientStore(VectorStore):
         )
         return [Hit.of(r) for r in recs]
 
-    def flush(self) -> None:
+    def flush(self, collection: str | None = None) -> None:
         pass  # the server persists on its own (wait=True on every write)
 
     def close(self) -> None:
