@@ -43,7 +43,8 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=20)
     ap.add_argument("--no-tokens", action="store_true", help="skip the prompt-token part (needs the packaged Gemma tokenizer)")
     args = ap.parse_args()
-    eng = Engine.open(args.path, {"llm": {"backend": "none"}})
+    # no kept lists (engine.listcache): every timed request ranks (the warm-up call would make the first one a read)
+    eng = Engine.open(args.path, {"llm": {"backend": "none"}, "retrieval": {"cache_users": 0}})
     if eng.stats()["items"] == 0:
         ml = load_movielens()
         eng.add_items(ml.items, progress=True)

@@ -27,8 +27,9 @@ Measured in one run on the same data, per size:
    ``fit.index_items`` items and more, has built the HNSW indexes). These are the first requests after the
    fit. The fitted model is timed again in a steady state, as a long-running server sees it: after an untimed
    warm-up over other users, on users new to the process, with the raw query on their probes in the same state;
-   then as a live user sees it: the same users each send one new event (``add_events``, which ranks their list
-   ahead, ``retrieval.warm_users``) and ask again at once; and the same without that warming (store reopened);
+   then as a live user sees it (``after_event``): users new to the process each send one new event (``add_events``,
+   which queues the ranking of their list, ``retrieval.warm_users``) and ask at once or 0.1 s later; the other half
+   of them the same on the store reopened without ranking ahead;
 4. peak RSS of the process and disk per item (store + fitted model).
 Above ``ONE_FIT_ITEMS`` items ``fit()`` runs once, on the whole (cut-down) event log, instead of at 1/4, 1/2 and
 all of it: each fit in index mode rebuilds the HNSW indexes, which at 1M items takes most of an hour on 2 cores; that
@@ -280,10 +281,11 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, sample:
                 lat["raw_qdrant_query_steady_ms"] = {"p50": _pct(rq, 50), "p95": _pct(rq, 95)}
                 lat["recommend_fitted_steady_ms"] = {"p50": _pct(ms, 50), "p95": _pct(ms, 95), "warm_up_users": len(warm_ids),
                                                      "p95_ratio_to_raw_query": round(_pct(ms, 95) / _pct(rq, 95), 2)}
-                eng.close()  # the same users again, each after one new event: first as configured, then without warming
-                for key, extra in (("after_event", {}), ("after_event_no_warming", {"retrieval": {"warm_users": 0}})):
+                eng.close()  # one new event per user, then their request: half the new users as configured, half without ranking ahead
+                half = len(new_ids) // 2
+                for key, extra, sl in (("after_event", {}, slice(0, half)), ("after_event_no_warming", {"retrieval": {"warm_users": 0}}, slice(half, None))):
                     eng = Engine.open(d, cfg | extra, components=comps)
-                    lat[key] = after_event(eng, warm_ids, new_ids, rq, n, 0 if extra else 1)
+                    lat[key] = after_event(eng, warm_ids, new_ids[sl], probe_new[sl], n)
                     eng.close()
                 eng = Engine.open(d, cfg, components=comps)
         out["latency"] = lat
@@ -298,22 +300,38 @@ def run_size(n: int, encoder: str, users: int, events: int, probes: int, sample:
     return out
 
 
-def after_event(eng, warm_ids: list[str], users: list[str], raw_ms: list[float], n_items: int, salt: int) -> dict:
-    """What a live user sees: one new event (``add_events``, which ranks the user's list ahead when
-    ``retrieval.warm_users`` allows), the request right after it, and the same request again (read from the kept
-    list, ``engine.listcache``). After an untimed warm-up over ``warm_ids``; ``raw_ms``: the steady raw query."""
+def after_event(eng, warm_ids: list[str], users: list[str], probes: list, n_items: int, pause_s: float = 0.1) -> dict:
+    """What a live user sees. Each user sends one new event (``add_events``; with ``retrieval.warm_users`` it queues
+    the ranking of their list on the background thread), then asks for their list: half of them at once (a request
+    that meets the ranking under way waits for it), the other half after ``pause_s`` (a person's think time), with
+    one raw Qdrant query on their probe timed just before, in the same state. Then every user asks again (the kept
+    list, ``engine.listcache``). After an untimed warm-up over ``warm_ids``; hits and misses of the kept lists counted."""
+    from engine.store import VectorQuery
+
     for u in warm_ids:
         eng.recommend(u, k=10)
-    write, after, again = [], [], []
+    lists = eng.serving.lists
+    h0, m0 = lists.hits, lists.misses
+    write, at_once, paused, raw, again = [], [], [], [], []
     for i, u in enumerate(users):
-        ev = {"user_id": u, "item_id": f"i{(i * 7919 + salt * 104729) % n_items}", "timestamp": 1.9e9 + 10 * i + salt, "rating": 4.0}
-        write.append(_timed(lambda ev=ev: eng.add_events([ev])))
-        after.append(_timed(lambda u=u: eng.recommend(u, k=10)))
+        ev = {"user_id": u, "item_id": f"i{(i * 7919) % n_items}", "timestamp": 1.9e9 + 10 * i, "rating": 4.0}
+        t0 = time.perf_counter()
+        rep = eng.add_events([ev])
+        write.append((time.perf_counter() - t0) * 1000)
+        assert rep.added == 1 and not rep.errors, rep
+        if i % 2:
+            time.sleep(pause_s)
+            raw.append(_timed(lambda i=i: eng.store.query(eng.items_col, [VectorQuery("text", vector=probes[i], limit=10)], limit=10)))
+            paused.append(_timed(lambda u=u: eng.recommend(u, k=10)))
+        else:
+            at_once.append(_timed(lambda u=u: eng.recommend(u, k=10)))
         again.append(_timed(lambda u=u: eng.recommend(u, k=10)))
-    out = {"add_events_1_event_ms": {"p50": _pct(write, 50), "p95": _pct(write, 95)}}
-    for key, xs in (("recommend_after_it_ms", after), ("recommend_again_ms", again)):
-        out[key] = {"p50": _pct(xs, 50), "p95": _pct(xs, 95), "p95_ratio_to_raw_query": round(_pct(xs, 95) / _pct(raw_ms, 95), 2)}
-    out["warm_users"] = eng.settings.retrieval.warm_users
+    out = {"add_events_1_event_ms": {"p50": _pct(write, 50), "p95": _pct(write, 95)},
+           "raw_qdrant_query_ms": {"p50": _pct(raw, 50), "p95": _pct(raw, 95)}}
+    for key, xs in (("recommend_at_once_ms", at_once), ("recommend_after_pause_ms", paused), ("recommend_again_ms", again)):
+        out[key] = {"p50": _pct(xs, 50), "p95": _pct(xs, 95), "p95_ratio_to_raw_query": round(_pct(xs, 95) / _pct(raw, 95), 2)}
+    out |= {"users": len(users), "pause_s": pause_s, "kept_list_hits": lists.hits - h0, "kept_list_misses": lists.misses - m0,
+            "warm_users": eng.settings.retrieval.warm_users}
     return out
 
 
@@ -364,8 +382,8 @@ def table(rows: list[dict]) -> str:
 
 def _after(lat: dict) -> str:
     def one(a: dict) -> str:
-        w, rec = a["add_events_1_event_ms"], a["recommend_after_it_ms"]
-        return f"{w['p50']}/{w['p95']}, {rec['p50']}/{rec['p95']} ({rec['p95_ratio_to_raw_query']}x)"
+        w, now, rec = a["add_events_1_event_ms"], a["recommend_at_once_ms"], a["recommend_after_pause_ms"]
+        return f"{w['p50']}/{w['p95']}, {now['p50']}/{now['p95']}, {rec['p50']}/{rec['p95']} ({rec['p95_ratio_to_raw_query']}x)"
     return "; ".join(one(lat[k]) for k in ("after_event", "after_event_no_warming") if k in lat) or "-"
 
 
@@ -395,8 +413,9 @@ def plot(rows: list[dict], path: Path) -> None:
     for key, label in (("raw_qdrant_scan_ms", "raw Qdrant query, as ingested (scan)"), ("raw_qdrant_query_ms", "raw Qdrant query, as served"), ("recommend_fitted_ms", "recommend (fitted)"),
                        ("recommend_fitted_steady_ms", "recommend (fitted, steady state)"), ("recommend_fusion_ms", "recommend (fusion)")):
         ax[1].plot(n, [lat(r, key, "p95") for r in rows], "o-", label=f"{label} p95")
-    after = [(r["latency"].get("after_event") or {}).get("recommend_after_it_ms", {}).get("p95", np.nan) for r in rows]
-    ax[1].plot(n, after, "^-", label="recommend after a new event (its list ranked ahead by add_events) p95")
+    for key, label in (("after_event", "ranked ahead"), ("after_event_no_warming", "not ranked ahead")):
+        after = [(r["latency"].get(key) or {}).get("recommend_after_pause_ms", {}).get("p95", np.nan) for r in rows]
+        ax[1].plot(n, after, "^-" if key == "after_event" else "v--", label=f"recommend 0.1 s after a new event, list {label}, p95")
     ax[1].set(xscale="log", yscale="log", xlabel="items", ylabel="ms", title="Latency, k=10, no LLM")
     for r in rows:
         if r["fit"]:
@@ -480,8 +499,9 @@ def main() -> None:
             scan += f"; steady state (new users after {st['warm_up_users']} others): p50/p95 {st['p50']}/{st['p95']} ms = {st['p95_ratio_to_raw_query']}x raw p95"
         for key, what in (("after_event", "ranked ahead by add_events"), ("after_event_no_warming", "without warming")):
             if key in lat:
-                a, w = lat[key]["recommend_after_it_ms"], lat[key]["add_events_1_event_ms"]
-                scan += f"; after a new event ({what}): add_events p95 {w['p95']} ms, recommend p50/p95 {a['p50']}/{a['p95']} ms = {a['p95_ratio_to_raw_query']}x steady raw p95"
+                a, now, w = lat[key]["recommend_after_pause_ms"], lat[key]["recommend_at_once_ms"], lat[key]["add_events_1_event_ms"]
+                scan += (f"; after a new event ({what}): add_events p95 {w['p95']} ms, recommend at once p50/p95 {now['p50']}/{now['p95']} ms, "
+                         f"0.1 s later {a['p50']}/{a['p95']} ms = {a['p95_ratio_to_raw_query']}x raw p95 then")
         print(f"ratios @ {r['items']:,} items: {real}ingest/raw encoder = {r['ingest']['ratio_to_raw_encoder']} ({r['encoder']}); "
               f"recommend p95 / raw query p95 = {best['p95_ratio_to_raw_query']}{scan} ({best['strategy']}, index mode {r.get('index_mode')}); "
               f"fit exponent = {r.get('fit_exponent', 'n/a')}")

@@ -19,7 +19,7 @@ from . import explain as explaining
 from . import imagine
 from .components import Components
 from .config import Settings
-from .errors import BackendUnavailableError, InvalidInputError, NotFoundError
+from .errors import BackendUnavailableError, InvalidInputError
 from .events import EventLog
 from .fitting import LearnedStage
 from .items import ItemCatalog
@@ -92,6 +92,7 @@ class Engine:
     def close(self) -> None:
         with self._lock:
             try:
+                self.serving.close()  # a ranking under way reads the store
                 self.components.close()
             finally:  # the store's lock must go even when a component fails to close
                 self.store.close()
@@ -125,8 +126,8 @@ class Engine:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def add_items(self, items: Iterable[Item | Mapping[str, Any]] | str | Path, image_dir: str | Path | None = None, progress: bool = False,
-                  on_batch: Any = None, local_images: bool = True, ray: Any = None) -> IngestReport:
+    def add_items(self, items: Iterable[Item | Mapping[str, Any]] | str | Path, image_dir: str | Path | None = None,
+                  progress: bool = False, on_batch: Any = None, local_images: bool = True, ray: Any = None) -> IngestReport:
         """Index items (Item objects, dicts, or a JSONL/CSV/Parquet catalog path). Unchanged items
         are skipped; bad records are reported per item and the rest goes on. ``local_images=False``
         (the HTTP API) refuses image paths on this machine and accepts only URLs (``ray``: a RayBatch encodes on Ray)."""
@@ -144,7 +145,7 @@ class Engine:
         """Store interactions durably (the same event twice counts once; events naming unknown items are refused, reported), then rank ahead the lists of a small batch's users (``retrieval.warm_users``)."""
         self._ready()
         report = self.event_log.add(events := list(events))
-        self.serving.warm(events, self.event_log.history, hits_limit(self.settings.retrieval, 10, self.settings.retrieval.rerank))
+        self.serving.warm(events, self.event_log.history)
         return report
 
     def delete_items(self, item_ids: Iterable[str]) -> DeleteReport:
@@ -302,11 +303,7 @@ class Engine:
         return self._explain(item_id, lambda: self.user_context(str(user_id)), [w for _, _, w in why if w])
 
     def _explain(self, item_id: str, ctx: Callable[[], UserContext], because: list[str] | None = None) -> Explanation:
-        found = self.catalog.hits([item_id, *(because or [])[:1]], with_vectors=True)
-        if item_id not in found:
-            raise NotFoundError(f"unknown item {item_id!r}")
-        source = found.get(because[0]) if because else None
-        return explaining.explain(found[item_id], ctx(), self.prompts, self.llm, self.settings.llm.max_new_tokens, source)
+        return explaining.explain_item(self.catalog, item_id, ctx, self.prompts, self.llm, self.settings.llm.max_new_tokens, because)
 
     def generate_image(self, user_id: str, prompt: str | None = None, *, n: int = 1, reference_item: str | None = None,
                        seed: int | None = None, steps: int | None = None, size: int | tuple[int, int] | None = None) -> imagine.GeneratedImages:

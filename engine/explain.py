@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Callable
 
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, NotFoundError
 from .llm import LLM
 from .profiles import UserContext
 from .prompts import PromptRegistry
@@ -25,7 +25,7 @@ from .types import Explanation, genres_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_grounded", "explain", "explain_all", "facts", "history_reason", "looks_injected", "reason", "title_key", "title_variants"]
+__all__ = ["check_grounded", "explain", "explain_all", "explain_item", "facts", "history_reason", "looks_injected", "reason", "title_key", "title_variants"]
 
 # Text that tries to steer the model; generated explanations containing it are discarded.
 INJECTION = re.compile(
@@ -149,6 +149,16 @@ def check_grounded(text: str, target: Hit, source: Hit, ctx: UserContext) -> str
         return "names a title outside the facts"
     run = _capitalised_run(rest)
     return f"names something outside the facts ({run})" if run else None
+
+
+def explain_item(catalog, item_id: str, ctx: Callable[[], UserContext], prompts: PromptRegistry, llm: Callable[[], LLM], max_new_tokens: int,
+                 because: list[str] | None = None) -> Explanation:
+    """:func:`explain` for an item of ``catalog`` (an ``ItemCatalog``; NotFoundError when unknown), ``because``: the
+    history item ids the fitted ranker ties to it, the first one named (else the most similar liked item)."""
+    found = catalog.hits([item_id, *(because or [])[:1]], with_vectors=True)
+    if item_id not in found:
+        raise NotFoundError(f"unknown item {item_id!r}")
+    return explain(found[item_id], ctx(), prompts, llm, max_new_tokens, found.get(because[0]) if because else None)
 
 
 def explain(target: Hit, ctx: UserContext, prompts: PromptRegistry, llm: Callable[[], LLM], max_new_tokens: int,

@@ -111,6 +111,7 @@ class LearnedStage:
         with file_lock(self.root / ".fit.lock"):  # two fits (API and CLI) must not interleave their cf writes
             (self.root / _CF_STATE).unlink(missing_ok=True)  # every process scans in memory until the new vectors are complete
             cf_written = self.write_vectors(model, [it.id for it in items], events)
+            self.store.flush()  # the vectors are durable before CF_VERSION names them
             final = self.root / version
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)

@@ -7,6 +7,7 @@ for an item (:func:`prompt_row`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,8 +43,10 @@ class ItemCatalog:
         self._titles: dict[str, str] = {}  # item id -> folded_title; cleared by forget() (Engine.add_items calls it)
         self.deleted: set[str] = set()
         """Ids this process deleted that are not stored again: a fitted model still ranks them until its next fit."""
+        self._writes = itertools.count(1)
         self.generation = 0
-        """Counts this process's writes to the catalog (kept ranked lists, ``engine.listcache``, are ranked again)."""
+        """Counts this process's writes to the catalog (kept ranked lists, ``engine.listcache``, are ranked again); bumped
+        after :attr:`deleted` is replaced, so a reader that reads it first never pairs a new count with an old set."""
 
     def folded_titles(self, item_ids: Sequence[str]) -> dict[str, str]:
         """``{item_id: folded_title}`` of the known items among ``item_ids``. Cached per process, because the served list
@@ -60,9 +63,9 @@ class ItemCatalog:
     def forget(self) -> None:
         """Drop cached titles (after items were written), and from :attr:`deleted` the ids written again."""
         self._titles = {}
-        self.generation += 1
-        if self.deleted:
-            self.deleted -= self.known(sorted(self.deleted))
+        if self.deleted:  # replaced, never changed in place: readers iterate it without a lock
+            self.deleted = self.deleted - self.known(sorted(self.deleted))
+        self.generation = next(self._writes)
 
     def get(self, item_id: str) -> dict[str, Any]:
         """The stored payload of one item; NotFoundError when unknown."""
@@ -98,8 +101,8 @@ class ItemCatalog:
         remembered in :attr:`deleted` until written again."""
         self.store.delete(self.collection, [point_id("item", str(i)) for i in item_ids])
         self.store.flush(self.collection)
-        self.deleted |= {str(i) for i in item_ids}
-        self.generation += 1
+        self.deleted = self.deleted | {str(i) for i in item_ids}
+        self.generation = next(self._writes)
         self._titles = {}  # not forget(): it would look up the ids just deleted
 
     def known(self, item_ids: Sequence[str]) -> set[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,12 +32,12 @@ from .types import Event
 
 __all__ = ["ModelServing", "hits_limit"]
 
-logger = logging.getLogger(__name__)
-
 TEXT_VECTOR = "text"
 _SCORE_ALL_LIMIT = 20_000
 """With a payload filter, score every matching item up to this many (exact); beyond, filter the pool."""
 _EXTRA_PICKS = 10
+_KEEP_DEPTH = 200
+"""Lists deeper than this are ranked for their request only (a kept list holds its ids, scores and reasons)."""
 """``hits`` ranks this many more than it serves: a second id of a title already listed or seen is dropped."""
 
 
@@ -70,45 +69,49 @@ class ModelServing:
             return [ids[h.id] for h in hits if h.id in ids]
         return search
 
-    def cf_search(self, model, flt: Filter):
-        """The Qdrant query on the ``cf`` vectors for ``model`` (None when its vectors are not in the store)."""
-        return self._vector_search(model, CF_VECTOR, flt.exclude_ids) if self.learned.cf_version() == model.info.get("version") else None
+    def cf_served(self, model) -> bool:
+        """Whether the store holds ``model``'s ``cf`` vectors now."""
+        return self.learned.cf_version() == model.info.get("version")
+
+    def cf_search(self, model, flt: Filter, served: bool | None = None):
+        """The Qdrant query on the ``cf`` vectors for ``model`` (None when its vectors are not in the store; ``served``:
+        :meth:`cf_served` as the caller read it)."""
+        return self._vector_search(model, CF_VECTOR, flt.exclude_ids) if (self.cf_served(model) if served is None else served) else None
 
     def content_search(self, model, events: list[Event]):
         """Index mode: the content source's top list from a Qdrant query on the items' ``text`` vectors (None otherwise)."""
         return self._vector_search(model, TEXT_VECTOR, {point_id("item", e.item_id) for e in events}, slack=True) if model.indexed else None
 
-    def searches(self, model, events: list[Event], flt: Filter, exclude_seen: bool = True) -> tuple[Any, Any]:
+    def searches(self, model, events: list[Event], flt: Filter, exclude_seen: bool = True, cf_served: bool | None = None) -> tuple[Any, Any]:
         """The (cf, content) searches a request passes to the model. In index mode both lists are features, so they
         exclude the history only (never the caller's filter: an item's score must not depend on it)."""
         history = {point_id("item", e.item_id) for e in events}
         if model.indexed:
-            return self.cf_search(model, Filter(exclude_ids=history)), self.content_search(model, events)
+            return self.cf_search(model, Filter(exclude_ids=history), cf_served), self.content_search(model, events)
         seen = history if exclude_seen else set()
-        return self.cf_search(model, Filter(exclude_ids=flt.exclude_ids | seen)), None  # asked only as deep as the pool needs
+        return self.cf_search(model, Filter(exclude_ids=flt.exclude_ids | seen), cf_served), None  # only as deep as the pool needs
 
     def recommend(self, model, events: list[Event], k: int, flt: Filter, exclude_seen: bool = True) -> list[tuple[str, float, str | None]]:
         """Top ``k`` (item id, score, reason item id) for a history under ``flt`` (items in ``flt.exclude_ids``
         are left out; the history's items too when ``exclude_seen``). With payload conditions, every matching item
         is scored (exact) when there are at most ``_SCORE_ALL_LIMIT``; otherwise the pool is filtered. Without them or
         exclusions of the caller's own, the list is kept (``engine.listcache``) until the history or the model changes."""
+        generation, deleted = self.catalog.generation, self.catalog.deleted  # in this order: see ItemCatalog.generation
         seen = {point_id("item", e.item_id) for e in events} if exclude_seen else set()
-        gone = {point_id("item", i) for i in self.catalog.deleted}
+        gone = {point_id("item", i) for i in deleted}
         if gone:  # deleted since the fit: the model still ranks them, so they would crowd the list out
             flt = dataclasses.replace(flt, exclude_ids=flt.exclude_ids | gone)
         if not (flt.match or flt.ranges or flt.include_ids is not None):
-            extra = flt.exclude_ids - seen
+            extra, cf_on = flt.exclude_ids - seen, self.cf_served(model)
 
             def ranked():
-                cf, cs = self.searches(model, events, flt, exclude_seen)
+                cf, cs = self.searches(model, events, flt, exclude_seen, cf_on)
                 return model.recommend(events, k=k + len(extra), exclude_seen=exclude_seen, cf_search=cf, content_search=cs)
-            if extra - gone:  # the caller's own exclusions: ranked for this request only
+            if extra - gone or not events or k > _KEEP_DEPTH:  # the caller's own exclusions, or deep: for this request only
                 out = ranked()
             else:
-                uid = str(events[0].user_id)
-                self.lists.remember_depth(uid, k)
-                key = (model.info.get("version"), self.learned.cf_version() == model.info.get("version"), self.catalog.generation, exclude_seen, k)
-                out = self.lists.get_or_compute(uid, key, events, ranked)
+                key = (model.info.get("version"), model.info.get("fitted_at"), cf_on, generation, exclude_seen, k)
+                out = self.lists.get_or_compute(str(events[0].user_id), key, events, ranked, depth=k)
             return [r for r in out if point_id("item", r[0]) not in flt.exclude_ids][:k]
         cf, cs = self.searches(model, events, flt, exclude_seen)
         allowed = [h.payload["item_id"] for h in itertools.islice(self.store.scroll(self.items_col, flt), _SCORE_ALL_LIMIT + 1)]
@@ -121,18 +124,29 @@ class ModelServing:
         reasons = model.reasons(model.state(events, cs, cf), model.index.rows([i for i, _ in ranked])) if ranked else []
         return [(i, s, why) for (i, s), why in zip(ranked, reasons)]
 
-    def warm(self, events: list, history: Callable[[str], list[Event]], limit: int) -> None:
+    def warm(self, events: list, history: Callable[[str], list[Event]]) -> None:
         """After ``events`` were stored (Event objects or mappings): when they touch at most ``retrieval.warm_users``
-        users, rank each one's list ahead of their next request, at the depth of their last request here, else of
-        ``hits(..., limit)``. A failure is logged: the request ranks the list then."""
-        users = sorted({str(e.user_id if isinstance(e, Event) else e.get("user_id")) for e in events if isinstance(e, Event | Mapping)})
-        model = self.learned.current() if 0 < len(users) <= self.settings.retrieval.warm_users and self.lists.max_users > 0 else None
-        try:
-            for u in users if model is not None else ():
-                if evs := history(u):
-                    self.recommend(model, evs, self.lists.depth(u) or limit + _EXTRA_PICKS, Filter(exclude_ids={point_id("item", e.item_id) for e in evs}))
-        except Exception as e:  # the events are stored; ranking ahead is an optimisation
-            logger.warning("lists not ranked ahead after add_events (%s: %s)", type(e).__name__, e)
+        users, queue the ranking of each one's list on the background thread (``ListCache.submit``), at the depth of
+        their list kept here, else of a default ``Engine.recommend(k=10)``. A request meanwhile waits for that ranking
+        instead of repeating it; a failure is logged, and the request ranks the list then."""
+        rc = self.settings.retrieval
+        cap, users, limit = rc.warm_users, set(), hits_limit(rc, 10, rc.rerank)
+        for e in events if cap > 0 and self.lists.max_users > 0 else ():
+            u = e.user_id if isinstance(e, Event) else e.get("user_id") if isinstance(e, Mapping) else None
+            users |= set() if u is None else {str(u)}
+            if len(users) > cap:  # a bulk load: nothing ranked ahead
+                return
+        for u in sorted(users):
+            self.lists.submit(lambda u=u: self._rank_ahead(u, history(u), limit))
+
+    def _rank_ahead(self, user_id: str, events: list[Event], limit: int) -> None:
+        model = self.learned.current() if events else None
+        if model is not None:
+            self.recommend(model, events, self.lists.depth(user_id) or limit + _EXTRA_PICKS, Filter(exclude_ids={point_id("item", e.item_id) for e in events}))
+
+    def close(self) -> None:
+        """Stop ranking ahead (``Engine.close`` calls it before the store closes)."""
+        self.lists.close()
 
     def hits(self, model, events: list[Event], limit: int, flt: Filter, with_vectors: bool = False,
              exclude_seen: bool = True) -> tuple[list[Hit], dict]:

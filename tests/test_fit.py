@@ -70,50 +70,58 @@ def test_a_new_event_changes_the_next_list_without_refit(fitted):
     assert before.items[5].item_id not in {r.item_id for r in after.items}  # now seen
 
 
-def test_a_repeated_request_reads_the_kept_list_and_events_rank_it_again(fitted):
-    """The list kept per user (engine.listcache) is read only while the history is the one it was ranked from, and it
-    is exactly what ranking now gives. An event written through ``add_events`` (one user) ranks the list ahead, so the
-    next request is read; one written past it (as by another process) makes the next request rank again."""
-    eng, rep = fitted
+def test_kept_lists_equal_a_fresh_ranking_and_follow_events_and_deletions(fitted_path, make_engine, tmp_path):
+    """The list kept per user (engine.listcache) is read only while the history, the model and this process's catalog
+    are as it was ranked from, and it equals a fresh ranking. ``add_events`` for a few users ranks their lists ahead
+    (background thread); a write it never saw (another process's) makes the next request rank again. On a copy of the
+    fitted store: these writes must not reach the module's other tests."""
+    from engine.store import point_id
+
+    eng = make_engine(copy_store(fitted_path[0], tmp_path / "copy"))
     lists = eng.serving.lists
-    first = eng.recommend("301", k=10)
-    hits, misses = lists.hits, lists.misses
-    assert eng.recommend("301", k=10) == first and (lists.hits, lists.misses) == (hits + 1, misses)
-    mine = eng.recommend("301", k=10, filters={"genres": "Comedy"})  # a payload filter: ranked for this request only
-    assert len(mine.items) == 10 and (lists.hits, lists.misses) == (hits + 1, misses)
+    ids = lambda recs: [r.item_id for r in recs.items]  # noqa: E731
+
+    def counts_after(fn):
+        h, m = lists.hits, lists.misses
+        out = fn()
+        return out, (lists.hits - h, lists.misses - m)
+
+    first, c = counts_after(lambda: eng.recommend("301", k=10))
+    assert c == (0, 1)
+    assert counts_after(lambda: eng.recommend("301", k=10)) == (first, (1, 0))
+    assert counts_after(lambda: eng.recommend("301", k=10, filters={"genres": "Comedy"}))[1] == (0, 0)  # ranked for it only
+    assert counts_after(lambda: eng.recommend("301", k=12))[1] == (0, 1)  # another depth is another list
+    assert counts_after(lambda: eng.recommend("301", k=10, exclude_seen=False))[1] == (0, 1)
+    assert counts_after(lambda: eng.recommend("301", k=10))[1] == (0, 1)  # one entry per user: the latest ranking
     eng.add_events([{"user_id": "301", "item_id": first.items[3].item_id, "timestamp": 2e9, "rating": 5}])
-    assert lists.misses == misses + 1  # ranked ahead, inside add_events
-    after = eng.recommend("301", k=10)
-    assert (lists.hits, lists.misses) == (hits + 2, misses + 1) and after.model_version == rep.version
-    assert first.items[3].item_id not in {r.item_id for r in after.items}
+    assert lists.wait(60)
+    after, c = counts_after(lambda: eng.recommend("301", k=10))
+    assert c == (1, 0) and first.items[3].item_id not in ids(after)  # read: it was ranked ahead, with the new event
     lists.clear()
     assert eng.recommend("301", k=10) == after  # the kept list is the one ranking gives now
-    # a write the warming never saw (another process's): the fingerprint differs, so the request ranks again
+    # a write the warming never saw (as by another process): the fingerprint differs, so the request ranks again
     eng.event_log.add([{"user_id": "301", "item_id": after.items[0].item_id, "timestamp": 2e9 + 5, "rating": 1}])
-    misses = lists.misses
-    later = eng.recommend("301", k=10)
-    assert lists.misses == misses + 1 and after.items[0].item_id not in {r.item_id for r in later.items}
+    later, c = counts_after(lambda: eng.recommend("301", k=10))
+    assert c == (0, 1) and after.items[0].item_id not in ids(later)
+    # an item deleted here: ranked again without it
+    gone = later.items[0].item_id
+    eng.delete_items([gone])
+    without, c = counts_after(lambda: eng.recommend("301", k=10))
+    assert c == (0, 1) and gone not in ids(without) and len(without.items) == 10
+    # deleted by another process (not seen by this catalog): the kept list is read, and the item has no payload to serve
+    other = without.items[0].item_id
+    eng.store.delete(eng.items_col, [point_id("item", other)])
+    served, c = counts_after(lambda: eng.recommend("301", k=10))
+    assert c == (1, 0) and other not in ids(served) and ids(served)[:9] == ids(without)[1:]
     # a new user's first event is ranked ahead at a default request's depth; a batch of many users is not
     eng.add_events([{"user_id": "new-302", "item_id": "50", "timestamp": 2e9, "rating": 5}])
-    hits = lists.hits
-    assert eng.recommend("new-302", k=10).strategy == "learned" and lists.hits == hits + 1
-    misses = lists.misses
-    eng.add_events([{"user_id": f"bulk-{u}", "item_id": "50", "timestamp": 2e9, "rating": 5} for u in range(9)])
-    assert lists.misses == misses  # 9 users > retrieval.warm_users (8): a bulk load ranks nothing ahead
+    assert lists.wait(60) and counts_after(lambda: eng.recommend("new-302", k=10))[1] == (1, 0)
+    _, c = counts_after(lambda: (eng.add_events([{"user_id": f"bulk-{u}", "item_id": "50", "timestamp": 2e9, "rating": 5}
+                                                 for u in range(9)]), lists.wait(60)))
+    assert c == (0, 0)  # 9 users > retrieval.warm_users (8): a bulk load ranks nothing ahead
     kept = len(lists)
     eng.delete_user("new-302")  # an erased user's list leaves memory too
     assert len(lists) == kept - 1 and lists.depth("new-302") is None
-
-
-def test_kept_lists_follow_deleted_items(fitted_path, make_engine, tmp_path):
-    eng = make_engine(copy_store(fitted_path[0], tmp_path / "copy"))
-    first = eng.recommend("303", k=10)
-    gone = first.items[0].item_id
-    eng.delete_items([gone])
-    after = eng.recommend("303", k=10)
-    assert gone not in {r.item_id for r in after.items} and len(after.items) == 10
-    eng.serving.lists.clear()
-    assert eng.recommend("303", k=10) == after
 
 
 def test_filters_apply_to_the_learned_list(fitted):
@@ -222,9 +230,9 @@ def test_small_store_fit_then_profiles_and_cf_from_qdrant(make_engine, ml):
     eng.fit()
     new_version = eng.learned.current().info["version"]
     assert new_version != old_version and (root / "CF_VERSION").read_text() == new_version
+    misses = eng.serving.lists.misses
     refit = eng.recommend("1", k=5)  # the list kept from the old version is not served by the new one
-    eng.serving.lists.clear()
-    assert refit.model_version == new_version and eng.recommend("1", k=5) == refit
+    assert eng.serving.lists.misses == misses + 1 and refit.model_version == new_version
     (root / ".CURRENT.back").write_text(old_version)
     os.replace(root / ".CURRENT.back", root / "CURRENT")  # a rollback to the older version
     rolled = eng.learned.current()

@@ -1,6 +1,10 @@
-"""engine.listcache: a kept list is returned only for the same key and history; least recently used users go first."""
+"""engine.listcache: a kept list is returned only for the same key and history; one ranking per key and history at a
+time; an erased user's list is not kept; least recently used users go first."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 from engine.listcache import ListCache, history_fingerprint
 from engine.types import Event
@@ -17,30 +21,55 @@ def test_same_key_and_history_read_anything_else_ranks_again():
         return lambda: calls.append(tag) or [tag]
 
     h = [_ev("a", 1.0), _ev("b", 2.0)]
-    assert cache.get_or_compute("u", ("v1", 20), h, compute(1)) == [1]
+    assert cache.get_or_compute("u", ("v1", 20), h, compute(1), depth=20) == [1]
     assert cache.get_or_compute("u", ("v1", 20), list(h), compute(2)) == [1]  # an equal history read again
     assert cache.get_or_compute("u", ("v2", 20), h, compute(3)) == [3]  # another model version
     assert cache.get_or_compute("u", ("v2", 20), [*h, _ev("c", 3.0)], compute(4)) == [4]  # one more event
-    assert cache.get_or_compute("u", ("v2", 20), [_ev("a", 1.0), _ev("b", 2.0, 1.0), _ev("c", 3.0)], compute(5)) == [5]  # a rating changed
-    assert cache.get_or_compute("u", ("v2", 20), [_ev("a", 1.0), _ev("b", 2.5, 1.0), _ev("c", 3.0)], compute(6)) == [6]  # a time changed
+    assert cache.get_or_compute("u", ("v2", 20), [_ev("a", 1.0), _ev("b", 2.0, 1.0), _ev("c", 3.0)], compute(5)) == [5]  # a rating
+    assert cache.get_or_compute("u", ("v2", 20), [_ev("a", 1.0), _ev("b", 2.5, 1.0), _ev("c", 3.0)], compute(6)) == [6]  # a time
     assert calls == [1, 3, 4, 5, 6] and (cache.hits, cache.misses) == (1, 5)
     assert history_fingerprint(h) != history_fingerprint(h[::-1])  # another order: ranked again, never a wrong list
+    # CPython's hash(-1.0) == hash(-2.0): the digest must still tell these apart
+    assert history_fingerprint([_ev("a", 1.0, -1.0)]) != history_fingerprint([_ev("a", 1.0, -2.0)])
+    assert history_fingerprint([_ev("a", 1.0, None)]) != history_fingerprint([_ev("a", 1.0, 0.0)])
 
 
 def test_least_recently_used_users_are_dropped_and_zero_turns_it_off():
     cache = ListCache(max_users=2)
     h = [_ev("a", 1.0)]
     for u in ("x", "y"):
-        cache.get_or_compute(u, "k", h, lambda u=u: u)
-    cache.get_or_compute("x", "k", h, lambda: "again")  # x is now the most recent
+        cache.get_or_compute(u, "k", h, lambda u=u: u, depth=30)
+    cache.get_or_compute("x", "k", h, lambda: "again")  # a read: x is now the most recent
     cache.get_or_compute("z", "k", h, lambda: "z")  # y goes
-    assert len(cache) == 2 and cache.get_or_compute("x", "k", h, lambda: "new") == "x"
+    assert len(cache) == 2 and cache.get_or_compute("x", "k", h, lambda: "new") == "x" and cache.depth("x") == 30
     assert cache.get_or_compute("y", "k", h, lambda: "y2") == "y2"
-    cache.remember_depth("x", 30)
-    assert cache.depth("x") == 30
     cache.drop("x")
     assert cache.depth("x") is None
     off, n = ListCache(max_users=0), []
     for _ in range(2):
         off.get_or_compute("u", "k", h, lambda: n.append(1) or 1)
-    assert len(n) == 2 and len(off) == 0
+    assert len(n) == 2 and len(off) == 0 and not off.submit(lambda: None)
+
+
+def test_one_ranking_at_a_time_and_an_erased_user_is_not_kept():
+    cache, calls, started = ListCache(max_users=10), [], threading.Event()
+    h = [_ev("a", 1.0)]
+
+    def slow():
+        calls.append(1)
+        started.set()
+        time.sleep(0.3)
+        return ["slow"]
+
+    assert cache.submit(lambda: cache.get_or_compute("u", "k", h, slow))  # ranked ahead on the background thread
+    assert started.wait(10)
+    assert cache.get_or_compute("u", "k", h, lambda: calls.append(2) or ["again"]) == ["slow"]  # waited, not repeated
+    assert calls == [1] and cache.wait(10)
+    # a ranking under way when its user is erased is returned to its caller but not kept
+    started.clear()
+    assert cache.submit(lambda: cache.get_or_compute("v", "k", h, slow))
+    assert started.wait(10)
+    cache.drop("v")
+    assert cache.wait(10) and cache.depth("v") is None and len(cache) == 1  # only u's list
+    assert cache.get_or_compute("v", "k", h, lambda: ["fresh"]) == ["fresh"]
+    cache.close()
