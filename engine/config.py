@@ -133,7 +133,7 @@ class RetrievalConfig(_Section):
     cache_users: int = Field(10_000, ge=0)
     """Users whose latest list from the fitted model this process keeps (``engine.listcache``; a few KB each: the ids, scores and reasons of one list): a request whose user's history, model and catalog are as when it was ranked reads it. 0: off."""
     warm_users: int = Field(8, ge=0, le=10_000)
-    """``add_events`` ranks, before returning, the lists of the users a batch touched when they are at most this many (a live user's event, not a bulk load), so their next request is read from ``cache_users``. 0: never."""
+    """``add_events`` queues the ranking of the lists of the users a batch touched, when they are at most this many (a live user's event, not a bulk load), on one background thread: the request that follows reads it from ``cache_users``, or waits for it if it is under way. 0: never."""
 
 
 class FitConfig(_Section):

@@ -142,7 +142,7 @@ class Engine:
             self.catalog.forget()
 
     def add_events(self, events: Iterable[Event | Mapping[str, Any]]) -> EventReport:
-        """Store interactions durably (the same event twice counts once; events naming unknown items are refused, reported), then rank ahead the lists of a small batch's users (``retrieval.warm_users``)."""
+        """Store interactions durably (the same event twice counts once; events naming unknown items are refused, reported), then queue the ranking of a small batch's users' lists (``retrieval.warm_users``)."""
         self._ready()
         report = self.event_log.add(events := list(events))
         self.serving.warm(events, self.event_log.history)
