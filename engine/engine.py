@@ -136,6 +136,7 @@ class Engine:
             items = self.components.read_catalog(items, image_dir, self.settings.ingest.allow_image_paths_outside_catalog)
         items = list(items) if ray is not None else items  # encoded on Ray first, then written
         indexer = self.components.indexer(self.store, self.items_col, self.prompts, recount_popularity=self.event_log.recount, ray=ray, records=items)
+        self.catalog.forget()  # here too: a list ranked while items are rewritten is not kept past the ingest
         try:
             return indexer.ingest(items, progress=progress, on_batch=on_batch, local_images=local_images)
         finally:
@@ -166,7 +167,7 @@ class Engine:
         with self._profiles_lock:  # a profile update running here would write the user's point back from old events
             n = self.event_log.delete(Filter(match={"user_id": str(user_id)}))
             had = self.profiles.delete(str(user_id))
-            self.serving.lists.drop(str(user_id))
+            self.serving.drop(str(user_id))
         return DeleteReport(users=int(had or n > 0), events=n, not_found=[] if had or n else [str(user_id)])
 
     # -- reading -------------------------------------------------------------------------------
@@ -221,7 +222,7 @@ class Engine:
         if rerank not in RERANK_MODES:
             raise InvalidInputError(f"rerank must be one of {', '.join(RERANK_MODES)}")
         user_id, rc = str(user_id), self.settings.retrieval
-        events = self.history(user_id)  # an unknown user is a cold start: popular, diverse items
+        epoch, events = self.serving.epoch(), self.history(user_id)  # unknown user: a cold start, popular and diverse
         flt = parse_filter(filters)
         if exclude_seen:
             flt.exclude_ids |= {point_id("item", e.item_id) for e in events}
@@ -229,7 +230,7 @@ class Engine:
         model = self.learned.current() if events else None
         ctx = None if model is not None and rerank == "none" and not explain else self.profiles.context(user_id, events)
         if model is not None:
-            (hits, reasons), strategy = self.serving.hits(model, events, limit, flt, rc.mmr_lambda is not None, exclude_seen), "learned"
+            (hits, reasons), strategy = self.serving.hits(model, events, limit, flt, rc.mmr_lambda is not None, exclude_seen, epoch), "learned"
         else:
             hits, strategy = self.retriever.retrieve(ctx, limit, flt)
         fallback = None

@@ -8,6 +8,7 @@ for an item (:func:`prompt_row`).
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +44,7 @@ class ItemCatalog:
         self._titles: dict[str, str] = {}  # item id -> folded_title; cleared by forget() (Engine.add_items calls it)
         self.deleted: set[str] = set()
         """Ids this process deleted that are not stored again: a fitted model still ranks them until its next fit."""
-        self._writes = itertools.count(1)
+        self._writes, self._deleted_lock = itertools.count(1), threading.Lock()
         self.generation = 0
         """Counts this process's writes to the catalog (kept ranked lists, ``engine.listcache``, are ranked again); bumped
         after :attr:`deleted` is replaced, so a reader that reads it first never pairs a new count with an old set."""
@@ -63,9 +64,10 @@ class ItemCatalog:
     def forget(self) -> None:
         """Drop cached titles (after items were written), and from :attr:`deleted` the ids written again."""
         self._titles = {}
-        if self.deleted:  # replaced, never changed in place: readers iterate it without a lock
-            self.deleted = self.deleted - self.known(sorted(self.deleted))
-        self.generation = next(self._writes)
+        back = self.known(sorted(self.deleted)) if self.deleted else set()  # store reads outside the lock
+        with self._deleted_lock:  # replaced, never changed in place: readers iterate it without a lock
+            self.deleted = self.deleted - back
+            self.generation = next(self._writes)
 
     def get(self, item_id: str) -> dict[str, Any]:
         """The stored payload of one item; NotFoundError when unknown."""
@@ -101,8 +103,9 @@ class ItemCatalog:
         remembered in :attr:`deleted` until written again."""
         self.store.delete(self.collection, [point_id("item", str(i)) for i in item_ids])
         self.store.flush(self.collection)
-        self.deleted = self.deleted | {str(i) for i in item_ids}
-        self.generation = next(self._writes)
+        with self._deleted_lock:
+            self.deleted = self.deleted | {str(i) for i in item_ids}
+            self.generation = next(self._writes)
         self._titles = {}  # not forget(): it would look up the ids just deleted
 
     def known(self, item_ids: Sequence[str]) -> set[str]:

@@ -17,7 +17,9 @@ item has none.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
+import itertools
 import logging
 import threading
 from collections import OrderedDict
@@ -29,8 +31,8 @@ __all__ = ["ListCache", "history_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_PENDING = 64
-"""Rankings queued on the background thread at most; past this, ``submit`` drops new ones (the request ranks then)."""
+_MAX_QUEUED = 64
+"""Rankings queued or running on the background thread at most; past this, ``submit`` drops new ones."""
 
 
 def history_fingerprint(events: Sequence[Any]) -> bytes:
@@ -41,28 +43,38 @@ def history_fingerprint(events: Sequence[Any]) -> bytes:
 
 
 class ListCache:
-    """A thread-safe LRU of ``user_id -> (key, fingerprint, value, depth)``: one entry per user, the latest ranking."""
+    """A thread-safe LRU of ``user_id -> (key, fingerprint, value, depth, ticket)``: one entry per user, the latest
+    ranking (by when it started: one that started earlier never replaces it)."""
 
     def __init__(self, max_users: int) -> None:
         self.max_users = max_users
-        self._entries: OrderedDict[str, tuple[Hashable, bytes, Any, int]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[Hashable, bytes, Any, int, int]] = OrderedDict()
         self._running: dict[str, tuple[Hashable, bytes, Future]] = {}  # user -> the ranking being computed now
-        self._drops = 0  # users dropped so far: a ranking that began before a drop is not kept (it may be theirs)
+        self._drops = 0  # users dropped so far (see epoch)
+        self._tickets = itertools.count()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: set[Future] = set()
+        self._closed = False
+        self._queued: dict[Future, str | None] = {}  # background rankings not finished -> their tag (a user id)
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
 
-    def get_or_compute(self, user_id: str, key: Hashable, events: Sequence[Any], compute: Callable[[], Any], depth: int = 0) -> Any:
+    def epoch(self) -> int:
+        """Read before the history a ranking is computed from, and pass to :meth:`get_or_compute` as ``since``: if a
+        user is dropped (erased) in between, the ranking is not kept (it may have read that user's events)."""
+        return self._drops
+
+    def get_or_compute(self, user_id: str, key: Hashable, events: Sequence[Any], compute: Callable[[], Any], depth: int = 0,
+                       since: int | None = None) -> Any:
         """The kept value for ``(key, events)``, else ``compute()``'s, kept with ``depth`` (what :meth:`depth` returns)."""
         if self.max_users <= 0:
             return compute()
         fp = history_fingerprint(events)
         with self._lock:
+            drops = self._drops if since is None else since
             entry = self._entries.get(user_id)
             if entry is not None and entry[0] == key and entry[1] == fp:
                 self._entries.move_to_end(user_id)
@@ -74,30 +86,42 @@ class ListCache:
                 wait = running[2]
             else:
                 self.misses += 1
-                wait, mine, drops = None, Future(), self._drops
+                wait, mine, ticket = None, Future(), next(self._tickets)
                 self._running[user_id] = (key, fp, mine)
         if wait is not None:
             try:
                 return wait.result()
-            except Exception:  # the other ranking failed: this request ranks on its own
+            except Exception:  # the other ranking failed (or was interrupted): this request ranks on its own
                 return compute()
         try:
             value = compute()  # outside the lock: other users' requests must not wait for this ranking
-        except BaseException as e:
+        except Exception as e:
+            self._finish(user_id, mine)
             mine.set_exception(e)
             raise
-        finally:
-            with self._lock:
-                if self._running.get(user_id, (None, None, None))[2] is mine:
-                    del self._running[user_id]
-        with self._lock:
-            if self._drops == drops:  # a user erased meanwhile (perhaps this one): not kept
-                self._entries[user_id] = (key, fp, value, depth)
-                self._entries.move_to_end(user_id)
-                while len(self._entries) > self.max_users:
-                    self._entries.popitem(last=False)
+        except BaseException:  # an interrupt belongs to this thread only: waiters rank on their own
+            self._finish(user_id, mine)
+            mine.cancel()
+            raise
+        self._finish(user_id, mine, (key, fp, value, depth, ticket), drops)
         mine.set_result(value)
         return value
+
+    def _finish(self, user_id: str, mine: Future, entry: tuple | None = None, drops: int = 0) -> None:
+        """In one step: stop advertising ``mine`` and keep ``entry`` (unless a user was dropped since ``drops``, or a
+        ranking that started later is kept already)."""
+        with self._lock:
+            if self._running.get(user_id, (None, None, None))[2] is mine:
+                del self._running[user_id]
+            if entry is None or self._drops != drops:
+                return
+            old = self._entries.get(user_id)
+            if old is not None and old[4] > entry[4]:
+                return
+            self._entries[user_id] = entry
+            self._entries.move_to_end(user_id)
+            while len(self._entries) > self.max_users:
+                self._entries.popitem(last=False)
 
     def depth(self, user_id: str) -> int | None:
         """The depth kept with the user's list (None: no list kept here)."""
@@ -105,41 +129,49 @@ class ListCache:
             entry = self._entries.get(user_id)
             return entry[3] if entry is not None else None
 
-    def submit(self, fn: Callable[[], Any]) -> bool:
-        """Run ``fn`` on the background thread (False: too many queued, or off). Its errors are logged."""
-        if self.max_users <= 0:
-            return False
+    def submit(self, fn: Callable[[], Any], tag: str | None = None) -> bool:
+        """Run ``fn`` on the background thread; False (not run) when off, closed, ``_MAX_QUEUED`` are waiting, or a
+        ranking with the same ``tag`` is queued and not started. Its errors are logged."""
         with self._lock:
-            if len(self._pending) >= _MAX_PENDING:
+            if self.max_users <= 0 or self._closed or len(self._queued) >= _MAX_QUEUED:
+                return False
+            if tag is not None and tag in self._queued.values():
                 return False
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="persona-rank-ahead")
-            fut = self._pool.submit(self._logged, fn)
-            self._pending.add(fut)
-        fut.add_done_callback(self._done)
+            pool = self._pool
+            fut: Future = Future()  # a placeholder holding the slot until the real one exists
+            self._queued[fut] = tag
+        try:
+            real = pool.submit(self._run, fn, fut)
+        except RuntimeError:  # closed meanwhile
+            with self._lock:
+                self._queued.pop(fut, None)
+            return False
+        real.add_done_callback(lambda _f: self._done(fut))
         return True
 
-    @staticmethod
-    def _logged(fn: Callable[[], Any]) -> None:
+    def _run(self, fn: Callable[[], Any], slot: Future) -> None:
+        with self._lock:
+            if slot in self._queued:
+                self._queued[slot] = None  # started: a new event of this user queues another ranking
         try:
             fn()
         except Exception as e:  # the request ranks the list itself then
             logger.warning("list not ranked ahead (%s: %s)", type(e).__name__, e)
 
-    def _done(self, fut: Future) -> None:
+    def _done(self, slot: Future) -> None:
         with self._lock:
-            self._pending.discard(fut)
+            mine = self._queued.pop(slot, False) is not False  # close() may have settled it already
+        if mine:
+            slot.set_result(None)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the rankings queued by :meth:`submit`; False if some are still running after ``timeout`` s."""
+        """Wait for the rankings :meth:`submit` queued so far; False if some are unfinished after ``timeout`` s."""
         with self._lock:
-            pending = list(self._pending)
-        for f in pending:
-            try:
-                f.result(timeout)
-            except TimeoutError:
-                return False
-        return True
+            slots = list(self._queued)
+        _, not_done = concurrent.futures.wait(slots, timeout)
+        return not not_done
 
     def drop(self, user_id: str) -> None:
         """Forget a user (an erased user's list must not stay in memory, nor come back from a ranking under way)."""
@@ -150,10 +182,15 @@ class ListCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._drops += 1
 
     def close(self) -> None:
         """Stop the background thread: queued rankings are cancelled, one running is waited for."""
         with self._lock:
-            pool, self._pool = self._pool, None
+            pool, self._pool, self._closed = self._pool, None, True
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            slots, self._queued = list(self._queued), {}
+        for s in slots:  # whatever the cancelled ones' callbacks did not settle
+            s.set_result(None)

@@ -36,9 +36,9 @@ TEXT_VECTOR = "text"
 _SCORE_ALL_LIMIT = 20_000
 """With a payload filter, score every matching item up to this many (exact); beyond, filter the pool."""
 _EXTRA_PICKS = 10
+"""``hits`` ranks this many more than it serves: a second id of a title already listed or seen is dropped."""
 _KEEP_DEPTH = 200
 """Lists deeper than this are ranked for their request only (a kept list holds its ids, scores and reasons)."""
-"""``hits`` ranks this many more than it serves: a second id of a title already listed or seen is dropped."""
 
 
 def hits_limit(rc, k: int, rerank: str) -> int:
@@ -91,11 +91,13 @@ class ModelServing:
         seen = history if exclude_seen else set()
         return self.cf_search(model, Filter(exclude_ids=flt.exclude_ids | seen), cf_served), None  # only as deep as the pool needs
 
-    def recommend(self, model, events: list[Event], k: int, flt: Filter, exclude_seen: bool = True) -> list[tuple[str, float, str | None]]:
+    def recommend(self, model, events: list[Event], k: int, flt: Filter, exclude_seen: bool = True,
+                  epoch: int | None = None) -> list[tuple[str, float, str | None]]:
         """Top ``k`` (item id, score, reason item id) for a history under ``flt`` (items in ``flt.exclude_ids``
         are left out; the history's items too when ``exclude_seen``). With payload conditions, every matching item
         is scored (exact) when there are at most ``_SCORE_ALL_LIMIT``; otherwise the pool is filtered. Without them or
-        exclusions of the caller's own, the list is kept (``engine.listcache``) until the history or the model changes."""
+        exclusions of the caller's own, the list is kept (``engine.listcache``) until the history or the model changes
+        (``epoch``: :meth:`epoch` read before ``events`` were, so a list of a user erased meanwhile is not kept)."""
         generation, deleted = self.catalog.generation, self.catalog.deleted  # in this order: see ItemCatalog.generation
         seen = {point_id("item", e.item_id) for e in events} if exclude_seen else set()
         gone = {point_id("item", i) for i in deleted}
@@ -111,7 +113,7 @@ class ModelServing:
                 out = ranked()
             else:
                 key = (model.info.get("version"), model.info.get("fitted_at"), cf_on, generation, exclude_seen, k)
-                out = self.lists.get_or_compute(str(events[0].user_id), key, events, ranked, depth=k)
+                out = self.lists.get_or_compute(str(events[0].user_id), key, events, ranked, depth=k, since=epoch)
             return [r for r in out if point_id("item", r[0]) not in flt.exclude_ids][:k]
         cf, cs = self.searches(model, events, flt, exclude_seen)
         allowed = [h.payload["item_id"] for h in itertools.islice(self.store.scroll(self.items_col, flt), _SCORE_ALL_LIMIT + 1)]
@@ -136,26 +138,36 @@ class ModelServing:
             users |= set() if u is None else {str(u)}
             if len(users) > cap:  # a bulk load: nothing ranked ahead
                 return
-        for u in sorted(users):
-            self.lists.submit(lambda u=u: self._rank_ahead(u, history(u), limit))
+        for u in sorted(users):  # one queued ranking per user: a later one reads the same (newer) history
+            self.lists.submit(lambda u=u: self._rank_ahead(u, history, limit), tag=u)
 
-    def _rank_ahead(self, user_id: str, events: list[Event], limit: int) -> None:
-        model = self.learned.current() if events else None
+    def _rank_ahead(self, user_id: str, history: Callable[[str], list[Event]], limit: int) -> None:
+        epoch = self.lists.epoch()  # before the history: see recommend
+        events, depth = history(user_id), self.lists.depth(user_id) or limit + _EXTRA_PICKS
+        model = self.learned.current() if events and depth <= _KEEP_DEPTH else None
         if model is not None:
-            self.recommend(model, events, self.lists.depth(user_id) or limit + _EXTRA_PICKS, Filter(exclude_ids={point_id("item", e.item_id) for e in events}))
+            self.recommend(model, events, depth, Filter(exclude_ids={point_id("item", e.item_id) for e in events}), epoch=epoch)
+
+    def epoch(self) -> int:
+        """Read before a request reads the user's history, and passed to :meth:`recommend` (``ListCache.epoch``)."""
+        return self.lists.epoch()
+
+    def drop(self, user_id: str) -> None:
+        """Forget a user's kept list (``Engine.delete_user``), and any ranking of theirs under way."""
+        self.lists.drop(user_id)
 
     def close(self) -> None:
         """Stop ranking ahead (``Engine.close`` calls it before the store closes)."""
         self.lists.close()
 
     def hits(self, model, events: list[Event], limit: int, flt: Filter, with_vectors: bool = False,
-             exclude_seen: bool = True) -> tuple[list[Hit], dict]:
+             exclude_seen: bool = True, epoch: int | None = None) -> tuple[list[Hit], dict]:
         """The served list: store hits (scores from the model) and ``{item_id: (reason, because_of)}``.
 
         One entry per title: a catalog can hold one title under several ids (ml-100k has 18 such titles), and the
         second copy (or, with ``exclude_seen``, a copy of a seen title) is no new recommendation. A few extra picks
         make up for the dropped ones."""
-        picks = self.recommend(model, events, limit + _EXTRA_PICKS, flt, exclude_seen)
+        picks = self.recommend(model, events, limit + _EXTRA_PICKS, flt, exclude_seen, epoch)
         found = self.catalog.hits([i for i, _, _ in picks] + [w for _, _, w in picks if w], with_vectors=with_vectors)
         thr = self.settings.profile.positive_rating
         liked = {e.item_id: is_positive(e, thr) for e in events}

@@ -51,25 +51,73 @@ def test_least_recently_used_users_are_dropped_and_zero_turns_it_off():
     assert len(n) == 2 and len(off) == 0 and not off.submit(lambda: None)
 
 
+def _until(cond, timeout=10.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.005)
+
+
 def test_one_ranking_at_a_time_and_an_erased_user_is_not_kept():
-    cache, calls, started = ListCache(max_users=10), [], threading.Event()
+    cache, calls = ListCache(max_users=10), []
+    started, release = threading.Event(), threading.Event()
     h = [_ev("a", 1.0)]
 
-    def slow():
+    def held():  # a ranking that finishes only when the test says so
         calls.append(1)
         started.set()
-        time.sleep(0.3)
-        return ["slow"]
+        assert release.wait(10)
+        return ["ahead"]
 
-    assert cache.submit(lambda: cache.get_or_compute("u", "k", h, slow))  # ranked ahead on the background thread
+    assert cache.submit(lambda: cache.get_or_compute("u", "k", h, held), tag="u")  # ranked ahead on the background thread
     assert started.wait(10)
-    assert cache.get_or_compute("u", "k", h, lambda: calls.append(2) or ["again"]) == ["slow"]  # waited, not repeated
-    assert calls == [1] and cache.wait(10)
+    assert cache.submit(lambda: None, tag="x") and not cache.submit(lambda: None, tag="x")  # one queued ranking per user
+    got = []
+    t = threading.Thread(target=lambda: got.append(cache.get_or_compute("u", "k", h, lambda: calls.append(2) or ["again"])))
+    t.start()
+    _until(lambda: cache.hits == 1)  # the request found the ranking under way and waits for it
+    assert not got and calls == [1]
+    release.set()
+    t.join(10)
+    assert got == [["ahead"]] and calls == [1] and cache.wait(10)
     # a ranking under way when its user is erased is returned to its caller but not kept
-    started.clear()
-    assert cache.submit(lambda: cache.get_or_compute("v", "k", h, slow))
+    started.clear(), release.clear()
+    epoch = cache.epoch()  # read before "the history", as the engine does
+    assert cache.submit(lambda: cache.get_or_compute("v", "k", h, held, since=epoch), tag="v")
     assert started.wait(10)
     cache.drop("v")
+    release.set()
     assert cache.wait(10) and cache.depth("v") is None and len(cache) == 1  # only u's list
-    assert cache.get_or_compute("v", "k", h, lambda: ["fresh"]) == ["fresh"]
+    # a ranking that read the history before an erasure and only then asks: not kept either
+    stale = cache.epoch()
+    cache.drop("w")
+    assert cache.get_or_compute("w", "k", h, lambda: ["old"], since=stale) == ["old"] and cache.depth("w") is None
+    # an interrupted ranking: a waiter ranks on its own instead of being interrupted too
+    started.clear(), release.clear()
+
+    def interrupted():
+        started.set()
+        assert release.wait(10)
+        raise KeyboardInterrupt
+
+    boom = []
+    t1 = threading.Thread(target=lambda: boom.append(_raises(lambda: cache.get_or_compute("z", "k", h, interrupted))))
+    t1.start()
+    assert started.wait(10)
+    got.clear()
+    t2 = threading.Thread(target=lambda: got.append(cache.get_or_compute("z", "k", h, lambda: ["own"])))
+    t2.start()
+    _until(lambda: cache.hits == 2)
+    release.set()
+    t1.join(10), t2.join(10)
+    assert boom == [KeyboardInterrupt] and got == [["own"]]
     cache.close()
+    assert not cache.submit(lambda: None) and cache.wait(1)
+
+
+def _raises(fn):
+    try:
+        fn()
+    except BaseException as e:  # noqa: BLE001 - the test checks which one
+        return type(e)
+    return None
