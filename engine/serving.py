@@ -135,7 +135,8 @@ class ModelServing:
         cap, users, limit = rc.warm_users, set(), hits_limit(rc, 10, rc.rerank)
         for e in events if cap > 0 and self.lists.max_users > 0 else ():
             u = e.user_id if isinstance(e, Event) else e.get("user_id") if isinstance(e, Mapping) else None
-            users |= set() if u is None else {str(u)}
+            if u is not None:
+                users.add(str(u))
             if len(users) > cap:  # a bulk load: nothing ranked ahead
                 return
         for u in sorted(users):  # one queued ranking per user: a later one reads the same (newer) history
