@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config import PACKAGED_GEMMA, PACKAGED_QWEN, LLMConfig, Settings
+from engine.config import LLMConfig, Settings
 from engine.llm.local import TransformersLLM
 from engine.offline.datasets import load_movielens
 from engine.offline.evaluate import auc, leave_last_out
 from engine.offline.metrics import bootstrap_ci
 from engine.offline.summary_eval import evaluate_summaries
 from engine.prompts import PromptRegistry
+from engine.sections import PACKAGED_GEMMA, PACKAGED_QWEN
 from engine.summaries import Facts, Rated, attributes_of, computed_summary, render_summary
 
 DISCLOSURE = {

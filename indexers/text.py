@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config import PACKAGED_MINILM, TextEncoderConfig
 from engine.errors import BackendUnavailableError, missing
+from engine.sections import PACKAGED_MINILM, TextEncoderConfig
 
 from .base import Encoder, normalize
 

@@ -50,8 +50,9 @@ def text_encoder():
 def local_llm():
     """The packaged Gemma 3 270M base in-process: the model the vLLM fixture serves (congruence tests
     compare the two) and the LoRA tests train on; the smaller, faster of the packaged models."""
-    from engine.config import PACKAGED_GEMMA, LLMConfig
+    from engine.config import LLMConfig
     from engine.llm.local import TransformersLLM
+    from engine.sections import PACKAGED_GEMMA
 
     return TransformersLLM(LLMConfig(model=PACKAGED_GEMMA, batch_size=8))
 

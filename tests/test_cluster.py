@@ -63,11 +63,11 @@ def test_write_consistency_above_replication_is_refused():
 def test_replicas_without_full_write_consistency_warn_about_counts(caplog):
     """Popularity counts are read with Qdrant's count, which takes no read consistency: with
     replicas, only writes acknowledged by every replica make them exact, and the settings say so."""
-    with caplog.at_level(logging.WARNING, logger="engine.config"):
+    with caplog.at_level(logging.WARNING, logger="engine.sections"):
         Settings(cluster={"replication_factor": 3, "write_consistency_factor": 2})
     assert any("popularity recount" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="engine.config"):
+    with caplog.at_level(logging.WARNING, logger="engine.sections"):
         Settings(cluster={"replication_factor": 3, "write_consistency_factor": 3})
         Settings(cluster={"shard_number": 4})
     assert not caplog.records

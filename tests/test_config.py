@@ -14,10 +14,12 @@ def test_env_vars(monkeypatch, tmp_path):
 
 
 def test_every_field_documented():
-    from engine import config
+    from engine import config, sections
 
-    for name in config.__all__:
-        model = getattr(config, name)
+    models = {getattr(m, n) for m in (config, sections) for n in m.__all__}
+    assert sections.ClusterConfig in models and config.FitConfig in models
+    for model in (m for m in models if isinstance(m, type)):
+        name = model.__name__
         for fname, field in model.model_fields.items():
             assert field.description, f"{name}.{fname} has no docstring"
 

@@ -34,7 +34,7 @@ def _png(mode="RGB", size=(32, 48), frames=1):
 
 
 def test_bad_input_reported_rest_goes_on(make_engine, tmp_path, posters):
-    from engine.config import PACKAGED_MINILM  # noqa: F401
+    from engine.sections import PACKAGED_MINILM  # noqa: F401
 
     d = tmp_path / "imgs"
     d.mkdir()

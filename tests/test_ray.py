@@ -80,7 +80,7 @@ def test_profile_summaries_on_ray_actors_match_in_process(ray_batch, make_engine
     ids = {e.item_id for u in users for e in ml.user_events(u)[:12]}
     items = [i for i in ml.items if i.id in ids]
     events = [e for u in users for e in ml.user_events(u)[:12]]
-    from engine.config import PACKAGED_GEMMA
+    from engine.sections import PACKAGED_GEMMA
 
     cfg = {"profile": {"max_blocks_per_update": 1}, "llm": {"model": PACKAGED_GEMMA, "batch_size": 1}}
     local, on_ray = make_engine(tmp_path / "local", llm_obj=local_llm, **cfg), make_engine(tmp_path / "ray", llm_obj=local_llm, **cfg)

@@ -7,9 +7,9 @@ import json
 import httpx
 import pytest
 
-from engine.config import PACKAGED_GEMMA
 from engine.offline.evaluate import leave_last_out
 from engine.offline.train import ADAPTER_META, TrainConfig, build_instruction_data, data_hash
+from engine.sections import PACKAGED_GEMMA
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import PACKAGED_GEMMA, PACKAGED_QWEN
 from ..errors import BackendUnavailableError, missing
+from ..sections import PACKAGED_GEMMA, PACKAGED_QWEN
 
 logger = logging.getLogger(__name__)
 
