@@ -69,6 +69,8 @@ class RetrievalConfig(Section):
     """How many retrieved candidates the LLM sees when re-ranking."""
     cache_users: int = Field(10_000, ge=0)
     """Users whose latest list from the fitted model this process keeps (``engine.listcache``; a few KB each: the ids, scores and reasons of one list): a request whose user's history, model and catalog are as when it was ranked reads it. 0: off."""
+    cache_ttl_s: float | None = Field(300.0, gt=0)
+    """A kept list is read for at most this many seconds after its ranking started (None: until the history, model or catalog changes). Within one process every change is seen at once; this bounds how long catalog writes made through another process (API replicas sharing a Qdrant server) stay unseen by a user who does nothing."""
     warm_users: int = Field(8, ge=0, le=10_000)
     """``add_events`` queues the ranking of the lists of the users a batch touched, when they are at most this many (a live user's event, not a bulk load), on one background thread: the request that follows reads it from ``cache_users``, or waits for it if it is under way. 0: never."""
 

@@ -51,7 +51,7 @@ class ModelServing:
     def __init__(self, settings: Settings, store: VectorStore, items_col: str, catalog: ItemCatalog, learned: LearnedStage) -> None:
         self.settings, self.store, self.items_col, self.catalog, self.learned = settings, store, items_col, catalog, learned
         self._pid_items: tuple[object, dict[str, str]] | None = None  # (model, {point id: item id}) for the cf query
-        self.lists = ListCache(settings.retrieval.cache_users)
+        self.lists = ListCache(settings.retrieval.cache_users, settings.retrieval.cache_ttl_s)
 
     def _point_items(self, model) -> dict[str, str]:
         """``{point id: item id}`` for the model's items (the cf query skips payloads: ~10x less to decode)."""

@@ -79,6 +79,7 @@ def test_kept_lists_equal_a_fresh_ranking_and_follow_events_and_deletions(fitted
 
     eng = make_engine(copy_store(fitted_path[0], tmp_path / "copy"))
     lists = eng.serving.lists
+    assert lists.ttl_s == eng.settings.retrieval.cache_ttl_s == 300.0  # the default reaches the kept lists
     ids = lambda recs: [r.item_id for r in recs.items]  # noqa: E731
 
     def counts_after(fn):

@@ -51,6 +51,29 @@ def test_least_recently_used_users_are_dropped_and_zero_turns_it_off():
     assert len(n) == 2 and len(off) == 0 and not off.submit(lambda: None)
 
 
+def test_a_list_older_than_the_ttl_is_ranked_again():
+    """The TTL bounds how long catalog writes of another process stay unseen: past it the same key and history rank
+    again (a clock the test moves, so no sleeping), and the new ranking's age counts from its own start."""
+    now = [100.0]
+    cache, calls = ListCache(max_users=10, ttl_s=60.0, clock=lambda: now[0]), []
+    h = [_ev("a", 1.0)]
+
+    def rank():
+        return calls.append(now[0]) or len(calls)
+    assert cache.get_or_compute("u", "k", h, rank) == 1
+    now[0] = 160.0  # exactly the TTL: still read
+    assert cache.get_or_compute("u", "k", h, rank) == 1
+    now[0] = 160.5
+    assert cache.get_or_compute("u", "k", h, rank) == 2
+    now[0] = 200.0  # 39.5 s after the second ranking
+    assert cache.get_or_compute("u", "k", h, rank) == 2
+    assert calls == [100.0, 160.5] and (cache.hits, cache.misses) == (2, 2)
+    forever = ListCache(max_users=10, ttl_s=None, clock=lambda: now[0])
+    forever.get_or_compute("u", "k", h, lambda: "first")
+    now[0] = 1e9
+    assert forever.get_or_compute("u", "k", h, lambda: "again") == "first"
+
+
 def _until(cond, timeout=10.0):
     end = time.monotonic() + timeout
     while not cond():
