@@ -1,7 +1,8 @@
 """Validated configuration. Every field is documented; every field can be set from the
 environment as ``PERSONA_<FIELD>`` or, for nested sections, ``PERSONA_<SECTION>__<FIELD>``
 (e.g. ``PERSONA_LLM__URL=http://localhost:8000/v1``). The sections of the models, ingestion, images and the
-cluster layout live in ``engine.sections``; all are importable from here."""
+cluster layout live in ``engine.sections`` (their classes are importable from here too; the ``PACKAGED_*`` model names
+from there)."""
 
 from __future__ import annotations
 
@@ -69,8 +70,8 @@ class RetrievalConfig(Section):
     """How many retrieved candidates the LLM sees when re-ranking."""
     cache_users: int = Field(10_000, ge=0)
     """Users whose latest list from the fitted model this process keeps (``engine.listcache``; a few KB each: the ids, scores and reasons of one list): a request whose user's history, model and catalog are as when it was ranked reads it. 0: off."""
-    cache_ttl_s: float | None = Field(300.0, gt=0)
-    """A kept list is read for at most this many seconds after its ranking started (None: until the history, model or catalog changes). Within one process every change is seen at once; this bounds how long catalog writes made through another process (API replicas sharing a Qdrant server) stay unseen by a user who does nothing."""
+    cache_ttl_s: float = Field(300.0, ge=0)
+    """A kept list is read for at most this many seconds after its ranking started (0: until the history, model or catalog changes). Within one process every change is seen at once; this bounds how long another process's catalog writes (API replicas sharing a Qdrant server: an item re-ingested with a new text) stay unseen in a list of a user who does nothing. An item deleted anywhere is never served (its payload is gone); items new since the fit wait for the next fit either way."""
     warm_users: int = Field(8, ge=0, le=10_000)
     """``add_events`` queues the ranking of the lists of the users a batch touched, when they are at most this many (a live user's event, not a bulk load), on one background thread: the request that follows reads it from ``cache_users``, or waits for it if it is under way. 0: never."""
 

@@ -10,7 +10,7 @@ Out: :meth:`ListCache.get_or_compute` returns what ``compute()`` returns for tha
 A kept list is used only when the history read for this request is the one it was ranked from (a digest of every
 event's item, time and rating, in the store's order) under an equal key, so events written by any process lead to a
 new ranking. The key carries what this process knows of the model and the catalog (``engine.serving``); what
-another process changes in the catalog (an item added, deleted or re-ingested through another API replica on a shared
+another process changes in the catalog (an item re-ingested with a new text through another API replica on a shared
 Qdrant server) reaches a kept list at the user's next event, a fit, a restart or when the list is ``ttl_s`` old,
 whichever comes first. A deleted item is never served from one: the served list reads the items' payloads, and a
 deleted item has none.
@@ -47,7 +47,7 @@ def history_fingerprint(events: Sequence[Any]) -> bytes:
 class ListCache:
     """A thread-safe LRU of ``user_id -> (key, fingerprint, value, depth, ticket, started)``: one entry per user, the
     latest ranking (by when it started: one that started earlier never replaces it). An entry is read for at most
-    ``ttl_s`` seconds after its ranking started (None: no limit); ``clock`` is the time source (tests pass their own)."""
+    ``ttl_s`` seconds after its ranking started (None or 0: no limit); ``clock`` is the time source (tests pass their own)."""
 
     def __init__(self, max_users: int, ttl_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_users, self.ttl_s, self._clock = max_users, ttl_s, clock
@@ -79,7 +79,7 @@ class ListCache:
         with self._lock:
             drops, now = self._drops if since is None else since, self._clock()
             entry = self._entries.get(user_id)
-            if entry is not None and entry[0] == key and entry[1] == fp and (self.ttl_s is None or now - entry[5] <= self.ttl_s):
+            if entry is not None and entry[0] == key and entry[1] == fp and (not self.ttl_s or now - entry[5] <= self.ttl_s):
                 self._entries.move_to_end(user_id)
                 self.hits += 1
                 return entry[2]

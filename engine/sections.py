@@ -167,7 +167,7 @@ class ClusterConfig(Section):
             raise ValueError("cluster.write_consistency_factor must not exceed cluster.replication_factor")
         if (self.replication_factor or 1) > 1 and (self.write_consistency_factor or 1) < self.replication_factor:
             logger.warning("cluster.write_consistency_factor (%s) < replication_factor (%s): a popularity recount may read "
-                                                "a replica behind the latest events; set them equal for exact counts", self.write_consistency_factor or 1, self.replication_factor)
+                           "a replica behind the latest events; set them equal for exact counts", self.write_consistency_factor or 1, self.replication_factor)
         return self
 
     def collection_options(self) -> dict[str, int | bool]:

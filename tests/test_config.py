@@ -14,14 +14,20 @@ def test_env_vars(monkeypatch, tmp_path):
 
 
 def test_every_field_documented():
-    from engine import config, sections
+    """Every field of Settings and of every section reachable from it (wherever the section class lives)."""
+    from pydantic import BaseModel
 
-    models = {getattr(m, n) for m in (config, sections) for n in m.__all__}
-    assert sections.ClusterConfig in models and config.FitConfig in models
-    for model in (m for m in models if isinstance(m, type)):
+    todo, seen = [Settings], set()
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        todo += [f.annotation for f in model.model_fields.values() if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)]
         name = model.__name__
         for fname, field in model.model_fields.items():
             assert field.description, f"{name}.{fname} has no docstring"
+    assert len(seen) == 11  # Settings and its ten sections: the walk reached them all
 
 
 def test_invalid_config_is_clear(tmp_path):

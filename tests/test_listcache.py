@@ -58,20 +58,23 @@ def test_a_list_older_than_the_ttl_is_ranked_again():
     cache, calls = ListCache(max_users=10, ttl_s=60.0, clock=lambda: now[0]), []
     h = [_ev("a", 1.0)]
 
-    def rank():
-        return calls.append(now[0]) or len(calls)
-    assert cache.get_or_compute("u", "k", h, rank) == 1
-    now[0] = 160.0  # exactly the TTL: still read
+    def rank():  # a ranking that takes 50 s: its list's age counts from when it started
+        calls.append(now[0])
+        now[0] += 50.0
+        return len(calls)
+    assert cache.get_or_compute("u", "k", h, rank) == 1  # started at 100, done at 150
+    now[0] = 160.0  # exactly the TTL after the start: still read
     assert cache.get_or_compute("u", "k", h, rank) == 1
     now[0] = 160.5
-    assert cache.get_or_compute("u", "k", h, rank) == 2
-    now[0] = 200.0  # 39.5 s after the second ranking
+    assert cache.get_or_compute("u", "k", h, rank) == 2  # started at 160.5, done at 210.5
+    now[0] = 220.0  # 59.5 s after that start
     assert cache.get_or_compute("u", "k", h, rank) == 2
     assert calls == [100.0, 160.5] and (cache.hits, cache.misses) == (2, 2)
-    forever = ListCache(max_users=10, ttl_s=None, clock=lambda: now[0])
-    forever.get_or_compute("u", "k", h, lambda: "first")
-    now[0] = 1e9
-    assert forever.get_or_compute("u", "k", h, lambda: "again") == "first"
+    for off in (None, 0):  # no limit
+        forever = ListCache(max_users=10, ttl_s=off, clock=lambda: now[0])
+        forever.get_or_compute("u", "k", h, lambda: "first")
+        now[0] += 1e9
+        assert forever.get_or_compute("u", "k", h, lambda: "again") == "first"
 
 
 def _until(cond, timeout=10.0):
