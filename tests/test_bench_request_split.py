@@ -1,0 +1,37 @@
+"""bench/request_split.py: every stage it times still exists under its name (cheap), and it runs end to end on a small
+store (``full``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_timed_stage_exists():
+    spec = importlib.util.spec_from_file_location("bench_request_split", ROOT / "bench" / "request_split.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # imports only: the wrappers are installed by main(), in its own process
+    assert len({(o, n) for o, n, _ in mod.STAGES}) == len(mod.STAGES) and len({label for _, _, label in mod.STAGES}) == 12
+    for owner, name, label in mod.STAGES:
+        assert callable(getattr(owner, name)), f"{label}: {owner!r}.{name} is gone"
+
+
+@pytest.mark.full
+def test_small_store_end_to_end(tmp_path):
+    out = subprocess.run([sys.executable, "bench/request_split.py", "--path", str(tmp_path / "store"), "--items", "2000", "--events", "3000",
+                          "--users", "40", "--warmup", "10", "--json", str(tmp_path / "split.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rep = json.loads((tmp_path / "split.json").read_text())
+    stages = rep["stages_mean_ms"]
+    assert rep["recommend_ms"]["p50"] > 0 and sum(r["users"] for r in rep["by_history"]) == 40
+    # every stage ran in every request (the sequence model and the payloads included), and nested ones fit inside
+    assert all(v > 0 for v in stages.values()) and len(stages) == 12, stages
+    assert stages["user state"] <= stages["model.recommend"] <= stages["served list (ModelServing.hits)"]
