@@ -33,5 +33,5 @@ def test_small_store_end_to_end(tmp_path):
     stages = rep["stages_mean_ms"]
     assert rep["recommend_ms"]["p50"] > 0 and sum(r["users"] for r in rep["by_history"]) == 40
     # every stage ran in every request (the sequence model and the payloads included), and nested ones fit inside
-    assert all(v > 0 for v in stages.values()) and len(stages) == 12, stages
-    assert stages["user state"] <= stages["model.recommend"] <= stages["served list (ModelServing.hits)"]
+    assert all(v > 0 for v in stages.values()) and len(stages) == 13, stages  # the 12 stages and the whole request
+    assert stages["user state"] <= stages["model.recommend"] <= stages["served list (ModelServing.hits)"] <= stages["Engine.recommend (whole request)"]
