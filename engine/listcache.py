@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["ListCache", "history_fingerprint"]
 
@@ -44,14 +44,23 @@ def history_fingerprint(events: Sequence[Any]) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
+class _Kept(NamedTuple):
+    key: Hashable
+    fingerprint: bytes  # history_fingerprint of the history it was ranked from
+    value: Any
+    depth: int
+    ticket: int  # start order of its ranking
+    started: float  # clock() when the request that ranked it began
+
+
 class ListCache:
-    """A thread-safe LRU of ``user_id -> (key, fingerprint, value, depth, ticket, started)``: one entry per user, the
+    """A thread-safe LRU of ``user_id -> _Kept(key, fingerprint, value, depth, ticket, started)``: one entry per user, the
     latest ranking (by when it started: one that started earlier never replaces it). An entry is read for at most
     ``ttl_s`` seconds after its ranking started (None or 0: no limit); ``clock`` is the time source (tests pass their own)."""
 
     def __init__(self, max_users: int, ttl_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_users, self.ttl_s, self._clock = max_users, ttl_s, clock
-        self._entries: OrderedDict[str, tuple[Hashable, bytes, Any, int, int, float]] = OrderedDict()
+        self._entries: OrderedDict[str, _Kept] = OrderedDict()
         self._running: dict[str, tuple[Hashable, bytes, Future]] = {}  # user -> the ranking being computed now
         self._drops = 0  # users dropped so far (see epoch)
         self._tickets = itertools.count()
@@ -79,10 +88,10 @@ class ListCache:
         with self._lock:
             drops, now = self._drops if since is None else since, self._clock()
             entry = self._entries.get(user_id)
-            if entry is not None and entry[0] == key and entry[1] == fp and (not self.ttl_s or now - entry[5] <= self.ttl_s):
+            if entry is not None and entry.key == key and entry.fingerprint == fp and (not self.ttl_s or now - entry.started <= self.ttl_s):
                 self._entries.move_to_end(user_id)
                 self.hits += 1
-                return entry[2]
+                return entry.value
             running = self._running.get(user_id)
             if running is not None and running[0] == key and running[1] == fp:
                 self.hits += 1
@@ -106,11 +115,11 @@ class ListCache:
             self._finish(user_id, mine)
             mine.cancel()
             raise
-        self._finish(user_id, mine, (key, fp, value, depth, ticket, now), drops)
+        self._finish(user_id, mine, _Kept(key, fp, value, depth, ticket, now), drops)
         mine.set_result(value)
         return value
 
-    def _finish(self, user_id: str, mine: Future, entry: tuple | None = None, drops: int = 0) -> None:
+    def _finish(self, user_id: str, mine: Future, entry: _Kept | None = None, drops: int = 0) -> None:
         """In one step: stop advertising ``mine`` and keep ``entry`` (unless a user was dropped since ``drops``, or a
         ranking that started later is kept already)."""
         with self._lock:
@@ -119,7 +128,7 @@ class ListCache:
             if entry is None or self._drops != drops:
                 return
             old = self._entries.get(user_id)
-            if old is not None and old[4] > entry[4]:
+            if old is not None and old.ticket > entry.ticket:
                 return
             self._entries[user_id] = entry
             self._entries.move_to_end(user_id)
@@ -130,7 +139,7 @@ class ListCache:
         """The depth kept with the user's list (None: no list kept here)."""
         with self._lock:
             entry = self._entries.get(user_id)
-            return entry[3] if entry is not None else None
+            return entry.depth if entry is not None else None
 
     def submit(self, fn: Callable[[], Any], tag: str | None = None) -> bool:
         """Run ``fn`` on the background thread; False (not run) when off, closed, ``_MAX_QUEUED`` are waiting, or a
