@@ -95,6 +95,8 @@ class LearnedStage:
         tmp = self.root / f".tmp-{version}-{uuid.uuid4().hex[:12]}"  # own folder: two fits of one version can overlap
         try:
             model.save(tmp)
+            if self.settings.fit.compiled_ranker:  # before the folder moves into place: its cache goes with it
+                model.compile(tmp)
             final, index_s = self._switch(model, version, tmp, items, events)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # moved into place on success; a failed fit leaves nothing behind
@@ -207,7 +209,7 @@ class LearnedStage:
                 raise DependencyMissingError(f"a fitted model exists but its dependencies are missing: {e}") from e
             failed = self._broken is not None and self._broken[0] == self._pointer and time.monotonic() - self._broken[1] < 60
             try:  # unreadable (a disk fault, a copy cut short, another format): logged, tried again a minute later
-                model = None if failed else PersonaModel.load(self.root / version)
+                model = None if failed else PersonaModel.load(self.root / version, self.settings.fit.compiled_ranker)
             except ImportError as e:
                 raise DependencyMissingError(f"the fitted model needs a missing dependency: {e}") from e
             except Exception as e:

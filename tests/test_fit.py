@@ -148,6 +148,27 @@ def test_fitted_model_survives_reopen(fitted_path, text_encoder):
         assert eng.recommend("13", k=5).model_version == rep.version
 
 
+def test_ranker_serves_compiled_code_cached_with_the_model(fitted_path, make_engine):
+    """The fitted ranker serves from code compiled by lleaves (``fit.compiled_ranker``, on by default), cached in the
+    model's folder for the next process; its scores are LightGBM's to float rounding, and turning it off serves
+    LightGBM's own predict."""
+    from engine.learned.compiled import available
+
+    if not available():
+        pytest.skip("lleaves is not installed (the `learn` extra installs it)")
+    path, rep = fitted_path
+    assert len(list((path / "models" / rep.version / "compiled").glob("ranker-*.o"))) == 1  # written by fit()
+    eng = make_engine(path)
+    assert eng.learned.current().ranker.compiled  # loaded in this process: from the cache
+    served = eng.recommend("42", k=20).items
+    eng.close()
+    off = make_engine(path, fit={"compiled_ranker": False})
+    assert not off.learned.current().ranker.compiled
+    want = {r.item_id: r.score for r in off.rank("42", [r.item_id for r in served])}
+    assert [r.score for r in served] == pytest.approx([want[r.item_id] for r in served], rel=1e-9, abs=1e-12)
+    assert [r.item_id for r in off.recommend("42", k=20).items][:10] == [r.item_id for r in served][:10]
+
+
 def test_cf_vectors_live_in_qdrant_and_feed_the_collaborative_source(fitted):
     """The fit writes the ALS item factors (and users' fit-time vectors) as the ``cf`` named vector; serving takes
     the collaborative source's candidates from a Qdrant dot-product query with a request-time fold-in vector, and

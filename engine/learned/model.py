@@ -6,7 +6,8 @@ Out:        a model whose ``recommend(history, k)`` returns ``[(item_id, score, 
             alone (events or item ids, any order; they are ordered here), so a new event changes the next result
             without a refit. ``rank(history, item_ids)`` scores given items through the same code path.
             ``save(dir)`` / ``load(dir)``: arrays.npz + ranker.txt (LightGBM) + meta.json (format version, model
-            version, fit time, data hash, config, feature columns).
+            version, fit time, data hash, config, feature columns); ``load(dir, compiled=True)`` also compiles the
+            ranker (``Ranker.compile``) with its code cached in ``dir/compiled``.
 
 Fit protocol (no label leakage): stage 1 (ALS, transitions, co-occurrence, popularity, item stats) is fitted on every
 user's events but the last; the ranker learns to find each user's last event in the pool built from those models; then
@@ -37,11 +38,12 @@ from .seqnet import SeqNet
 from .ties import dislike_share, reasons
 from .toplists import promote_first
 
-__all__ = ["PersonaModel", "FORMAT_VERSION", "data_hash"]
+__all__ = ["PersonaModel", "FORMAT_VERSION", "COMPILED_DIR", "data_hash"]
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: the sequence model's arrays and feature columns (older code would fail on them, so it refuses)
+COMPILED_DIR = "compiled"  # in a saved model's folder: the ranker's compiled code (Ranker.compile), per CPU
 _READS = (1, 2)  # format 1 (no sequence model) loads and serves as it was fitted
 
 
@@ -249,6 +251,11 @@ class PersonaModel:
         rated low when its tie is at least half as strong)."""
         return [None if r is None else self.index.ids[r] for r in reasons(self.stage1, self.meta, self.config, st, top)]
 
+    def compile(self, directory=None) -> bool:
+        """Serve the ranker from compiled code (``Ranker.compile``), its cache in ``directory/compiled`` when given
+        (the folder the model is saved in). False: lleaves is missing or failed, and LightGBM serves."""
+        return self.ranker.compile(None if directory is None else Path(directory) / COMPILED_DIR)
+
     # --- persistence ---------------------------------------------------------------------------------------------
     def save(self, directory) -> Path:
         d = Path(directory)
@@ -264,7 +271,9 @@ class PersonaModel:
         return d
 
     @classmethod
-    def load(cls, directory) -> PersonaModel:
+    def load(cls, directory, compiled: bool = False) -> PersonaModel:
+        """The model saved in ``directory``; ``compiled``: its ranker serves compiled code (``Ranker.compile``, cached
+        in ``directory/compiled``) when lleaves works here."""
         d = Path(directory)
         meta = json.loads((d / "meta.json").read_text())
         if meta.get("format_version") not in _READS:
@@ -277,4 +286,7 @@ class PersonaModel:
         s1 = Stage1.from_arrays(a, cfg)
         ranker = Ranker.from_text((d / "ranker.txt").read_text(), meta["ranker_columns"])
         info = {k: v for k, v in meta.items() if k not in ("config", "ranker_columns", "genre_names", "format_version")}
-        return cls(index, im, s1, ranker, cfg, info)
+        model = cls(index, im, s1, ranker, cfg, info)
+        if compiled:
+            model.compile(d)
+        return model

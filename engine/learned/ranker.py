@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .candidates import Stage1, pool, user_state
+from .compiled import compile_booster
 from .config import LearnedConfig
 from .features import FEATURE_NAMES, GROUPS, cold_item, features, resolve_drop
 from .index import Sequence, tie_key
@@ -111,11 +112,30 @@ class Ranker:
         self.boosters = [booster, *(more or [])]
         self.columns = list(columns)
         self._idx = np.array([FEATURE_NAMES.index(c) for c in self.columns])
+        self._compiled: list | None = None  # compile(): native predict functions, one per booster
+
+    def compile(self, cache_dir=None) -> bool:
+        """Serve from the boosters compiled to native code (``engine.learned.compiled``: lleaves, ~10x faster than
+        LightGBM's predict, the same scores to float rounding); False, and LightGBM's predict serves, when lleaves is
+        missing or fails. ``cache_dir``: the compiled code's cache (the model's folder)."""
+        fns = [compile_booster(b.model_to_string(), cache_dir) for b in self.boosters]
+        self._compiled = fns if all(f is not None for f in fns) else None
+        return self._compiled is not None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether :meth:`predict` runs compiled code."""
+        return self._compiled is not None
+
+    def __getstate__(self):  # native code does not pickle (Ray workers): a copy predicts with LightGBM
+        return {**self.__dict__, "_compiled": None}
 
     def predict(self, F: np.ndarray) -> np.ndarray:
         if not len(F):
             return np.zeros(0)
         X = F[:, self._idx]
+        if self._compiled is not None:
+            return np.mean([f(X) for f in self._compiled], axis=0)
         return np.mean([b.predict(X, num_threads=1) for b in self.boosters], axis=0)
 
     def importance(self) -> dict:
