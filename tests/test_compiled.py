@@ -47,7 +47,7 @@ def test_cache_is_keyed_by_the_model_and_reused(needs_lleaves, tmp_path):
     b, _ = _booster(1)
     first = compiled.compile_booster(a.model_to_string(), tmp_path / "cache")
     files = sorted((tmp_path / "cache").glob("ranker-*.o"))
-    assert len(files) == 1 and files[0].stat().st_size > 0
+    assert len(files) == 1 and files[0].stat().st_size > 0 and files[0].with_name(files[0].name + ".sha256").exists()
     again = compiled.compile_booster(a.model_to_string(), tmp_path / "cache")  # loaded from the file
     assert sorted((tmp_path / "cache").glob("ranker-*.o")) == files
     np.testing.assert_array_equal(again(X), first(X))
@@ -55,6 +55,21 @@ def test_cache_is_keyed_by_the_model_and_reused(needs_lleaves, tmp_path):
     assert len(list((tmp_path / "cache").glob("ranker-*.o"))) == 2
     np.testing.assert_allclose(other(X), b.predict(X), rtol=1e-12, atol=1e-15)
     assert not list((tmp_path / "cache").glob(".*"))  # nothing half-written left beside them
+
+
+def test_damaged_cache_file_is_compiled_again(needs_lleaves, tmp_path):
+    """A cache file cut short (a store copy interrupted) would reach LLVM unchecked: its digest catches it first."""
+    booster, X = _booster(0)
+    compiled.compile_booster(booster.model_to_string(), tmp_path)
+    (obj,) = tmp_path.glob("ranker-*.o")
+    whole = obj.read_bytes()
+    obj.write_bytes(whole[: len(whole) // 3])
+    predict = compiled.compile_booster(booster.model_to_string(), tmp_path)
+    np.testing.assert_allclose(predict(X), booster.predict(X), rtol=1e-12, atol=1e-15)
+    assert len(obj.read_bytes()) > len(whole) // 3  # rewritten whole
+    (tmp_path / (obj.name + ".sha256")).unlink()  # no digest: not trusted either
+    assert compiled.compile_booster(booster.model_to_string(), tmp_path) is not None
+    assert (tmp_path / (obj.name + ".sha256")).exists()
 
 
 def test_unusable_cache_folder_compiles_in_memory(needs_lleaves, tmp_path, caplog):

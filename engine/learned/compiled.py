@@ -9,7 +9,8 @@ Why: scoring a request's ~300 candidates with 300 trees took ~2 ms in ``Booster.
 the request, ``bench/request_split.py``) and ~0.15-0.2 ms compiled. Compiling takes ~1.5 s per 300 trees, so the object
 code is cached as ``<cache>/ranker-<key>.o``. The key hashes the model text with everything the code depends on
 (lleaves and llvmlite versions, the host CPU's name and features): lleaves loads a cache file without checking it,
-and a store moved to another CPU must not run code built for this one.
+and a store moved to another CPU must not run code built for this one. A ``.sha256`` beside each file is checked
+before it is loaded; a file that does not match it is compiled again.
 """
 
 from __future__ import annotations
@@ -50,19 +51,37 @@ def _key(model_text: str) -> str:
     return h.hexdigest()[:24]
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_aside(path: Path, write) -> None:
+    """``write(tmp)`` then move it to ``path``: a process reading the cache never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _compiled(src: Path, cache: Path | None):
     import lleaves
 
     model = lleaves.Model(model_file=str(src))
-    if cache is None or cache.exists():
-        model.compile(cache=None if cache is None else str(cache))
+    if cache is None:
+        model.compile()
         return model
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    try:  # written aside and moved into place: a process reading the cache never sees half a file
-        model.compile(cache=str(tmp))
-        os.replace(tmp, cache)
-    finally:
-        tmp.unlink(missing_ok=True)
+    digest = cache.with_name(cache.name + ".sha256")
+    try:  # lleaves hands the file to LLVM unchecked, and a truncated object (a copy cut short) can abort the process
+        intact = cache.exists() and digest.read_text().strip() == _digest(cache)
+    except OSError:
+        intact = False
+    if intact:
+        model.compile(cache=str(cache))
+        return model
+    _write_aside(cache, lambda tmp: model.compile(cache=str(tmp)))
+    _write_aside(digest, lambda tmp: tmp.write_text(_digest(cache)))  # after the object: a mismatch only recompiles
     return model
 
 
