@@ -2,6 +2,7 @@
 user's history. Kept lists off (``retrieval.cache_users=0``): every request ranks, as a user new to the process does.
 
     .venv/bin/python bench/request_split.py --path /tmp/split100k [--items 100000] [--events 20000] [--users 600] [--json out.json]
+        [--ranker-ab]
 
 Builds the store at ``--path`` once if it holds no fitted model (``bench/scale.py``'s synthetic catalog with random
 384-d unit text vectors, its event log of 1,000 users, then ``Engine.fit``: ~2.5 min at 100k items on 2 cores), and reuses
@@ -11,6 +12,8 @@ ms of a request under cProfile and is ~0.03 ms by wall clock). Stages nest (``mo
 which holds the Qdrant queries and the sequence model), so the column does not sum to the total; stage means are over
 all timed requests (both of each user's), the p50 / p95 over each user's faster one. The first
 ``--warmup`` users are served untimed; each timed user is served twice and the faster of the two counts.
+``--ranker-ab`` then serves each timed user once with LightGBM's predict and once with the compiled ranker
+(``fit.compiled_ranker``), alternating which goes first, and prints both and their ratio.
 """
 
 from __future__ import annotations
@@ -87,6 +90,30 @@ def open_store(path: Path, items: int, events: int) -> Engine:
     return eng
 
 
+def ranker_ab(eng: Engine, users: list[str]) -> dict:
+    """Each user's request timed with the fitted ranker served by LightGBM's predict and by its compiled code
+    (``Ranker.compile``), which one goes first alternating by user, so drift in the machine's speed hits both alike."""
+    model = eng.learned.current()
+    compiled = model.ranker
+    if not compiled.compiled:
+        return {"skipped": "the ranker is not compiled here (lleaves missing, or fit.compiled_ranker is false)"}
+    plain = ranker_mod.Ranker(compiled.booster, compiled.columns, compiled.boosters[1:])  # the same boosters, LightGBM's predict
+    ms: dict[str, list[float]] = {"lightgbm": [], "compiled": []}
+    try:
+        for i, u in enumerate(users):
+            for name in (("lightgbm", "compiled") if i % 2 == 0 else ("compiled", "lightgbm")):
+                model.ranker = plain if name == "lightgbm" else compiled
+                t = time.perf_counter()
+                eng.recommend(u, k=10)
+                ms[name].append((time.perf_counter() - t) * 1e3)
+    finally:
+        model.ranker = compiled
+    out = {k: {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95))} for k, v in ms.items()}
+    out["ratio_p50"] = out["lightgbm"]["p50"] / out["compiled"]["p50"]
+    out["ratio_p95"] = out["lightgbm"]["p95"] / out["compiled"]["p95"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--path", type=Path, required=True, help="store folder (built here when it holds no fitted model)")
@@ -95,6 +122,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=600, help="users timed (of the log's 1,000, after the warm-up ones)")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--ranker-ab", action="store_true", help="then serve each timed user with LightGBM's predict and with "
+                    "the compiled ranker in turn (order alternating), and print both and their ratio")
     a = ap.parse_args()
     eng = open_store(a.path, a.items, a.events)
     users = [f"u{u}" for u in range(a.warmup + a.users)]
@@ -110,6 +139,8 @@ def main() -> None:
             ms = (time.perf_counter() - t) * 1e3
             best[u] = min(ms, best.get(u, ms))
             spent["Engine.recommend (whole request)"] += ms / 1e3
+    spent = dict(spent)  # the split of the requests above: the A/B's requests are timed on their own
+    ab = ranker_ab(eng, users[a.warmup :]) if a.ranker_ab else None
     eng.close()
     n = 2 * a.users
     ms = np.array(list(best.values()))
@@ -127,6 +158,14 @@ def main() -> None:
             row = {"from": lo, "to": hi, "users": int(m.sum()), "p50": float(np.percentile(ms[m], 50)), "p95": float(np.percentile(ms[m], 95))}
             out["by_history"].append(row)
             print(f"| {lo}-{hi - 1 if hi < 10**9 else ''} | {row['users']} | {row['p50']:.2f} | {row['p95']:.2f} |")
+    if ab is not None:
+        out["ranker_ab"] = ab
+        if "skipped" in ab:
+            print(f"\nranker A/B skipped: {ab['skipped']}")
+        else:
+            print(f"\nSame users, same run, LightGBM's predict and the compiled ranker in turn: LightGBM p50 / p95 "
+                  f"{ab['lightgbm']['p50']:.2f} / {ab['lightgbm']['p95']:.2f} ms, compiled {ab['compiled']['p50']:.2f} / "
+                  f"{ab['compiled']['p95']:.2f} ms; LightGBM / compiled: p50 {ab['ratio_p50']:.3f}x, p95 {ab['ratio_p95']:.3f}x")
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
 

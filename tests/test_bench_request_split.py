@@ -26,7 +26,7 @@ def test_every_timed_stage_exists():
 @pytest.mark.full
 def test_small_store_end_to_end(tmp_path):
     out = subprocess.run([sys.executable, "bench/request_split.py", "--path", str(tmp_path / "store"), "--items", "2000", "--events", "3000",
-                          "--users", "40", "--warmup", "10", "--json", str(tmp_path / "split.json")],
+                          "--users", "40", "--warmup", "10", "--json", str(tmp_path / "split.json"), "--ranker-ab"],
                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     rep = json.loads((tmp_path / "split.json").read_text())
@@ -34,4 +34,11 @@ def test_small_store_end_to_end(tmp_path):
     assert rep["recommend_ms"]["p50"] > 0 and sum(r["users"] for r in rep["by_history"]) == 40
     # every stage ran in every request (the sequence model and the payloads included), and nested ones fit inside
     assert all(v > 0 for v in stages.values()) and len(stages) == 13, stages  # the 12 stages and the whole request
+    ab = rep["ranker_ab"]
+    from engine.learned.compiled import available
+
+    if available():  # both rankers timed on every user; the ratio is the numbers' own, not asserted
+        assert ab["lightgbm"]["p50"] > 0 and ab["compiled"]["p50"] > 0 and ab["ratio_p50"] > 0, ab
+    else:
+        assert "skipped" in ab
     assert stages["user state"] <= stages["model.recommend"] <= stages["served list (ModelServing.hits)"] <= stages["Engine.recommend (whole request)"]
