@@ -104,7 +104,7 @@ class FitConfig(Section):
     index_items: int = Field(50_000, ge=0)
     """Catalogs of at least this many items are served in index mode: the content and collaborative sources' top lists come from the vector index (Qdrant HNSW on the ``text`` and ``cf`` vectors, built at the end of the fit) instead of a product with every item's vector per request, their rank features are ranks within those lists, and the sequence model scores relative to its best item; training computes the same from the exact lists. 0: never. Measured at 100k items in ``docs/scale.md``."""
     compiled_ranker: bool = True
-    """Serve the ranker's trees compiled to native code with lleaves (LLVM; in the ``learn`` extra) instead of LightGBM's predict: the same scores to float rounding, about 10x faster to compute (bench/request_split.py). Compiled once per model version and CPU (~1.5 s per 300 trees), cached in the model's folder; without a working lleaves, LightGBM serves (logged)."""
+    """Serve the ranker's trees compiled to native code with lleaves (LLVM; in the ``learn`` extra, Python < 3.14) instead of LightGBM's predict: the same scores to float rounding, the ranker's time per request at 100k items about 2 -> 0.5 ms (``bench/request_split.py --ranker-ab``). Compiled when ``fit()`` saves the model and cached in its folder per CPU; a process on another CPU compiles on its first load (about 1.5 s here for the default 300 trees; requests wait for it as they wait for the model to load). Without a working lleaves, LightGBM serves (logged)."""
     keep_versions: int = Field(3, ge=1, le=100)
     """Fitted model versions kept on disk (older ones are deleted after a successful fit)."""
     llm_feature_users: int = Field(0, ge=0, le=100_000)

@@ -178,7 +178,14 @@ class LearnedStage:
         for d in self.root.glob(".tmp-*"):  # left by a process killed mid-fit
             if time.time() - d.stat().st_mtime > 86_400:
                 shutil.rmtree(d, ignore_errors=True)
-        versions = sorted((d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.stat().st_mtime)
+        def saved_at(d: Path) -> float:  # meta.json is written once: the folder's own time moves when compiled/ is made in it
+            for f in (d / "meta.json", d):
+                try:
+                    return f.stat().st_mtime
+                except OSError:  # gone meanwhile (another process pruned it)
+                    continue
+            return 0.0
+        versions = sorted((d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=saved_at)
         for d in versions[: max(0, len(versions) - self.settings.fit.keep_versions)]:
             if d.name != keep:
                 shutil.rmtree(d, ignore_errors=True)

@@ -77,8 +77,40 @@ def test_unusable_cache_folder_compiles_in_memory(needs_lleaves, tmp_path, caplo
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder would go")
     predict = compiled.compile_booster(booster.model_to_string(), blocker)
-    assert predict is not None and "compiling in memory" in caplog.text
+    assert predict is not None and "compiled for this process only" in caplog.text
     np.testing.assert_allclose(predict(X), booster.predict(X), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed error, passed on to pytest's hook
+def test_cache_write_failing_inside_lleaves_leaves_no_file(needs_lleaves, tmp_path, monkeypatch, caplog):
+    """lleaves writes the object from an LLVM callback that swallows errors (a full disk): that file must not be moved
+    into place and trusted; the compiled code still serves this process, compiled once."""
+    import pathlib
+
+    booster, X = _booster(0)
+
+    def full_disk(self, data):
+        with open(self, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full_disk)
+    predict = compiled.compile_booster(booster.model_to_string(), tmp_path)
+    monkeypatch.undo()
+    assert predict is not None and "could not be cached" in caplog.text
+    np.testing.assert_allclose(predict(X), booster.predict(X), rtol=1e-12, atol=1e-15)
+    assert list(tmp_path.iterdir()) == []  # neither the half file nor a digest of it
+
+
+def test_any_failure_in_compiling_means_lightgbm(needs_lleaves, tmp_path, monkeypatch, caplog):
+    import tempfile
+
+    booster, _ = _booster(0)
+
+    def no_temp_space(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", no_temp_space)
+    assert compiled.compile_booster(booster.model_to_string(), tmp_path) is None
+    assert "LightGBM's predict serves" in caplog.text
 
 
 def test_ranker_mean_of_bags_compiled_and_its_fallback(needs_lleaves, monkeypatch, tmp_path):

@@ -157,9 +157,11 @@ def test_ranker_serves_compiled_code_cached_with_the_model(fitted_path, make_eng
     if not available():
         pytest.skip("lleaves is not installed (the `learn` extra installs it)")
     path, rep = fitted_path
-    assert len(list((path / "models" / rep.version / "compiled").glob("ranker-*.o"))) == 1  # written by fit()
+    (obj,) = (path / "models" / rep.version / "compiled").glob("ranker-*.o")  # written by fit()
+    written = obj.stat().st_mtime_ns
     eng = make_engine(path)
-    assert eng.learned.current().ranker.compiled  # loaded in this process: from the cache
+    assert eng.learned.current().ranker.compiled
+    assert obj.stat().st_mtime_ns == written and len(list(obj.parent.glob("ranker-*.o"))) == 1  # loaded from the cache
     served = eng.recommend("42", k=20).items
     eng.close()
     off = make_engine(path, fit={"compiled_ranker": False})

@@ -115,9 +115,9 @@ class Ranker:
         self._compiled: list | None = None  # compile(): native predict functions, one per booster
 
     def compile(self, cache_dir=None) -> bool:
-        """Serve from the boosters compiled to native code (``engine.learned.compiled``: lleaves, ~10x faster than
-        LightGBM's predict, the same scores to float rounding); False, and LightGBM's predict serves, when lleaves is
-        missing or fails. ``cache_dir``: the compiled code's cache (the model's folder)."""
+        """Serve from the boosters compiled to native code (``engine.learned.compiled``: lleaves; the same scores as
+        LightGBM's predict to float rounding, in about a quarter of its time at 100k items); False, and LightGBM's
+        predict serves, when lleaves is missing or fails. ``cache_dir``: the compiled code's cache (the model's folder)."""
         fns = [compile_booster(b.model_to_string(), cache_dir) for b in self.boosters]
         self._compiled = fns if all(f is not None for f in fns) else None
         return self._compiled is not None
@@ -134,8 +134,9 @@ class Ranker:
         if not len(F):
             return np.zeros(0)
         X = F[:, self._idx]
-        if self._compiled is not None:
-            return np.mean([f(X) for f in self._compiled], axis=0)
+        fns = self._compiled  # read once: the whole call runs one way
+        if fns is not None:
+            return np.mean([f(X) for f in fns], axis=0)
         return np.mean([b.predict(X, num_threads=1) for b in self.boosters], axis=0)
 
     def importance(self) -> dict:
