@@ -176,7 +176,11 @@ class LearnedStage:
 
     def _prune(self, keep: str) -> None:
         for d in self.root.glob(".tmp-*"):  # left by a process killed mid-fit
-            if time.time() - d.stat().st_mtime > 86_400:
+            try:
+                stale = time.time() - d.stat().st_mtime > 86_400
+            except OSError:  # another fit's folder, moved or removed meanwhile
+                continue
+            if stale:
                 shutil.rmtree(d, ignore_errors=True)
         def saved_at(d: Path) -> float:  # meta.json is written once: the folder's own time moves when compiled/ is made in it
             for f in (d / "meta.json", d):

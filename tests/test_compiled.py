@@ -93,10 +93,19 @@ def test_cache_write_failing_inside_lleaves_leaves_no_file(needs_lleaves, tmp_pa
         with open(self, "wb") as f:
             f.write(data[: len(data) // 2])
         raise OSError(28, "No space left on device")
+    import lleaves
+
+    calls = []
+    real_compile = lleaves.Model.compile
+
+    def counted(self, *a, **k):
+        calls.append(k.get("cache"))
+        return real_compile(self, *a, **k)
+    monkeypatch.setattr(lleaves.Model, "compile", counted)
     monkeypatch.setattr(pathlib.Path, "write_bytes", full_disk)
     predict = compiled.compile_booster(booster.model_to_string(), tmp_path)
     monkeypatch.undo()
-    assert predict is not None and "could not be cached" in caplog.text
+    assert predict is not None and "could not be cached" in caplog.text and len(calls) == 1  # compiled once
     np.testing.assert_allclose(predict(X), booster.predict(X), rtol=1e-12, atol=1e-15)
     assert list(tmp_path.iterdir()) == []  # neither the half file nor a digest of it
 
@@ -131,3 +140,31 @@ def test_ranker_mean_of_bags_compiled_and_its_fallback(needs_lleaves, monkeypatc
     fresh = Ranker(a, cols, [b])
     assert not fresh.compile(tmp_path) and not fresh.compiled
     np.testing.assert_array_equal(fresh.predict(F), lgb_scores)
+
+
+def test_compiled_code_that_disagrees_with_lightgbm_never_serves(needs_lleaves, monkeypatch, caplog):
+    """``Ranker.compile`` checks the compiled code against LightGBM on probe rows (a stale or bad build is refused)."""
+    from engine.learned import ranker as ranker_mod
+
+    a, X = _booster(0)
+    cols = list(FEATURE_NAMES[:6])
+    monkeypatch.setattr(ranker_mod, "compile_booster", lambda text, cache_dir=None: (lambda M: np.zeros(len(M))))
+    r = Ranker(a, cols)
+    assert not r.compile() and not r.compiled and "does not match" in caplog.text
+    F = np.zeros((len(X), len(FEATURE_NAMES)))
+    F[:, :6] = X
+    np.testing.assert_array_equal(r.predict(F), a.predict(X, num_threads=1))
+
+
+def test_llvmlite_that_cannot_load_means_unavailable(monkeypatch):
+    """llvmlite raises OSError (not ImportError) when its shared library cannot load: LightGBM serves."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, *a, **k):
+        if name.startswith(("lleaves", "llvmlite")):
+            raise OSError("libllvmlite.so: cannot open shared object file")
+        return real_import(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    assert not compiled.available() and compiled.compile_booster("tree") is None

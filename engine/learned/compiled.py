@@ -6,13 +6,15 @@ Out: :func:`compile_booster` -> a ``predict(X: float64 [n, features]) -> float64
      is the same whatever the batch), or None when lleaves is not installed or anything in compiling fails (logged;
      the caller keeps LightGBM's own predict). Nothing here raises.
 
-Why: LightGBM's predict was ~2 ms of a ~15 ms request at 100k items and ~0.5 ms compiled (``bench/request_split.py
---ranker-ab``, docs/scale.md). Compiling the default 300-tree ranker takes about a second and a half here, so the
+Why: LightGBM's predict was ~2 ms of a ~15 ms request at 100k items and ~0.5 ms compiled (``bench/request_split.py``
+with ``fit.compiled_ranker`` off and on, docs/scale.md). Compiling the default 300-tree ranker takes about a second and a half here, so the
 object code is cached as ``<cache>/ranker-<key>.o``. The key hashes the model text with everything the code depends on
 (lleaves and llvmlite versions, the target triple, the host CPU's name and features, this module's compile options):
 lleaves loads a cache file without checking it, and a store moved to another CPU must not run code built for this
-one. A ``.sha256`` beside each file is checked before it is loaded, and a file that does not match it is compiled
-again: LLVM given a truncated object (a copy cut short) can abort the process.
+one. A ``.sha256`` beside each file is checked against the bytes read, which are then loaded from a private copy
+(another process may replace or prune the shared file meanwhile); a file that does not match is compiled again: LLVM
+given a truncated object (a copy cut short) can abort the process. ``Ranker.compile`` then checks the code against
+LightGBM on probe rows before it serves.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ __all__ = ["compile_booster", "available"]
 log = logging.getLogger(__name__)
 
 _FORMAT = "persona-lleaves-1 fp64 fblocksize=34 fcodemodel=large"  # in the key: a change of options is a new file
-_LOCK = threading.Lock()  # one compile at a time: the write check below hooks a process-wide handler
+_LOCK = threading.Lock()  # one compile at a time: _watched_compile swaps a process-wide handler
 
 
 def available() -> bool:
@@ -52,65 +54,86 @@ def _key(model_text: str) -> str:
 
     import llvmlite.binding as llvm
 
+    try:
+        features = llvm.get_host_cpu_features().flatten()
+    except RuntimeError:  # some hosts cannot list them; lleaves then compiles for the CPU name alone, and so does the key
+        features = ""
     h = hashlib.sha256(model_text.encode())
-    for part in (_FORMAT, version("lleaves"), version("llvmlite"), llvm.get_process_triple(), llvm.get_host_cpu_name(),
-                 llvm.get_host_cpu_features().flatten()):
+    for part in (_FORMAT, version("lleaves"), version("llvmlite"), llvm.get_process_triple(), llvm.get_host_cpu_name(), features):
         h.update(b"\0" + str(part).encode())
     return h.hexdigest()[:24]
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _compile_writing(model, tmp: Path) -> bool:
-    """``model.compile(cache=tmp)``; True when lleaves wrote the object file whole. lleaves writes it from inside an
-    LLVM callback, where an error (a full disk, a read-only folder) is reported to ``sys.unraisablehook`` and not
-    raised, so the hook is watched for the duration."""
+def _watched_compile(model, cache: Path | None) -> bool:
+    """``model.compile(cache=...)``; False when an error was swallowed on the way. lleaves reads and writes the cache
+    file from inside LLVM callbacks, where an error (a file gone, a full disk) goes to ``sys.unraisablehook`` instead
+    of being raised, and a failed read leaves an empty module behind. The hook is watched meanwhile, for this thread's
+    errors only, and passes every error on."""
     errors: list = []
-    previous = sys.unraisablehook
+    me, previous = threading.get_ident(), sys.unraisablehook
 
     def hook(unraisable):
-        errors.append(unraisable.exc_value)
+        if threading.get_ident() == me:
+            errors.append(unraisable.exc_value)
         previous(unraisable)
     sys.unraisablehook = hook
     try:
-        model.compile(cache=str(tmp))
+        model.compile(cache=None if cache is None else str(cache))
     finally:
-        sys.unraisablehook = previous
-    return not errors and tmp.is_file() and tmp.stat().st_size > 0
+        if sys.unraisablehook is hook:  # another thread's hook set meanwhile stays
+            sys.unraisablehook = previous
+    return not errors
 
 
-def _compiled(src: Path, cache: Path | None):
+def _publish(path: Path, data: bytes) -> None:
+    """Written aside and moved into place: a process reading the cache never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _compiled(src: Path, cache: Path | None, work: Path):
+    """The compiled lleaves model of the model file ``src``, through the cache file ``cache`` (None: no cache).
+    ``work``: a private folder. A cache file is read once, checked against its digest and loaded from a private copy of
+    those bytes, so a file replaced or pruned by another process meanwhile cannot reach LLVM half-read."""
     import lleaves
 
+    if cache is not None:
+        digest = cache.with_name(cache.name + ".sha256")
+        try:
+            blob = cache.read_bytes()
+            intact = digest.read_text().strip() == hashlib.sha256(blob).hexdigest()
+        except OSError:
+            intact = False
+        if intact:
+            private = work / "cached.o"
+            private.write_bytes(blob)
+            model = lleaves.Model(model_file=str(src))
+            if _watched_compile(model, private):
+                return model
+            log.warning("the compiled ranker's cache %s could not be loaded: compiling again", cache)
     model = lleaves.Model(model_file=str(src))
+    fresh = work / "fresh.o" if cache is not None else None
+    clean = _watched_compile(model, fresh)  # with a file that does not exist yet, lleaves only writes it: the code is good
     if cache is None:
-        model.compile()
+        if not clean:
+            raise RuntimeError("lleaves reported an error while compiling")
         return model
-    digest = cache.with_name(cache.name + ".sha256")
+    if not (clean and fresh.is_file() and fresh.stat().st_size > 0):  # compiled, but its object file was not written whole
+        log.warning("the compiled ranker could not be cached in %s: compiled for this process only", cache.parent)
+        return model
+    blob = fresh.read_bytes()
     try:
-        intact = cache.is_file() and digest.read_text().strip() == _digest(cache)
-    except OSError:
-        intact = False
-    if intact:
-        model.compile(cache=str(cache))
-        return model
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    try:  # written aside and moved into place: a process reading the cache never sees half a file
-        if not _compile_writing(model, tmp):  # compiled, but the file is not whole: served uncached
-            log.warning("the compiled ranker could not be cached in %s: compiled for this process only", cache.parent)
-            return model
-        text = _digest(tmp)
-        os.replace(tmp, cache)
-        dtmp = digest.with_name(f".{digest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-        dtmp.write_text(text)
-        os.replace(dtmp, digest)  # after the object: a reader that sees another process's object with it recompiles
+        _publish(cache, blob)
+        _publish(digest, hashlib.sha256(blob).hexdigest().encode())  # after the object: a mismatch only recompiles
     except OSError as e:
         log.warning("the compiled ranker could not be cached in %s (%s): compiled for this process only", cache.parent, e)
-    finally:
-        for leftover in cache.parent.glob(f".{cache.name}*.{os.getpid()}.*"):
-            leftover.unlink(missing_ok=True)
     return model
 
 
@@ -132,7 +155,7 @@ def compile_booster(model_text: str, cache_dir: Path | None = None) -> Callable[
                     cache = Path(cache_dir) / f"ranker-{_key(model_text)}.o"
                 except OSError as e:
                     log.warning("no cache for the compiled ranker in %s (%s): compiled for this process only", cache_dir, e)
-            model = _compiled(src, cache)
+            model = _compiled(src, cache, Path(tmp))
     except Exception as e:  # noqa: BLE001 - an llvmlite lleaves cannot drive, no temp space, a model it cannot read
         log.warning("the ranker could not be compiled with lleaves (%s: %s); LightGBM's predict serves", type(e).__name__, e)
         return None

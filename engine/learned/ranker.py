@@ -101,6 +101,14 @@ def build_training(s1: Stage1, meta: ItemMeta, hist: dict[str, Sequence], labels
     return TrainingData(X, y, np.array([len(r[2]) for r in rows], np.int64), [r[0] for r in rows], hit / max(1, len(labels)))
 
 
+def _probe_rows(n_features: int) -> np.ndarray:
+    """Rows that reach many branches of the ranker's trees: zeros, missing values, and values over the features' scales
+    (scores in [0, 1], log-odds, ranks up to the cap, days and years)."""
+    rng = np.random.default_rng(0)
+    return np.vstack([np.zeros(n_features), np.full(n_features, np.nan), rng.uniform(0, 1, (8, n_features)),
+                      rng.normal(0, 3, (8, n_features)), rng.uniform(0, 2000, (8, n_features))])
+
+
 _BAG_SEP = "\n### persona ranker bag ###\n"  # between boosters in ranker.txt (one booster: LightGBM's own text)
 
 
@@ -119,8 +127,15 @@ class Ranker:
         LightGBM's predict to float rounding, in about a quarter of its time at 100k items); False, and LightGBM's
         predict serves, when lleaves is missing or fails. ``cache_dir``: the compiled code's cache (the model's folder)."""
         fns = [compile_booster(b.model_to_string(), cache_dir) for b in self.boosters]
-        self._compiled = fns if all(f is not None for f in fns) else None
-        return self._compiled is not None
+        if any(f is None for f in fns):
+            return False
+        probe = _probe_rows(len(self.columns))
+        for f, b in zip(fns, self.boosters):  # code that does not reproduce LightGBM here (a stale cache, a bad build) never serves
+            if not np.allclose(f(probe), b.predict(probe, num_threads=1), rtol=1e-9, atol=1e-12):
+                log.error("the compiled ranker does not match LightGBM's predict on probe rows: LightGBM serves")
+                return False
+        self._compiled = fns
+        return True
 
     @property
     def compiled(self) -> bool:
