@@ -1,4 +1,4 @@
-"""Small file helpers the stages share: atomic text writes and an exclusive lock file.
+"""Small file helpers the stages share: atomic writes (text or bytes) and an exclusive lock file.
 
 In: paths. Out: a file replaced in one step (a reader sees the old text or the new, never half), and a context in
 which no other process (or thread) holds the same lock file.
@@ -8,18 +8,29 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["file_lock", "write_atomic"]
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed over it (unique per process and thread)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed over it, so a reader never sees half of it. The
+    temporary name is random (processes on other hosts sharing the folder may have the same pid), and it is removed
+    when the write fails."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
+        os.replace(tmp, path)
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 @contextlib.contextmanager

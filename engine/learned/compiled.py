@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sys
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from ..fsutil import write_atomic
 
 __all__ = ["compile_booster", "available"]
 
@@ -85,53 +85,39 @@ def _watched_compile(model, cache: Path | None) -> bool:
     return not errors
 
 
-def _publish(path: Path, data: bytes) -> None:
-    """Written aside and moved into place: a process reading the cache never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
 def _compiled(src: Path, cache: Path | None, work: Path):
     """The compiled lleaves model of the model file ``src``, through the cache file ``cache`` (None: no cache).
     ``work``: a private folder. A cache file is read once, checked against its digest and loaded from a private copy of
     those bytes, so a file replaced or pruned by another process meanwhile cannot reach LLVM half-read."""
     import lleaves
 
-    if cache is not None:
-        digest = cache.with_name(cache.name + ".sha256")
-        try:
-            blob = cache.read_bytes()
-            intact = digest.read_text().strip() == hashlib.sha256(blob).hexdigest()
-        except OSError:
-            intact = False
-        if intact:
-            private = work / "cached.o"
-            private.write_bytes(blob)
-            model = lleaves.Model(model_file=str(src))
-            if _watched_compile(model, private):
-                return model
-            log.warning("the compiled ranker's cache %s could not be loaded: compiling again", cache)
     model = lleaves.Model(model_file=str(src))
-    fresh = work / "fresh.o" if cache is not None else None
-    clean = _watched_compile(model, fresh)  # with a file that does not exist yet, lleaves only writes it: the code is good
     if cache is None:
-        if not clean:
+        if not _watched_compile(model, None):
             raise RuntimeError("lleaves reported an error while compiling")
         return model
+    digest = cache.with_name(cache.name + ".sha256")
+    try:
+        blob = cache.read_bytes()
+        intact = digest.read_text().strip() == hashlib.sha256(blob).hexdigest()
+    except OSError:
+        intact = False
+    if intact:
+        private = work / "cached.o"
+        private.write_bytes(blob)
+        if _watched_compile(model, private):
+            return model
+        log.warning("the compiled ranker's cache %s could not be loaded: compiling again", cache)
+        model = lleaves.Model(model_file=str(src))  # the failed load left an empty module behind
+    fresh = work / "fresh.o"
+    clean = _watched_compile(model, fresh)  # with a file that does not exist yet, lleaves only writes it: the code is good
     if not (clean and fresh.is_file() and fresh.stat().st_size > 0):  # compiled, but its object file was not written whole
         log.warning("the compiled ranker could not be cached in %s: compiled for this process only", cache.parent)
         return model
     blob = fresh.read_bytes()
     try:
-        _publish(cache, blob)
-        _publish(digest, hashlib.sha256(blob).hexdigest().encode())  # after the object: a mismatch only recompiles
+        write_atomic(cache, blob)
+        write_atomic(digest, hashlib.sha256(blob).hexdigest())  # after the object: a mismatch only recompiles
     except OSError as e:
         log.warning("the compiled ranker could not be cached in %s (%s): compiled for this process only", cache.parent, e)
     return model
