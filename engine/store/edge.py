@@ -17,6 +17,7 @@ from typing import Any
 import qdrant_edge as qe
 
 from ..errors import BackendUnavailableError, ConflictError, NotFoundError
+from ..fsutil import write_atomic
 from .base import Filter, Hit, Point, VectorQuery, VectorStore
 from .edge_build import aside_of, build_copy, build_in_child, copy_shard, finish_swap, recover, replay, swap_in, undo_swap
 from .edge_convert import DISTANCE, INDEX, SEARCH, quantization_config, scoring, to_filter
@@ -25,12 +26,6 @@ logger = logging.getLogger(__name__)
 
 # Payload-only collections still need one vector entry in the edge config; a sparse one costs nothing.
 _PLACEHOLDER_SPARSE = "_none"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _drop_store(shards: dict, fd: int) -> None:
@@ -152,7 +147,7 @@ class EdgeStore(VectorStore):
                     if vname not in have:
                         self._update(name, qe.UpdateOperation.create_dense_vector(vname, int(size), qe.Distance.Cosine))
                         have[vname] = int(size)
-                _atomic_write(meta_path, json.dumps(have))
+                write_atomic(meta_path, json.dumps(have))
             else:
                 cfg = qe.EdgeConfig(
                     vectors={k: qe.EdgeVectorParams(size=int(v), distance=qe.Distance.Cosine) for k, v in vectors.items()}
@@ -162,7 +157,7 @@ class EdgeStore(VectorStore):
                 )
                 self._hold_root()
                 try:
-                    _atomic_write(meta_path, json.dumps({k: int(v) for k, v in vectors.items()}))
+                    write_atomic(meta_path, json.dumps({k: int(v) for k, v in vectors.items()}))
                     self._shards[name] = qe.EdgeShard.create(str(self._dir(name)), cfg)
                 except Exception:
                     self._release_if_idle()
@@ -186,7 +181,7 @@ class EdgeStore(VectorStore):
                 self._update(name, qe.UpdateOperation.delete_vector_name(vector))
             self._update(name, qe.UpdateOperation.create_dense_vector(vector, int(size), DISTANCE[distance]))
             have[vector] = want
-            _atomic_write(meta_path, json.dumps(have))
+            write_atomic(meta_path, json.dumps(have))
 
     def update_vectors(self, name: str, points: Sequence[Point]) -> None:
         if not points:
