@@ -384,6 +384,10 @@ def test_sequence_model_numpy_forward_equals_torch():
             assert np.allclose(m.probs(h), p, rtol=0, atol=1e-12)
             rel = m.relative_probs(h)  # index mode: float32 output layer, relative to the best item
             assert rel.dtype == np.float32 and np.allclose(rel, p / p.max(), rtol=1e-4, atol=1e-6)
+            for rows in (np.array([5, 2, 17]), np.arange(29, 0, -1)):  # a few rows; over half the catalog (full product)
+                sub = m.relative_probs(h, rows)  # only these rows, in this order, relative to the best of them
+                assert sub.dtype == np.float32 and np.allclose(sub, p[rows] / p[rows].max(), rtol=1e-4, atol=1e-6)
+        assert m.relative_probs(np.zeros(0, np.int64), np.array([4, 9])).tolist() == [1.0, 1.0]  # no history: uniform
         assert SeqNet.from_arrays(m.arrays()).probs(np.arange(5)).tolist() == m.probs(np.arange(5)).tolist()
     legacy = {k.replace("sas_w.", "sas_"): v for k, v in m.arrays().items() if k != "sas_known"}  # a pre-release layout
     with pytest.raises(ValueError, match="refit"):
@@ -579,6 +583,27 @@ def test_index_mode_serves_what_it_was_trained_on(indexed, tmp_path):
     assert loaded.indexed and loaded.recommend(h, k=10) == recs
     old = LearnedConfig.from_dict({k: v for k, v in model.config.to_dict().items() if k != "index_items"})
     assert old.index_items == 0 and not old.indexed(10**9)
+
+
+def test_index_mode_sequence_model_reads_only_the_items_it_can_score(indexed):
+    """Index mode: the sequence score is computed for the items with events that the network read (the others score
+    0 either way), relative to the best of them; it equals the catalog-wide score rescaled, and a model saved before
+    the switch keeps the catalog-wide one."""
+    from dataclasses import replace
+
+    model, events, _ = indexed
+    assert model.config.sas_readable_only
+    s1 = model.stage1
+    unread = np.isnan(s1.item_first_ts) | ~s1.sas.known
+    old = PersonaModel(model.index, model.meta, s1, model.ranker, replace(model.config, sas_readable_only=False), model.info)
+    for u in ("u3", "u7", "u11"):
+        h = _hist(events, u)
+        new, before = model.state(h).sources["sas"], old.state(h).sources["sas"]
+        assert not new[unread].any() and not before[unread].any()
+        assert np.isclose(new.max(), 1.0)
+        assert np.allclose(new, before / before[~unread].max(), rtol=1e-5, atol=1e-7)
+    saved = {k: v for k, v in model.config.to_dict().items() if k != "sas_readable_only"}
+    assert not LearnedConfig.from_dict(saved).sas_readable_only
 
 
 def test_index_mode_ranks_match_the_dense_ranks_inside_the_list(indexed):

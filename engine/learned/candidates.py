@@ -180,10 +180,16 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
         has_content = bool(np.any(src["content"]))  # without text vectors or a liked item, no new item is preferred
         src["fresh"] = np.where(np.isnan(s1.item_first_ts) & has_content, src["content"], -np.inf).astype(np.float32)
     if s1.sas is not None:
-        p = s1.sas.relative_probs(items) if indexed else s1.sas.probs(items)
         # an item without events, or one the sequence model never read (its events all came after its training
         # data), scores as features.cold_item shows new items in training, not with its vector's random init
-        p[s1.cached("sas_unread", lambda: np.isnan(s1.item_first_ts) | ~s1.sas.known)] = 0.0
+        unread = s1.cached("sas_unread", lambda: np.isnan(s1.item_first_ts) | ~s1.sas.known)
+        if indexed and cfg.sas_readable_only:  # the output layer over the readable items only, relative to their best
+            readable = s1.cached("sas_readable", lambda: np.flatnonzero(~unread))
+            p = np.zeros(n, np.float32)
+            p[readable] = s1.sas.relative_probs(items, readable)
+        else:
+            p = s1.sas.relative_probs(items) if indexed else s1.sas.probs(items)
+            p[unread] = 0.0
         src["sas"] = p.astype(np.float32, copy=False)
     else:
         src["sas"] = np.zeros(n, np.float32)

@@ -55,6 +55,11 @@ class LearnedConfig:
     # True: retrained on all events for serving, like the rest of stage 1 (twice the training time). Valid, seeds 0-2,
     # as a pool source: NDCG@10 0.1352 vs 0.1367 without, AUC 0.9269 vs 0.9267: no gain, so the label-free model serves
     sas_refit: bool = False
+    # index mode (large catalogs): the sequence model's output layer reads only the items it can score (with events, and
+    # read in its training; the rest score 0 either way), relative to the best of those instead of the best item of the
+    # catalog. Its cost follows the items with events, not the catalog (bench/request_split.py). Models saved before
+    # this field load with False: relative to the catalog's best, as they were fitted
+    sas_readable_only: bool = True
     sas_device: str = "cpu"  # torch device for the sequence model's training ("cuda" on a GPU); serving runs in numpy
     # candidates
     sources: tuple = POOL_SOURCES
@@ -156,6 +161,7 @@ class LearnedConfig:
         d.setdefault("rank_cap", 0)  # saved before rank_cap existed: exact ranks, as it was fitted
         d.setdefault("sas_epochs", 0)  # saved before the sequence model existed: fitted without one
         d.setdefault("index_items", 0)  # saved before the index mode existed: dense sources, as it was fitted
+        d.setdefault("sas_readable_only", False)  # saved before it: the sequence score relative to the catalog's best
         # serving-time knobs missing from an older model (dislike_penalty) take today's default on purpose: the ranker
         # itself is unchanged by them, and a refit is not needed to get them
         for k in ("sources", "drop_features"):

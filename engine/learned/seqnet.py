@@ -112,9 +112,10 @@ class SeqNet:
         self.known = np.asarray(known, bool)  # per item row: in the training sequences (else its vector is its random init)
         self.info = dict(info or {})
         self._out32: tuple[np.ndarray, np.ndarray] | None = None  # relative_probs' float32 output layer, made on first use
+        self._out_rows: tuple | None = None  # (rows, their weights or None, their bias): relative_probs(items, rows)
 
     def __getstate__(self) -> dict:  # Ray ships the model to workers: not the float32 serving copy (rebuilt on use)
-        return {**self.__dict__, "_out32": None}
+        return {**self.__dict__, "_out32": None, "_out_rows": None}
 
     @property
     def n_items(self) -> int:
@@ -236,20 +237,38 @@ class SeqNet:
         z = np.exp(z - z.max())
         return z / z.sum()
 
-    def relative_probs(self, items: np.ndarray) -> np.ndarray:
+    def relative_probs(self, items: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """P(next = j) / P(next = the best item), float32, for every catalog row: the order of ``probs`` (items below
         e^-103 of the best tie at 0) without the softmax's float64 exp and sum over the catalog, the output layer in
-        float32 (the sequence model's largest costs on large catalogs)."""
+        float32 (the sequence model's largest costs on large catalogs). ``rows`` (distinct item rows): only these, in
+        this order, relative to the best of them; the output layer then reads only their weights, so its cost follows
+        how many items the caller can score (``candidates.user_state``: those with events), not the catalog's size."""
         n = self.n_items
         items = np.asarray(items, np.int64)
         items = items[(items >= 0) & (items < n)]
+        W, b = self._output(rows)
         if not len(items):
-            return np.ones(n, np.float32)
+            return np.ones(len(b), np.float32)
+        h = self.hidden(items).astype(np.float32)
+        if W is None:  # most of the catalog: the full product, then the rows'
+            Wf, bf = self._output(None)
+            z = (Wf @ h + bf)[rows]
+        else:
+            z = W @ h + b
+        return np.exp(z - z.max()) if len(z) else z
+
+    def _output(self, rows: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray]:
+        """The float32 output layer (weights, bias), or its ``rows`` (weights None when they are over half the catalog:
+        the full product then costs about the same as a gather, and a second copy would double the layer's memory)."""
         if self._out32 is None:  # the weights were trained in float32, so this copy is exact; the product reads half the bytes
             self._out32 = (np.ascontiguousarray(self.w["item.weight"][1:], np.float32), self.w["out_bias"][1:].astype(np.float32))
-        W, b = self._out32
-        z = W @ self.hidden(items).astype(np.float32) + b
-        return np.exp(z - z.max())
+        if rows is None:
+            return self._out32
+        kept = self._out_rows
+        if kept is None or kept[0] is not rows:  # gathered once per rows array (the caller passes the same one)
+            W, b = self._out32
+            kept = self._out_rows = (rows, None if 2 * len(rows) > len(b) else W[rows], b[rows])
+        return kept[1], kept[2]
 
     def arrays(self) -> dict:
         """``{name: array}`` for ``PersonaModel.save``: the shape, the known-item mask and the weights, stored as float32
