@@ -585,6 +585,24 @@ def test_index_mode_serves_what_it_was_trained_on(indexed, tmp_path):
     assert old.index_items == 0 and not old.indexed(10**9)
 
 
+def test_row_dots_give_each_row_the_same_value_whatever_rows_come_with_it():
+    """rank() must equal recommend() to the bit in index mode: a row's product may not depend on the batch around it
+    (BLAS kernels treat a batch's tail rows differently); float32 rows of odd widths, float32 or float64 queries."""
+    from engine.learned.toplists import row_dots
+
+    rng = np.random.default_rng(3)
+    for d in (1, 7, 32, 383, 384):
+        E = (rng.standard_normal((500, d)) * 3).astype(np.float32)
+        for q in (rng.standard_normal(d), rng.standard_normal(d).astype(np.float32)):
+            rows = rng.permutation(500)[:301]
+            full = row_dots(E, rows, q)
+            assert full.dtype == np.float64 and np.allclose(full, E[rows].astype(np.float64) @ np.float64(q), rtol=1e-12, atol=1e-9)
+            for k in (1, 2, 3, 5, 8, 17, 64):
+                for i in range(0, 301, 37):
+                    assert np.array_equal(row_dots(E, rows[i : i + k], q), full[i : i + k]), (d, k, i)
+            assert np.array_equal(row_dots(E, rows[::-1], q), full[::-1])
+
+
 def test_index_mode_sequence_model_reads_only_the_items_it_can_score(indexed):
     """Index mode: the sequence score is computed for the items with events that the network read (the others score
     0 either way), relative to the best of them; it equals the catalog-wide score rescaled, and a model saved before

@@ -131,7 +131,9 @@ def row_dots(E: np.ndarray, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, np.int64)
     if not len(rows):
         return np.zeros(0)
-    return (E[rows].astype(np.float64) * q).sum(1)
+    # einsum's own loop runs along each row alone (no BLAS, whose kernels treat a batch's last rows differently): the same
+    # value whatever rows come with it, ~10x faster than a float64 product then a pairwise sum over 300 x 384
+    return np.einsum("ij,j->i", E[rows].astype(np.float64), np.asarray(q, np.float64))
 
 
 def sample_threshold(v: np.ndarray, need: int) -> float | None:
