@@ -75,7 +75,7 @@ class LearnedStage:
         f = self.settings.fit
         return LearnedConfig(seed=self.settings.seed, pool_size=f.pool_size, cf_factors=f.cf_factors, label_folds=f.label_folds, threads=f.threads,
                              dislike_penalty=f.dislike_penalty, sas_epochs=f.sequence_epochs, sas_device=f.device,
-                             index_items=f.index_items, new_item_slot=f.new_item_slot, fresh_boost=f.fresh_boost)
+                             index_items=f.index_items, index_depth=f.index_depth, new_item_slot=f.new_item_slot, fresh_boost=f.fresh_boost)
 
     def fit(self, progress: bool = False, ray: Any = None) -> FitReport:
         """Train on every stored event; save a new version and make it current. ``ray``: training rows on Ray (identical)."""
