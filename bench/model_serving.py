@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 STEPS = {  # (file suffix, function name) -> label
     ("learned/model.py", "state"): "user state (all sources)",
-    ("learned/seqnet.py", "relative_probs"): "  sequence model over the catalog",
+    ("learned/seqnet.py", "relative_probs"): "  sequence model (items with events)",
     ("learned/candidates.py", "pool"): "candidate pool",
     ("learned/features.py", "features"): "features",
     ("learned/ranker.py", "predict"): "ranker (LightGBM)",

@@ -169,7 +169,8 @@ class ModelServing:
         second copy (or, with ``exclude_seen``, a copy of a seen title) is no new recommendation. A few extra picks
         make up for the dropped ones."""
         picks = self.recommend(model, events, limit + _EXTRA_PICKS, flt, exclude_seen, epoch)
-        found = self.catalog.hits([i for i, _, _ in picks] + [w for _, _, w in picks if w], with_vectors=with_vectors)
+        # each id once: a film named as the reason for several picks (up to engine.learned.ties.REASON_CAP) is read once
+        found = self.catalog.hits(list(dict.fromkeys([i for i, _, _ in picks] + [w for _, _, w in picks if w])), with_vectors=with_vectors)
         thr = self.settings.profile.positive_rating
         liked = {e.item_id: is_positive(e, thr) for e in events}
         titles = set(self.catalog.folded_titles([e.item_id for e in events]).values()) if exclude_seen else set()

@@ -11,7 +11,8 @@ co-occurrence matrices, per request) and ``pop``, ``trend``, ``pop_at`` (sorted 
 Large catalogs (``LearnedConfig.indexed``: at least ``index_items``): the content and collaborative sources are
 ``ListSource`` top lists of ``index_depth`` unseen items, from a vector index at serving (Qdrant's ``text`` and ``cf``
 vectors) or the exact top list (training, and serving without an index); their ranks are ranks within that list, and
-the sequence model's score is its probability relative to the best item's (no softmax over the catalog). Training and
+the sequence model's score is its probability relative to the best item's among those it can score, the items
+with events that it read (no softmax over the catalog; ``LearnedConfig.sas_readable_only``). Training and
 serving compute the same, so the ranker is fitted on what it is served.
 
 Sources: ``cf`` (fold-in user vector . item factors), ``trans`` (transitions from the last items), ``cooc``

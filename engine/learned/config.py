@@ -77,7 +77,7 @@ class LearnedConfig:
     # catalogs of at least this many items are served without dense per-request vectors over the catalog for content and
     # cf (content was the largest cost at 100k items: a float64 product with every item's text vector): each is a top
     # list of ``index_depth`` items from the vector index (Qdrant's ``text`` and ``cf`` vectors, HNSW) with ranks within
-    # that list, and the sequence model scores relative to its best item (no softmax over the catalog). Training computes
+    # that list, and the sequence model scores relative to its best readable item (no softmax over the catalog). Training computes
     # the same from the exact top lists. 0: never (models saved before this field load with 0). The depth bounds the
     # index's work per query (HNSW's ef) and the hits decoded; the pool reaches ~20-60 deep into these sources.
     # bench/scale.py measures it at 100k items

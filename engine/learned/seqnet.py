@@ -238,7 +238,7 @@ class SeqNet:
         return z / z.sum()
 
     def relative_probs(self, items: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """P(next = j) / P(next = the best item), float32, for every catalog row: the order of ``probs`` (items below
+        """P(next = j) / P(next = the best item), float32, for every catalog row (or ``rows``): the order of ``probs`` (items below
         e^-103 of the best tie at 0) without the softmax's float64 exp and sum over the catalog, the output layer in
         float32 (the sequence model's largest costs on large catalogs). ``rows`` (distinct item rows): only these, in
         this order, relative to the best of them; the output layer then reads only their weights, so its cost follows
@@ -258,14 +258,17 @@ class SeqNet:
         return np.exp(z - z.max()) if len(z) else z
 
     def _output(self, rows: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray]:
-        """The float32 output layer (weights, bias), or its ``rows`` (weights None when they are over half the catalog:
-        the full product then costs about the same as a gather, and a second copy would double the layer's memory)."""
+        """The float32 output layer (weights, bias), or its ``rows``' copy. Weights None when the rows are over half the
+        catalog: the full product, then those rows picked out, costs little more than a product over them alone, while a
+        copy would add most of the layer's memory again."""
         if self._out32 is None:  # the weights were trained in float32, so this copy is exact; the product reads half the bytes
             self._out32 = (np.ascontiguousarray(self.w["item.weight"][1:], np.float32), self.w["out_bias"][1:].astype(np.float32))
         if rows is None:
             return self._out32
         kept = self._out_rows
-        if kept is None or kept[0] is not rows:  # gathered once per rows array (the caller passes the same one)
+        # gathered again only for other rows: the label-free and the serving stage 1 share this model, each with its own
+        # (equal) array, and a fit's LLM-feature pass reads one while requests read the other
+        if kept is None or (kept[0] is not rows and not np.array_equal(kept[0], rows)):
             W, b = self._out32
             kept = self._out_rows = (rows, None if 2 * len(rows) > len(b) else W[rows], b[rows])
         return kept[1], kept[2]

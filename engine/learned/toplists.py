@@ -131,9 +131,14 @@ def row_dots(E: np.ndarray, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, np.int64)
     if not len(rows):
         return np.zeros(0)
+    A, q = E[rows].astype(np.float64), np.asarray(q, np.float64)
+    if A.shape[1] > 8192:  # einsum sums a lone row in buffered chunks of 8192, so its last bit would depend on the batch
+        return (A * q).sum(1)
     # einsum's own loop runs along each row alone (no BLAS, whose kernels treat a batch's last rows differently): the same
-    # value whatever rows come with it, ~10x faster than a float64 product then a pairwise sum over 300 x 384
-    return np.einsum("ij,j->i", E[rows].astype(np.float64), np.asarray(q, np.float64))
+    # value whatever rows come with it, ~10x faster than a float64 product then a pairwise sum over 300 x 384. Its
+    # kernel is CPU-specific (ARM builds fuse multiply-adds): a Ray cluster mixing x86 and ARM workers could fit
+    # index-mode training rows that differ in the last bit
+    return np.einsum("ij,j->i", A, q)
 
 
 def sample_threshold(v: np.ndarray, need: int) -> float | None:
