@@ -75,4 +75,4 @@ def test_model_serving_bench_runs_in_index_mode(tmp_path):
     prof = r["profiled_ms_per_request"]
     assert 0 < prof["user state (all sources)"] < prof["total"]
     assert 0 < prof["ranker (LightGBM)"] < prof["total"] and 0 < prof["features"] < prof["total"]
-    assert prof["sequence model over the catalog"] < prof["user state (all sources)"]  # nested in it
+    assert prof["sequence model (items with events)"] < prof["user state (all sources)"]  # nested in it
