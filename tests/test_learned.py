@@ -714,6 +714,8 @@ def test_sparse_row_reads_equal_dense_indexing_on_small_and_large_catalogs():
         sr = SparseRows([m.indices[m.indptr[r] : m.indptr[r + 1]].astype(np.int64) for r in rows],
                         [m.data[m.indptr[r] : m.indptr[r + 1]] for r in rows], n)
         assert np.array_equal(sr.at(cand), D[:, cand]) and np.array_equal(sr.at(cand[::-1]), D[:, cand[::-1]])
+        first = sr.at(cand)  # the same array object again: the same (read-only) answer; another one is read afresh
+        assert sr.at(cand) is first and not first.flags.writeable and np.array_equal(sr.at(cand.copy()), D[:, cand])
         w = 0.9 ** np.arange(10)
         acc = np.zeros(n)
         for k in range(10):

@@ -45,6 +45,7 @@ class SparseRows:
     def __init__(self, cols: list[np.ndarray], vals: list[np.ndarray], n: int):
         self.cols, self.vals, self.n = cols, vals, n
         self._flat = None
+        self._last: tuple | None = None  # (candidates, their values): the dislike share reads the features' again
 
     def __len__(self) -> int:
         return len(self.cols)
@@ -55,8 +56,18 @@ class SparseRows:
         return SparseRows(self.cols + [e] * (k - len(self)), self.vals + [e.astype(np.float32)] * (k - len(self)), self.n)
 
     def at(self, cand: np.ndarray) -> np.ndarray:
-        """The rows' values at ``cand`` (len(self) x len(cand), float32; 0 off the entries)."""
+        """The rows' values at ``cand`` (len(self) x len(cand), float32; 0 off the entries; read-only: the same array
+        answers a second call with the same ``cand`` array object)."""
         cand = np.asarray(cand, np.int64)
+        last = self._last
+        if last is not None and last[0] is cand:
+            return last[1]
+        out = self._at(cand)
+        out.flags.writeable = False
+        self._last = (cand, out)
+        return out
+
+    def _at(self, cand: np.ndarray) -> np.ndarray:
         if self._flat is None:  # built once: features, the dislike share and the reasons all read the same rows
             if len(self) * self.n <= _DENSE_CELLS:  # a small catalog: dense rows (the same values, indexed directly)
                 dense = np.zeros((len(self), self.n), np.float32)
