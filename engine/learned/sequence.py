@@ -57,7 +57,7 @@ class SparseRows:
 
     def at(self, cand: np.ndarray) -> np.ndarray:
         """The rows' values at ``cand`` (len(self) x len(cand), float32; 0 off the entries; read-only: the same array
-        answers a second call with the same ``cand`` array object)."""
+        answers a second call with the same ``cand`` array object, so callers must not change ``cand`` in place)."""
         cand = np.asarray(cand, np.int64)
         last = self._last
         if last is not None and last[0] is cand:
