@@ -40,7 +40,7 @@ from .errors import DependencyMissingError, InvalidInputError, missing
 from .events import stored_events
 from .fsutil import file_lock, write_atomic
 from .items import ItemCatalog
-from .store import Point, VectorStore, point_id
+from .store import Filter, Point, VectorStore, point_id
 from .types import Event, FitReport, Item
 
 logger = logging.getLogger(__name__)
@@ -150,12 +150,23 @@ class LearnedStage:
 
     def write_vectors(self, model, item_ids: list[str], events: list[Event]) -> bool:
         """Write ``model``'s item factors on the stored ``item_ids`` and the fold-in vectors of ``events``' users (those
-        with a profile point) as the ``cf`` named vector; False if the store refuses (serving then scans in memory)."""
+        with a profile point) as the ``cf`` named vector; False if the store refuses (serving then scans in memory).
+
+        In index mode only items with events get one: the others' factors are zero, and a point keeps no vector of an
+        older fit that this model has none for. A refit then rewrites the points of items with events alone, so the
+        HNSW build after it leaves the rest of the catalog's index as it was (on a long-tail catalog, most of it)."""
         V = model.item_factors
         rows = model.index.rows(item_ids)
         try:
             self.store.ensure_vector(self.items_col, CF_VECTOR, V.shape[1], "dot")
-            known = [(i, r) for i, r in zip(item_ids, rows) if r >= 0]
+            known, stale = [(i, r) for i, r in zip(item_ids, rows) if r >= 0], []
+            if model.indexed:
+                has = np.any(V != 0, axis=1)
+                known = [(i, r) for i, r in known if has[r]]
+                keep = {point_id("item", i) for i, h in zip(model.item_ids, has) if h}
+                stale = [h.id for h in self.store.scroll(self.items_col, Filter(has_vector=CF_VECTOR), batch=4096) if h.id not in keep]
+                for k in range(0, len(stale), 4096):
+                    self.store.delete_vectors(self.items_col, stale[k : k + 4096], CF_VECTOR)
             for k in range(0, len(known), 1024):  # lists built per batch: 1M items' factors as Python floats are ~2 GB
                 self.store.update_present(self.items_col, [Point(point_id("item", i), {CF_VECTOR: V[r].tolist()}, {}) for i, r in known[k : k + 1024]])
             by_user: dict[str, list[Event]] = {}
@@ -171,7 +182,7 @@ class LearnedStage:
         except Exception as e:  # the in-memory scan still serves; a store error must not lose the fit
             logger.warning("cf vectors not written to the store (%s); the collaborative source scans in memory", e)
             return False
-        logger.info("wrote %d item and %d user cf vectors", len(known), len(users))
+        logger.info("wrote %d item and %d user cf vectors (%d older item vectors dropped)", len(known), len(users), len(stale))
         return True
 
     def _prune(self, keep: str) -> None:

@@ -60,13 +60,17 @@ class ModelServing:
             cached = self._pid_items = (model, {point_id("item", i): i for i in model.item_ids})
         return cached[1]
 
-    def _vector_search(self, model, vector: str, exclude_ids, slack: bool = False):
-        ids, plain = self._point_items(model), Filter(exclude_ids=set(exclude_ids))
+    def _vector_search(self, model, vector: str, exclude_ids, slack: bool = False, after: bool = False):
+        """``after``: the exclusions are dropped from a deeper unfiltered query instead of filtered in Qdrant (when they
+        are fewer than the hits asked). For ``cf`` in index mode: only items with events hold one there, few enough that
+        Qdrant scans them rather than walk a graph, and a scan checks a filter on every point of the collection."""
+        ids, exclude = self._point_items(model), set(exclude_ids)
 
         def search(vec: np.ndarray, limit: int) -> list[str]:
             n = limit + max(20, limit // 2) if slack else limit  # slack: items ingested after the fit are unknown to the model
-            hits = self.store.query(self.items_col, [VectorQuery(vector, vector=vec.tolist(), limit=n)], n, plain, with_payload=False)
-            return [ids[h.id] for h in hits if h.id in ids]
+            m, flt = (n + len(exclude), None) if after and len(exclude) <= n else (n, Filter(exclude_ids=exclude))
+            hits = self.store.query(self.items_col, [VectorQuery(vector, vector=vec.tolist(), limit=m)], m, flt, with_payload=False)
+            return [ids[h.id] for h in hits if h.id in ids and h.id not in exclude][:n]
         return search
 
     def cf_served(self, model) -> bool:
@@ -76,7 +80,8 @@ class ModelServing:
     def cf_search(self, model, flt: Filter, served: bool | None = None):
         """The Qdrant query on the ``cf`` vectors for ``model`` (None when its vectors are not in the store; ``served``:
         :meth:`cf_served` as the caller read it)."""
-        return self._vector_search(model, CF_VECTOR, flt.exclude_ids) if (self.cf_served(model) if served is None else served) else None
+        return self._vector_search(model, CF_VECTOR, flt.exclude_ids, after=model.indexed) if (self.cf_served(model) if served is None else served) \
+            else None
 
     def content_search(self, model, events: list[Event]):
         """Index mode: the content source's top list from a Qdrant query on the items' ``text`` vectors (None otherwise)."""

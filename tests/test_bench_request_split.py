@@ -26,12 +26,13 @@ def test_every_timed_stage_exists():
 @pytest.mark.full
 def test_small_store_end_to_end(tmp_path):
     out = subprocess.run([sys.executable, "bench/request_split.py", "--path", str(tmp_path / "store"), "--items", "2000", "--events", "3000",
-                          "--users", "40", "--warmup", "10", "--json", str(tmp_path / "split.json"), "--ranker-ab"],
+                          "--users", "40", "--warmup", "10", "--json", str(tmp_path / "split.json"), "--ranker-ab", "--refits", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     rep = json.loads((tmp_path / "split.json").read_text())
     stages = rep["stages_mean_ms"]
     assert rep["recommend_ms"]["p50"] > 0 and sum(r["users"] for r in rep["by_history"]) == 40
+    assert len(rep["refits"]) == 1 and rep["refits"][0]["seconds"] > 0
     # every stage ran in every request (the sequence model and the payloads included), and nested ones fit inside
     assert all(v > 0 for v in stages.values()) and len(stages) == 13, stages  # the 12 stages and the whole request
     ab = rep["ranker_ab"]

@@ -269,20 +269,32 @@ def test_index_mode_takes_content_from_qdrant_and_ranks_as_recommend(make_engine
     ``text`` vectors and the cf list from one on the ``cf`` vectors, the served list equals the model's own with the
     exact lists (80 items stay below Qdrant's indexing threshold: an exact index), and rank() gives recommend()'s
     scores."""
-    from engine.store import Filter, point_id
+    from engine.store import Filter, Point, point_id
     from engine.store.edge import EdgeStore
 
     optimized = []
     real = EdgeStore.optimize
     monkeypatch.setattr(EdgeStore, "optimize", lambda self, name: optimized.append(name) or real(self, name))
     eng = make_engine(fit={"index_items": 50, "sequence_epochs": 2})
-    items = ml.items[:80]
-    keep = {it.id for it in items}
+    items = ml.items[:84]
+    keep = {it.id for it in items[:80]}  # 4 items without events
     eng.add_items(items)
     eng.add_events([e for e in ml.events if e.item_id in keep and int(e.user_id) <= 60])
     eng.fit()
     model = eng.learned.current()
     assert model.indexed and optimized == [eng.items_col]
+    # only items with events hold a cf vector (a refit rewrites those points alone); a vector an older fit left on an
+    # item without events (the code before wrote zeros on every item) is dropped by the next write
+    import numpy as np
+
+    has = np.any(model.item_factors != 0, axis=1)
+    holders = {point_id("item", i) for i, h in zip(model.item_ids, has) if h}
+    assert len(holders) == 80
+    assert {h.id for h in eng.store.scroll(eng.items_col, Filter(has_vector="cf"))} == holders
+    blank = [i for i, h in zip(model.item_ids, has) if not h][:2]
+    eng.store.update_vectors(eng.items_col, [Point(point_id("item", i), {"cf": [0.0] * model.item_factors.shape[1]}, {}) for i in blank])
+    assert eng.learned.write_vectors(model, [it.id for it in items], [])
+    assert {h.id for h in eng.store.scroll(eng.items_col, Filter(has_vector="cf"))} == holders
     asked, texts = [], []
     query = eng.store.query
     monkeypatch.setattr(eng.store, "query", lambda name, qs, *a, **kw: texts.extend(q.using for q in qs) or query(name, qs, *a, **kw))

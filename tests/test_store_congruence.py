@@ -137,6 +137,34 @@ def test_added_dot_vector_keeps_other_vectors_and_payload(tmp_path):
             assert np.allclose(s.retrieve("items", [point_id("item", "0")], with_vectors=True)[0].vectors["cf"], 6 ** -0.5, atol=1e-5)  # cosine stores unit vectors
 
 
+def test_points_can_lack_a_named_vector_and_drop_it(tmp_path):
+    """A named vector on some points only (a fit's ``cf`` in index mode: items with events): queries on it reach
+    those points alone, ``Filter(has_vector=...)`` selects them, and ``delete_vectors`` removes the vector from
+    points (unknown ids ignored) while their other vectors and payload stay; the same on both backends."""
+    rng = np.random.default_rng(2)
+    text = rng.normal(size=(30, 8)).astype(np.float32)
+    cf = rng.normal(size=(30, 4)).astype(np.float32)
+    q = rng.normal(size=4).astype(np.float32)
+    holders = [i for i in range(30) if i % 3 == 0]
+    for s in (EdgeStore(tmp_path / "e"), QdrantClientStore("local", path=tmp_path / "q")):
+        with s:
+            s.ensure_collection("items", {"text": 8}, {"item_id": "keyword"})
+            s.upsert("items", [Point(point_id("item", str(i)), {"text": text[i].tolist()}, {"item_id": str(i)}) for i in range(30)])
+            s.ensure_vector("items", "cf", 4, "dot")
+            s.update_vectors("items", [Point(point_id("item", str(i)), {"cf": cf[i].tolist()}, {}) for i in holders])
+            got = _ids(s.query("items", [VectorQuery("cf", vector=q.tolist())], 30))
+            assert got == [str(i) for i in sorted(holders, key=lambda i: -float(cf[i] @ q))]
+            assert sorted(_ids(s.scroll("items", Filter(has_vector="cf")))) == sorted(map(str, holders))
+            assert s.count("items", Filter(has_vector="cf", match={"item_id": "3"})) == 1
+            s.delete_vectors("items", [point_id("item", "0"), point_id("item", "3"), point_id("item", "nope")], "cf")
+            s.delete_vectors("items", [], "cf")
+            left = [i for i in holders if i not in (0, 3)]
+            assert sorted(_ids(s.scroll("items", Filter(has_vector="cf")))) == sorted(map(str, left))
+            assert sorted(_ids(s.query("items", [VectorQuery("cf", vector=q.tolist())], 30))) == sorted(map(str, left))
+            h = s.retrieve("items", [point_id("item", "3")], with_vectors=True)[0]
+            assert h.payload == {"item_id": "3"} and set(h.vectors or {}) == {"text"} and s.count("items") == 30
+
+
 def test_optimize_builds_the_index_and_keeps_every_answer(tmp_path):
     """optimize(): the embedded engine runs Qdrant's optimizers now (HNSW past Qdrant's indexing threshold; 300 points
     stay a plain index, as on a server) and answers as before, later writes are still found; a Qdrant server

@@ -155,8 +155,9 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
         liked = recent
     uvec = s1.cf.user_vector(items)
     src: dict = {}
-    if indexed:
-        src["cf"] = _top_list(s1.cf.item_factors, uvec.astype(np.float64), seen, cfg.index_depth, cf_search, s1.cf.norm_max) \
+    if indexed:  # items without events (zero factors) hold no cf vector in the index: none in the exact list either
+        blank = s1.cached("cf_blank", lambda: ~np.any(s1.cf.item_factors != 0, axis=1))
+        src["cf"] = _top_list(s1.cf.item_factors, uvec.astype(np.float64), seen | blank, cfg.index_depth, cf_search, s1.cf.norm_max) \
             if np.any(uvec) else EMPTY
     else:
         src["cf"] = s1.cf.scores(uvec)

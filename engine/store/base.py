@@ -79,7 +79,7 @@ class VectorQuery:
 
 @dataclass
 class Filter:
-    """Backend-neutral filter: payload conditions that must hold, ids to exclude."""
+    """Backend-neutral filter: payload conditions that must hold, ids to exclude or keep, a named vector present."""
 
     match: dict[str, Any] = field(default_factory=dict)
     """field -> value (equality) or list of values (any of)."""
@@ -87,9 +87,11 @@ class Filter:
     """field -> {gt, gte, lt, lte}."""
     exclude_ids: set[str] = field(default_factory=set)
     include_ids: set[str] | None = None
+    has_vector: str | None = None
+    """Only points that hold this named vector (points may lack one, e.g. ``cf`` on items without events)."""
 
     def is_empty(self) -> bool:
-        return not (self.match or self.ranges or self.exclude_ids or self.include_ids is not None)
+        return not (self.match or self.ranges or self.exclude_ids or self.include_ids is not None or self.has_vector)
 
 
 _RANGE_OPS = {"gt", "gte", "lt", "lte"}
@@ -175,6 +177,11 @@ class VectorStore(ABC):
     @abstractmethod
     def delete(self, name: str, ids: Sequence[str]) -> None:
         """Remove these points (ids not there are ignored)."""
+
+    @abstractmethod
+    def delete_vectors(self, name: str, ids: Sequence[str], vector: str) -> None:
+        """Remove the named vector ``vector`` from these points (their other vectors and payload stay; ids not
+        there are ignored)."""
 
     def update_present(self, name: str, points: Sequence[Point] = (), payload: Mapping[str, Any] | None = None) -> None:
         """:meth:`update_vectors` (``points``) or :meth:`set_payload` (their ids, ``payload``) on the points still stored:

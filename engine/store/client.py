@@ -35,6 +35,8 @@ def _to_filter(flt: Filter | None) -> qm.Filter | None:
         must.append(qm.FieldCondition(key=key, range=qm.Range(**rng)))
     if flt.include_ids is not None:
         must.append(qm.HasIdCondition(has_id=sorted(flt.include_ids)))
+    if flt.has_vector:
+        must.append(qm.HasVectorCondition(has_vector=flt.has_vector))
     must_not = [qm.HasIdCondition(has_id=sorted(flt.exclude_ids))] if flt.exclude_ids else None
     return qm.Filter(must=must or None, must_not=must_not)
 
@@ -167,6 +169,12 @@ class QdrantClientStore(VectorStore):
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if ids:
             self._call(self.client.delete, name, points_selector=qm.PointIdsList(points=list(ids)), wait=True)
+
+    def delete_vectors(self, name: str, ids: Sequence[str], vector: str) -> None:
+        if ids:  # the server refuses ids it does not hold: only those it has
+            have = [r.id for r in self._call(self.client.retrieve, name, ids=list(ids), with_payload=False, with_vectors=False)]
+            if have:
+                self._call(self.client.delete_vectors, name, vectors=[vector], points=have, wait=True)
 
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False, fields: Sequence[str] | None = None) -> list[Hit]:
         if not ids:

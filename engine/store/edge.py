@@ -206,6 +206,12 @@ class EdgeStore(VectorStore):
             with self._lock:
                 self._update(name, qe.UpdateOperation.delete_points(list(ids)))
 
+    def delete_vectors(self, name: str, ids: Sequence[str], vector: str) -> None:
+        with self._lock:  # the engine refuses the whole write for an id it does not hold: those it has only
+            have = [h.id for h in self.retrieve(name, list(ids), fields=())]
+            if have:
+                self._update(name, qe.UpdateOperation.delete_vectors(have, [vector]))
+
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False, fields: Sequence[str] | None = None) -> list[Hit]:
         if not ids:
             return []

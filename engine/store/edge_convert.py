@@ -43,6 +43,8 @@ def to_filter(flt: Filter | None) -> qe.Filter | None:
         must.append(qe.FieldCondition(key=key, range=qe.RangeFloat(**rng)))
     if flt.include_ids is not None:
         must.append(qe.HasIdCondition(set(flt.include_ids) or {str(uuid.UUID(int=0))}))
+    if flt.has_vector:
+        must.append(qe.HasVectorCondition(flt.has_vector))
     must_not = [qe.HasIdCondition(set(flt.exclude_ids))] if flt.exclude_ids else None
     return qe.Filter(must=must or None, must_not=must_not)
 
