@@ -213,3 +213,20 @@ def test_reads_retry_on_the_new_shard_when_a_swap_closes_theirs(tmp_path, monkey
         assert len(st.query("items", [VectorQuery("text", vector=[1.0] * 8, limit=3)], 3)) == 3
     finally:
         st.close()
+
+
+def test_points_rewritten_after_a_build_get_an_index_of_their_own(tmp_path):
+    """A refit rewrites the cf vectors of the items with events only; Qdrant moves those points to a segment of their
+    own. A collection searched by vector indexes such a segment once it holds about 1 MB of vectors (Qdrant's default
+    waits for 10 MB, so 4,200 rewritten 64-d points would be scanned by every query until a full rebuild)."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(4500, 64)).astype(np.float32)
+    with EdgeStore(tmp_path / "s") as st:
+        st.ensure_collection("items", {"text": 64}, quantize=True)
+        st.upsert("items", [Point(point_id("item", str(i)), {"text": X[i].tolist()}, {"item_id": str(i)}) for i in range(4500)])
+        assert st.optimize("items") is True
+        st.ensure_vector("items", "cf", 8, "dot")
+        st.update_vectors("items", [Point(point_id("item", str(i)), {"cf": [1.0] * 8}, {}) for i in range(4200)])
+        assert st.optimize("items") is True  # the 4,200 moved points are indexed, not left to a scan
+        q = X[7] / np.linalg.norm(X[7])
+        assert st.query("items", [VectorQuery("text", vector=q.tolist(), limit=1)], 1)[0].payload["item_id"] == "7"

@@ -20,7 +20,7 @@ from ..errors import BackendUnavailableError, ConflictError, NotFoundError
 from ..fsutil import write_atomic
 from .base import Filter, Hit, Point, VectorQuery, VectorStore
 from .edge_build import aside_of, build_copy, build_in_child, copy_shard, finish_swap, recover, replay, swap_in, undo_swap
-from .edge_convert import DISTANCE, INDEX, SEARCH, quantization_config, scoring, to_filter
+from .edge_convert import DISTANCE, INDEX, INDEXING_KB, SEARCH, quantization_config, scoring, to_filter
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,7 @@ class EdgeStore(VectorStore):
                     or None,
                     sparse_vectors=None if vectors else {_PLACEHOLDER_SPARSE: qe.EdgeSparseVectorParams()},
                     quantization_config=self._quantization if quantize else None,  # every named vector, cf added later too
+                    optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_KB) if quantize else None,
                 )
                 self._hold_root()
                 try:

@@ -9,7 +9,7 @@ import qdrant_edge as qe
 
 from .base import OVERSAMPLING, QUANTILE, Filter, VectorQuery, quantization_kind
 
-__all__ = ["DISTANCE", "INDEX", "SEARCH", "quantization_config", "scoring", "to_filter"]
+__all__ = ["DISTANCE", "INDEX", "INDEXING_KB", "SEARCH", "quantization_config", "scoring", "to_filter"]
 
 INDEX = {
     "keyword": qe.PayloadSchemaType.Keyword,
@@ -23,6 +23,14 @@ DISTANCE = {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot}
 # default returned the int8 approximations, a few thousandths off, and missed 7.5% of an exact top 10 in
 # tests/test_quantization.py); float collections ignore it.
 SEARCH = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING))
+
+
+# Collections searched by vector index every segment past this many KB of vectors when optimized (Qdrant's default is
+# 10,000 KB). A refit rewrites the cf vectors of the items with events only; their points move to a segment of their
+# own, which at 100k items (6% with events) stayed just under the default and was scanned by every query (slower
+# requests until a full rebuild). Indexed, requests cost what they did after a full rebuild. The embedded engine optimizes only in
+# fit() (no background optimizer), so ingestion does not pay for it.
+INDEXING_KB = 1000
 
 
 def quantization_config(kind: str) -> qe.ScalarQuantizationConfig | None:
