@@ -2,7 +2,7 @@
 user's history. Kept lists off (``retrieval.cache_users=0``): every request ranks, as a user new to the process does.
 
     .venv/bin/python bench/request_split.py --path /tmp/split100k [--items 100000] [--events 20000] [--users 600] [--json out.json]
-        [--ranker-ab] [--refits N]
+        [--ranker-ab] [--refits N] [--compare OTHER_STORE]
 
 Builds the store at ``--path`` once if it holds no fitted model (``bench/scale.py``'s synthetic catalog with random
 384-d unit text vectors, its event log of 1,000 users, then ``Engine.fit``: ~2.5 min at 100k items on 2 cores), and reuses
@@ -15,7 +15,9 @@ all timed requests (both of each user's), the p50 / p95 over each user's faster 
 ``--ranker-ab`` then serves each timed user once with LightGBM's predict and once with the compiled ranker
 (``fit.compiled_ranker``), alternating which goes first, and prints both and their ratio. ``--refits N`` first fits
 the store again N times on the same events (what a scheduled refit costs: its seconds, and the HNSW build's within them),
-before any request is timed.
+before any request is timed. ``--compare OTHER_STORE`` then serves each timed user from this store and from another
+fitted one (e.g. one built and fitted by older code, its layout kept) in turn, in one process, alternating which goes
+first, and prints both.
 """
 
 from __future__ import annotations
@@ -116,6 +118,19 @@ def ranker_ab(eng: Engine, users: list[str]) -> dict:
     return out
 
 
+def store_ab(eng: Engine, other: Engine, users: list[str]) -> dict:
+    """Each user's request timed on both stores, which one goes first alternating by user (twice; the faster counts)."""
+    best: dict[str, dict[str, float]] = {"this": {}, "other": {}}
+    for rep in range(2):
+        for i, u in enumerate(users):
+            for name in (("this", "other") if (i + rep) % 2 == 0 else ("other", "this")):
+                t = time.perf_counter()
+                (eng if name == "this" else other).recommend(u, k=10)
+                ms = (time.perf_counter() - t) * 1e3
+                best[name][u] = min(ms, best[name].get(u, ms))
+    return {k: {"p50": float(np.percentile(list(v.values()), 50)), "p95": float(np.percentile(list(v.values()), 95))} for k, v in best.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--path", type=Path, required=True, help="store folder (built here when it holds no fitted model)")
@@ -126,6 +141,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--ranker-ab", action="store_true", help="then serve each timed user with LightGBM's predict and with "
                     "the compiled ranker in turn (order alternating), and print both and their ratio")
+    ap.add_argument("--compare", type=Path, default=None, help="then serve each timed user from this store and from "
+                    "the fitted store at COMPARE in turn, and print both")
     ap.add_argument("--refits", type=int, default=0, help="fit() again this many times first, and print each one's seconds")
     a = ap.parse_args()
     eng = open_store(a.path, a.items, a.events)
@@ -150,6 +167,13 @@ def main() -> None:
             spent["Engine.recommend (whole request)"] += ms / 1e3
     spent = dict(spent)  # the split of the requests above: the A/B's requests are timed on their own
     ab = ranker_ab(eng, users[a.warmup :]) if a.ranker_ab else None
+    cmp = None
+    if a.compare:
+        other = open_store(a.compare, a.items, a.events)
+        for u in users[: a.warmup]:
+            other.recommend(u, k=10)
+        cmp = store_ab(eng, other, users[a.warmup :])
+        other.close()
     eng.close()
     n = 2 * a.users
     ms = np.array(list(best.values()))
@@ -167,6 +191,10 @@ def main() -> None:
             row = {"from": lo, "to": hi, "users": int(m.sum()), "p50": float(np.percentile(ms[m], 50)), "p95": float(np.percentile(ms[m], 95))}
             out["by_history"].append(row)
             print(f"| {lo}-{hi - 1 if hi < 10**9 else ''} | {row['users']} | {row['p50']:.2f} | {row['p95']:.2f} |")
+    if cmp is not None:
+        out["compare"] = {"other": str(a.compare), **cmp}
+        print(f"\nSame users, one process, this store and {a.compare} in turn: p50 / p95 {cmp['this']['p50']:.2f} / "
+              f"{cmp['this']['p95']:.2f} ms here, {cmp['other']['p50']:.2f} / {cmp['other']['p95']:.2f} ms there")
     if ab is not None:
         out["ranker_ab"] = ab
         if "skipped" in ab:
