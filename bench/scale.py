@@ -32,8 +32,8 @@ Measured in one run on the same data, per size:
    of them the same on the store reopened without ranking ahead;
 4. peak RSS of the process and disk per item (store + fitted model).
 Above ``ONE_FIT_ITEMS`` items ``fit()`` runs once, on the whole (cut-down) event log, instead of at 1/4, 1/2 and
-all of it: each fit in index mode rebuilds the HNSW indexes, which at 1M items takes most of an hour on 2 cores; that
-size then has no fit exponent. The output says so. Writes ``scale.json``, ``scale.md`` (table) and ``scale.png`` (cost vs size) under --out.
+all of it: the first fit in index mode builds the HNSW indexes of the whole catalog (later ones re-index the points of
+the items with events), which at 1M items took most of an hour on 2 cores; that size then has no fit exponent. The output says so. Writes ``scale.json``, ``scale.md`` (table) and ``scale.png`` (cost vs size) under --out.
 """
 
 from __future__ import annotations
@@ -466,7 +466,7 @@ def main() -> None:
         if n * 2 > p["events"]:
             note.append(f"event log cut down to {p['events']:,} events ({p['users']:,} users)")
         if p["one_fit"]:
-            note.append("fit() run once on the whole log (each fit rebuilds the HNSW indexes): no fit exponent at this size")
+            note.append("fit() run once on the whole log (the first fit builds the whole HNSW index): no fit exponent at this size")
         print("# " + "; ".join(note), flush=True)
         child_args = json.dumps({"encoder": enc, "users": p["users"], "events": p["events"], "probes": p["probes"], "one_fit": p["one_fit"], "sample": args.sample})
         t0 = time.perf_counter()
