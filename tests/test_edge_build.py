@@ -215,18 +215,30 @@ def test_reads_retry_on_the_new_shard_when_a_swap_closes_theirs(tmp_path, monkey
         st.close()
 
 
-def test_points_rewritten_after_a_build_get_an_index_of_their_own(tmp_path):
+@pytest.mark.parametrize("made", ["now", "before"])
+def test_points_rewritten_after_a_build_get_an_index_of_their_own(tmp_path, made):
     """A refit rewrites the cf vectors of the items with events only; Qdrant moves those points to a segment of their
-    own. A collection searched by vector indexes such a segment once it holds about 1 MB of vectors (Qdrant's default
-    waits for 10 MB, so 4,200 rewritten 64-d points would be scanned by every query until a full rebuild)."""
+    own. The store indexes a segment once it holds about 1 MB of vectors (Qdrant's default waits for 10 MB: these
+    12,000 128-d points, 6 MB, would stay a scan, and so would the 2,100 rewritten ones, 1.05 MB, which are too few
+    for Qdrant to rebuild the old segment instead). A store made before this setting ("before": Qdrant's default in
+    its shard's config) gets it when it is opened."""
+    import json
+
     rng = np.random.default_rng(5)
-    X = rng.normal(size=(4500, 64)).astype(np.float32)
+    X = rng.normal(size=(12_000, 128)).astype(np.float32)
     with EdgeStore(tmp_path / "s") as st:
-        st.ensure_collection("items", {"text": 64}, quantize=True)
-        st.upsert("items", [Point(point_id("item", str(i)), {"text": X[i].tolist()}, {"item_id": str(i)}) for i in range(4500)])
+        st.ensure_collection("items", {"text": 128}, quantize=True)
+    conf = tmp_path / "s" / "items" / "edge_config.json"
+    if made == "before":
+        cfg = json.loads(conf.read_text())
+        cfg["optimizers"]["indexing_threshold"] = None
+        conf.write_text(json.dumps(cfg))
+    with EdgeStore(tmp_path / "s") as st:
+        st.upsert("items", [Point(point_id("item", str(i)), {"text": X[i].tolist()}, {"item_id": str(i)}) for i in range(12_000)])
         assert st.optimize("items") is True
         st.ensure_vector("items", "cf", 8, "dot")
-        st.update_vectors("items", [Point(point_id("item", str(i)), {"cf": [1.0] * 8}, {}) for i in range(4200)])
-        assert st.optimize("items") is True  # the 4,200 moved points are indexed, not left to a scan
+        st.update_vectors("items", [Point(point_id("item", str(i)), {"cf": [1.0] * 8}, {}) for i in range(2100)])
+        assert st.optimize("items") is True  # the 2,100 moved points are indexed, not left to a scan
         q = X[7] / np.linalg.norm(X[7])
         assert st.query("items", [VectorQuery("text", vector=q.tolist(), limit=1)], 1)[0].payload["item_id"] == "7"
+    assert json.loads(conf.read_text())["optimizers"]["indexing_threshold"] == 1000

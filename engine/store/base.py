@@ -178,10 +178,11 @@ class VectorStore(ABC):
     def delete(self, name: str, ids: Sequence[str]) -> None:
         """Remove these points (ids not there are ignored)."""
 
-    @abstractmethod
     def delete_vectors(self, name: str, ids: Sequence[str], vector: str) -> None:
         """Remove the named vector ``vector`` from these points (their other vectors and payload stay; ids not
-        there are ignored)."""
+        there are ignored). Not abstract, so a backend written before it still loads; a fit then keeps its cf vectors
+        out of the store (logged) and serves them from memory."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete named vectors")
 
     def update_present(self, name: str, points: Sequence[Point] = (), payload: Mapping[str, Any] | None = None) -> None:
         """:meth:`update_vectors` (``points``) or :meth:`set_payload` (their ids, ``payload``) on the points still stored:

@@ -171,10 +171,15 @@ class QdrantClientStore(VectorStore):
             self._call(self.client.delete, name, points_selector=qm.PointIdsList(points=list(ids)), wait=True)
 
     def delete_vectors(self, name: str, ids: Sequence[str], vector: str) -> None:
-        if ids:  # the server refuses ids it does not hold: only those it has
+        for attempt in range(2) if ids else ():  # the server refuses ids it does not hold: those it has, read again once
             have = [r.id for r in self._call(self.client.retrieve, name, ids=list(ids), with_payload=False, with_vectors=False)]
-            if have:
-                self._call(self.client.delete_vectors, name, vectors=[vector], points=have, wait=True)
+            try:  # when a point was deleted between the read and the write
+                if have:
+                    self._call(self.client.delete_vectors, name, vectors=[vector], points=have, wait=True)
+                return
+            except Exception:
+                if attempt:
+                    raise
 
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False, fields: Sequence[str] | None = None) -> list[Hit]:
         if not ids:

@@ -20,7 +20,7 @@ from ..errors import BackendUnavailableError, ConflictError, NotFoundError
 from ..fsutil import write_atomic
 from .base import Filter, Hit, Point, VectorQuery, VectorStore
 from .edge_build import aside_of, build_copy, build_in_child, copy_shard, finish_swap, recover, replay, swap_in, undo_swap
-from .edge_convert import DISTANCE, INDEX, INDEXING_KB, SEARCH, quantization_config, scoring, to_filter
+from .edge_convert import DISTANCE, INDEX, INDEXING_KB, SEARCH, quantization_config, scoring, to_filter, upgrade_config
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class EdgeStore(VectorStore):
                 self._hold_root()
                 try:
                     recover(self._dir(name))  # an index build's swap cut short by a crash
+                    upgrade_config(self._dir(name))  # a store made before INDEXING_KB
                     self._shards[name] = qe.EdgeShard.load(str(self._dir(name)))
                 except Exception as e:
                     self._release_if_idle()
@@ -154,7 +155,7 @@ class EdgeStore(VectorStore):
                     or None,
                     sparse_vectors=None if vectors else {_PLACEHOLDER_SPARSE: qe.EdgeSparseVectorParams()},
                     quantization_config=self._quantization if quantize else None,  # every named vector, cf added later too
-                    optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_KB) if quantize else None,
+                    optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_KB),
                 )
                 self._hold_root()
                 try:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import qdrant_edge as qe
 
+from ..fsutil import write_atomic
 from .base import OVERSAMPLING, QUANTILE, Filter, VectorQuery, quantization_kind
 
-__all__ = ["DISTANCE", "INDEX", "INDEXING_KB", "SEARCH", "quantization_config", "scoring", "to_filter"]
+__all__ = ["DISTANCE", "INDEX", "INDEXING_KB", "SEARCH", "quantization_config", "scoring", "to_filter", "upgrade_config"]
 
 INDEX = {
     "keyword": qe.PayloadSchemaType.Keyword,
@@ -25,12 +28,30 @@ DISTANCE = {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot}
 SEARCH = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING))
 
 
-# Collections searched by vector index every segment past this many KB of vectors when optimized (Qdrant's default is
-# 10,000 KB). A refit rewrites the cf vectors of the items with events only; their points move to a segment of their
-# own, which at 100k items (6% with events) stayed just under the default and was scanned by every query (slower
-# requests until a full rebuild). Indexed, requests cost what they did after a full rebuild. The embedded engine optimizes only in
-# fit() (no background optimizer), so ingestion does not pay for it.
+# Every collection indexes a segment past this many KB of vectors when optimized (Qdrant's default is 10,000 KB). A
+# refit rewrites the cf vectors of the items with events only; their points move to a segment of their own, which at
+# 100k items (6% with events) stayed just under the default and was scanned by every query from then on. The embedded
+# engine optimizes only in fit() (no background optimizer), so ingestion does not pay for it.
 INDEXING_KB = 1000
+
+
+def upgrade_config(shard: Path) -> bool:
+    """Set :data:`INDEXING_KB` in the shard's ``edge_config.json`` where it holds Qdrant's default (null: a store created
+    before it); run with the store's lock held, before the shard is loaded. True when the file was rewritten."""
+    path = shard / "edge_config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):  # no such file (yet), or not ours to fix: Qdrant says what is wrong when it loads
+        return False
+    opt = cfg.get("optimizers") if isinstance(cfg, dict) else None
+    if not isinstance(opt, dict) or opt.get("indexing_threshold") is not None:
+        return False
+    opt["indexing_threshold"] = INDEXING_KB
+    try:
+        write_atomic(path, json.dumps(cfg))
+    except OSError:  # the shard still loads with Qdrant's default; its refits' segments may then go unindexed
+        return False
+    return True
 
 
 def quantization_config(kind: str) -> qe.ScalarQuantizationConfig | None:
