@@ -94,41 +94,43 @@ def open_store(path: Path, items: int, events: int) -> Engine:
     return eng
 
 
+def alternated(users: list[str], serve: dict, passes: int = 1) -> dict:
+    """Each user's request timed both ways of ``serve`` (two names -> a function serving one user), which one goes
+    first alternating by user and pass, so drift in the machine's speed hits both alike; over several passes each
+    user's faster request counts. p50 / p95 ms per way."""
+    a, b = serve
+    best: dict[str, dict[str, float]] = {a: {}, b: {}}
+    for rep in range(passes):
+        for i, u in enumerate(users):
+            for name in ((a, b) if (i + rep) % 2 == 0 else (b, a)):
+                t = time.perf_counter()
+                serve[name](u)
+                ms = (time.perf_counter() - t) * 1e3
+                best[name][u] = min(ms, best[name].get(u, ms))
+    return {k: {"p50": float(np.percentile(list(v.values()), 50)), "p95": float(np.percentile(list(v.values()), 95))} for k, v in best.items()}
+
+
 def ranker_ab(eng: Engine, users: list[str]) -> dict:
     """Each user's request timed with the fitted ranker served by LightGBM's predict and by its compiled code
-    (``Ranker.compile``), which one goes first alternating by user, so drift in the machine's speed hits both alike."""
+    (``Ranker.compile``), in turn (:func:`alternated`)."""
     model = eng.learned.current()
     compiled = model.ranker
     if not compiled.compiled:
         return {"skipped": "the ranker is not compiled here (lleaves missing, or fit.compiled_ranker is false)"}
     plain = ranker_mod.Ranker(compiled.booster, compiled.columns, compiled.boosters[1:])  # the same boosters, LightGBM's predict
-    ms: dict[str, list[float]] = {"lightgbm": [], "compiled": []}
+
+    def served_by(ranker):
+        def serve(u: str) -> None:
+            model.ranker = ranker
+            eng.recommend(u, k=10)
+        return serve
     try:
-        for i, u in enumerate(users):
-            for name in (("lightgbm", "compiled") if i % 2 == 0 else ("compiled", "lightgbm")):
-                model.ranker = plain if name == "lightgbm" else compiled
-                t = time.perf_counter()
-                eng.recommend(u, k=10)
-                ms[name].append((time.perf_counter() - t) * 1e3)
+        out = alternated(users, {"lightgbm": served_by(plain), "compiled": served_by(compiled)})
     finally:
         model.ranker = compiled
-    out = {k: {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95))} for k, v in ms.items()}
     out["ratio_p50"] = out["lightgbm"]["p50"] / out["compiled"]["p50"]
     out["ratio_p95"] = out["lightgbm"]["p95"] / out["compiled"]["p95"]
     return out
-
-
-def store_ab(eng: Engine, other: Engine, users: list[str]) -> dict:
-    """Each user's request timed on both stores, which one goes first alternating by user (twice; the faster counts)."""
-    best: dict[str, dict[str, float]] = {"this": {}, "other": {}}
-    for rep in range(2):
-        for i, u in enumerate(users):
-            for name in (("this", "other") if (i + rep) % 2 == 0 else ("other", "this")):
-                t = time.perf_counter()
-                (eng if name == "this" else other).recommend(u, k=10)
-                ms = (time.perf_counter() - t) * 1e3
-                best[name][u] = min(ms, best[name].get(u, ms))
-    return {k: {"p50": float(np.percentile(list(v.values()), 50)), "p95": float(np.percentile(list(v.values()), 95))} for k, v in best.items()}
 
 
 def main() -> None:
@@ -172,7 +174,7 @@ def main() -> None:
         other = open_store(a.compare, a.items, a.events)
         for u in users[: a.warmup]:
             other.recommend(u, k=10)
-        cmp = store_ab(eng, other, users[a.warmup :])
+        cmp = alternated(users[a.warmup :], {"this": lambda u: eng.recommend(u, k=10), "other": lambda u: other.recommend(u, k=10)}, passes=2)
         other.close()
     eng.close()
     n = 2 * a.users
@@ -192,7 +194,7 @@ def main() -> None:
             out["by_history"].append(row)
             print(f"| {lo}-{hi - 1 if hi < 10**9 else ''} | {row['users']} | {row['p50']:.2f} | {row['p95']:.2f} |")
     if cmp is not None:
-        out["compare"] = {"other": str(a.compare), **cmp}
+        out["compare"] = {"other_store": str(a.compare), **cmp}
         print(f"\nSame users, one process, this store and {a.compare} in turn: p50 / p95 {cmp['this']['p50']:.2f} / "
               f"{cmp['this']['p95']:.2f} ms here, {cmp['other']['p50']:.2f} / {cmp['other']['p95']:.2f} ms there")
     if ab is not None:
