@@ -63,7 +63,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             liked = [e for e in hist if e.rating is None or e.rating >= eng.settings.profile.positive_rating]
             liked_rows = eng.catalog.rows([e.item_id for e in liked])
             top = Counter(g for r in liked_rows.values() for g in genres_of(r)).most_common(5)  # prompt rows carry `genres`
-            print("  check: genres of the items rated >= 4: " + ", ".join(f"{g} {n}" for g, n in top))
+            neg = eng.settings.profile.negative_rating
+            low_rows = eng.catalog.rows([e.item_id for e in hist if e.rating is not None and e.rating <= neg])
+            low = Counter(g for r in low_rows.values() for g in genres_of(r))
+            # a harsh rater's liked counts alone mislead: 52 liked dramas beside 232 rated low is no taste for drama
+            print(f"  check: genres of the items rated >= {eng.settings.profile.positive_rating:g} (rated <= {neg:g}): "
+                  + ", ".join(f"{g} {n} ({low[g]})" for g, n in top))
             # the summary is rewritten block by block, so recent likes weigh most: a harsh rater's latest likes can
             # differ from the all-time counts above
             print("  recent likes: " + ("; ".join(liked_rows.get(e.item_id, {}).get("title", e.item_id) for e in liked[-5:][::-1]) or "none"))

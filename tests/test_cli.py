@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -26,8 +27,10 @@ def test_demo_on_an_indexed_catalog(tmp_path, ml_items_path):
     assert "0 added, 0 updated, 1682 unchanged (reused)" in run.stdout and "indexing items" in run.stderr
     assert "events: 100000 added" in run.stdout and "fit: model " in run.stdout
     assert run.stdout.count("(learned):") == 2 and run.stdout.count("  -  Because you ") == 20
-    checks = [line for line in run.stdout.splitlines() if "check: genres of the items rated >= 4:" in line]
+    checks = [line for line in run.stdout.splitlines() if "check: genres of the items rated >= 4 (rated <= 2):" in line]
     assert len(checks) == 2 and all(line.split(":", 2)[2].strip() for line in checks), checks  # the reader's check is filled in
+    # each genre shows its low-rated count beside the liked one: "Drama 52 (232)"
+    assert all(re.fullmatch(r"[^,]+ \d+ \(\d+\)(, [^,]+ \d+ \(\d+\))*", line.split(":", 2)[2].strip()) for line in checks), checks
     recent = [line.split("recent likes: ", 1)[1] for line in run.stdout.splitlines() if line.startswith("  recent likes: ")]
     assert len(recent) == 2 and all(r not in ("", "none") and len(r.split("; ")) == 5 for r in recent), recent
     # `persona profiles` after the demo: the two users are up to date, a third gets its blocks summarized
