@@ -89,6 +89,7 @@ def test_save_load_roundtrip(fitted, tmp_path):
         assert loaded.recommend(_hist(events, u), k=10) == model.recommend(_hist(events, u), k=10)
     assert loaded.info["version"] == model.info["version"]
     assert np.array_equal(loaded.item_factors, model.item_factors)
+    assert np.array_equal(loaded.stage1.content_pop, model.stage1.content_pop)
 
 
 def test_no_label_leakage(fitted):
@@ -744,3 +745,48 @@ def test_als_fit_raises_no_blas_thread_warning(monkeypatch):
         V = fit_als(X, factors=4, iterations=2, backend="implicit")
     assert V.shape == (20, 4) and np.isfinite(V).all()
     assert not [w for w in got if "threads" in str(w.message)], [str(w.message) for w in got]
+
+
+def test_popularity_prior_is_a_content_guess_and_never_an_items_own_count():
+    """Each item's log popularity as its content predicts it: items with events get it from a ridge fitted without them
+    (changing an item's own count leaves its value), items without events from the ridge fitted on all; nan without
+    text vectors."""
+    from scipy.stats import spearmanr
+
+    from engine.learned.meta import ItemMeta
+
+    rng = np.random.default_rng(3)
+    n, known = 400, 340
+    emb = rng.normal(size=(n, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    truth = 2.5 + 2.0 * emb @ rng.normal(size=16)  # here content decides popularity
+    counts = np.maximum(1, np.round(np.expm1(np.clip(truth, 0, None)))).astype(np.int64)
+    counts[known:] = 0  # new items
+    meta = ItemMeta(emb, np.zeros((n, 1), np.float32), ["x"], np.full(n, np.nan, np.float32))
+    p = meta.popularity_prior(counts)
+    assert p.dtype == np.float32 and np.isfinite(p).all()
+    assert spearmanr(p[:known], np.log1p(counts[:known])).correlation > 0.8
+    assert spearmanr(p[known:], truth[known:]).correlation > 0.8  # new items: a real guess, not a constant
+    bumped = counts.copy()
+    bumped[7] *= 3  # item 7's own count never reaches its own value; the models fitted with it move
+    q = meta.popularity_prior(bumped)
+    assert q[7] == pytest.approx(p[7], abs=1e-6)
+    assert not np.allclose(q[known:], p[known:])
+    flat = ItemMeta(np.zeros((n, 1), np.float32), meta.genres, ["x"], meta.year)
+    assert np.isnan(flat.popularity_prior(counts)).all()
+
+
+def test_content_popularity_feature_is_stage_ones_prior_and_a_new_items_value_in_training(fitted):
+    from engine.learned.features import FEATURE_NAMES, cold_item, features
+
+    model, _, events = fitted
+    col = FEATURE_NAMES.index("content_pop")
+    st = model.state(_hist(events, "u4"))
+    cand = np.array([model.index.get("new"), model.index.get("i3"), model.index.get("i40")])
+    F = features(model.stage1, model.meta, st, cand)
+    assert np.array_equal(F[:, col], model.stage1.content_pop[cand]) and np.isfinite(F[:, col]).all()
+    assert np.array_equal(cold_item(F, st, np.ones(3, bool))[:, col], F[:, col])  # content: shown as it is
+    # the ranker's training stage 1 predicts from its own (label-free) counts
+    s0 = model.train_stage1[0]
+    assert np.array_equal(s0.content_pop, model.meta.popularity_prior(s0.seq.pop, CFG.seed))
+    assert "content_pop" in model.ranker.columns

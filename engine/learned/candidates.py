@@ -50,16 +50,19 @@ class Stage1:
     """Everything fitted from events that the pool and the features read. Fit twice: without labels, then on all."""
 
     def __init__(self, cf: CF, seq: SequenceStats, item_rating: np.ndarray, item_first_ts: np.ndarray, item_mean_ts: np.ndarray,
-                 sas: SeqNet | None = None):
+                 sas: SeqNet | None = None, content_pop: np.ndarray | None = None):
         self.cf, self.seq, self.sas = cf, seq, sas
+        self.content_pop = content_pop  # ``ItemMeta.popularity_prior`` of this stage's counts (None: models saved before)
         self.item_rating, self.item_first_ts, self.item_mean_ts = item_rating, item_first_ts, item_mean_ts
         V = cf.item_factors
         n = np.linalg.norm(V, axis=1, keepdims=True)
         self.cf_unit = V / np.where(n > 0, n, 1.0)
 
     @classmethod
-    def fit(cls, seqs: dict[str, Sequence], n_items: int, cfg: LearnedConfig, sas: SeqNet | None = None) -> Stage1:
-        """``sas``: a sequence model trained elsewhere (``PersonaModel.fit`` trains one and shares it), kept as is."""
+    def fit(cls, seqs: dict[str, Sequence], n_items: int, cfg: LearnedConfig, sas: SeqNet | None = None,
+            meta: ItemMeta | None = None) -> Stage1:
+        """``sas``: a sequence model trained elsewhere (``PersonaModel.fit`` trains one and shares it), kept as is.
+        ``meta``: the items' content, for the popularity each item's content predicts (none without it)."""
         X = user_item_matrix(seqs, n_items)
         cf = CF.fit(X, cfg.cf_factors, cfg.cf_reg, cfg.cf_alpha, cfg.cf_iterations, cfg.seed)
         seq = SequenceStats.fit(seqs, n_items, cfg.max_gap, cfg.gap_decay, cfg.cooc_window, cfg.trend_days, cfg.bucket_days)
@@ -76,7 +79,8 @@ class Stage1:
         first = np.full(n_items, np.nan)
         np.fmin.at(first, items, ts)
         mean_ts = np.where(cnt > 0, np.bincount(items, weights=ts, minlength=n_items) / np.maximum(cnt, 1), np.nan)
-        return cls(cf, seq, item_rating, first.astype(np.float64), mean_ts.astype(np.float64), sas)
+        prior = meta.popularity_prior(cnt, cfg.seed) if meta is not None else None
+        return cls(cf, seq, item_rating, first.astype(np.float64), mean_ts.astype(np.float64), sas, prior)
 
     def cached(self, key, make):
         """Per-model memo for history-independent values (sorted popularity, per time bucket too, and masks); the
@@ -93,13 +97,14 @@ class Stage1:
 
     def arrays(self) -> dict:
         return {"cf_item_factors": self.cf.item_factors, "item_rating": self.item_rating, "item_first_ts": self.item_first_ts,
-                "item_mean_ts": self.item_mean_ts, **self.seq.arrays(), **(self.sas.arrays() if self.sas is not None else {})}
+                "item_mean_ts": self.item_mean_ts, **self.seq.arrays(), **(self.sas.arrays() if self.sas is not None else {}),
+                **({"content_pop": self.content_pop} if self.content_pop is not None else {})}
 
     @classmethod
     def from_arrays(cls, a: dict, cfg: LearnedConfig) -> Stage1:
         cf = CF(a["cf_item_factors"], cfg.cf_reg, cfg.cf_alpha)
         seq = SequenceStats.from_arrays(a, dict(max_gap=cfg.max_gap, gap_decay=cfg.gap_decay, window=cfg.cooc_window))
-        return cls(cf, seq, a["item_rating"], a["item_first_ts"], a["item_mean_ts"], SeqNet.from_arrays(a))
+        return cls(cf, seq, a["item_rating"], a["item_first_ts"], a["item_mean_ts"], SeqNet.from_arrays(a), a.get("content_pop"))
 
 
 def _top_list(E: np.ndarray, q: np.ndarray, seen: np.ndarray, depth: int, search=None, norm_max: float = 1.0) -> ListSource:

@@ -38,6 +38,7 @@ GROUPS: dict[str, list[str]] = {
     "attributes": ["genre_overlap", "year_gap", "item_year"],
     "user": ["hist_len", "user_mean_rating", "days_to_data_end"],
     "item": ["item_rating", "item_age_days", "item_mean_ts_gap_days"],
+    "content_pop": ["content_pop"],
     "extra": ["extra"],
 }
 FEATURE_NAMES: list[str] = [f for g in GROUPS.values() for f in g]
@@ -105,6 +106,8 @@ def features(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, extra:
     put("item_rating", s1.item_rating[cand])
     put("item_age_days", (st.last_ts - s1.item_first_ts[cand]) / DAY)
     put("item_mean_ts_gap_days", (st.last_ts - s1.item_mean_ts[cand]) / DAY)
+    if s1.content_pop is not None:  # what the content predicts, never the item's own count: cold_item leaves it
+        put("content_pop", s1.content_pop[cand])
     if extra is not None:
         put("extra", np.asarray(extra, np.float32))
     return F

@@ -103,7 +103,7 @@ class PersonaModel:
             if cfg.label_min_rating is not None:  # learn the next item the user LIKES (unrated events count as liked)
                 labels = {u: j for u, j in labels.items() if not cur[u].ratings[-1] < cfg.label_min_rating}
             t = time.perf_counter()
-            s1 = Stage1.fit(hist, len(index), cfg, sas)
+            s1 = Stage1.fit(hist, len(index), cfg, sas, meta)
             train_stage1.append(s1)
             stage_times[f"stage1_train_{fold}"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -122,7 +122,7 @@ class PersonaModel:
             sas = SeqNet.fit(seqs, len(index), **sas_args)
             stage_times["sequence_model_serve"] = time.perf_counter() - t
         t = time.perf_counter()
-        s1 = Stage1.fit(seqs, len(index), cfg, sas)
+        s1 = Stage1.fit(seqs, len(index), cfg, sas, meta)
         stage_times["stage1_serve"] = time.perf_counter() - t
         fit_s = time.perf_counter() - t0
         info = {"fit_seconds": round(fit_s, 2), "stage_seconds": {k: round(v, 2) for k, v in stage_times.items()},
