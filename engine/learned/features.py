@@ -120,7 +120,8 @@ _COLD_NAN = [_COL[f] for f in ("item_rating", "item_age_days", "item_mean_ts_gap
 def cold_item(F: np.ndarray, st: UserState, rows: np.ndarray) -> np.ndarray:
     """``F`` with ``rows`` (bool mask or indices) set to a never-interacted item's values: every event-based source
     scores 0 (zero ALS factors, no transitions, co-occurrence or popularity) at the full-catalog rank that 0 has for this
-    user; no rating or event times. Content, attribute and user columns are left as they are."""
+    user; no rating or event times. Content (``content_pop`` too: a guess from content, never the item's count), attribute
+    and user columns are left as they are."""
     F = F.copy()
     unseen = ~st.seen
     cap = rank_cap_of(st, int(unseen.sum()))  # as source_ranks computes it
