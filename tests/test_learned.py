@@ -774,6 +774,17 @@ def test_popularity_prior_is_a_content_guess_and_never_an_items_own_count():
     assert not np.allclose(q[known:], p[known:])
     flat = ItemMeta(np.zeros((n, 1), np.float32), meta.genres, ["x"], meta.year)
     assert np.isnan(flat.popularity_prior(counts)).all()
+    # a small catalog, where one item's count could tip the choice of the ridge penalty: still never its own value
+    small = ItemMeta(emb[:30], meta.genres[:30], ["x"], meta.year[:30])
+    c30 = np.random.default_rng(1).integers(1, 50, 30)  # with the penalty chosen on every item's error, one of items 0-5 moved by 0.45 here
+    p30 = small.popularity_prior(c30)
+    for j in range(6):
+        bumped = c30.copy()
+        bumped[j] *= 100
+        assert small.popularity_prior(bumped)[j] == pytest.approx(p30[j], abs=1e-9)
+    broken = emb.copy()
+    broken[5] = np.nan  # one broken vector costs its own guess, not everyone's
+    assert np.isfinite(ItemMeta(broken, meta.genres, ["x"], meta.year).popularity_prior(counts)).all()
 
 
 def test_content_popularity_feature_is_stage_ones_prior_and_a_new_items_value_in_training(fitted):
@@ -790,3 +801,26 @@ def test_content_popularity_feature_is_stage_ones_prior_and_a_new_items_value_in
     s0 = model.train_stage1[0]
     assert np.array_equal(s0.content_pop, model.meta.popularity_prior(s0.seq.pop, CFG.seed))
     assert "content_pop" in model.ranker.columns
+
+
+def test_a_format_2_model_without_content_popularity_loads_and_serves_as_fitted(tmp_path):
+    """Models saved before ``content_pop`` (format 2) load without it, the column stays nan, and the lists are the
+    ones they were fitted to serve."""
+    import json
+    from dataclasses import replace
+
+    from engine.learned.features import FEATURE_NAMES, features
+
+    items, events, emb = _data()
+    model = PersonaModel.fit(events, items, emb, replace(CFG, drop_features=("attributes", "content_pop")), progress=False)
+    assert model.stage1.content_pop is None and "content_pop" not in model.ranker.columns
+    d = model.save(tmp_path / "v2")
+    meta = json.loads((d / "meta.json").read_text())
+    meta["format_version"] = 2
+    (d / "meta.json").write_text(json.dumps(meta))
+    old = PersonaModel.load(d)
+    assert old.stage1.content_pop is None
+    h = _hist(events, "u6")
+    assert old.recommend(h, k=10) == model.recommend(h, k=10)
+    F = features(old.stage1, old.meta, old.state(h), np.arange(5))
+    assert np.isnan(F[:, FEATURE_NAMES.index("content_pop")]).all()

@@ -79,7 +79,7 @@ class Stage1:
         first = np.full(n_items, np.nan)
         np.fmin.at(first, items, ts)
         mean_ts = np.where(cnt > 0, np.bincount(items, weights=ts, minlength=n_items) / np.maximum(cnt, 1), np.nan)
-        prior = meta.popularity_prior(cnt, cfg.seed) if meta is not None else None
+        prior = meta.popularity_prior(cnt, cfg.seed) if meta is not None and "content_pop" not in cfg.drop_features else None
         return cls(cf, seq, item_rating, first.astype(np.float64), mean_ts.astype(np.float64), sas, prior)
 
     def cached(self, key, make):

@@ -74,22 +74,25 @@ class ItemMeta:
             e64 = self.__dict__["_emb64"] = self.emb.astype(np.float64)
         return (self.emb if e64 is None else e64) @ q
 
-    def _design(self, rows: np.ndarray | slice) -> np.ndarray:
-        """Ridge inputs: embedding, genres, centred year / 20 (0 when unknown), a missing-year flag, a bias (float64)."""
+    def _design(self, rows: np.ndarray, mid: float) -> np.ndarray:
+        """Ridge inputs (float64): embedding, genres, (year - ``mid``) / 20 clipped to +-5 (0 when unknown), a
+        missing-year flag, a bias. A non-finite input is 0: one broken vector must not turn every item's value to nan."""
         y = self.year[rows].astype(np.float64)
         known = np.isfinite(y)
-        mid = float(np.nanmedian(self.year)) if np.isfinite(self.year).any() else 0.0
-        yc = np.where(known, (y - mid) / 20.0, 0.0)
-        return np.hstack([self.emb[rows], self.genres[rows], yc[:, None], (~known)[:, None], np.ones((len(yc), 1))]).astype(np.float64)
+        yc = np.clip(np.where(known, (y - mid) / 20.0, 0.0), -5.0, 5.0)
+        X = np.hstack([self.emb[rows], self.genres[rows], yc[:, None], (~known)[:, None], np.ones((len(yc), 1))])
+        return np.nan_to_num(X, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
     def popularity_prior(self, counts: np.ndarray, seed: int = 0, chunk: int = 16384) -> np.ndarray:
         """``log1p(events)`` per item as a ridge regression on its content predicts it (float32, one per row).
 
         Fitted on the items with events only (an item without any is new, not unpopular). Those items get their value
-        from a model fitted without them (5 seeded folds), so a ranker trained on it sees for an established item what a
-        new item gets from the model fitted on all: a content guess, never its own count. The ridge penalty is the one of
-        1, 10, 100 with the least out-of-fold error. Without text vectors or with fewer than 20 items with events: nan.
-        The inputs are built ``chunk`` rows at a time (a catalog's float64 design matrix would not fit in memory)."""
+        from a model fitted without their fold (5 seeded folds), its penalty (1, 10 or 100) chosen by the error on the
+        other folds of models fitted without the fold and that one, so an item's own count never reaches its own value:
+        a ranker trained on it sees for an established item what a new item gets, a content guess. New items get the
+        model fitted on all, its penalty chosen by the out-of-fold error. Without text vectors or with fewer than 20
+        items with events: nan. Inputs are built ``chunk`` rows at a time (a catalog's float64 design matrix would not
+        fit in memory); fold errors come from the folds' sums of squares, not from predictions."""
         counts = np.asarray(counts, np.float64)
         n = len(counts)
         has = np.flatnonzero(counts > 0)
@@ -97,31 +100,41 @@ class ItemMeta:
         if self.emb.shape[1] <= 1 or len(has) < 4 * _PRIOR_FOLDS:
             return out
         t = np.log1p(counts)
+        mid = float(np.nanmedian(self.year)) if np.isfinite(self.year).any() else 0.0
 
         def chunks(rows):
             for s in range(0, len(rows), chunk):
                 r = rows[s : s + chunk]
-                yield r, self._design(r)
+                yield r, self._design(r, mid)
 
         folds = [np.sort(f) for f in np.array_split(has[np.random.default_rng(seed).permutation(len(has))], _PRIOR_FOLDS)]
-        grams = []
-        for f in folds:  # per fold X'X and X't; the model without fold f uses the sums over the others
-            d = self._design(f[:1]).shape[1]
+        sums = []  # per fold: X'X, X't, t't
+        for f in folds:
+            d = self._design(f[:1], mid).shape[1]
             G, b = np.zeros((d, d)), np.zeros(d)
             for r, X in chunks(f):
                 G += X.T @ X
                 b += X.T @ t[r]
-            grams.append((G, b))
-        G, b = sum(g for g, _ in grams), sum(v for _, v in grams)
+            sums.append((G, b, float(t[f] @ t[f])))
+        G, b = sum(s[0] for s in sums), sum(s[1] for s in sums)
         eye = np.eye(len(b))
-        oof = np.zeros((n, len(_PRIOR_LAMBDAS)))
-        for f, (Gf, bf) in zip(folds, grams):
-            W = np.stack([np.linalg.solve(G - Gf + lam * eye, b - bf) for lam in _PRIOR_LAMBDAS], 1)
-            for r, X in chunks(f):
-                oof[r] = X @ W
-        k = int(np.argmin(((oof[has] - t[has, None]) ** 2).mean(0)))
-        w = np.linalg.solve(G + _PRIOR_LAMBDAS[k] * eye, b)
+
+        def fit(without, lam):  # the ridge fitted on every fold but ``without``
+            return np.linalg.solve(G - sum(sums[k][0] for k in without) + lam * eye, b - sum(sums[k][1] for k in without))
+
+        def err(w, k):  # squared error on fold k: w'Gw - 2w'b + t't
+            Gk, bk, tk = sums[k]
+            return float(w @ Gk @ w - 2 * w @ bk + tk)
+
+        def best(out_of: tuple) -> float:  # the penalty whose models fitted without ``out_of`` and fold k err least on k
+            rest = [k for k in range(_PRIOR_FOLDS) if k not in out_of]
+            return min(_PRIOR_LAMBDAS, key=lambda lam: sum(err(fit(out_of + (k,), lam), k) for k in rest))
+
+        for f, rows in enumerate(folds):
+            w = fit((f,), best((f,)))  # nothing of fold f chose its penalty or fitted its model
+            for r, X in chunks(rows):
+                out[r] = X @ w
+        w = fit((), best(()))
         for r, X in chunks(np.flatnonzero(counts <= 0)):  # new items: the model fitted on all
             out[r] = X @ w
-        out[has] = oof[has, k]
         return out
