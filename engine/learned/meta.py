@@ -75,8 +75,8 @@ class ItemMeta:
         return (self.emb if e64 is None else e64) @ q
 
     def _design(self, rows: np.ndarray, mid: float) -> np.ndarray:
-        """Ridge inputs (float64): embedding, genres, (year - ``mid``) / 20 clipped to +-5 (0 when unknown), a
-        missing-year flag, a bias. A non-finite input is 0: one broken vector must not turn every item's value to nan."""
+        """Ridge inputs (float64): embedding, genres, then 3 columns: (year - ``mid``) / 20 clipped to +-5 (0 when
+        unknown), a missing-year flag, a bias. A non-finite input is 0: one broken vector must not turn every item's value to nan."""
         y = self.year[rows].astype(np.float64)
         known = np.isfinite(y)
         yc = np.clip(np.where(known, (y - mid) / 20.0, 0.0), -5.0, 5.0)
@@ -108,9 +108,9 @@ class ItemMeta:
                 yield r, self._design(r, mid)
 
         folds = [np.sort(f) for f in np.array_split(has[np.random.default_rng(seed).permutation(len(has))], _PRIOR_FOLDS)]
+        d = self.emb.shape[1] + self.genres.shape[1] + 3  # _design's columns
         sums = []  # per fold: X'X, X't, t't
         for f in folds:
-            d = self._design(f[:1], mid).shape[1]
             G, b = np.zeros((d, d)), np.zeros(d)
             for r, X in chunks(f):
                 G += X.T @ X
