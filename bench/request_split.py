@@ -54,7 +54,7 @@ STAGES = [  # (owner, attribute, label): a missing attribute fails loudly, so a 
     (serving_mod.ModelServing, "hits", "served list (ModelServing.hits)"),
     (model_mod.PersonaModel, "recommend", "model.recommend"),
     (model_mod, "user_state", "user state"),
-    (edge_mod.EdgeStore, "query", "Qdrant queries (cf, text)"),
+    (edge_mod.EdgeStore, "nearest_keys", "Qdrant queries (cf, text)"),
     (seqnet_mod.SeqNet, "relative_probs", "sequence model"),  # index mode (large catalogs)
     (seqnet_mod.SeqNet, "probs", "sequence model"),  # below fit.index_items (neither calls the other)
     (model_mod, "features", "ranker features"),

@@ -27,7 +27,7 @@ from .fitting import CF_VECTOR, LearnedStage
 from .items import ItemCatalog, folded_title
 from .listcache import ListCache
 from .profiles import is_positive
-from .store import Filter, Hit, VectorQuery, VectorStore, point_id
+from .store import Filter, Hit, VectorStore, point_id, point_key
 from .types import Event
 
 __all__ = ["ModelServing", "hits_limit"]
@@ -50,27 +50,28 @@ def hits_limit(rc, k: int, rerank: str) -> int:
 class ModelServing:
     def __init__(self, settings: Settings, store: VectorStore, items_col: str, catalog: ItemCatalog, learned: LearnedStage) -> None:
         self.settings, self.store, self.items_col, self.catalog, self.learned = settings, store, items_col, catalog, learned
-        self._pid_items: tuple[object, dict[str, str]] | None = None  # (model, {point id: item id}) for the cf query
+        self._keys: tuple[object, dict[int, str]] | None = None  # (model, {point key: item id}) for the index queries
         self.lists = ListCache(settings.retrieval.cache_users, settings.retrieval.cache_ttl_s)
 
-    def _point_items(self, model) -> dict[str, str]:
-        """``{point id: item id}`` for the model's items (the cf query skips payloads: ~10x less to decode)."""
-        cached = self._pid_items
+    def _key_items(self, model) -> dict[int, str]:
+        """``{point key: item id}`` for the model's items: the index queries answer with keys (``nearest_keys``), not hits."""
+        cached = self._keys
         if cached is None or cached[0] is not model:
-            cached = self._pid_items = (model, {point_id("item", i): i for i in model.item_ids})
+            cached = self._keys = (model, {point_key(point_id("item", i)): i for i in model.item_ids})
         return cached[1]
 
     def _vector_search(self, model, vector: str, exclude_ids, slack: bool = False, after: bool = False):
         """``after``: the exclusions are dropped from a deeper unfiltered query instead of filtered in Qdrant (when they
         are fewer than the hits asked). For ``cf`` in index mode: only items with events hold one there, few enough that
         Qdrant scans them rather than walk a graph, and a scan checks a filter on every point of the collection."""
-        ids, exclude = self._point_items(model), set(exclude_ids)
+        ids, exclude = self._key_items(model), set(exclude_ids)
+        skip = {point_key(p) for p in exclude}
 
         def search(vec: np.ndarray, limit: int) -> list[str]:
             n = limit + max(20, limit // 2) if slack else limit  # slack: items ingested after the fit are unknown to the model
             m, flt = (n + len(exclude), None) if after and len(exclude) <= n else (n, Filter(exclude_ids=exclude))
-            hits = self.store.query(self.items_col, [VectorQuery(vector, vector=vec.tolist(), limit=m)], m, flt, with_payload=False)
-            return [ids[h.id] for h in hits if h.id in ids and h.id not in exclude][:n]
+            keys = self.store.nearest_keys(self.items_col, vector, vec.tolist(), m, flt)
+            return [ids[k] for k in keys if k in ids and k not in skip][:n]
         return search
 
     def cf_served(self, model) -> bool:

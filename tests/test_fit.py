@@ -296,8 +296,8 @@ def test_index_mode_takes_content_from_qdrant_and_ranks_as_recommend(make_engine
     assert eng.learned.write_vectors(model, [it.id for it in items], [])
     assert {h.id for h in eng.store.scroll(eng.items_col, Filter(has_vector="cf"))} == holders
     asked, texts = [], []
-    query = eng.store.query
-    monkeypatch.setattr(eng.store, "query", lambda name, qs, *a, **kw: texts.extend(q.using for q in qs) or query(name, qs, *a, **kw))
+    nearest = eng.store.nearest_keys
+    monkeypatch.setattr(eng.store, "nearest_keys", lambda name, using, *a, **kw: texts.append(using) or nearest(name, using, *a, **kw))
     light = sorted(map(str, range(1, 61)), key=lambda u: len(eng.history(u)))
     for uid in [u for u in light if 5 <= len(eng.history(u)) <= 40][:3]:  # users with many unseen items
         events = eng.history(uid)

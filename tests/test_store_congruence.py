@@ -1,10 +1,12 @@
 """The same calls on both vector store backends give the same answers (qdrant-client congruence-test style):
 the embedded Qdrant edge engine, and qdrant-client (its local mode stands in for the server API)."""
 
+import uuid
+
 import numpy as np
 import pytest
 
-from engine.store import Filter, Point, VectorQuery, parse_filter, point_id
+from engine.store import Filter, Point, VectorQuery, parse_filter, point_id, point_key
 from engine.store.client import QdrantClientStore
 from engine.store.edge import EdgeStore
 
@@ -72,6 +74,23 @@ def test_query_without_payload_returns_the_same_ids_and_scores(stores):
         full, bare = s.query("items", q, 20), s.query("items", q, 20, with_payload=False)
         assert [h.id for h in bare] == [h.id for h in full] and all(h.payload == {} and h.vectors is None for h in bare)
         assert np.allclose([h.score for h in bare], [h.score for h in full])
+
+
+def test_nearest_keys_are_the_query_ids_as_integers(stores):
+    (a, b), vecs, _ = stores
+    f = parse_filter({"genres": "Drama"})
+    f.exclude_ids = {point_id("item", "8")}
+    answers = []
+    for s in (a, b):
+        for flt in (None, f):
+            full = s.query("items", [VectorQuery("text", vector=vecs[8].tolist())], 25, flt)
+            keys = s.nearest_keys("items", "text", vecs[8].tolist(), 25, flt)
+            assert keys == [point_key(h.id) for h in full] and len(keys) == 25
+            answers.append(keys)
+    assert answers[:2] == answers[2:]  # and the same on both backends
+    pid = point_id("item", "8")
+    assert point_key(pid) == point_key(uuid.UUID(pid)) == uuid.UUID(pid).int and point_key(7) == 7
+    assert point_key(pid) not in answers[1]
 
 
 def test_recommend_query(stores):

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .base import Filter, Hit, Point, VectorQuery, VectorStore, parse_filter, point_id
+from .base import Filter, Hit, Point, VectorQuery, VectorStore, parse_filter, point_id, point_key
 
-__all__ = ["Filter", "Hit", "Point", "VectorQuery", "VectorStore", "parse_filter", "point_id", "open_store"]
+__all__ = ["Filter", "Hit", "Point", "VectorQuery", "VectorStore", "parse_filter", "point_id", "point_key", "open_store"]
 
 
 logger = logging.getLogger(__name__)

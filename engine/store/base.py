@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import InvalidInputError
 
-__all__ = ["Point", "Hit", "VectorQuery", "Filter", "VectorStore", "point_id", "parse_filter", "QUANTIZATION", "QUANTILE", "OVERSAMPLING",
+__all__ = ["Point", "Hit", "VectorQuery", "Filter", "VectorStore", "point_id", "point_key", "parse_filter", "QUANTIZATION", "QUANTILE", "OVERSAMPLING",
            "quantization_kind"]
 
 _NS = uuid.UUID("8f5f2b0e-5a0c-4a8e-9a52-7c0d5b1e4f11")
@@ -39,6 +39,15 @@ def quantization_kind(kind: str) -> str:
 def point_id(kind: str, key: str) -> str:
     """Deterministic Qdrant point id (a UUID) for a user-facing id, so re-ingestion never duplicates."""
     return str(uuid.uuid5(_NS, f"{kind}:{key}"))
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def point_key(pid: str | int | uuid.UUID) -> int:
+    """A point id as the integer :meth:`VectorStore.nearest_keys` answers with: a UUID's 128-bit value, an unsigned
+    integer id itself. One id, one key; a UUID given as a string or a ``uuid.UUID`` has the same key."""
+    if isinstance(pid, int):
+        return pid
+    return pid.int if isinstance(pid, uuid.UUID) else uuid.UUID(str(pid)).int
 
 
 @dataclass
@@ -225,6 +234,14 @@ class VectorStore(ABC):
         ``with_payload=False`` returns ids and scores only (empty payloads): much less to decode for long lists.
         Qdrant scores position p (0-based) as ``1 / ((p + 1) / weight + k - 1)``: a weight below 1
         stretches that list's ranks, so it separates its candidates more strongly."""
+
+    def nearest_keys(self, name: str, using: str, vector: Sequence[float], limit: int, flt: Filter | None = None) -> list[int]:
+        """The ids of the ``limit`` points nearest ``vector`` on the named vector ``using`` under ``flt``, best first, as
+        :func:`point_key` integers: what :meth:`query` returns, without scores or payloads. For callers that map the ids
+        of long lists (the learned recommender's ~250 hits a request), where building each hit costs more than the
+        search (bench/request_split.py)."""
+        hits = self.query(name, [VectorQuery(using, vector=list(vector), limit=limit)], limit, flt, with_payload=False)
+        return [point_key(h.id) for h in hits]
 
     @abstractmethod
     def top_by(self, name: str, field: str, limit: int, flt: Filter | None = None) -> list[Hit]:
