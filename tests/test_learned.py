@@ -824,3 +824,30 @@ def test_a_format_2_model_without_content_popularity_loads_and_serves_as_fitted(
     assert old.recommend(h, k=10) == model.recommend(h, k=10)
     F = features(old.stage1, old.meta, old.state(h), np.arange(5))
     assert np.isnan(F[:, FEATURE_NAMES.index("content_pop")]).all()
+
+
+def test_history_similarities_are_computed_once_per_request_with_the_values_of_separate_products(fitted):
+    """Features, the dislike share and the reasons of one request share the recent items' similarity products
+    (``features.history_sims``); every value equals the separate product each computed before."""
+    from dataclasses import replace
+
+    from engine.learned.features import FEATURE_NAMES, dot64, features, history_sims
+    from engine.learned.ties import ties
+
+    model, _, events = fitted
+    h = _hist(events, "u5")
+    h[-2] = h[-2].model_copy(update={"rating": 1.0})  # a film rated low among the recent ones, and liked ones
+    st = model.state(h)
+    cand = model.index.rows([f"i{j}" for j in range(0, 60, 3)])
+    s1, meta = model.stage1, model.meta
+    F = features(s1, meta, st, cand)
+    assert history_sims(s1, meta, st, cand)[1] is history_sims(s1, meta, st, cand)[1]  # one product per candidate array
+    col = {f: F[:, k] for k, f in enumerate(FEATURE_NAMES)}
+    liked = dot64(meta.emb[cand], meta.emb[st.liked])
+    assert np.array_equal(col["cf_sim_max"], dot64(s1.cf_unit[cand], s1.cf_unit[st.recent]).max(1))
+    assert np.array_equal(col["content_max"], liked.max(1)) and np.array_equal(col["content_mean"], liked.mean(1))
+    assert 0 < len(st.liked) < len(st.recent) and np.array_equal(st.recent[st.liked_at], st.liked)
+    fresh = model.state(h)  # nothing computed on it yet: the ties from their own products
+    for a, b in zip(ties(s1, meta, st, cand), ties(s1, meta, fresh, cand.copy())):
+        assert np.array_equal(a, b)
+    assert np.array_equal(features(s1, meta, replace(st, liked_at=None, memo={}), cand), F, equal_nan=True)  # a hand-built state

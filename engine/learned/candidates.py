@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -139,6 +139,8 @@ class UserState:
     trans_rec: SparseRows  # len(recent) transition-count rows (the dislike share and the reasons read them once)
     rank_cap: int = 0  # source_ranks: exact ranks up to this, this value beyond (0: exact)
     off: frozenset = frozenset()  # sources without a fitted model (zero scores): they fill no pool slots
+    liked_at: np.ndarray | None = None  # positions of ``liked`` in ``recent`` (None: unknown, e.g. a state built by hand)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)  # per-request values (features.history_sims)
 
 
 def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, content_search=None, cf_search=None) -> UserState:
@@ -154,10 +156,11 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
     w = cfg.trans_pos_decay ** np.arange(3)
     recent = items[-cfg.recent :]
     r = seq.ratings[(seq.items >= 0) & (seq.items < n)][-cfg.recent :]
-    liked = recent[~(r < cfg.like_threshold)]  # nan ratings count as liked
+    liked_at = np.flatnonzero(~(r < cfg.like_threshold))  # nan ratings count as liked
     disliked = r <= cfg.dislike_rating  # nan ratings are not dislikes
-    if not len(liked):
-        liked = recent
+    if not len(liked_at):
+        liked_at = np.arange(len(recent))
+    liked = recent[liked_at]
     uvec = s1.cf.user_vector(items)
     src: dict = {}
     if indexed:  # items without events (zero factors) hold no cf vector in the index: none in the exact list either
@@ -207,7 +210,7 @@ def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, co
         src[name] = s1.cached(key, lambda make=make: SparseScores.of(make())).view(seen, seen_rows)  # sorted once per model
     off = frozenset() if s1.sas is not None else frozenset({"sas"})
     trans_rec = s1.seq.count_rows(recent)
-    return UserState(seq, seen, last3, trans3, recent, liked, disliked, uvec, src, last_ts, cooc_rec, trans_rec, cfg.rank_cap, off)
+    return UserState(seq, seen, last3, trans3, recent, liked, disliked, uvec, src, last_ts, cooc_rec, trans_rec, cfg.rank_cap, off, liked_at)
 
 
 def rank_cap_of(state: UserState, n_unseen: int) -> int | None:

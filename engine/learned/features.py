@@ -22,7 +22,7 @@ from .config import SOURCES
 from .meta import ItemMeta
 from .toplists import ListSource, SparseSource
 
-__all__ = ["FEATURE_NAMES", "GROUPS", "features", "cold_item", "dot64", "resolve_drop"]
+__all__ = ["FEATURE_NAMES", "GROUPS", "features", "cold_item", "dot64", "history_sims", "resolve_drop"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,23 @@ def dot64(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return (A.astype(np.float64) @ B.astype(np.float64).T).astype(np.float32)
 
 
+def history_sims(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The recent items' similarities to ``cand`` (each len(st.recent) x len(cand), float32, read-only, by ``dot64``):
+    the cosine of their cf factors, and the dot product of their text vectors (None without text vectors). A request's
+    features, dislike share and reasons read the same candidates: a second call with the same ``cand`` array object
+    answers from the state's memo (callers must not change ``cand`` in place)."""
+    last = st.memo.get("sims")
+    if last is not None and last[0] is cand:
+        return last[1]
+    rec = st.recent
+    out = [dot64(s1.cf_unit[rec], s1.cf_unit[cand]), dot64(meta.emb[rec], meta.emb[cand]) if meta.emb.shape[1] > 1 else None]
+    for m in out:
+        if m is not None:
+            m.flags.writeable = False
+    st.memo["sims"] = (cand, tuple(out))
+    return out[0], out[1]
+
+
 def features(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
     cand = np.asarray(cand, np.int64)
     F = np.full((len(cand), len(FEATURE_NAMES)), np.nan, np.float32)
@@ -82,10 +99,12 @@ def features(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, extra:
         put("trans_l1_count", 0.0)
     rec = st.recent
     if len(rec):
+        cf_sims, text_sims = history_sims(s1, meta, st, cand)
         put("cooc_max", st.cooc_rec.at(cand).max(0))
-        put("cf_sim_max", dot64(s1.cf_unit[cand], s1.cf_unit[rec]).max(1))
+        put("cf_sim_max", cf_sims.max(0))
     if len(st.liked) and meta.emb.shape[1] > 1:
-        sims = dot64(meta.emb[cand], meta.emb[st.liked])
+        # candidates x liked, C-ordered as the product was before the memo: the mean sums each row in the same order
+        sims = dot64(meta.emb[cand], meta.emb[st.liked]) if st.liked_at is None else np.ascontiguousarray(text_sims[st.liked_at].T)
         put("content_max", sims.max(1))
         put("content_mean", sims.mean(1))
     # attributes

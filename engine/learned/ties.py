@@ -21,7 +21,7 @@ import numpy as np
 
 from .candidates import Stage1, UserState
 from .config import LearnedConfig
-from .features import dot64
+from .features import dot64, history_sims
 from .meta import ItemMeta
 
 __all__ = ["REASON_CAP", "ties", "dislike_share", "reasons"]
@@ -31,15 +31,16 @@ REASON_CAP = 3  # a history item explains at most this many better-ranked items 
 
 def ties(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, rows: np.ndarray | None = None) -> list[np.ndarray]:
     """Ties of ``rows`` (default: the recent items, from the state's cached rows) x ``cand``, one matrix per kind."""
-    recent = rows is None
-    rows = st.recent if recent else np.asarray(rows, np.int64)
+    if rows is None:  # the recent items: the rows and similarities the features read for the same candidates
+        cand = np.asarray(cand, np.int64)
+        sims = [m for m in history_sims(s1, meta, st, cand) if m is not None]
+        return [st.trans_rec.at(cand), st.cooc_rec.at(cand), *(np.clip(m, 0, None) for m in sims)]
+    rows = np.asarray(rows, np.int64)
 
     def sim(E):  # dot64: a product's last bit depends on how many candidates are scored together; rank() must match
         return np.clip(dot64(E[rows], E[cand]), 0, None)
 
-    trans = st.trans_rec if recent else s1.seq.count_rows(rows)
-    cooc = st.cooc_rec if recent else s1.seq.cooc_rows(rows)
-    parts = [trans.at(cand), cooc.at(cand), sim(s1.cf_unit)]
+    parts = [s1.seq.count_rows(rows).at(cand), s1.seq.cooc_rows(rows).at(cand), sim(s1.cf_unit)]
     if meta.emb.shape[1] > 1:
         parts.append(sim(meta.emb))
     return parts
