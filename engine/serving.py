@@ -24,7 +24,7 @@ import numpy as np
 from . import explain as explaining
 from .config import Settings
 from .fitting import CF_VECTOR, LearnedStage
-from .items import ItemCatalog, folded_title
+from .items import ItemCatalog
 from .listcache import ListCache
 from .profiles import is_positive
 from .store import Filter, Hit, VectorStore, point_id, point_key
@@ -175,22 +175,36 @@ class ModelServing:
         second copy (or, with ``exclude_seen``, a copy of a seen title) is no new recommendation. A few extra picks
         make up for the dropped ones."""
         picks = self.recommend(model, events, limit + _EXTRA_PICKS, flt, exclude_seen, epoch)
-        # each id once: a film named as the reason for several picks (up to engine.learned.ties.REASON_CAP) is read once
-        found = self.catalog.hits(list(dict.fromkeys([i for i, _, _ in picks] + [w for _, _, w in picks if w])), with_vectors=with_vectors)
+        seen = set(self.catalog.folded_titles([e.item_id for e in events]).values()) if exclude_seen else set()
+        seen.discard("")
+        # the picks to serve by their titles (cached per process), so only those and their reasons' payloads are read
+        # (~half of all the picks'); a pick gone from the store meanwhile is replaced by the next one
+        titles, served, found, tried = self.catalog.folded_titles([i for i, _, _ in picks]), [], {}, 0
+        while len(served) < limit and tried < len(picks):
+            batch, taken = [], set(seen)
+            for iid, score, why in picks[tried:]:
+                tried += 1
+                key = titles.get(iid)
+                if key is None or (key and key in taken):
+                    continue
+                taken.add(key)
+                batch.append((iid, score, why))
+                if len(served) + len(batch) == limit:
+                    break
+            # each id once: a film named as the reason for several picks (up to engine.learned.ties.REASON_CAP) is read once
+            found.update(self.catalog.hits([i for i in dict.fromkeys([i for i, _, _ in batch] + [w for _, _, w in batch if w]) if i not in found],
+                                           with_vectors=with_vectors))
+            for iid, score, why in batch:
+                if iid in found:  # not deleted since its title was read
+                    served.append((iid, score, why))
+                    seen.add(titles[iid])
         thr = self.settings.profile.positive_rating
         liked = {e.item_id: is_positive(e, thr) for e in events}
-        titles = set(self.catalog.folded_titles([e.item_id for e in events]).values()) if exclude_seen else set()
-        titles.discard("")
         hits, reasons = [], {}
-        for iid, score, why in picks:
-            if iid in found and len(hits) < limit:
-                h = found[iid]
-                key = folded_title(h.payload)
-                if key and key in titles:
-                    continue
-                titles.add(key)
-                hits.append(Hit(id=h.id, score=score, payload=h.payload, vectors=h.vectors))
-                reasons[iid] = explaining.history_reason(h, found.get(why) if why else None, liked.get(why or "", False))
+        for iid, score, why in served:
+            h = found[iid]
+            hits.append(Hit(id=h.id, score=score, payload=h.payload, vectors=h.vectors))
+            reasons[iid] = explaining.history_reason(h, found.get(why) if why else None, liked.get(why or "", False))
         return hits, reasons
 
     def rank(self, model, events: list[Event], item_ids: list[str]) -> list[tuple[str, float]]:

@@ -242,6 +242,13 @@ def test_small_store_fit_then_profiles_and_cf_from_qdrant(make_engine, ml):
     assert eng.serving.cf_search(model, Filter(exclude_ids=seen)) is not None
     assert eng.serving.recommend(model, events, 10, Filter(exclude_ids=seen)) == model.recommend(events, 10)
     assert eng.recommend("1", k=5).strategy == "learned"
+    # an item deleted behind this process's back (its title still cached here, the model still ranking it) is
+    # replaced by the next pick: the served list keeps its length
+    light = min(map(str, range(1, 61)), key=lambda u: len(eng.history(u)))
+    picks = [r.item_id for r in eng.recommend(light, k=5).items]
+    eng.store.delete(eng.items_col, [point_id("item", picks[1])])
+    after = [r.item_id for r in eng.recommend(light, k=5).items]
+    assert len(after) == 5 and picks[1] not in after and after[:1] + after[1:4] == [picks[0], *picks[2:]]
     # the cf vectors belong to one version: while another fit rewrites them (state file gone), or with CURRENT
     # pointed back at an older version, the model scans in memory instead of meeting another fit's factors
     old_version = model.info["version"]
