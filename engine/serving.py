@@ -60,18 +60,27 @@ class ModelServing:
             cached = self._keys = (model, {point_key(point_id("item", i)): i for i in model.item_ids})
         return cached[1]
 
-    def _vector_search(self, model, vector: str, exclude_ids, slack: bool = False, after: bool = False):
-        """``after``: the exclusions are dropped from a deeper unfiltered query instead of filtered in Qdrant (when they
-        are fewer than the hits asked). For ``cf`` in index mode: only items with events hold one there, few enough that
-        Qdrant scans them rather than walk a graph, and a scan checks a filter on every point of the collection."""
+    def _vector_search(self, model, vector: str, exclude_ids, deeper: bool = False, after: bool = False):
+        """``search(vector, limit)``: the ``limit`` best items the model knows, best first. Items it does not know
+        (ingested after the fit) are skipped, asking Qdrant deeper when they took places. ``deeper``: Qdrant is asked
+        for half as many more hits (at least 20) from the start: HNSW's ``ef`` follows the limit, and a deeper search
+        comes closer to the exact list the ranker was trained on (the content list). ``after``: the exclusions are
+        dropped from a deeper unfiltered query instead of filtered in Qdrant (when they are fewer than the hits asked).
+        For ``cf`` in index mode: only items with events hold one there, few enough that Qdrant scans them rather than
+        walk a graph, and a scan checks a filter on every point of the collection."""
         ids, exclude = self._key_items(model), set(exclude_ids)
         skip = {point_key(p) for p in exclude}
 
         def search(vec: np.ndarray, limit: int) -> list[str]:
-            n = limit + max(20, limit // 2) if slack else limit  # slack: items ingested after the fit are unknown to the model
+            n = limit + max(20, limit // 2) if deeper else limit
             m, flt = (n + len(exclude), None) if after and len(exclude) <= n else (n, Filter(exclude_ids=exclude))
-            keys = self.store.nearest_keys(self.items_col, vector, vec.tolist(), m, flt)
-            return [ids[k] for k in keys if k in ids and k not in skip][:n]
+            q = vec.tolist()
+            while True:
+                keys = self.store.nearest_keys(self.items_col, vector, q, m, flt)
+                out = [ids[k] for k in keys if k in ids and k not in skip]
+                if len(out) >= limit or len(keys) < m:  # enough, or nothing more to find
+                    return out[:limit]
+                m *= 2  # twice as deep (HNSW's ef grows with it), only when unknown items took places: a few rounds at most
         return search
 
     def cf_served(self, model) -> bool:
@@ -86,7 +95,7 @@ class ModelServing:
 
     def content_search(self, model, events: list[Event]):
         """Index mode: the content source's top list from a Qdrant query on the items' ``text`` vectors (None otherwise)."""
-        return self._vector_search(model, TEXT_VECTOR, {point_id("item", e.item_id) for e in events}, slack=True) if model.indexed else None
+        return self._vector_search(model, TEXT_VECTOR, {point_id("item", e.item_id) for e in events}, deeper=True) if model.indexed else None
 
     def searches(self, model, events: list[Event], flt: Filter, exclude_seen: bool = True, cf_served: bool | None = None) -> tuple[Any, Any]:
         """The (cf, content) searches a request passes to the model. In index mode both lists are features, so they

@@ -321,4 +321,11 @@ def test_index_mode_takes_content_from_qdrant_and_ranks_as_recommend(make_engine
         assert recs.strategy == "learned" and len(recs.items) == 10
         ranked = eng.rank(uid, [r.item_id for r in recs.items][::-1])
         assert [r.score for r in ranked] == [r.score for r in recs.items]
-    assert asked == [40, 40, 40]  # 20 asked, and 20 more for items ingested after the fit (unknown to the model)
+    assert asked == [20, 20, 20]
+    # items ingested after the fit (unknown to the model) that the index puts first are skipped, and the search asks
+    # deeper to fill their places: the same 20 known items as before (22 new ones: more than the 20 extra hits asked)
+    target = model.meta.emb[model.index.rows([items[5].id])[0]]
+    before = eng.serving.content_search(model, [])(target, 20)
+    eng.add_items([items[5].model_copy(update={"id": f"copy{j}"}) for j in range(22)])  # the same text: the same vector
+    texts.clear()
+    assert eng.serving.content_search(model, [])(target, 20) == before and len(texts) == 2
