@@ -66,7 +66,8 @@ class LearnedConfig:
     # >1 gives a source more of the pool. Valid pool recall at 300: equal 0.825, these 0.878 (cooc alone 0.860)
     source_weights: dict = field(default_factory=lambda: {"cooc": 6.0, "cf": 2.0, "trans": 2.0, "content": 0.5, "fresh": 0.5})
     # 500 (bench/learned_val.py --no-baselines --set seed=S --set pool_size=500), seeds 0 / 1: pool recall 0.884 -> 0.948,
-    # NDCG@10 0.1362 / 0.1428 -> 0.1310 / 0.1487, AUC 1:20 0.9282 / 0.9287 -> 0.9268 / 0.9277: AUC lower on both, so 300
+    # NDCG@10 0.1362 / 0.1428 -> 0.1310 / 0.1487, AUC 1:20 0.9282 / 0.9287 -> 0.9268 / 0.9277: AUC lower on both, so 300.
+    # 200, seeds 0-4: NDCG@10 0.1440 -> 0.1439, AUC 1:20 0.9282 -> 0.9276 (lower on 5 of 5), ~a third less per-candidate work
     pool_size: int = 300
     # the rank features (a candidate's rank in each source among unseen items) are exact up to this rank and equal to it
     # beyond: an O(n) partition per source instead of an O(n log n) sort, the largest per-request cost at 100k items.
