@@ -24,7 +24,7 @@ import numpy as np
 from . import explain as explaining
 from .config import Settings
 from .fitting import CF_VECTOR, LearnedStage
-from .items import ItemCatalog
+from .items import ItemCatalog, folded_title
 from .listcache import ListCache
 from .profiles import is_positive
 from .store import Filter, Hit, VectorStore, point_id, point_key
@@ -62,7 +62,8 @@ class ModelServing:
 
     def _vector_search(self, model, vector: str, exclude_ids, deeper: bool = False, after: bool = False):
         """``search(vector, limit)``: the ``limit`` best items the model knows, best first. Items it does not know
-        (ingested after the fit) are skipped, asking Qdrant deeper when they took places. ``deeper``: Qdrant is asked
+        (ingested after the fit) are skipped, asking Qdrant up to 3 times deeper (2x, 4x, 8x) when they took places; a
+        list still short after that is served short (a refit makes them known). ``deeper``: Qdrant is asked
         for half as many more hits (at least 20) from the start: HNSW's ``ef`` follows the limit, and a deeper search
         comes closer to the exact list the ranker was trained on (the content list). ``after``: the exclusions are
         dropped from a deeper unfiltered query instead of filtered in Qdrant (when they are fewer than the hits asked).
@@ -74,13 +75,13 @@ class ModelServing:
         def search(vec: np.ndarray, limit: int) -> list[str]:
             n = limit + max(20, limit // 2) if deeper else limit
             m, flt = (n + len(exclude), None) if after and len(exclude) <= n else (n, Filter(exclude_ids=exclude))
-            q = vec.tolist()
+            q, cap = vec.tolist(), 8 * m
             while True:
                 keys = self.store.nearest_keys(self.items_col, vector, q, m, flt)
                 out = [ids[k] for k in keys if k in ids and k not in skip]
-                if len(out) >= limit or len(keys) < m:  # enough, or nothing more to find
+                if len(out) >= limit or len(keys) < m or m >= cap:  # enough, nothing more to find, or 3 rounds deeper
                     return out[:limit]
-                m *= 2  # twice as deep (HNSW's ef grows with it), only when unknown items took places: a few rounds at most
+                m *= 2  # twice as deep (HNSW's ef grows with it), only when unknown items took places
         return search
 
     def cf_served(self, model) -> bool:
@@ -186,27 +187,27 @@ class ModelServing:
         picks = self.recommend(model, events, limit + _EXTRA_PICKS, flt, exclude_seen, epoch)
         seen = set(self.catalog.folded_titles([e.item_id for e in events]).values()) if exclude_seen else set()
         seen.discard("")
-        # the picks to serve by their titles (cached per process), so only those and their reasons' payloads are read
-        # (~half of all the picks'); a pick gone from the store meanwhile is replaced by the next one
-        titles, served, found, tried = self.catalog.folded_titles([i for i, _, _ in picks]), [], {}, 0
-        while len(served) < limit and tried < len(picks):
-            batch, taken = [], set(seen)
-            for iid, score, why in picks[tried:]:
-                tried += 1
-                key = titles.get(iid)
-                if key is None or (key and key in taken):
-                    continue
-                taken.add(key)
-                batch.append((iid, score, why))
-                if len(served) + len(batch) == limit:
-                    break
-            # each id once: a film named as the reason for several picks (up to engine.learned.ties.REASON_CAP) is read once
-            found.update(self.catalog.hits([i for i in dict.fromkeys([i for i, _, _ in batch] + [w for _, _, w in batch if w]) if i not in found],
-                                           with_vectors=with_vectors))
-            for iid, score, why in batch:
-                if iid in found:  # not deleted since its title was read
-                    served.append((iid, score, why))
-                    seen.add(titles[iid])
+
+        def choose(titles: dict[str, str]) -> list:  # the first ``limit`` picks with a title not listed or seen yet
+            out, taken = [], set(seen)
+            for iid, score, why in picks:
+                key = titles.get(iid)  # None: not in the store
+                if key is not None and not (key and key in taken):
+                    taken.add(key)
+                    out.append((iid, score, why))
+                    if len(out) == limit:
+                        break
+            return out
+
+        def payloads(chosen: list) -> dict[str, Hit]:  # each id once: a film named as the reason for several picks is read once
+            return self.catalog.hits(list(dict.fromkeys([i for i, _, _ in chosen] + [w for _, _, w in chosen if w])), with_vectors=with_vectors)
+        # the picks chosen by their titles (cached per process), so only those and their reasons' payloads are read (~half
+        # of all the picks'); when one of them is gone from the store meanwhile, again from every pick's stored payload
+        served = choose(self.catalog.folded_titles([i for i, _, _ in picks]))
+        found = payloads(served)
+        if any(i not in found for i, _, _ in served):
+            found = payloads(picks)
+            served = choose({i: folded_title(found[i].payload) for i, _, _ in picks if i in found})
         thr = self.settings.profile.positive_rating
         liked = {e.item_id: is_positive(e, thr) for e in events}
         hits, reasons = [], {}

@@ -827,7 +827,7 @@ def test_a_format_2_model_without_content_popularity_loads_and_serves_as_fitted(
 
 
 def test_history_similarities_are_computed_once_per_request_with_the_values_of_separate_products(fitted):
-    """Features, the dislike share and the reasons of one request share the recent items' similarity products
+    """The features and the dislike share of one request share the recent items' similarity products
     (``features.history_sims``); every value equals the separate product each computed before."""
     from dataclasses import replace
 
@@ -847,7 +847,8 @@ def test_history_similarities_are_computed_once_per_request_with_the_values_of_s
     assert np.array_equal(col["cf_sim_max"], dot64(s1.cf_unit[cand], s1.cf_unit[st.recent]).max(1))
     assert np.array_equal(col["content_max"], liked.max(1)) and np.array_equal(col["content_mean"], liked.mean(1))
     assert 0 < len(st.liked) < len(st.recent) and np.array_equal(st.recent[st.liked_at], st.liked)
-    fresh = model.state(h)  # nothing computed on it yet: the ties from their own products
-    for a, b in zip(ties(s1, meta, st, cand), ties(s1, meta, fresh, cand.copy())):
+    explicit = ties(s1, meta, st, cand, rows=st.recent)  # the ties of given rows: their own products, not the memo
+    for a, b in zip(ties(s1, meta, st, cand), explicit, strict=True):
         assert np.array_equal(a, b)
-    assert np.array_equal(features(s1, meta, replace(st, liked_at=None, memo={}), cand), F, equal_nan=True)  # a hand-built state
+    bare = replace(st, liked_at=None)  # a hand-built state: no liked positions, and a copy starts with an empty memo
+    assert not bare.memo and np.array_equal(features(s1, meta, bare, cand), F, equal_nan=True)

@@ -89,7 +89,7 @@ def test_nearest_keys_are_the_query_ids_as_integers(stores):
             answers.append(keys)
     assert answers[:2] == answers[2:]  # and the same on both backends
     pid = point_id("item", "8")
-    assert point_key(pid) == point_key(uuid.UUID(pid)) == uuid.UUID(pid).int and point_key(7) == 7
+    assert point_key(pid) == point_key(uuid.UUID(pid)) == uuid.UUID(pid).int and point_key(7) == point_key("7") == 7
     assert point_key(pid) not in answers[1]
 
 

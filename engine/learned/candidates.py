@@ -140,7 +140,8 @@ class UserState:
     rank_cap: int = 0  # source_ranks: exact ranks up to this, this value beyond (0: exact)
     off: frozenset = frozenset()  # sources without a fitted model (zero scores): they fill no pool slots
     liked_at: np.ndarray | None = None  # positions of ``liked`` in ``recent`` (None: unknown, e.g. a state built by hand)
-    memo: dict = field(default_factory=dict, repr=False, compare=False)  # per-request values (features.history_sims)
+    # per-request values (features.history_sims); not an init field, so a dataclasses.replace() copy starts empty
+    memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 def user_state(s1: Stage1, meta: ItemMeta, seq: Sequence, cfg: LearnedConfig, content_search=None, cf_search=None) -> UserState:

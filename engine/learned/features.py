@@ -64,8 +64,8 @@ def dot64(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 def history_sims(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """The recent items' similarities to ``cand`` (each len(st.recent) x len(cand), float32, read-only, by ``dot64``):
     the cosine of their cf factors, and the dot product of their text vectors (None without text vectors). A request's
-    features, dislike share and reasons read the same candidates: a second call with the same ``cand`` array object
-    answers from the state's memo (callers must not change ``cand`` in place)."""
+    features and dislike share read the same candidates: a second call with the same ``cand`` array object answers
+    from the state's memo (callers must not change ``cand`` in place)."""
     last = st.memo.get("sims")
     if last is not None and last[0] is cand:
         return last[1]

@@ -47,7 +47,9 @@ def point_key(pid: str | int | uuid.UUID) -> int:
     integer id itself. One id, one key; a UUID given as a string or a ``uuid.UUID`` has the same key."""
     if isinstance(pid, int):
         return pid
-    return pid.int if isinstance(pid, uuid.UUID) else uuid.UUID(str(pid)).int
+    if isinstance(pid, uuid.UUID):
+        return pid.int
+    return int(pid) if str(pid).isdigit() else uuid.UUID(str(pid)).int  # an integer id comes back from Hit.of as "7"
 
 
 @dataclass

@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import threading
-import uuid
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +18,8 @@ import qdrant_edge as qe
 
 from ..errors import BackendUnavailableError, ConflictError, NotFoundError
 from ..fsutil import write_atomic
-from .base import Filter, Hit, Point, VectorQuery, VectorStore, point_key
+from . import edge_convert as conv
+from .base import Filter, Hit, Point, VectorQuery, VectorStore
 from .edge_build import aside_of, build_copy, build_in_child, copy_shard, finish_swap, recover, replay, swap_in, undo_swap
 from .edge_convert import DISTANCE, INDEX, INDEXING_KB, SEARCH, quantization_config, scoring, to_filter, upgrade_config
 
@@ -42,12 +42,11 @@ def _drop_store(shards: dict, fd: int) -> None:
 class EdgeStore(VectorStore):
     """Each collection is an edge shard under ``<root>/<name>``; writes go through the shard's WAL.
 
-    One ``EdgeStore`` per root at a time, in any process: an exclusive ``flock`` on ``<root>/.lock``
-    is taken before the first shard is opened and held until :meth:`close`. Qdrant's own lock covers
-    one shard's WAL only, and a second process loading a shard that another holds rewrote that
-    shard's payload-index journal before its WAL lock failed (CI: "Tracker journal ... is shorter
-    than expected" in the first process's next flush). The kernel drops the lock when a process dies.
-    """
+    One ``EdgeStore`` per root at a time, in any process: an exclusive ``flock`` on ``<root>/.lock`` is taken before the
+    first shard is opened and held until :meth:`close`. Qdrant's own lock covers one shard's WAL only, and a second
+    process loading a shard that another holds rewrote that shard's payload-index journal before its WAL lock failed
+    (CI: "Tracker journal ... is shorter than expected" in the first process's next flush). The kernel drops the lock
+    when a process dies."""
 
     def __init__(self, root: Path, quantization: str = "int8") -> None:
         """``quantization`` (``int8`` or ``none``): of the collections created with ``quantize`` from now on."""
@@ -235,16 +234,8 @@ class EdgeStore(VectorStore):
     def count(self, name: str, flt: Filter | None = None) -> int:
         return int(self._read(name, lambda sh: sh.count(qe.CountRequest(exact=True, filter=to_filter(flt)))))
 
-    def query(
-        self,
-        name: str,
-        queries: Sequence[VectorQuery],
-        limit: int,
-        flt: Filter | None = None,
-        with_vectors: bool = False,
-        rrf_k: int = 60,
-        with_payload: bool = True,
-    ) -> list[Hit]:
+    def query(self, name: str, queries: Sequence[VectorQuery], limit: int, flt: Filter | None = None, with_vectors: bool = False,
+              rrf_k: int = 60, with_payload: bool = True) -> list[Hit]:
         if not queries:
             return []
         f = to_filter(flt)
@@ -258,10 +249,7 @@ class EdgeStore(VectorStore):
         return [Hit.of(p) for p in self._read(name, lambda sh: sh.query(req))]
 
     def nearest_keys(self, name: str, using: str, vector: Sequence[float], limit: int, flt: Filter | None = None) -> list[int]:
-        req = qe.QueryRequest(query=scoring(VectorQuery(using, vector=list(vector), limit=limit)), filter=to_filter(flt), limit=limit,
-                              with_payload=False, with_vector=False, params=SEARCH)
-        # qdrant-edge hands a UUID id back as a uuid.UUID: its .int directly, not str() and a Hit per point (~3x the cost)
-        return [i.int if isinstance(i := p.id, uuid.UUID) else point_key(i) for p in self._read(name, lambda sh: sh.query(req))]
+        return conv.id_keys(self._read(name, lambda sh: sh.query(conv.nearest_request(using, vector, limit, to_filter(flt)))))
 
     def top_by(self, name: str, field: str, limit: int, flt: Filter | None = None) -> list[Hit]:
         req = qe.QueryRequest(
