@@ -240,8 +240,7 @@ class EdgeStore(VectorStore):
             return []
         f = to_filter(flt)
         if len(queries) == 1:
-            req = qe.QueryRequest(query=scoring(queries[0]), filter=f, limit=limit, with_payload=with_payload, with_vector=with_vectors,
-                                  params=None if queries[0].order_by else SEARCH)
+            req = conv.one_query(queries[0], limit, f, with_payload, with_vectors)
         else:
             pre = [qe.Prefetch(query=scoring(q), limit=q.limit, filter=f, params=None if q.order_by else SEARCH) for q in queries]
             req = qe.QueryRequest(prefetches=pre, query=qe.Fusion.Rrf(k=rrf_k, weights=[q.weight for q in queries]), filter=f,
@@ -249,7 +248,8 @@ class EdgeStore(VectorStore):
         return [Hit.of(p) for p in self._read(name, lambda sh: sh.query(req))]
 
     def nearest_keys(self, name: str, using: str, vector: Sequence[float], limit: int, flt: Filter | None = None) -> list[int]:
-        return conv.id_keys(self._read(name, lambda sh: sh.query(conv.nearest_request(using, vector, limit, to_filter(flt)))))
+        req = conv.one_query(VectorQuery(using, vector=list(vector), limit=limit), limit, to_filter(flt))
+        return conv.id_keys(self._read(name, lambda sh: sh.query(req)))
 
     def top_by(self, name: str, field: str, limit: int, flt: Filter | None = None) -> list[Hit]:
         req = qe.QueryRequest(

@@ -12,7 +12,7 @@ import qdrant_edge as qe
 from ..fsutil import write_atomic
 from .base import OVERSAMPLING, QUANTILE, Filter, VectorQuery, point_key, quantization_kind
 
-__all__ = ["DISTANCE", "INDEX", "INDEXING_KB", "SEARCH", "id_keys", "nearest_request", "quantization_config", "scoring", "to_filter",
+__all__ = ["DISTANCE", "INDEX", "INDEXING_KB", "SEARCH", "id_keys", "one_query", "quantization_config", "scoring", "to_filter",
            "upgrade_config"]
 
 INDEX = {
@@ -88,10 +88,11 @@ def scoring(q: VectorQuery) -> Any:
     return qe.Query.RecommendBestScore(rq, using=q.using)
 
 
-def nearest_request(using: str, vector, limit: int, flt: qe.Filter | None) -> qe.QueryRequest:
-    """The ids-only query of ``EdgeStore.nearest_keys``: nearest to ``vector`` on ``using``, with the store's search params."""
-    return qe.QueryRequest(query=scoring(VectorQuery(using, vector=list(vector), limit=limit)), filter=flt, limit=limit,
-                           with_payload=False, with_vector=False, params=SEARCH)
+def one_query(q: VectorQuery, limit: int, flt: qe.Filter | None, with_payload: bool = False, with_vector: bool = False) -> qe.QueryRequest:
+    """The request for one query (no fusion): the store's search params, unless it orders by a payload field (no vectors
+    to rescore). ``EdgeStore.query`` with one query and ``EdgeStore.nearest_keys`` (ids only) send it."""
+    return qe.QueryRequest(query=scoring(q), filter=flt, limit=limit, with_payload=with_payload, with_vector=with_vector,
+                           params=None if q.order_by else SEARCH)
 
 
 def id_keys(points) -> list[int]:
