@@ -11,7 +11,9 @@ import pytest
 
 def _demo(path, *extra):
     cmd = [sys.executable, "-m", "services.cli", "--path", str(path), "demo", "--users", "1,7", "-k", "10", "--no-llm", *extra]
-    env = {**os.environ, "PERSONA_CLIP__ENABLED": "false"}
+    # 4 epochs of the sequence model instead of 39: the fit still trains and serves it, about 45 s sooner (its
+    # default length is the eval report's business, not this command test's)
+    env = {**os.environ, "PERSONA_CLIP__ENABLED": "false", "PERSONA_FIT__SEQUENCE_EPOCHS": "4"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
 

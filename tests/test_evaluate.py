@@ -66,13 +66,17 @@ def test_persona_eval_public_path_report(tmp_path, ml, text_encoder, ml_items_pa
     # the fit reads PERSONA_* like any engine: 3 epochs of the sequence model instead of 39 keep this test ~150 s shorter
     # (the model still trains and serves; its default length is the eval report's business, not this plumbing test's)
     monkeypatch.setenv("PERSONA_FIT__SEQUENCE_EPOCHS", "3")
+    from types import SimpleNamespace
+
     from engine.components import Components
     from engine.offline.persona_eval import run_report, write_report
     from tests.conftest import copy_store
 
     copy_store(ml_items_path, tmp_path / "e" / "items")  # the catalog indexed once per session
     (tmp_path / "e" / "items" / ".complete").write_text("ok")
-    rep = run_report(tmp_path / "e", ml, users=40, quick=True, baselines=("popularity", "ease"), n_boot=200, progress=False,
+    # the first 300 users' 31k events: both fits (valid, then train+valid for test) take a third of the full data's time
+    data = SimpleNamespace(items=ml.items, events=[e for e in ml.events if int(e.user_id) <= 300])
+    rep = run_report(tmp_path / "e", data, users=40, quick=True, baselines=("popularity", "ease"), n_boot=200, progress=False,
                      components=Components(text_encoder=text_encoder))
     p = rep["persona"]
     assert p["info"]["test"]["model_version"] != p["info"]["valid"]["model_version"]  # refit on train+valid for test

@@ -55,7 +55,7 @@ def test_instruction_prompt_has_no_target_leak(ml_engine, ml, split):
 
 @pytest.fixture(scope="module")
 def tiny_adapter(tmp_path_factory, ml_items_path):
-    """`persona train` as a user runs it, on a small sample (8 users, 2 targets each, 1:1 negatives).
+    """`persona train` as a user runs it, on a small sample (4 users, 2 targets each, 1:1 negatives, 4 per step).
     Its store starts as a copy of the session's indexed catalog, so the command re-encodes nothing."""
     from services.cli import main
     from tests.conftest import copy_store
@@ -63,8 +63,8 @@ def tiny_adapter(tmp_path_factory, ml_items_path):
     base = tmp_path_factory.mktemp("train")
     copy_store(ml_items_path, base / "store" / "eval-ml100k")
     out = base / "persona-lora"
-    rc = main(["--path", str(base / "store"), "train", "--out", str(out), "--users", "8", "--targets-per-user", "2",
-               "--epochs", "2", "--lr", "1e-3", "--model", PACKAGED_GEMMA])
+    rc = main(["--path", str(base / "store"), "train", "--out", str(out), "--users", "4", "--targets-per-user", "2",
+               "--epochs", "2", "--lr", "1e-3", "--batch-size", "4", "--model", PACKAGED_GEMMA])
     assert rc == 0
     meta = json.loads((out / ADAPTER_META).read_text())
     ex = [json.loads(line) for line in (out / "train_data.jsonl").read_text().splitlines()]
@@ -77,7 +77,7 @@ def test_train_saves_adapter_with_config_and_hash(tiny_adapter):
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
     saved = json.loads((out / ADAPTER_META).read_text())
     assert saved["data_hash"] == data_hash(ex) == meta["data_hash"]
-    assert saved["examples"] == len(ex) == 32 and saved["steps"] == 8
+    assert saved["examples"] == len(ex) == 16 and saved["steps"] == 8
     assert saved["train_config"]["lora_r"] == 8
     assert len((out / "train_data.jsonl").read_text().splitlines()) == len(ex)
     # it learned something: the mean loss of the last steps is below that of the first ones
