@@ -126,19 +126,23 @@ def test_new_item_reaches_users_through_content(fitted):
 def test_training_shows_candidates_as_new_items_exactly_as_serving_sees_a_new_item(fitted):
     from dataclasses import replace as dc_replace
 
-    from engine.learned.features import FEATURE_NAMES, cold_item, features
+    from engine.learned.features import FEATURE_NAMES, cold_item, dislike_share, features
 
     model, _, events = fitted
-    st0 = model.state(_hist(events, "u5"))
+    hist = _hist(events, "u5")
+    hist[-2] = hist[-2].model_copy(update={"rating": 1.0})  # a recent film rated low: the dislike share has content ties to read
+    st0 = model.state(hist)
     new, warm = model.index.get("new"), model.index.get("i20")
     for cap in (0, 3):  # exact ranks, and ranks capped below where a new item's 0 lands (the cap must apply here too)
         st = dc_replace(st0, rank_cap=cap)
-        F = features(model.stage1, model.meta, st, np.array([new, warm]))
-        cold = cold_item(F, st, np.array([True, True]))
+        cand = np.array([new, warm])
+        F = features(model.stage1, model.meta, st, cand)
+        cold = cold_item(F, st, np.array([True, True]), dislike_share(model.stage1, model.meta, st, cand, content_only=True))
         # a real new item already has the cold values: the training-time rewrite is the identity on it ...
         assert np.array_equal(cold[0], F[0], equal_nan=True)
         # ... and turns a warm item into one that differs from the new item only in content / attribute / user columns
-        same = [k for k, f in enumerate(FEATURE_NAMES) if not f.startswith(("content_", "genre_", "year_", "item_year"))]
+        # (the dislike share of a new item is that of its content ties)
+        same = [k for k, f in enumerate(FEATURE_NAMES) if not f.startswith(("content_", "genre_", "year_", "item_year", "dislike_"))]
         assert np.array_equal(cold[1, same], F[0, same], equal_nan=True)
         assert not np.array_equal(cold[1], F[1], equal_nan=True)
     st = st0
@@ -852,3 +856,32 @@ def test_history_similarities_are_computed_once_per_request_with_the_values_of_s
         assert np.array_equal(a, b)
     bare = replace(st, liked_at=None)  # a hand-built state: no liked positions, and a copy starts with an empty memo
     assert not bare.memo and np.array_equal(features(s1, meta, bare, cand), F, equal_nan=True)
+
+
+def test_dislike_share_is_a_ranker_column_and_the_penalty_reads_the_same_values(fitted):
+    """``dislike_share``: per candidate, the share of its ties to the recent history from films rated low -- a feature
+    column (float32 of the same values the serving penalty subtracts), 0 when nothing recent was rated low, and for a
+    candidate shown as new (``cold_item``) the share of its content ties alone."""
+    from engine.learned.features import FEATURE_NAMES, cold_item, dislike_share, features, recent_ties
+
+    model, _, events = fitted
+    s1, meta = model.stage1, model.meta
+    cand = model.index.rows([f"i{j}" for j in range(0, 60, 3)])
+    h = _hist(events, "u5")
+    h[-2] = h[-2].model_copy(update={"rating": 1.0})
+    st = model.state(h)
+    F = features(s1, meta, st, cand)
+    share = dislike_share(s1, meta, st, cand)
+    assert share is model.dislike_share(st, cand)  # one computation per request, read by the column and the penalty
+    col = F[:, FEATURE_NAMES.index("dislike_share")]
+    assert np.array_equal(col, share.astype(np.float32)) and 0 < share.max() <= 1 and share.min() >= 0
+    # the definition, from the tie matrices: the mean over the kinds a candidate has any tie of
+    parts = [P[st.disliked].sum(0) / np.where(P.sum(0) > 0, P.sum(0), 1) for P in recent_ties(s1, meta, st, cand)]
+    has = np.array([P.sum(0) > 0 for P in recent_ties(s1, meta, st, cand)])
+    assert np.allclose(share, np.sum(parts, 0) / np.maximum(has.sum(0), 1))
+    content = dislike_share(s1, meta, st, cand, content_only=True)
+    cold = cold_item(F, st, np.arange(len(cand)) % 2 == 0, content)
+    assert np.array_equal(cold[::2, FEATURE_NAMES.index("dislike_share")], content[::2].astype(np.float32))
+    assert np.array_equal(cold[1::2], F[1::2], equal_nan=True)
+    liked_only = model.state([e.model_copy(update={"rating": 5.0}) for e in _hist(events, "u5")])
+    assert not features(s1, meta, liked_only, cand)[:, FEATURE_NAMES.index("dislike_share")].any()

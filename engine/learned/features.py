@@ -6,9 +6,10 @@ Out: a float32 matrix (candidates x ``FEATURE_NAMES``). Every value of a row dep
      candidate -- never on which other items are in the pool -- so ``rank()`` and ``recommend()`` agree exactly.
 
 ``GROUPS`` names the feature groups used for ablations (``LearnedConfig.drop_features`` takes names or groups).
-``cold_item(F, state, rows)`` rewrites rows to the values the same candidates would have with no events at all; the
-ranker's training shows a share of its candidates that way (``LearnedConfig.cold_frac``), so new items are ranked by
-their content instead of last.
+``cold_item(F, state, rows, content_dislike)`` rewrites rows to the values the same candidates would have with no events at
+all; the ranker's training shows a share of its candidates that way (``LearnedConfig.cold_frac``), so new items are ranked
+by their content instead of last. ``dislike_share`` (a column, and the serving penalty's input) is the share of a
+candidate's ties to the recent history (``recent_ties``) that come from films the user rated low.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .config import SOURCES
 from .meta import ItemMeta
 from .toplists import ListSource, SparseSource
 
-__all__ = ["FEATURE_NAMES", "GROUPS", "features", "cold_item", "dot64", "history_sims", "resolve_drop"]
+__all__ = ["FEATURE_NAMES", "GROUPS", "features", "cold_item", "dot64", "history_sims", "recent_ties", "dislike_share", "resolve_drop"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ GROUPS: dict[str, list[str]] = {
     "user": ["hist_len", "user_mean_rating", "days_to_data_end"],
     "item": ["item_rating", "item_age_days", "item_mean_ts_gap_days"],
     "content_pop": ["content_pop"],
+    "dislike": ["dislike_share"],
     "extra": ["extra"],
 }
 FEATURE_NAMES: list[str] = [f for g in GROUPS.values() for f in g]
@@ -76,6 +78,39 @@ def history_sims(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray) ->
             m.flags.writeable = False
     st.memo["sims"] = (cand, tuple(out))
     return out[0], out[1]
+
+
+def recent_ties(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, content_only: bool = False) -> list[np.ndarray]:
+    """The recent items' ties to ``cand`` (non-negative, recent x candidates), one matrix per kind: transition counts,
+    cosine co-occurrence, cf and content similarity (the last two clipped at 0); ``content_only``: the content kind alone
+    (what a candidate without events is tied by)."""
+    cand = np.asarray(cand, np.int64)
+    cf, text = history_sims(s1, meta, st, cand)
+    if content_only:
+        return [] if text is None else [np.clip(text, 0, None)]
+    return [st.trans_rec.at(cand), st.cooc_rec.at(cand), *(np.clip(m, 0, None) for m in (cf, text) if m is not None)]
+
+
+def dislike_share(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, content_only: bool = False) -> np.ndarray:
+    """Per candidate, the share of its ties to the recent history that come from items the user disliked (mean over
+    the tie kinds it has any of; 0 without ties). Depends only on the user and that candidate. The features' column and
+    the serving penalty read it for the same ``cand`` array object: the second call answers from the state's memo."""
+    key = "dislike_content" if content_only else "dislike"
+    last = st.memo.get(key)
+    if last is not None and last[0] is cand:
+        return last[1]
+    out = np.zeros(len(cand))
+    if len(st.recent) and len(cand):
+        den = np.zeros(len(cand))
+        for P in recent_ties(s1, meta, st, cand, content_only):
+            tot = P.sum(0, dtype=np.float64)
+            has = tot > 0
+            out[has] += P[st.disliked].sum(0, dtype=np.float64)[has] / tot[has]
+            den += has
+        out /= np.maximum(den, 1)
+    out.flags.writeable = False
+    st.memo[key] = (cand, out)
+    return out
 
 
 def features(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
@@ -127,6 +162,7 @@ def features(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, extra:
     put("item_mean_ts_gap_days", (st.last_ts - s1.item_mean_ts[cand]) / DAY)
     if s1.content_pop is not None:  # what the content predicts, never the item's own count: cold_item leaves it
         put("content_pop", s1.content_pop[cand])
+    put("dislike_share", dislike_share(s1, meta, st, cand))
     if extra is not None:
         put("extra", np.asarray(extra, np.float32))
     return F
@@ -136,7 +172,7 @@ _COLD_ZERO = [_COL[f] for f in ("trans_l1", "trans_l2", "trans_l3", "trans_l1_co
 _COLD_NAN = [_COL[f] for f in ("item_rating", "item_age_days", "item_mean_ts_gap_days")]
 
 
-def cold_item(F: np.ndarray, st: UserState, rows: np.ndarray) -> np.ndarray:
+def cold_item(F: np.ndarray, st: UserState, rows: np.ndarray, content_dislike: np.ndarray | None = None) -> np.ndarray:
     """``F`` with ``rows`` (bool mask or indices) set to a never-interacted item's values: every event-based source
     scores 0 (zero ALS factors, no transitions, co-occurrence or popularity) at the full-catalog rank that 0 has for this
     user; no rating or event times. Content (``content_pop`` too: a guess from content, never the item's count), attribute
@@ -158,4 +194,6 @@ def cold_item(F: np.ndarray, st: UserState, rows: np.ndarray) -> np.ndarray:
         F[rows, c] = 0.0
     for c in _COLD_NAN:
         F[rows, c] = np.nan
+    if content_dislike is not None:  # ``dislike_share(..., content_only=True)`` of every row: a new item's only ties
+        F[rows, _COL["dislike_share"]] = content_dislike[rows]
     return F

@@ -42,9 +42,9 @@ __all__ = ["PersonaModel", "FORMAT_VERSION", "COMPILED_DIR", "data_hash"]
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # 2: the sequence model's arrays and feature columns; 3: ``content_pop`` (older code would fail on them, so it refuses)
+FORMAT_VERSION = 4  # 2: the sequence model's arrays and feature columns; 3: ``content_pop``; 4: ``dislike_share`` (older code would fail on them, so it refuses)
 COMPILED_DIR = "compiled"  # in a saved model's folder: the ranker's compiled code (Ranker.compile), per CPU
-_READS = (1, 2, 3)  # formats 1 (no sequence model) and 2 (no ``content_pop``) load and serve as they were fitted
+_READS = (1, 2, 3, 4)  # formats 1 (no sequence model), 2 (no ``content_pop``) and 3 (no ``dislike_share``) load and serve as they were fitted
 
 
 def data_hash(events, items=()) -> str:

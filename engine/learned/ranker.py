@@ -24,7 +24,7 @@ import numpy as np
 from .candidates import Stage1, pool, user_state
 from .compiled import compile_booster
 from .config import LearnedConfig
-from .features import FEATURE_NAMES, GROUPS, cold_item, features, resolve_drop
+from .features import FEATURE_NAMES, GROUPS, cold_item, dislike_share, features, resolve_drop
 from .index import Sequence, tie_key
 from .meta import ItemMeta
 
@@ -67,7 +67,7 @@ def _user_rows(s1: Stage1, meta: ItemMeta, hist: dict[str, Sequence], labels: di
         F = features(s1, meta, st, cand, extra)
         if cfg.cold_frac > 0:  # a share of the candidates, label included, as new items (independent of the label)
             rng = np.random.default_rng([cfg.seed, tie_key(cfg.seed, u, "cold")])
-            F = cold_item(F, st, rng.random(len(cand)) < cfg.cold_frac)
+            F = cold_item(F, st, rng.random(len(cand)) < cfg.cold_frac, dislike_share(s1, meta, st, cand, content_only=True))
         out.append((u, F, y))
     return out
 

@@ -2,7 +2,8 @@
 
 In:  the fitted ``Stage1`` and ``ItemMeta``, a ``UserState`` (``candidates.user_state``), candidate item rows.
 Out: ``ties`` -- non-negative (history rows x candidates) matrices, one per kind: transition counts, cosine
-     co-occurrence, cf similarity and content similarity; ``dislike_share`` -- per candidate, the share of its ties to
+     co-occurrence, cf similarity and content similarity (``features.recent_ties`` for the recent items);
+     ``dislike_share`` (from ``features``, where it is also a ranker column) -- per candidate, the share of its ties to
      the recent history that come from films the user rated low; ``reasons`` -- per item, the history row named as
      "because you liked / watched X".
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from .candidates import Stage1, UserState
 from .config import LearnedConfig
-from .features import dot64, history_sims
+from .features import dislike_share, dot64, recent_ties
 from .meta import ItemMeta
 
 __all__ = ["REASON_CAP", "ties", "dislike_share", "reasons"]
@@ -32,9 +33,7 @@ REASON_CAP = 3  # a history item explains at most this many better-ranked items 
 def ties(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, rows: np.ndarray | None = None) -> list[np.ndarray]:
     """Ties of ``rows`` (default: the recent items, from the state's cached rows) x ``cand``, one matrix per kind."""
     if rows is None:  # the recent items: the rows and similarities the features read for the same candidates
-        cand = np.asarray(cand, np.int64)
-        sims = [m for m in history_sims(s1, meta, st, cand) if m is not None]
-        return [st.trans_rec.at(cand), st.cooc_rec.at(cand), *(np.clip(m, 0, None) for m in sims)]
+        return recent_ties(s1, meta, st, cand)
     rows = np.asarray(rows, np.int64)
 
     def sim(E):  # dot64: a product's last bit depends on how many candidates are scored together; rank() must match
@@ -44,20 +43,6 @@ def ties(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, rows: np.n
     if meta.emb.shape[1] > 1:
         parts.append(sim(meta.emb))
     return parts
-
-
-def dislike_share(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray) -> np.ndarray:
-    """Per candidate, the share of its ties to the recent history that come from items the user disliked (mean over
-    the tie kinds it has any of; 0 without ties). Depends only on the user and that candidate, like the features."""
-    if not len(st.recent) or not len(cand):
-        return np.zeros(len(cand))
-    num, den = np.zeros(len(cand)), np.zeros(len(cand))
-    for P in ties(s1, meta, st, cand):
-        tot = P.sum(0, dtype=np.float64)
-        has = tot > 0
-        num[has] += P[st.disliked].sum(0, dtype=np.float64)[has] / tot[has]
-        den += has
-    return num / np.maximum(den, 1)
 
 
 def _older_liked(st: UserState, cfg: LearnedConfig, n_items: int) -> np.ndarray:
