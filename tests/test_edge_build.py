@@ -215,13 +215,13 @@ def test_reads_retry_on_the_new_shard_when_a_swap_closes_theirs(tmp_path, monkey
         st.close()
 
 
-@pytest.mark.parametrize("made", ["now", "before"])
+@pytest.mark.parametrize("made", ["now", "before", "before-settings"])
 def test_points_rewritten_after_a_build_get_an_index_of_their_own(tmp_path, made):
     """A refit rewrites the cf vectors of the items with events only; Qdrant moves those points to a segment of their
     own. The store indexes a segment once it holds about 1 MB of vectors (Qdrant's default waits for 10 MB: these
     12,000 128-d points, 6 MB, would stay a scan, and so would the 2,100 rewritten ones, 1.05 MB, which are too few
     for Qdrant to rebuild the old segment instead). A store made before this setting ("before": Qdrant's default in
-    its shard's config) gets it when it is opened."""
+    its shard's config, or no optimizer settings at all) gets it when it is opened."""
     import json
 
     rng = np.random.default_rng(5)
@@ -229,9 +229,12 @@ def test_points_rewritten_after_a_build_get_an_index_of_their_own(tmp_path, made
     with EdgeStore(tmp_path / "s") as st:
         st.ensure_collection("items", {"text": 128}, quantize=True)
     conf = tmp_path / "s" / "items" / "edge_config.json"
-    if made == "before":
+    if made != "now":
         cfg = json.loads(conf.read_text())
-        cfg["optimizers"]["indexing_threshold"] = None
+        if made == "before":
+            cfg["optimizers"]["indexing_threshold"] = None
+        else:  # an older qdrant-edge's shard: no optimizer settings saved at all
+            del cfg["optimizers"]
         conf.write_text(json.dumps(cfg))
     with EdgeStore(tmp_path / "s") as st:
         st.upsert("items", [Point(point_id("item", str(i)), {"text": X[i].tolist()}, {"item_id": str(i)}) for i in range(12_000)])

@@ -34,17 +34,25 @@ SEARCH = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, 
 # 100k items (6% with events) stayed just under the default and was scanned by every query from then on. The embedded
 # engine optimizes only in fit() (no background optimizer), so ingestion does not pay for it.
 INDEXING_KB = 1000
+# The optimizer settings a shard's edge_config.json holds (null: Qdrant's default), as qdrant-edge writes them.
+_OPTIMIZER_KEYS = ("deleted_threshold", "vacuum_min_vector_number", "default_segment_number", "max_segment_size",
+                   "indexing_threshold", "prevent_unoptimized")
 
 
 def upgrade_config(shard: Path) -> bool:
     """Set :data:`INDEXING_KB` in the shard's ``edge_config.json`` where it holds Qdrant's default (null: a store created
-    before it); run with the store's lock held, before the shard is loaded. True when the file was rewritten."""
+    before it; or no optimizer settings at all: a shard written by an older qdrant-edge); run with the store's lock held,
+    before the shard is loaded. True when the file was rewritten."""
     path = shard / "edge_config.json"
     try:
         cfg = json.loads(path.read_text())
     except (OSError, ValueError):  # no such file (yet), or not ours to fix: Qdrant says what is wrong when it loads
         return False
-    opt = cfg.get("optimizers") if isinstance(cfg, dict) else None
+    if not isinstance(cfg, dict):
+        return False
+    opt = cfg.get("optimizers")
+    if opt is None:  # no optimizer settings at all (a shard written before qdrant-edge saved them): Qdrant's defaults
+        opt = cfg["optimizers"] = dict.fromkeys(_OPTIMIZER_KEYS)
     if not isinstance(opt, dict) or opt.get("indexing_threshold") is not None:
         return False
     opt["indexing_threshold"] = INDEXING_KB
