@@ -33,7 +33,7 @@ STEPS = {  # (file suffix, function name) -> label
     ("learned/candidates.py", "pool"): "candidate pool",
     ("learned/features.py", "features"): "features",
     ("learned/ranker.py", "predict"): "ranker (LightGBM)",
-    ("learned/model.py", "dislike_share"): "dislike share",
+    ("learned/features.py", "dislike_share"): "  dislike share (within the features)",
     ("learned/model.py", "reasons"): "reasons",
 }
 

@@ -39,6 +39,7 @@ from scale import RandomUnitEncoder, catalog, event_log  # noqa: E402
 
 import engine.events as events_mod  # noqa: E402
 import engine.items as items_mod  # noqa: E402
+import engine.learned.features as features_mod  # noqa: E402
 import engine.learned.model as model_mod  # noqa: E402
 import engine.learned.ranker as ranker_mod  # noqa: E402
 import engine.learned.seqnet as seqnet_mod  # noqa: E402
@@ -59,7 +60,7 @@ STAGES = [  # (owner, attribute, label): a missing attribute fails loudly, so a 
     (seqnet_mod.SeqNet, "probs", "sequence model"),  # below fit.index_items (neither calls the other)
     (model_mod, "features", "ranker features"),
     (ranker_mod.Ranker, "predict", "LightGBM"),
-    (model_mod, "dislike_share", "dislike share"),
+    (features_mod, "dislike_share", "dislike share (within the features)"),  # the penalty reads the features' memo
     (model_mod, "reasons", "reasons"),
     (model_mod, "pool", "pool"),
     (items_mod.ItemCatalog, "hits", "payloads of the picks"),

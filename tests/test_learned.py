@@ -800,11 +800,32 @@ def test_content_popularity_feature_is_stage_ones_prior_and_a_new_items_value_in
     cand = np.array([model.index.get("new"), model.index.get("i3"), model.index.get("i40")])
     F = features(model.stage1, model.meta, st, cand)
     assert np.array_equal(F[:, col], model.stage1.content_pop[cand]) and np.isfinite(F[:, col]).all()
-    assert np.array_equal(cold_item(F, st, np.ones(3, bool))[:, col], F[:, col])  # content: shown as it is
+    assert np.array_equal(cold_item(F, st, np.ones(3, bool), np.zeros(3))[:, col], F[:, col])  # content: shown as it is
     # the ranker's training stage 1 predicts from its own (label-free) counts
     s0 = model.train_stage1[0]
     assert np.array_equal(s0.content_pop, model.meta.popularity_prior(s0.seq.pop, CFG.seed))
     assert "content_pop" in model.ranker.columns
+
+
+def test_a_format_3_model_without_the_dislike_share_column_loads_and_serves_as_fitted(tmp_path):
+    """Models saved before ``dislike_share`` was a column (format 3) load and serve the lists they were fitted for,
+    with the serving penalty they were saved with."""
+    import json
+    from dataclasses import replace
+
+    items, events, emb = _data()
+    model = PersonaModel.fit(events, items, emb, replace(CFG, drop_features=("attributes", "dislike"), dislike_penalty=2.0), progress=False)
+    assert "dislike_share" not in model.ranker.columns
+    d = model.save(tmp_path / "v3")
+    meta = json.loads((d / "meta.json").read_text())
+    meta["format_version"] = 3
+    (d / "meta.json").write_text(json.dumps(meta))
+    old = PersonaModel.load(d)
+    assert old.config.dislike_penalty == 2.0 and old.ranker.columns == model.ranker.columns
+    h = _hist(events, "u6")
+    h[-1] = h[-1].model_copy(update={"rating": 1.0})  # the penalty has a film rated low to read
+    assert old.recommend(h, k=10) == model.recommend(h, k=10)
+    assert old.rank(h, [f"i{j}" for j in range(30)]) == model.rank(h, [f"i{j}" for j in range(30)])
 
 
 def test_a_format_2_model_without_content_popularity_loads_and_serves_as_fitted(tmp_path):

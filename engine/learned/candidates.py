@@ -140,7 +140,8 @@ class UserState:
     rank_cap: int = 0  # source_ranks: exact ranks up to this, this value beyond (0: exact)
     off: frozenset = frozenset()  # sources without a fitted model (zero scores): they fill no pool slots
     liked_at: np.ndarray | None = None  # positions of ``liked`` in ``recent`` (None: unknown, e.g. a state built by hand)
-    # per-request values (features.history_sims); not an init field, so a dataclasses.replace() copy starts empty
+    # per-request values (features.history_sims, features.dislike_share); not an init field, so a dataclasses.replace()
+    # copy starts empty
     memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
 

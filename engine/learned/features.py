@@ -93,14 +93,15 @@ def recent_ties(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, con
 
 def dislike_share(s1: Stage1, meta: ItemMeta, st: UserState, cand: np.ndarray, content_only: bool = False) -> np.ndarray:
     """Per candidate, the share of its ties to the recent history that come from items the user disliked (mean over
-    the tie kinds it has any of; 0 without ties). Depends only on the user and that candidate. The features' column and
-    the serving penalty read it for the same ``cand`` array object: the second call answers from the state's memo."""
+    the tie kinds it has any of; 0 without ties, and 0 everywhere when no recent film was rated low). Depends only on the
+    user and that candidate. The features' column and the serving penalty read it for the same ``cand`` array object: the
+    second call answers from the state's memo (callers must not change ``cand`` in place; the result is read-only)."""
     key = "dislike_content" if content_only else "dislike"
     last = st.memo.get(key)
     if last is not None and last[0] is cand:
         return last[1]
     out = np.zeros(len(cand))
-    if len(st.recent) and len(cand):
+    if len(st.recent) and len(cand) and st.disliked.any():  # none rated low: every share is 0, no ties to read
         den = np.zeros(len(cand))
         for P in recent_ties(s1, meta, st, cand, content_only):
             tot = P.sum(0, dtype=np.float64)
@@ -172,11 +173,12 @@ _COLD_ZERO = [_COL[f] for f in ("trans_l1", "trans_l2", "trans_l3", "trans_l1_co
 _COLD_NAN = [_COL[f] for f in ("item_rating", "item_age_days", "item_mean_ts_gap_days")]
 
 
-def cold_item(F: np.ndarray, st: UserState, rows: np.ndarray, content_dislike: np.ndarray | None = None) -> np.ndarray:
+def cold_item(F: np.ndarray, st: UserState, rows: np.ndarray, content_dislike: np.ndarray) -> np.ndarray:
     """``F`` with ``rows`` (bool mask or indices) set to a never-interacted item's values: every event-based source
     scores 0 (zero ALS factors, no transitions, co-occurrence or popularity) at the full-catalog rank that 0 has for this
-    user; no rating or event times. Content (``content_pop`` too: a guess from content, never the item's count), attribute
-    and user columns are left as they are."""
+    user; no rating or event times; the dislike share is ``content_dislike`` (``dislike_share(..., content_only=True)`` of
+    the same candidates as ``F``'s rows: a new item is tied to the history by its content alone). Content (``content_pop``
+    too: a guess from content, never the item's count), attribute and user columns are left as they are."""
     F = F.copy()
     unseen = ~st.seen
     cap = rank_cap_of(st, int(unseen.sum()))  # as source_ranks computes it
@@ -194,6 +196,5 @@ def cold_item(F: np.ndarray, st: UserState, rows: np.ndarray, content_dislike: n
         F[rows, c] = 0.0
     for c in _COLD_NAN:
         F[rows, c] = np.nan
-    if content_dislike is not None:  # ``dislike_share(..., content_only=True)`` of every row: a new item's only ties
-        F[rows, _COL["dislike_share"]] = content_dislike[rows]
+    F[rows, _COL["dislike_share"]] = np.asarray(content_dislike)[rows]
     return F

@@ -190,7 +190,7 @@ class PersonaModel:
 
     def dislike_share(self, st, cand: np.ndarray) -> np.ndarray:
         """Per candidate, the share of its ties to the recent history that come from films the user rated low
-        (``ties.dislike_share``)."""
+        (``features.dislike_share``, also a ranker column; the features of the same ``cand`` computed it already)."""
         return dislike_share(self.stage1, self.meta, st, cand)
 
     @property
