@@ -233,7 +233,7 @@ def test_points_rewritten_after_a_build_get_an_index_of_their_own(tmp_path, made
         cfg = json.loads(conf.read_text())
         if made == "before":
             cfg["optimizers"]["indexing_threshold"] = None
-        else:  # an older qdrant-edge's shard: no optimizer settings saved at all
+        else:  # what a store created before INDEXING_KB really holds: no optimizers block at all
             del cfg["optimizers"]
         conf.write_text(json.dumps(cfg))
     with EdgeStore(tmp_path / "s") as st:

@@ -40,9 +40,9 @@ _OPTIMIZER_KEYS = ("deleted_threshold", "vacuum_min_vector_number", "default_seg
 
 
 def upgrade_config(shard: Path) -> bool:
-    """Set :data:`INDEXING_KB` in the shard's ``edge_config.json`` where it holds Qdrant's default (null: a store created
-    before it; or no optimizer settings at all: a shard written by an older qdrant-edge); run with the store's lock held,
-    before the shard is loaded. True when the file was rewritten."""
+    """Set :data:`INDEXING_KB` in the shard's ``edge_config.json`` where it holds Qdrant's default: a null threshold, or
+    no ``optimizers`` block at all (what qdrant-edge wrote for every store created before INDEXING_KB); run with the
+    store's lock held, before the shard is loaded. True when the file was rewritten."""
     path = shard / "edge_config.json"
     try:
         cfg = json.loads(path.read_text())
@@ -51,7 +51,7 @@ def upgrade_config(shard: Path) -> bool:
     if not isinstance(cfg, dict):
         return False
     opt = cfg.get("optimizers")
-    if opt is None:  # no optimizer settings at all (a shard written before qdrant-edge saved them): Qdrant's defaults
+    if opt is None:  # created without optimizer settings (every store before INDEXING_KB): Qdrant's defaults
         opt = cfg["optimizers"] = dict.fromkeys(_OPTIMIZER_KEYS)
     if not isinstance(opt, dict) or opt.get("indexing_threshold") is not None:
         return False
