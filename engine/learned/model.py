@@ -30,12 +30,12 @@ import numpy as np
 
 from .candidates import Stage1, pool, source_top, user_state
 from .config import LearnedConfig
-from .features import features
+from .features import dislike_share, features
 from .index import ItemIndex, Sequence, build_sequences, order_events, split_last
 from .meta import ItemMeta
 from .ranker import Ranker, TrainingData, build_training, train_ranker
 from .seqnet import SeqNet
-from .ties import dislike_share, reasons
+from .ties import reasons
 from .toplists import promote_first
 
 __all__ = ["PersonaModel", "FORMAT_VERSION", "COMPILED_DIR", "data_hash"]

@@ -2,10 +2,9 @@
 
 In:  the fitted ``Stage1`` and ``ItemMeta``, a ``UserState`` (``candidates.user_state``), candidate item rows.
 Out: ``ties`` -- non-negative (history rows x candidates) matrices, one per kind: transition counts, cosine
-     co-occurrence, cf similarity and content similarity (``features.recent_ties`` for the recent items);
-     ``dislike_share`` (from ``features``, where it is also a ranker column) -- per candidate, the share of its ties to
-     the recent history that come from films the user rated low; ``reasons`` -- per item, the history row named as
-     "because you liked / watched X".
+     co-occurrence, cf similarity and content similarity (``features.recent_ties`` for the recent items, which
+     ``features.dislike_share`` reads too); ``reasons`` -- per item, the history row named as "because you liked /
+     watched X".
 
 A reason is the item of the user's own history with the strongest tie to the recommended item, among the recent items
 (``LearnedConfig.recent``), a liked one's ties counting double (an item tied to none of them -- rare: content similarity
@@ -22,10 +21,10 @@ import numpy as np
 
 from .candidates import Stage1, UserState
 from .config import LearnedConfig
-from .features import dislike_share, dot64, recent_ties
+from .features import dot64, recent_ties
 from .meta import ItemMeta
 
-__all__ = ["REASON_CAP", "ties", "dislike_share", "reasons"]
+__all__ = ["REASON_CAP", "ties", "reasons"]
 
 REASON_CAP = 3  # a history item explains at most this many better-ranked items when another strong tie exists
 
