@@ -41,14 +41,20 @@ def point_id(kind: str, key: str) -> str:
     return str(uuid.uuid5(_NS, f"{kind}:{key}"))
 
 
-@functools.lru_cache(maxsize=1 << 17)
 def point_key(pid: str | int | uuid.UUID) -> int:
     """A point id as the integer :meth:`VectorStore.nearest_keys` answers with: a UUID's 128-bit value, an unsigned
     integer id itself. One id, one key; a UUID given as a string or a ``uuid.UUID`` has the same key."""
-    if isinstance(pid, int):
-        return pid
+    # a uuid.UUID or an int is read directly: only strings go through the cache (hashing a uuid.UUID for an lru_cache
+    # runs Python code, ~3 us against ~0.05 us for .int, and Qdrant's hits come back as uuid.UUID: 200 per request)
     if isinstance(pid, uuid.UUID):
         return pid.int
+    if isinstance(pid, int):
+        return pid
+    return _str_key(pid)
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _str_key(pid: str) -> int:
     return int(pid) if str(pid).isdigit() else uuid.UUID(str(pid)).int  # an integer id comes back from Hit.of as "7"
 
 
