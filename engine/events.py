@@ -36,6 +36,10 @@ from .store import Filter, Point, VectorStore, point_id
 from .store.base import chunks
 from .types import Event, EventReport, sort_events
 
+_EVENT_FIELDS = tuple(Event.model_fields)
+_EVENT_FIELD_SET = frozenset(_EVENT_FIELDS)
+_EVENT_DEFAULTS = {name: f.get_default() for name, f in Event.model_fields.items() if not f.is_required()}
+
 __all__ = ["EventLog", "stored_events", "validate_events"]
 
 log = logging.getLogger(__name__)
@@ -157,8 +161,7 @@ class EventLog:
     def history(self, user_id: str) -> list[Event]:
         """A user's events, oldest first (empty for an unknown user)."""
         hits = self.store.scroll(self.events_col, Filter(match={"user_id": str(user_id)}))
-        # stored payloads were validated on the way in: construct without re-validating (a third of recommend's time)
-        return sort_events([Event.model_construct(**h.payload) for h in hits])
+        return sort_events([_stored_event(h.payload) for h in hits])
 
     def require_user(self, user_id: str) -> list[Event]:
         """The user's history; NotFoundError when the user has neither events nor a profile."""
@@ -170,3 +173,22 @@ class EventLog:
     def user_ids(self) -> list[str]:
         """Every user with at least one event, sorted."""
         return sorted({h.payload["user_id"] for h in self.store.scroll(self.events_col)})
+
+
+def _stored_event(payload: Mapping[str, Any]) -> Event:
+    """An ``Event`` from a stored payload, which was validated on the way in: not validated again (a third of
+    recommend's time once), and built as ``Event.model_construct`` builds it (the same fields, defaults and fields
+    set; keys that are not fields ignored) without its per-field alias checks: 2.7 against 6.6 us an event, ~0.3 ms of
+    a request for a user of 80 events (``tests/test_engine.py`` checks they agree)."""
+    if payload.keys() == _EVENT_FIELD_SET:  # every stored event: written as a full model_dump
+        values, fields_set = {name: payload[name] for name in _EVENT_FIELDS}, set(_EVENT_FIELD_SET)
+    else:
+        values = {name: payload[name] if name in payload else _EVENT_DEFAULTS[name] for name in _EVENT_FIELDS
+                  if name in payload or name in _EVENT_DEFAULTS}
+        fields_set = {name for name in values if name in payload}
+    m = Event.__new__(Event)
+    object.__setattr__(m, "__dict__", values)
+    object.__setattr__(m, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(m, "__pydantic_extra__", None)
+    object.__setattr__(m, "__pydantic_private__", None)
+    return m

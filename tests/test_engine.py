@@ -63,6 +63,30 @@ def test_events_idempotent(ml_engine):
     assert ml_engine.stats()["events"] == before
 
 
+def test_history_reads_back_the_events_as_written(ml_engine):
+    """The history is built from stored payloads without validating them again: the same events, fields and fields set
+    as ``Event.model_construct`` gives, usable like any validated event."""
+    from engine.types import Event
+
+    evs = [Event(user_id="reader", item_id="50", timestamp=1e9, rating=4.5, kind="view", text="loved the score"),
+           Event(user_id="reader", item_id="1", timestamp=1e9 + 5)]
+    assert ml_engine.add_events([e.model_dump() for e in evs]).added == 2
+    got = ml_engine.history("reader")
+    assert got == evs and [type(e) for e in got] == [Event, Event]
+    for g, e in zip(got, evs):
+        built = Event.model_construct(**g.model_dump())
+        assert g.model_dump() == e.model_dump() == built.model_dump() and g.model_fields_set == built.model_fields_set
+        assert g.model_copy(update={"rating": 1.0}).rating == 1.0 and Event.model_validate(g.model_dump()) == g
+    # a payload written without some optional fields (by an older version): their defaults, as model_construct fills them
+    from engine.store import Point, point_id
+
+    partial = {"user_id": "reader", "item_id": "2", "timestamp": 1e9 + 9, "rating": 3.0, "old_field": 1}
+    ml_engine.store.upsert(ml_engine.events_col, [Point(point_id("event", "reader-old"), {}, partial)])
+    old = ml_engine.history("reader")[-1]
+    built = Event.model_construct(**partial)
+    assert old == built and old.kind == "rating" and old.text is None and old.model_fields_set == built.model_fields_set
+
+
 def test_search_personalized(ml_engine):
     plain = ml_engine.search("space adventure with aliens", k=10)
     assert plain and plain[0].personal is None
