@@ -1,5 +1,5 @@
 """bench/request_split.py: every stage it times still exists under its name (cheap), and it runs end to end on a small
-store (``full``)."""
+store (``full``); bench/read_costs.py runs end to end too (``full``)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,13 @@ def test_small_store_end_to_end(tmp_path):
     else:
         assert "skipped" in ab
     assert stages["user state"] <= stages["model.recommend"] <= stages["served list (ModelServing.hits)"] <= stages["Engine.recommend (whole request)"]
+
+
+@pytest.mark.full
+def test_read_costs_bench_runs_and_its_baselines_agree(tmp_path):
+    """bench/read_costs.py: both comparisons run on a small store, and each checks that the code it times against gives
+    the same keys and the same events (it asserts before it times)."""
+    out = subprocess.run([sys.executable, "bench/read_costs.py", "--path", str(tmp_path / "store"), "--items", "1000", "--events", "3000"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "point keys, ms per 100-hit query" in out.stdout and "history, 1000 users" in out.stdout, out.stdout
