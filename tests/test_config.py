@@ -49,7 +49,7 @@ def test_every_fit_setting_reaches_the_learned_config(monkeypatch):
 
     renamed = {"sequence_epochs": "sas_epochs", "device": "sas_device"}
     learned = {f for f in LearnedConfig.__dataclass_fields__}
-    values = {"pool_size": 123, "cf_factors": 17, "label_folds": 4, "threads": 1, "sequence_epochs": 5, "device": "cuda",
+    values = {"pool_size": 123, "cf_factors": 17, "label_folds": 5, "threads": 1, "sequence_epochs": 5, "device": "cuda",
               "dislike_penalty": 3.5, "fresh_boost": 1.25, "new_item_slot": 4, "index_items": 777,
               "index_depth": 55}
     mapped = {f for f in FitConfig.model_fields if renamed.get(f, f) in learned}

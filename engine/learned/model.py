@@ -11,8 +11,8 @@ Out:        a model whose ``recommend(history, k)`` returns ``[(item_id, score, 
 
 Fit protocol (no label leakage): stage 1 (ALS, transitions, co-occurrence, popularity, item stats) is fitted on every
 user's events but the last; the ranker learns to find each user's last event in the pool built from those models; then
-stage 1 is refitted on ALL events for serving (the ranker is kept). ``label_folds=2`` (3, the default) adds a round
-with the second-to-last (and third-to-last) events as labels, stage 1 fitted without the last two (three). The sequence model (``sas_epochs`` > 0) is
+stage 1 is refitted on ALL events for serving (the ranker is kept). Each further label fold (``label_folds``, 4 by default)
+takes the event before as the label, stage 1 fitted without it and every later one. The sequence model (``sas_epochs`` > 0) is
 trained once, on every user's events but the last ``label_folds``, and serves as it is (it never saw a label as a target).
 
 ``item_factors`` (the ``cf`` named vector) and ``item_ids`` are exposed for storage in Qdrant.
