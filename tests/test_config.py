@@ -55,6 +55,7 @@ def test_every_fit_setting_reaches_the_learned_config(monkeypatch):
     mapped = {f for f in FitConfig.model_fields if renamed.get(f, f) in learned}
     assert mapped == set(values), "a fit setting named like a LearnedConfig field is missing from this test"
     for k, v in values.items():
+        assert v != FitConfig.model_fields[k].default, k  # a default value would pass without the env route
         monkeypatch.setenv(f"PERSONA_FIT__{k.upper()}", str(v))
     cfg = LearnedStage(Settings(), None, "items", "events", None).config()
     for k, v in values.items():

@@ -32,7 +32,7 @@ def _data(seed=0):
     return items, events, emb
 
 
-CFG = LearnedConfig(cf_factors=8, cf_iterations=5, pool_size=40, n_estimators=30, early_stopping=10, recent=5)
+CFG = LearnedConfig(cf_factors=8, cf_iterations=5, pool_size=40, n_estimators=30, early_stopping=10, recent=5, label_folds=4)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_no_label_leakage(fitted):
     assert np.array_equal(train_s1.seq.pop, counts)
     assert np.array_equal(model.stage1.seq.pop, np.bincount(np.concatenate([s.items for s in seqs.values()]), minlength=len(model.index)))
     assert len(labels) == len(seqs)
-    # label fold f (the events f from the end as labels) is fitted without each user's last f + 1 events
+    # label fold f (0-based; its label is the (f + 1)-th event from the end) is fitted without each user's last f + 1 events
     assert len(model.train_stage1) == CFG.label_folds >= 3
     for fold in range(1, CFG.label_folds):
         hist, _ = split_last(hist)

@@ -34,7 +34,7 @@ class LearnedConfig:
     recent: int = 10  # recent items used for co-occurrence / content / reasons
     like_threshold: float = 4.0
     # stage 1: the SASRec-style sequence model (``seqnet.py``), trained once on every user's events but the last
-    # ``label_folds`` (so neither fold's labels were ever its targets) and kept for serving; its next-item probability
+    # ``label_folds`` (so no fold's label was ever its target) and kept for serving; its next-item probability
     # and rank are ranker features. 0 epochs: none. Valid, seeds 0-4 (bench/learned_val.py --no-baselines --set seed=S
     # [--set sas_epochs=0]): NDCG@10 0.1364 -> 0.1392 (4 of 5 seeds better), HR@10 0.2556 -> 0.2607, AUC 1:20
     # 0.9236 -> 0.9276 (5 of 5); dropout 0.2 over 0.5 (seeds 0-2, as a pool source: AUC 0.9288 vs 0.9267); +38 s of fit
@@ -136,7 +136,7 @@ class LearnedConfig:
     valid_frac: float = 0.0
     # labels rated below this are not used as training targets (None: every next event is a target)
     label_min_rating: float | None = None
-    # 2: also train on each user's second-to-last event (stage 1 refitted without it). 3, valid (bench/learned_val.py
+    # the number of folds: 2 also trains on each user's second-to-last event (stage 1 refitted without it). 3, valid (bench/learned_val.py
     # --no-baselines --set seed=S [--set label_folds=3]), seeds 0 / 1: AUC 1:20 0.9275 / 0.9269 -> 0.9297 / 0.9293, but
     # NDCG@10 0.1418 / 0.1363 -> 0.1338 / 0.1369 and HR@10 0.2757 / 0.2524 -> 0.2566 / 0.2492 (older defaults). With
     # today's defaults (session 29), seeds 0-9: NDCG@10 0.1453 -> 0.1482 (paired +0.0029, se 0.0014, higher on 8 of 10),

@@ -11,8 +11,8 @@ Out:        a model whose ``recommend(history, k)`` returns ``[(item_id, score, 
 
 Fit protocol (no label leakage): stage 1 (ALS, transitions, co-occurrence, popularity, item stats) is fitted on every
 user's events but the last; the ranker learns to find each user's last event in the pool built from those models; then
-stage 1 is refitted on ALL events for serving (the ranker is kept). Each further label fold (``label_folds``, 4 by default)
-takes the event before as the label, stage 1 fitted without it and every later one. The sequence model (``sas_epochs`` > 0) is
+stage 1 is refitted on ALL events for serving (the ranker is kept). ``label_folds`` (4 by default) counts
+the folds: each after the first takes the event before as the label, stage 1 fitted without it and every later one. The sequence model (``sas_epochs`` > 0) is
 trained once, on every user's events but the last ``label_folds``, and serves as it is (it never saw a label as a target).
 
 ``item_factors`` (the ``cf`` named vector) and ``item_ids`` are exposed for storage in Qdrant.
@@ -72,7 +72,8 @@ class PersonaModel:
     @classmethod
     def fit(cls, events, items, item_embeddings: np.ndarray | None = None, config: LearnedConfig | None = None,
             embedding_ids=None, extra_fn=None, progress: bool = True, map_chunks=None) -> PersonaModel:
-        """Fit stage 1 without each user's last event, train the ranker on those last events, refit stage 1 on all.
+        """Fit stage 1 without each user's last event, train the ranker on those last events (and, per further label fold, on
+        the event before, stage 1 refitted without it), refit stage 1 on all.
 
         ``extra_fn(user_id, history: Sequence, candidate_rows) -> values`` adds the external feature column to training.
         ``map_chunks``: computes the ranker's rows for chunks of users elsewhere (``engine.batch.RayBatch.map_chunks``).
