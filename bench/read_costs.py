@@ -70,8 +70,8 @@ def history(eng, users: list[str], passes: int = 5) -> None:
 
     n_events = 0
     for u in users:
-        got = log.history(u)
-        assert got == before(u) and [e.model_fields_set for e in got] == [e.model_fields_set for e in before(u)]
+        got, want = log.history(u), before(u)
+        assert got == want and [e.model_fields_set for e in got] == [e.model_fields_set for e in want]
         n_events += len(got)
     best = {"before": float("inf"), "now": float("inf")}
     for rep in range(passes):

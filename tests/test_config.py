@@ -60,3 +60,8 @@ def test_every_fit_setting_reaches_the_learned_config(monkeypatch):
     cfg = LearnedStage(Settings(), None, "items", "events", None).config()
     for k, v in values.items():
         assert getattr(cfg, renamed.get(k, k)) == v, k
+    # the defaults are written twice (FitConfig for users, LearnedConfig for bench/learned_val.py, which chooses them):
+    # they must be the same values, or the bench would measure a model users never get
+    learned_defaults = {f.name: f.default for f in LearnedConfig.__dataclass_fields__.values()}
+    for k in values:
+        assert FitConfig.model_fields[k].default == learned_defaults[renamed.get(k, k)], k
